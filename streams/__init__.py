@@ -1,0 +1,27 @@
+"""The pipeline DSL and the runtime that runs it on Kafka.
+
+>>> from streams import Pipeline, Branch
+>>> support = Pipeline("support")
+>>> @support.step()
+... def classify(text: str) -> str:
+...     return "balance" if "balance" in text else "dispute"
+>>> @support.step(depends_on=[classify])
+... def route(classify: str):
+...     return Branch(classify, {"intent": classify})
+>>> @support.step(depends_on=[route])
+... def balance(route: dict) -> str:
+...     return "your balance is 42"
+>>> @support.step(depends_on=[route])
+... def dispute(route: dict) -> str:
+...     return "a human will call you"
+>>> support.validate().final_steps
+('balance', 'dispute')
+"""
+
+from streams.branch import Branch
+from streams.client import WeirClient
+from streams.context import StepContext
+from streams.pipeline import Pipeline, Step
+from streams.worker import Worker, WorkerStats
+
+__all__ = ["Branch", "Pipeline", "Step", "StepContext", "WeirClient", "Worker", "WorkerStats"]

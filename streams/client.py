@@ -1,0 +1,211 @@
+"""Submitting requests to a pipeline and reading its results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from schemas.messages import Request, Result
+from topics.admin import TopicAdmin
+from topics.names import PipelineTopics
+from weir.config import WeirSettings
+from weir.errors import BrokerError, UnknownPipelineError, WeirError
+
+__all__ = ["WeirClient"]
+
+
+class WeirClient:
+    """Produce requests and consume results; use as ``async with``.
+
+    >>> async with WeirClient(settings) as client:                       # doctest: +SKIP
+    ...     rid = await client.submit("greeter", {"name": "ada"})
+    ...     result = (await client.wait_for("greeter", [rid]))[rid]
+    """
+
+    def __init__(self, settings: WeirSettings) -> None:
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._checked: set[str] = set()
+
+    async def __aenter__(self) -> WeirClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            raise BrokerError(
+                f"cannot reach Kafka at {self.settings.bootstrap_servers}: start the local broker"
+                " with 'weir broker start' or set WEIR_KAFKA_BOOTSTRAP"
+            ) from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _requests_topic(self, pipeline: str) -> str:
+        topic = PipelineTopics(pipeline).requests
+        if topic not in self._checked:
+            async with TopicAdmin(self.settings) as admin:
+                if not await admin.partitions([topic]):
+                    raise UnknownPipelineError(
+                        f"pipeline {pipeline!r} has no requests topic ({topic}): start a worker"
+                        " for it first, or create its topics with 'weir topics create'"
+                    )
+            self._checked.add(topic)
+        return topic
+
+    async def submit(
+        self,
+        pipeline: str,
+        payload: Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        options: Mapping[str, str] | None = None,
+        fmt: Literal["json", "avro"] = "json",
+    ) -> str:
+        """Submit one request; return its request id once the broker has it."""
+        ids = await self.submit_many(
+            pipeline, [payload], request_ids=[request_id] if request_id else None,
+            options=options, fmt=fmt,
+        )
+        return ids[0]
+
+    async def submit_many(
+        self,
+        pipeline: str,
+        payloads: Iterable[Mapping[str, Any]],
+        *,
+        request_ids: Iterable[str] | None = None,
+        options: Mapping[str, str] | None = None,
+        fmt: Literal["json", "avro"] = "json",
+        on_sent: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Submit many requests (pipelined); return their ids in order.
+
+        ``on_sent(n)`` is called as acknowledgements arrive (for progress bars).
+        """
+        if self._producer is None:
+            raise WeirError("WeirClient is not started")
+        topic = await self._requests_topic(pipeline)
+        id_iter = iter(request_ids) if request_ids is not None else None
+        ids: list[str] = []
+        futures = []
+        for payload in payloads:
+            rid = next(id_iter) if id_iter is not None else uuid.uuid4().hex
+            request = Request(
+                request_id=rid, pipeline=pipeline, payload=dict(payload),
+                options=dict(options or {}),
+            )
+            raw = request.to_avro() if fmt == "avro" else request.to_json()
+            fut = await self._producer.send(topic, value=raw, key=rid.encode())
+            if on_sent is not None:
+                fut.add_done_callback(lambda _: on_sent(1))
+            futures.append(fut)
+            ids.append(rid)
+        await asyncio.gather(*futures)
+        return ids
+
+    async def send_raw(self, pipeline: str, value: bytes | None, key: bytes | None = None) -> None:
+        """Put arbitrary bytes on the requests topic (for tools and tests of bad input)."""
+        if self._producer is None:
+            raise WeirError("WeirClient is not started")
+        topic = await self._requests_topic(pipeline)
+        await self._producer.send_and_wait(topic, value=value, key=key)
+
+    async def results(
+        self,
+        pipeline: str,
+        *,
+        from_beginning: bool = True,
+        follow: bool = True,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[Result]:
+        """Iterate result events of ``pipeline``.
+
+        Without ``follow``, stops at the end of the topic as it was when called;
+        with it, waits for new results (until ``idle_timeout`` seconds pass with none).
+        """
+        topic = PipelineTopics(pipeline).results
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            async with TopicAdmin(self.settings) as admin:
+                count = (await admin.partitions([topic])).get(topic)
+            if not count:
+                raise UnknownPipelineError(f"pipeline {pipeline!r} has no results topic ({topic})")
+            tps = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(tps)
+            if from_beginning:
+                await consumer.seek_to_beginning(*tps)
+            else:
+                await consumer.seek_to_end(*tps)
+            end = await consumer.end_offsets(tps) if not follow else None
+            last = time.monotonic()
+            while True:
+                if end is not None and all(
+                    [await consumer.position(tp) >= end[tp] for tp in tps]
+                ):
+                    return
+                batch = await consumer.getmany(timeout_ms=200)
+                if not batch:
+                    if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                        return
+                    continue
+                last = time.monotonic()
+                for records in batch.values():
+                    for record in records:
+                        if record.value is not None:
+                            yield Result.from_wire(record.value)
+        finally:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+
+    async def wait_for(
+        self, pipeline: str, request_ids: Iterable[str], *, timeout: float = 60.0
+    ) -> dict[str, Result]:
+        """Wait until every id has a result; the first result per id wins.
+
+        Raises ``TimeoutError`` naming how many are missing.
+        """
+        wanted = set(request_ids)
+        found: dict[str, Result] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                async for result in self.results(pipeline, follow=True):
+                    if result.request_id in wanted and result.request_id not in found:
+                        found[result.request_id] = result
+                        if len(found) == len(wanted):
+                            break
+        except TimeoutError:
+            raise TimeoutError(
+                f"{len(wanted) - len(found)} of {len(wanted)} results of {pipeline!r} did not"
+                f" arrive within {timeout:g}s"
+            ) from None
+        return found

@@ -1,0 +1,52 @@
+"""Which offsets of a partition may be committed while messages finish out of order."""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["PartitionOffsets"]
+
+
+class PartitionOffsets:
+    """Offsets of one partition that are in flight; commits stop at the first unfinished one.
+
+    Kafka commits a single position per partition, so finished work past a gap
+    stays uncommitted until the gap closes; after a crash it is redelivered
+    (at-least-once).  Offsets arrive in increasing order, which keeps this O(1)
+    amortised per message.
+
+    >>> p = PartitionOffsets()
+    >>> for o in (5, 6, 7): p.track(o)
+    >>> p.finish(6); p.committable()
+    >>> p.finish(5); p.committable()
+    7
+    """
+
+    __slots__ = ("_done", "_pending", "_position")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._position: int | None = None
+
+    def track(self, offset: int) -> None:
+        self._pending.append(offset)
+
+    def finish(self, offset: int) -> None:
+        if self._pending and self._pending[0] == offset:
+            self._pending.popleft()
+            self._position = offset + 1
+            while self._pending and self._pending[0] in self._done:
+                head = self._pending.popleft()
+                self._done.discard(head)
+                self._position = head + 1
+        else:
+            self._done.add(offset)
+
+    def committable(self) -> int | None:
+        """The next offset to commit (one past the last contiguous finished one)."""
+        return self._position
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending) - len(self._done)

@@ -1,0 +1,370 @@
+"""The pipeline DSL: plain functions, decorated as steps, wired by ``depends_on``.
+
+How a step's parameters are filled, checked when the step is declared:
+
+1. a parameter annotated ``StepContext`` receives the request's context;
+2. a parameter named like one of its dependencies receives that step's output;
+3. the remaining parameters receive the remaining dependencies' outputs, in
+   ``depends_on`` order (so ``generate(context, history)`` may depend on
+   ``[query_vector_db, fetch_user_messages]``);
+4. a root step (no dependencies) reads request payload fields by parameter
+   name, or the whole payload when its single parameter is annotated with a
+   pydantic model or is named ``request``;
+5. anything else must have a default, or the declaration fails.
+
+Annotated parameters are validated (and coerced) with pydantic on the way in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, get_type_hints
+
+from pydantic import BaseModel, TypeAdapter
+
+from streams.context import StepContext
+from weir.errors import (
+    CycleError,
+    DuplicateStepError,
+    PipelineDefinitionError,
+    UnknownDependencyError,
+    UnsatisfiedParameterError,
+)
+
+__all__ = ["RESULT_COLLECTOR", "Binding", "Pipeline", "Step"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
+RESULT_COLLECTOR = "_result"
+"""Internal join step that gathers the outputs of several final steps."""
+
+BindingSource = Literal["dependency", "field", "payload", "context"]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where one parameter's value comes from."""
+
+    parameter: str
+    source: BindingSource
+    name: str = ""
+    """The dependency's step name, or the payload field's name."""
+    adapter: TypeAdapter[Any] | None = None
+    """Validates the value against the parameter's annotation; ``None`` when unannotated."""
+    required: bool = True
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One declared step."""
+
+    name: str
+    fn: Callable[..., Any]
+    depends_on: tuple[str, ...]
+    bindings: tuple[Binding, ...]
+    is_async: bool
+    inline: bool
+    """Run a sync function on the event loop instead of the step thread pool."""
+    timeout_s: float | None
+
+    @property
+    def is_root(self) -> bool:
+        return not self.depends_on
+
+    @property
+    def is_join(self) -> bool:
+        return len(self.depends_on) > 1
+
+
+class Pipeline:
+    """A named DAG of steps.
+
+    >>> from streams import Pipeline
+    >>> p = Pipeline("greeter")
+    >>> @p.step()
+    ... def greet(name: str) -> str:
+    ...     return f"hello {name}"
+    >>> @p.step(depends_on=[greet])
+    ... def shout(greet: str) -> str:
+    ...     return greet.upper()
+    >>> p.validate().final_steps
+    ('shout',)
+    """
+
+    def __init__(self, name: str, *, input: type[BaseModel] | None = None) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PipelineDefinitionError(
+                f"pipeline name {name!r} must start with a letter and use only letters, digits,"
+                " '_' and '-' (at most 100 characters): it is part of topic names"
+            )
+        self.name = name
+        self.input_model = input
+        self._steps: dict[str, Step] = {}
+        self._validated = False
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, steps={list(self._steps)})"
+
+    # -- declaration ---------------------------------------------------------------
+
+    def step(
+        self,
+        depends_on: Sequence[str | Callable[..., Any]] = (),
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> Callable[[F], F]:
+        """Declare the decorated function as a step; the function itself is returned unchanged.
+
+        ``timeout`` bounds one attempt (seconds; default: the worker's
+        ``step_timeout_s``).  ``inline=True`` runs a cheap sync function on the
+        event loop rather than in the step thread pool.
+        """
+
+        def decorate(fn: F) -> F:
+            self.add_step(name or fn.__name__, fn, depends_on, timeout=timeout, inline=inline)
+            try:
+                fn.__weir_step__ = name or fn.__name__  # type: ignore[attr-defined]
+            except AttributeError:  # builtins and some callables refuse attributes
+                pass
+            return fn
+
+        return decorate
+
+    def add_step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        depends_on: Sequence[str | Callable[..., Any]] = (),
+        *,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> Step:
+        """Declare ``fn`` (a function or a processor) as step ``name``."""
+        where = f"pipeline {self.name!r}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise PipelineDefinitionError(
+                f"{where}: step name {name!r} must start with a letter and use only letters,"
+                " digits, '_' and '-'"
+            )
+        if name in self._steps:
+            raise DuplicateStepError(f"{where}: a step named {name!r} is already declared")
+        if not callable(fn):
+            raise PipelineDefinitionError(f"{where}: step {name!r} is not callable: {fn!r}")
+        if timeout is not None and timeout <= 0:
+            raise PipelineDefinitionError(f"{where}: step {name!r} timeout must be positive")
+        deps = tuple(self._dependency_name(name, d) for d in depends_on)
+        if len(set(deps)) != len(deps):
+            raise PipelineDefinitionError(f"{where}: step {name!r} lists a dependency twice")
+        if name in deps:
+            raise CycleError(f"{where}: step {name!r} depends on itself")
+        step = Step(
+            name=name,
+            fn=fn,
+            depends_on=deps,
+            bindings=self._bind(name, fn, deps),
+            is_async=inspect.iscoroutinefunction(fn)
+            or inspect.iscoroutinefunction(getattr(fn, "__call__", None)),  # noqa: B004
+            inline=inline,
+            timeout_s=timeout,
+        )
+        self._steps[name] = step
+        self._validated = False
+        return step
+
+    def _dependency_name(self, step: str, dep: str | Callable[..., Any]) -> str:
+        if isinstance(dep, str):
+            return dep
+        dep_name = getattr(dep, "__weir_step__", None)
+        if dep_name is None or dep_name not in self._steps or self._steps[dep_name].fn is not dep:
+            label = getattr(dep, "__name__", repr(dep))
+            raise UnknownDependencyError(
+                f"pipeline {self.name!r}: step {step!r} depends on {label!r}, which is not a"
+                f" step of this pipeline (declare it with @{self.name}.step() first)"
+            )
+        return str(dep_name)
+
+    def _bind(self, step: str, fn: Callable[..., Any], deps: tuple[str, ...]) -> tuple[Binding, ...]:
+        where = f"pipeline {self.name!r}, step {step!r}"
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError) as exc:
+            raise PipelineDefinitionError(f"{where}: cannot read its signature: {exc}") from exc
+        try:
+            hints = get_type_hints(fn)
+        except Exception:
+            # Unresolvable forward references: fall back to unvalidated values.
+            hints = {}
+        if not hints and not inspect.isfunction(fn):
+            try:
+                hints = get_type_hints(type(fn).__call__)
+            except Exception:
+                hints = {}
+
+        params = []
+        for p in signature.parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise UnsatisfiedParameterError(
+                    f"{where}: *args/**kwargs ({p}) cannot be injected; name each input"
+                )
+            if p.kind is p.POSITIONAL_ONLY:
+                raise UnsatisfiedParameterError(
+                    f"{where}: positional-only parameter {p.name!r} cannot be injected"
+                )
+            params.append(p)
+
+        bindings: dict[str, Binding] = {}
+        remaining_deps = list(deps)
+        unbound = []
+        for p in params:
+            hint = hints.get(p.name, p.annotation)
+            if hint is StepContext:
+                bindings[p.name] = Binding(p.name, "context")
+            elif p.name in remaining_deps:
+                bindings[p.name] = Binding(p.name, "dependency", p.name, _adapter(hint))
+                remaining_deps.remove(p.name)
+            else:
+                unbound.append(p)
+
+        for p in list(unbound):
+            if not remaining_deps:
+                break
+            dep = remaining_deps.pop(0)
+            bindings[p.name] = Binding(p.name, "dependency", dep, _adapter(hints.get(p.name)))
+            unbound.remove(p)
+
+        if remaining_deps:
+            raise UnsatisfiedParameterError(
+                f"{where}: depends on {remaining_deps} but has no parameter left to receive"
+                f" {'its' if len(remaining_deps) == 1 else 'their'} output; add one parameter"
+                " per dependency"
+            )
+
+        model_fields = set(self.input_model.model_fields) if self.input_model else None
+        for p in unbound:
+            hint = hints.get(p.name, p.annotation)
+            has_default = p.default is not p.empty
+            whole = (isinstance(hint, type) and issubclass(hint, BaseModel)) or p.name == "request"
+            if whole and (deps == () or p.name == "request"):
+                bindings[p.name] = Binding(p.name, "payload", "", _adapter(hint))
+            elif not deps or (model_fields is not None and p.name in model_fields):
+                if model_fields is not None and p.name not in model_fields and not has_default:
+                    raise UnsatisfiedParameterError(
+                        f"{where}: parameter {p.name!r} is not a field of the pipeline's input"
+                        f" model {self.input_model.__name__} ({sorted(model_fields)})"  # type: ignore[union-attr]
+                    )
+                bindings[p.name] = Binding(
+                    p.name,
+                    "field",
+                    p.name,
+                    _adapter(hint),
+                    required=not has_default,
+                    default=None if not has_default else p.default,
+                )
+            elif has_default:
+                continue
+            else:
+                raise UnsatisfiedParameterError(
+                    f"{where}: parameter {p.name!r} matches no dependency ({list(deps)}) and is"
+                    " not a request field; depend on the step that produces it, name it"
+                    " 'request' to receive the payload, or give it a default"
+                )
+        return tuple(bindings[p.name] for p in params if p.name in bindings)
+
+    # -- the validated graph -------------------------------------------------------
+
+    def validate(self) -> Pipeline:
+        """Check the whole graph (unknown dependencies, cycles); return ``self``."""
+        if self._validated:
+            return self
+        where = f"pipeline {self.name!r}"
+        if not self._steps:
+            raise PipelineDefinitionError(f"{where} has no steps")
+        for step in self._steps.values():
+            for dep in step.depends_on:
+                if dep not in self._steps:
+                    hint = _closest(dep, list(self._steps))
+                    raise UnknownDependencyError(
+                        f"{where}: step {step.name!r} depends on unknown step {dep!r}"
+                        + (f" (did you mean {hint!r}?)" if hint else "")
+                    )
+        self._order = self._topological_order()
+        self._dependents = {name: [] for name in self._steps}
+        for name in self._order:
+            for dep in self._steps[name].depends_on:
+                self._dependents[dep].append(name)
+        self._validated = True
+        return self
+
+    def _topological_order(self) -> tuple[str, ...]:
+        state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+        order: list[str] = []
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = [*path[path.index(name) :], name]
+                raise CycleError(
+                    f"pipeline {self.name!r} has a dependency cycle: {' -> '.join(cycle)}"
+                )
+            state[name] = 1
+            for dep in self._steps[name].depends_on:
+                visit(dep, [*path, name])
+            state[name] = 2
+            order.append(name)
+
+        for name in self._steps:
+            visit(name, [])
+        return tuple(order)
+
+    @property
+    def steps(self) -> dict[str, Step]:
+        """Steps by name, in declaration order."""
+        return dict(self._steps)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Step names, every step after its dependencies."""
+        return self.validate()._order
+
+    def dependents(self, step: str) -> tuple[str, ...]:
+        """Steps that consume ``step``'s output."""
+        return tuple(self.validate()._dependents[step])
+
+    @property
+    def root_steps(self) -> tuple[str, ...]:
+        return tuple(n for n in self.order if self._steps[n].is_root)
+
+    @property
+    def final_steps(self) -> tuple[str, ...]:
+        """Steps nobody depends on; their outputs make the result."""
+        return tuple(n for n in self.order if not self.dependents(n))
+
+    @property
+    def needs_result_collector(self) -> bool:
+        """Several final steps: their outputs are joined before the result is written."""
+        return len(self.final_steps) > 1
+
+
+def _adapter(hint: Any) -> TypeAdapter[Any] | None:
+    if hint is None or hint is inspect.Parameter.empty or hint is Any:
+        return None
+    try:
+        return TypeAdapter(hint)
+    except Exception:
+        # An annotation pydantic cannot validate (e.g. an arbitrary class): pass values through.
+        return None
+
+
+def _closest(name: str, candidates: list[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(name, candidates, n=1)
+    return matches[0] if matches else None

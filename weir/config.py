@@ -1,0 +1,113 @@
+"""The one typed configuration object, read from the environment (``WEIR_*``) once.
+
+``WeirSettings()`` reads ``WEIR_*`` variables and, when ``WEIR_CONFIG`` names a
+TOML file, that file's values first (environment wins).  Everything below the
+CLI receives a settings object; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from weir.errors import ConfigError
+
+__all__ = ["BrokerSettings", "WeirSettings", "load_settings"]
+
+DEFAULT_HOME = Path.home() / ".cache" / "weir"
+
+
+class BrokerSettings(BaseSettings):
+    """The local single-node broker that ``weir broker`` fetches and runs."""
+
+    model_config = SettingsConfigDict(env_prefix="WEIR_BROKER_", extra="forbid")
+
+    kafka_version: str = "4.1.1"
+    """Apache Kafka release resolved from Maven Central (``org.apache.kafka:kafka_2.13``)."""
+    port: int = Field(default=19092, ge=1024, le=65535)
+    """Client port on 127.0.0.1; the KRaft controller listens on ``port + 1``."""
+    heap: str = "768m"
+    """JVM heap (``-Xmx``) for the broker."""
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class WeirSettings(BaseSettings):
+    """All of weir's settings; build once at the edge and pass down."""
+
+    model_config = SettingsConfigDict(env_prefix="WEIR_", extra="forbid")
+
+    kafka_bootstrap: str | None = None
+    """An existing cluster (``host:port,...``); when unset, the local broker is used."""
+    home: Path = DEFAULT_HOME
+    """Cache for the broker's jars, its data and logs (never inside the repository)."""
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+
+    partitions: int = Field(default=4, ge=1)
+    """Partitions of every topic weir creates; fan-out is bounded by it."""
+    replication_factor: int = Field(default=1, ge=1)
+    event_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
+    """Retention of event topics (requests, steps, results, dead letters, traces)."""
+
+    max_in_flight: int = Field(default=1000, ge=1)
+    """Messages a worker processes concurrently (all steps together)."""
+    max_poll_records: int = Field(default=500, ge=1)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    """Larger request payloads are dead-lettered as ``payload_too_large``."""
+    step_timeout_s: float = Field(default=60.0, gt=0)
+    """Default timeout of one step attempt."""
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a stopping worker waits for in-flight work before handing it back."""
+    results_format: Literal["json", "avro"] = "json"
+    """Encoding of result events (both follow ``schemas/result.avsc``)."""
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where clients connect: the configured cluster, or the local broker."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker.port}"
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> WeirSettings:
+    """Read settings from an optional TOML file, then the environment, then ``overrides``.
+
+    >>> load_settings(partitions=8).partitions
+    8
+    """
+    file_values: dict[str, Any] = {}
+    path = config_file or os.environ.get("WEIR_CONFIG")
+    if path:
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        file_values = file_values.get("weir", file_values)
+    try:
+        # Environment beats the file: drop file keys that the environment sets.
+        env_keys = {k[len("WEIR_") :].lower() for k in os.environ if k.startswith("WEIR_")}
+        merged = {k: v for k, v in file_values.items() if k not in env_keys} | overrides
+        return WeirSettings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid weir settings: {problems}") from exc

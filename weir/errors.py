@@ -1,0 +1,147 @@
+"""weir's error hierarchy.
+
+Every error has a stable, machine-readable ``error_type``: the same string that
+lands in dead-letter headers, failure results and trace events.  ``retriable``
+says whether trying the same input again can succeed.
+
+    WeirError                       weir_error
+    ├── ConfigError                 config_invalid
+    ├── BrokerError                 broker_unavailable
+    ├── PipelineDefinitionError     pipeline_invalid
+    │   ├── DuplicateStepError      duplicate_step
+    │   ├── UnknownDependencyError  unknown_dependency
+    │   ├── CycleError              pipeline_cycle
+    │   └── UnsatisfiedParameterError  unsatisfied_parameter
+    ├── UnknownPipelineError        unknown_pipeline
+    ├── MessageError                (bad input: never retried)
+    │   ├── UndecodableError        undecodable
+    │   ├── SchemaInvalidError      schema_invalid
+    │   └── PayloadTooLargeError    payload_too_large
+    ├── StepError                   step_error
+    │   └── StepTimeoutError        step_timeout
+    └── BranchError                 branch_invalid
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BranchError",
+    "BrokerError",
+    "ConfigError",
+    "CycleError",
+    "DuplicateStepError",
+    "MessageError",
+    "PayloadTooLargeError",
+    "PipelineDefinitionError",
+    "SchemaInvalidError",
+    "StepError",
+    "StepTimeoutError",
+    "UndecodableError",
+    "UnknownDependencyError",
+    "UnknownPipelineError",
+    "UnsatisfiedParameterError",
+    "WeirError",
+]
+
+
+class WeirError(Exception):
+    """Root of every error weir raises."""
+
+    error_type: ClassVar[str] = "weir_error"
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(WeirError):
+    """Settings or a config file are invalid."""
+
+    error_type = "config_invalid"
+
+
+class BrokerError(WeirError):
+    """The Kafka broker cannot be fetched, started, stopped or reached."""
+
+    error_type = "broker_unavailable"
+    retriable = True
+
+
+class PipelineDefinitionError(WeirError):
+    """A pipeline definition is invalid; raised at definition time."""
+
+    error_type = "pipeline_invalid"
+
+
+class DuplicateStepError(PipelineDefinitionError):
+    """Two steps share a name."""
+
+    error_type = "duplicate_step"
+
+
+class UnknownDependencyError(PipelineDefinitionError):
+    """``depends_on`` names a step the pipeline does not have."""
+
+    error_type = "unknown_dependency"
+
+
+class CycleError(PipelineDefinitionError):
+    """The steps' dependencies form a cycle."""
+
+    error_type = "pipeline_cycle"
+
+
+class UnsatisfiedParameterError(PipelineDefinitionError):
+    """A step has a parameter that no dependency or request field can fill."""
+
+    error_type = "unsatisfied_parameter"
+
+
+class UnknownPipelineError(WeirError):
+    """A module path or name does not lead to a ``Pipeline``."""
+
+    error_type = "unknown_pipeline"
+
+
+class MessageError(WeirError):
+    """A message cannot be processed as it is; retrying it cannot help."""
+
+
+class UndecodableError(MessageError):
+    """The bytes are neither a weir Avro message nor JSON."""
+
+    error_type = "undecodable"
+
+
+class SchemaInvalidError(MessageError):
+    """The message decodes but does not match the schema or the pipeline's input."""
+
+    error_type = "schema_invalid"
+
+
+class PayloadTooLargeError(MessageError):
+    """The message is larger than ``max_payload_bytes``."""
+
+    error_type = "payload_too_large"
+
+
+class StepError(WeirError):
+    """A step function raised; the original exception is the ``__cause__``."""
+
+    error_type = "step_error"
+    retriable = True
+
+
+class StepTimeoutError(StepError):
+    """A step attempt ran past its timeout."""
+
+    error_type = "step_timeout"
+
+
+class BranchError(WeirError):
+    """A step returned a ``Branch`` to a step that does not depend on it."""
+
+    error_type = "branch_invalid"
