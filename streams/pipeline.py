@@ -171,7 +171,7 @@ class Pipeline:
             bindings=self._bind(name, fn, deps),
             is_async=inspect.iscoroutinefunction(fn)
             or inspect.iscoroutinefunction(getattr(fn, "__call__", None)),  # noqa: B004
-            inline=inline,
+            inline=inline or bool(getattr(fn, "weir_inline", False)),
             timeout_s=timeout,
         )
         self._steps[name] = step
@@ -196,16 +196,14 @@ class Pipeline:
             signature = inspect.signature(fn)
         except (TypeError, ValueError) as exc:
             raise PipelineDefinitionError(f"{where}: cannot read its signature: {exc}") from exc
+        target = inspect.unwrap(fn)  # processors wrap the user's function (__wrapped__)
+        if not inspect.isfunction(target) and not inspect.ismethod(target):
+            target = type(target).__call__
         try:
-            hints = get_type_hints(fn)
+            hints = get_type_hints(target)
         except Exception:
             # Unresolvable forward references: fall back to unvalidated values.
             hints = {}
-        if not hints and not inspect.isfunction(fn):
-            try:
-                hints = get_type_hints(type(fn).__call__)
-            except Exception:
-                hints = {}
 
         params = []
         for p in signature.parameters.values():

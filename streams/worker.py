@@ -196,6 +196,14 @@ class Worker:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    async def run(self) -> None:
+        """Start, process until ``request_stop()``, then stop gracefully."""
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
     def request_stop(self) -> None:
         """Ask the worker to stop (safe from a signal handler)."""
         self._stopping.set()

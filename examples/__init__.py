@@ -1,0 +1,1 @@
+"""Example pipelines (run them with ``weir worker examples.<module>:pipeline``)."""

@@ -1,0 +1,599 @@
+"""A real single-node Apache Kafka broker (KRaft, loopback only) for development and tests.
+
+``LocalBroker`` resolves the broker's jars from Maven Central with ``mvn`` once,
+formats its storage once, and runs ``kafka.Kafka`` on Java 17+ as a detached process
+that outlives the Python process that started it.  A pid file in the state directory
+lets any later process report, restart or stop it.
+
+Layout::
+
+    <home>/kafka-<version>/libs/         jars, shared by every state directory
+    <state_dir>/server.properties        rewritten on every start
+    <state_dir>/data/                    topic data and the KRaft metadata log
+    <state_dir>/logs/server.log          the broker's log (log4j2)
+    <state_dir>/logs/kafka.out           the JVM's stdout and stderr
+    <state_dir>/broker.pid, cluster.id
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from weir.config import WeirSettings
+from weir.errors import BrokerError
+
+__all__ = ["BrokerStatus", "LocalBroker"]
+
+_HOST = "127.0.0.1"
+_NODE_ID = 1
+_POM_TEMPLATE = Path(__file__).with_name("kafka-broker.pom.xml")
+_LOG_CONFIG = Path(__file__).with_name("log4j2-broker.properties")
+_FETCH_TIMEOUT_S = 900.0
+_FORMAT_TIMEOUT_S = 120.0
+_LOG_TAIL_LINES = 30
+_POLL_S = 0.2
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_JAVA_WHY = "Kafka needs a Java 17+ runtime (e.g. openjdk-17-jre-headless)"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What ``LocalBroker.status`` observed."""
+
+    running: bool
+    """The process is alive and its client port accepts connections."""
+    pid: int | None
+    """The broker's process id while the process is alive."""
+    bootstrap: str
+    version: str
+    data_dir: Path
+    log_file: Path
+
+
+class LocalBroker:
+    """Fetch, format, start, stop and report one local Kafka broker."""
+
+    def __init__(self, settings: WeirSettings, *, state_dir: Path | None = None) -> None:
+        self.version = settings.broker.kafka_version
+        self.port = settings.broker.port
+        self.controller_port = self.port + 1
+        self.heap = settings.broker.heap
+        self.start_timeout_s = settings.broker.start_timeout_s
+        self.bootstrap = f"{_HOST}:{self.port}"
+        self.dist_dir = settings.home / f"kafka-{self.version}"
+        self.libs_dir = self.dist_dir / "libs"
+        self.state_dir = state_dir if state_dir is not None else settings.home / "broker"
+        self.data_dir = self.state_dir / "data"
+        self.logs_dir = self.state_dir / "logs"
+        self.log_file = self.logs_dir / "server.log"
+        self.out_file = self.logs_dir / "kafka.out"
+        self.properties_file = self.state_dir / "server.properties"
+        self.pid_file = self.state_dir / "broker.pid"
+        self.cluster_id_file = self.state_dir / "cluster.id"
+        # Only set in the process that spawned the broker; lets it reap the child and
+        # report its exit code.
+        self._proc: subprocess.Popen[bytes] | None = None
+        # Size of server.log when this instance spawned the broker: errors show only what
+        # that run logged.
+        self._log_offset = 0
+
+    # -- fetch -------------------------------------------------------------------------
+
+    def fetch(self) -> Path:
+        """Resolve the broker's jars into the shared cache once; return the libs dir."""
+        # Checked up front: jars without a JVM to run them are no use.
+        _require_tool("java", _JAVA_WHY)
+        mvn = _require_tool("mvn", "weir resolves Kafka's jars from Maven Central with Maven")
+        pom_text = _POM_TEMPLATE.read_text()
+        # The marker records what was fetched, so a changed pom or version fetches again.
+        stamp = hashlib.sha256(f"{self.version}\n{pom_text}".encode()).hexdigest()
+        marker = self.dist_dir / ".fetched"
+        self.dist_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.dist_dir / ".lock"):
+            if _read_text(marker) == stamp and self.libs_dir.is_dir():
+                return self.libs_dir
+            pom = self.dist_dir / "pom.xml"
+            pom.write_text(pom_text)
+            partial = self.dist_dir / "libs.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            cmd = [
+                mvn,
+                "-q",
+                "-B",
+                # Plain text: the output may end up in an error message.
+                "-Dstyle.color=never",
+                "-f",
+                str(pom),
+                f"-Dkafka.version={self.version}",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={partial}",
+                "-DincludeScope=runtime",
+            ]
+            try:
+                # cwd keeps anything Maven writes (target/) in the cache, not the caller's cwd.
+                done = subprocess.run(
+                    cmd,
+                    cwd=self.dist_dir,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=_FETCH_TIMEOUT_S,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise BrokerError(
+                    f"fetching Kafka {self.version} with Maven took over {_FETCH_TIMEOUT_S:.0f}s;"
+                    " check access to Maven Central (repo.maven.apache.org)"
+                ) from exc
+            # Debian's Maven colours its output even with style.color=never.
+            output = _ANSI.sub("", (done.stdout or "") + (done.stderr or ""))
+            if done.returncode != 0:
+                raise BrokerError(
+                    f"fetching Kafka {self.version} with Maven failed (exit {done.returncode});"
+                    " check the version exists on Maven Central (org.apache.kafka:kafka_2.13)"
+                    f" and that Maven can reach it. Maven said:\n{_tail_text(output)}"
+                )
+            if not (partial / f"kafka_2.13-{self.version}.jar").is_file():
+                raise BrokerError(
+                    f"Maven finished but {partial} has no kafka_2.13-{self.version}.jar;"
+                    f" Maven said:\n{_tail_text(output)}"
+                )
+            shutil.rmtree(self.libs_dir, ignore_errors=True)
+            partial.rename(self.libs_dir)
+            # Written last: its presence means the libs dir is complete.
+            marker.write_text(stamp)
+        return self.libs_dir
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self, *, wait: bool = True) -> BrokerStatus:
+        """Start the broker unless it runs; with ``wait``, return once it serves metadata.
+
+        Blocking; safe to call with or without a running event loop.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.state_dir / "broker.lock"):
+            pid = self._live_pid()
+            if pid is None:
+                self._check_ports_free()
+                libs = self.fetch()
+                self._write_properties()
+                self._format(libs)
+                self._spawn(libs)
+        if wait:
+            return self.wait_ready()
+        return self.status()
+
+    def wait_ready(self, timeout: float | None = None) -> BrokerStatus:
+        """Block until the broker answers a Metadata request listing itself.
+
+        Raises ``BrokerError`` with the log tail if the process exits or the timeout
+        (``broker.start_timeout_s`` by default) passes; on timeout the broker is stopped.
+        """
+        limit = self.start_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            pid = self._live_pid()
+            if pid is None:
+                if self._proc is None and not self.pid_file.exists():
+                    raise BrokerError(
+                        f"no Kafka broker is running from {self.state_dir}; call start() first"
+                    )
+                self.pid_file.unlink(missing_ok=True)
+                code = self._proc.returncode if self._proc is not None else None
+                how = f" with code {code}" if code is not None else ""
+                raise BrokerError(
+                    f"Kafka broker on {self.bootstrap} exited{how} while starting."
+                    f"{self._log_tail()}"
+                )
+            remaining = deadline - time.monotonic()
+            if _probe_ready(self.port, timeout=max(0.1, min(2.0, remaining))):
+                return self.status()
+            if remaining <= 0:
+                self._terminate(pid, timeout=10.0)
+                raise BrokerError(
+                    f"Kafka broker on {self.bootstrap} was not ready within {limit:.0f}s"
+                    " (raise WEIR_BROKER_START_TIMEOUT_S on a slow machine); it was stopped."
+                    f"{self._log_tail()}"
+                )
+            time.sleep(_POLL_S)
+
+    async def wait_ready_async(self) -> BrokerStatus:
+        """``wait_ready`` without blocking the running event loop."""
+        return await asyncio.to_thread(self.wait_ready)
+
+    # -- stop --------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Shut the broker down cleanly (SIGTERM, then SIGKILL); no-op if it is not running."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.state_dir / "broker.lock"):
+            pid = self._live_pid()
+            if pid is not None:
+                self._terminate(pid, timeout=timeout)
+            self.pid_file.unlink(missing_ok=True)
+
+    def restart(self) -> BrokerStatus:
+        """Stop, then start on the same data; return once ready."""
+        self.stop()
+        return self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the broker as a crash would, leaving its pid file behind."""
+        pid = self._live_pid()
+        if pid is None:
+            return
+        _signal_group(pid, signal.SIGKILL)
+        self._wait_gone(pid, timeout=10.0)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> BrokerStatus:
+        """Report whether the broker process is alive and its client port accepts."""
+        pid = self._live_pid()
+        return BrokerStatus(
+            running=pid is not None and _port_accepts(self.port),
+            pid=pid,
+            bootstrap=self.bootstrap,
+            version=self.version,
+            data_dir=self.data_dir,
+            log_file=self.log_file,
+        )
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _live_pid(self) -> int | None:
+        """The pid from the pid file if that process is alive and is this broker."""
+        text = _read_text(self.pid_file)
+        if text is None or not text.strip().isdigit():
+            return None
+        pid = int(text.strip())
+        if self._proc is not None and self._proc.pid == pid:
+            return pid if self._proc.poll() is None else None
+        # The pid may have been reused after a crash or reboot: only a JVM running this
+        # state dir's server.properties counts, so stop() never signals a stranger.  An
+        # exited child that another instance spawned is a zombie, whose command line is empty.
+        cmdline = _cmdline(pid)
+        if cmdline is None or "kafka.Kafka" not in cmdline:
+            return None
+        return pid if str(self.properties_file) in cmdline else None
+
+    def _check_ports_free(self) -> None:
+        if self.controller_port > 65535:
+            raise BrokerError(
+                f"broker port {self.port} leaves no room for the controller on port + 1;"
+                " choose WEIR_BROKER_PORT below 65535"
+            )
+        for port, role in ((self.port, "client"), (self.controller_port, "controller")):
+            if not _port_free(port):
+                raise BrokerError(
+                    f"cannot start the Kafka broker: {_HOST}:{port} ({role} port) is already in"
+                    f" use by another process. Stop that process, or choose another port with"
+                    f" WEIR_BROKER_PORT (the broker uses the port and port + 1)."
+                )
+
+    def _write_properties(self) -> None:
+        client = f"PLAINTEXT://{_HOST}:{self.port}"
+        controller = f"CONTROLLER://{_HOST}:{self.controller_port}"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(_NODE_ID),
+            "controller.quorum.voters": f"{_NODE_ID}@{_HOST}:{self.controller_port}",
+            "listeners": f"{client},{controller}",
+            "advertised.listeners": client,
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # One broker: every internal topic must fit on it.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # After a crash the restarted broker cannot register until the controller times out
+            # the dead one's session; 4 s instead of 9 s keeps crash recovery quick.
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "1000",
+            # Consumers of a fresh group start at once instead of after 3 s.
+            "group.initial.rebalance.delay.ms": "0",
+            # weir creates its topics explicitly; a typo must not create a topic.
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            # Small segments keep a development disk small and retention effective.
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        body = "".join(f"{key}={value}\n" for key, value in props.items())
+        self.properties_file.write_text(
+            f"# Written by weir (topics/broker.py) on every start; edits are overwritten.\n{body}"
+        )
+
+    def _format(self, libs: Path) -> None:
+        if (self.data_dir / "meta.properties").is_file():
+            return
+        cluster_id = _read_text(self.cluster_id_file)
+        if not cluster_id:
+            cluster_id = _new_cluster_id()
+            self.cluster_id_file.write_text(cluster_id)
+        cluster_id = cluster_id.strip()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            *self._java_command(libs, heap="256m"),
+            "-Dweir.log.level=WARN",
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.properties_file),
+        ]
+        try:
+            done = subprocess.run(
+                cmd,
+                cwd=self.state_dir,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_FORMAT_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError(
+                f"formatting the broker's storage in {self.data_dir} took over"
+                f" {_FORMAT_TIMEOUT_S:.0f}s"
+            ) from exc
+        if done.returncode != 0:
+            raise BrokerError(
+                f"formatting the broker's storage in {self.data_dir} failed"
+                f" (exit {done.returncode}); delete {self.state_dir} to start from scratch."
+                f" kafka.tools.StorageTool said:\n{_tail_text(done.stdout + done.stderr)}"
+            )
+
+    def _java_command(self, libs: Path, *, heap: str) -> list[str]:
+        java = _require_tool("java", _JAVA_WHY)
+        return [
+            java,
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            # A broker that ran out of heap should die visibly, not limp on.
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
+            f"-Dkafka.logs.dir={self.logs_dir}",
+            "-cp",
+            f"{libs}/*",
+        ]
+
+    def _spawn(self, libs: Path) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._log_offset = self.log_file.stat().st_size
+        cmd = [*self._java_command(libs, heap=self.heap), "kafka.Kafka", str(self.properties_file)]
+        with self.out_file.open("wb") as out:
+            # A new session: the broker outlives this process and ignores its terminal's
+            # Ctrl-C; stop() signals the whole group.
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.state_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+
+    def _terminate(self, pid: int, *, timeout: float) -> None:
+        _signal_group(pid, signal.SIGTERM)
+        if self._wait_gone(pid, timeout=timeout):
+            return
+        _signal_group(pid, signal.SIGKILL)
+        if not self._wait_gone(pid, timeout=10.0):
+            raise BrokerError(f"Kafka broker (pid {pid}) survived SIGKILL; check it with ps")
+
+    def _wait_gone(self, pid: int, *, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._live_pid() != pid:
+                return True
+            time.sleep(0.1)
+        return self._live_pid() != pid
+
+    def _log_tail(self) -> str:
+        parts: list[str] = []
+        for path in (self.out_file, self.log_file):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            # A rotated log is shorter than the offset; then all of it is this run's.
+            if path == self.log_file and len(raw) >= self._log_offset:
+                raw = raw[self._log_offset :]
+            text = raw.decode(errors="replace")
+            if text.strip():
+                parts.append(f"\n--- last lines of {path} ---\n{_tail_text(text)}")
+        return "".join(parts) or f"\n(no output in {self.logs_dir})"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _require_tool(name: str, why: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BrokerError(
+            f"`{name}` is not on PATH: {why}. Install it, or point weir at an existing"
+            " cluster with WEIR_KAFKA_BOOTSTRAP"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` so concurrent processes take turns."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _tail_text(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kafka's own generator avoids a leading '-', which CLIs would read as an option.
+        if not cid.startswith("-"):
+            return cid
+
+
+def _cmdline(pid: int) -> str | None:
+    """The command line of a live, non-zombie process, or None."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        try:
+            raw = proc.read_bytes()
+        except OSError:
+            return None
+        # A zombie has an empty command line.
+        return raw.replace(b"\0", b" ").decode(errors="replace") or None
+    done = subprocess.run(
+        ["ps", "-o", "stat=,command=", "-p", str(pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    line = done.stdout.strip()
+    if done.returncode != 0 or not line or line.startswith("Z"):
+        return None
+    return line.split(None, 1)[-1]
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    # The broker leads its own session, so its process group id is its pid.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _port_free(port: int) -> bool:
+    """Whether a listener could bind ``127.0.0.1:port`` as the JVM does (SO_REUSEADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Like Java's server sockets: lingering TIME_WAIT connections of a previous broker
+        # must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_accepts(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((_HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _probe_ready(port: int, *, timeout: float) -> bool:
+    """Whether the broker on ``port`` answers Metadata and lists itself as a live broker.
+
+    A KRaft broker accepts connections before it has caught up with the metadata log and
+    been unfenced; until then Metadata lists no brokers and topic creation fails.
+    """
+    try:
+        brokers = _metadata_brokers(port, timeout=timeout)
+    except (OSError, ValueError, struct.error):
+        return False
+    return any(node == _NODE_ID and p == port for node, _, p in brokers)
+
+
+def _metadata_brokers(port: int, *, timeout: float) -> list[tuple[int, str, int]]:
+    """Send a Metadata v4 request for no topics; return the (node id, host, port) of brokers."""
+    correlation_id = 1
+    client_id = b"weir-broker-probe"
+    # Request header v1: api key 3 (Metadata), version 4, correlation id, client id.
+    header = struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
+    # Body v4: an empty topic array (no topics, not "all"), allow_auto_topic_creation=false.
+    request = header + struct.pack(">ib", 0, 0)
+    with socket.create_connection((_HOST, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        response = _recv_exact(sock, size)
+    reader = _Reader(response)
+    if reader.int32() != correlation_id:
+        raise ValueError("Metadata response has the wrong correlation id")
+    reader.int32()  # throttle_time_ms
+    brokers = []
+    for _ in range(reader.int32()):
+        node_id = reader.int32()
+        host = reader.string() or ""
+        broker_port = reader.int32()
+        reader.string()  # rack
+        brokers.append((node_id, host, broker_port))
+    return brokers
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    if not 0 <= size <= 16 * 1024 * 1024:
+        raise ValueError(f"implausible Kafka response size {size}")
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionError("broker closed the connection mid-response")
+        chunks += chunk
+    return bytes(chunks)
+
+
+class _Reader:
+    """Reads big-endian Kafka primitives from a response body."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def int32(self) -> int:
+        (value,) = struct.unpack_from(">i", self._data, self._pos)
+        self._pos += 4
+        return int(value)
+
+    def string(self) -> str | None:
+        (length,) = struct.unpack_from(">h", self._data, self._pos)
+        self._pos += 2
+        if length < 0:
+            return None
+        raw = self._data[self._pos : self._pos + length]
+        self._pos += length
+        return raw.decode()

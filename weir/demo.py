@@ -1,0 +1,83 @@
+"""``weir demo``: the whole loop on one machine, start to clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from rich.console import Console
+
+from weir.config import WeirSettings
+
+__all__ = ["SAMPLE_MESSAGES", "run_demo"]
+
+SAMPLE_MESSAGES = [
+    ("c-1", "What is my account balance?"),
+    ("c-2", "I was charged twice for the same purchase, I want a refund"),
+    ("c-3", "How much funds are available on my card?"),
+    ("c-1", "There is an unauthorised transaction on my card, this is fraud"),
+    ("c-2", "The ATM withdrawal failed but my account was debited"),
+    ("c-3", "Why was I charged a fee? I dispute this"),
+]
+
+
+def run_demo(
+    settings: WeirSettings, *, requests: int, keep_broker: bool, console: Console
+) -> None:
+    """Start the local broker (unless a cluster is configured), run, print, shut down."""
+    broker = None
+    if settings.uses_local_broker:
+        from topics.broker import LocalBroker
+
+        broker = LocalBroker(settings)
+        was_running = broker.status().running
+        console.print("[bold]1.[/] starting the local Kafka broker (fetched from Maven once)...")
+        status = broker.start()
+        console.print(f"   kafka {status.version} at {status.bootstrap}")
+    else:
+        was_running = True
+    try:
+        asyncio.run(_run(settings, requests, console))
+    finally:
+        if broker is not None and not keep_broker and not was_running:
+            console.print("[bold]5.[/] stopping the broker")
+            broker.stop()
+    console.print("[green]done[/]")
+
+
+async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
+    from examples.intent_support import pipeline
+    from streams import WeirClient, Worker
+
+    console.print(f"[bold]2.[/] starting a worker for pipeline {pipeline.name!r}")
+    async with Worker(pipeline, settings), WeirClient(settings) as client:
+        payloads = [
+            {"customer_id": c, "text": t}
+            for c, t in (SAMPLE_MESSAGES[i % len(SAMPLE_MESSAGES)] for i in range(requests))
+        ]
+        console.print(f"[bold]3.[/] submitting {requests} requests")
+        started = time.perf_counter()
+        ids = await client.submit_many(pipeline.name, payloads)
+        texts = {rid: p["text"] for rid, p in zip(ids, payloads, strict=True)}
+        console.print("[bold]4.[/] results as they arrive:")
+        seen: set[str] = set()
+        async with asyncio.timeout(120):
+            async for result in client.results(pipeline.name, from_beginning=True):
+                if result.request_id not in texts or result.request_id in seen:
+                    continue
+                seen.add(result.request_id)
+                answer = json.dumps(result.value) if result.status == "SUCCESS" else (
+                    f"{result.error_type}: {result.error_message}"
+                )
+                console.print(
+                    f"   {result.request_id[:8]}  {texts[result.request_id][:34]:34} "
+                    f"-> {result.path[-1] if result.path else '-':17} {result.latency_ms:6.0f} ms"
+                    f"  {answer[:70]}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                if len(seen) == len(ids):
+                    break
+        elapsed = time.perf_counter() - started
+        console.print(f"   {len(seen)} results in {elapsed:.2f}s")
