@@ -33,7 +33,10 @@ class AvroSchema:
         self.definition = definition
         self.parsed = fastavro.parse_schema(definition)
         canonical = to_parsing_canonical_form(self.parsed)
-        self.schema_id = int(fingerprint(canonical, "CRC-64-AVRO"), 16) & 0x7FFFFFFF
+        # fastavro prints the 64-bit fingerprint's bytes little-endian first; the spec's
+        # value (Java's SchemaNormalization.parsingFingerprint64) is their integer reading.
+        rabin = int.from_bytes(bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")), "little")
+        self.schema_id = rabin & 0x7FFFFFFF
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
 
     def encode(self, record: dict[str, Any]) -> bytes:
@@ -56,7 +59,7 @@ class AvroSchema:
             raise UndecodableError(f"not an Avro {self.name}: missing the Confluent magic byte")
         (_, schema_id) = _HEADER.unpack_from(raw)
         if schema_id != self.schema_id:
-            raise SchemaInvalidError(
+            raise UndecodableError(
                 f"Avro schema id {schema_id} is not {self.name} (expected id {self.schema_id})"
             )
         try:

@@ -49,6 +49,8 @@ def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UndecodableError(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise UndecodableError(f"{what} is nested too deeply to decode") from exc
     if not isinstance(value, dict):
         raise SchemaInvalidError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value

@@ -21,7 +21,17 @@
 from streams.branch import Branch
 from streams.client import WeirClient
 from streams.context import StepContext
+from streams.local import run_local
 from streams.pipeline import Pipeline, Step
 from streams.worker import Worker, WorkerStats
 
-__all__ = ["Branch", "Pipeline", "Step", "StepContext", "WeirClient", "Worker", "WorkerStats"]
+__all__ = [
+    "Branch",
+    "Pipeline",
+    "Step",
+    "StepContext",
+    "WeirClient",
+    "Worker",
+    "WorkerStats",
+    "run_local",
+]

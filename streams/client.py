@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from schemas.messages import Request, Result
+from topics._aiokafka import stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
@@ -185,7 +186,7 @@ class WeirClient:
                             yield Result.from_wire(record.value)
         finally:
             with contextlib.suppress(KafkaError):
-                await consumer.stop()
+                await stop_consumer(consumer)
 
     async def wait_for(
         self, pipeline: str, request_ids: Iterable[str], *, timeout: float = 60.0

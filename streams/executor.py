@@ -97,8 +97,9 @@ class StepExecutor:
     async def call(self, kwargs: dict[str, Any]) -> Any:
         """Run the function once within the step's timeout; wrap what it raises in ``StepError``."""
         fn = self.step.fn
+        deadline = asyncio.timeout(self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline:
                 if self.step.is_async:
                     return await fn(**kwargs)
                 if self.step.inline:
@@ -107,6 +108,8 @@ class StepExecutor:
                 call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
                 return await loop.run_in_executor(self._threads, call)
         except TimeoutError as exc:
+            if not deadline.expired():  # the step's own TimeoutError, not our deadline
+                raise StepError(f"step {self.step.name!r} raised TimeoutError: {exc}") from exc
             raise StepTimeoutError(
                 f"step {self.step.name!r} did not finish within {self._timeout:g}s"
             ) from exc

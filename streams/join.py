@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.messages import Envelope
+from topics._aiokafka import stop_consumer
 
 __all__ = ["JoinTable"]
 
@@ -100,5 +101,5 @@ class JoinTable:
                                 src: Envelope(**fields) for src, fields in raw.items()
                             }
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         return sum(len(self._parts.get(p, {})) for p in partitions)

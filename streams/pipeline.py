@@ -102,6 +102,10 @@ class Pipeline:
                 f"pipeline name {name!r} must start with a letter and use only letters, digits,"
                 " '_' and '-' (at most 100 characters): it is part of topic names"
             )
+        if input is not None and not (isinstance(input, type) and issubclass(input, BaseModel)):
+            raise PipelineDefinitionError(
+                f"pipeline {name!r}: input must be a pydantic BaseModel subclass, got {input!r}"
+            )
         self.name = name
         self.input_model = input
         self._steps: dict[str, Step] = {}
@@ -128,9 +132,10 @@ class Pipeline:
         """
 
         def decorate(fn: F) -> F:
-            self.add_step(name or fn.__name__, fn, depends_on, timeout=timeout, inline=inline)
+            step_name = fn.__name__ if name is None else name
+            self.add_step(step_name, fn, depends_on, timeout=timeout, inline=inline)
             try:
-                fn.__weir_step__ = name or fn.__name__  # type: ignore[attr-defined]
+                fn.__weir_step__ = step_name  # type: ignore[attr-defined]
             except AttributeError:  # builtins and some callables refuse attributes
                 pass
             return fn
@@ -181,14 +186,20 @@ class Pipeline:
     def _dependency_name(self, step: str, dep: str | Callable[..., Any]) -> str:
         if isinstance(dep, str):
             return dep
-        dep_name = getattr(dep, "__weir_step__", None)
-        if dep_name is None or dep_name not in self._steps or self._steps[dep_name].fn is not dep:
-            label = getattr(dep, "__name__", repr(dep))
-            raise UnknownDependencyError(
-                f"pipeline {self.name!r}: step {step!r} depends on {label!r}, which is not a"
-                f" step of this pipeline (declare it with @{self.name}.step() first)"
+        # By identity: one function may be a step of several pipelines under other names.
+        names = [s.name for s in self._steps.values() if s.fn is dep]
+        if len(names) == 1:
+            return names[0]
+        if len(names) > 1:
+            raise PipelineDefinitionError(
+                f"pipeline {self.name!r}: step {step!r} depends on a function declared as several"
+                f" steps ({names}); name the one you mean"
             )
-        return str(dep_name)
+        label = getattr(dep, "__name__", repr(dep))
+        raise UnknownDependencyError(
+            f"pipeline {self.name!r}: step {step!r} depends on {label!r}, which is not a"
+            f" step of this pipeline (declare it with @{self.name}.step() first)"
+        )
 
     def _bind(self, step: str, fn: Callable[..., Any], deps: tuple[str, ...]) -> tuple[Binding, ...]:
         where = f"pipeline {self.name!r}, step {step!r}"
@@ -222,7 +233,7 @@ class Pipeline:
         unbound = []
         for p in params:
             hint = hints.get(p.name, p.annotation)
-            if hint is StepContext:
+            if hint is StepContext or (isinstance(hint, str) and hint.endswith("StepContext")):
                 bindings[p.name] = Binding(p.name, "context")
             elif p.name in remaining_deps:
                 bindings[p.name] = Binding(p.name, "dependency", p.name, _adapter(hint))

@@ -31,6 +31,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
 
 from schemas.messages import Envelope, Request, Result, now_ms, now_us
 from streams.dead_letter import DeadLetterWriter, error_type_of
@@ -80,6 +81,7 @@ class Worker:
         self.settings = settings
         self.topics = PipelineTopics(pipeline.name)
         self.stats = WorkerStats()
+        self._rank = {name: i for i, name in enumerate(pipeline.order)}
         self._only = None if steps is None else set(steps)
         if self._only is not None and (unknown := self._only - set(pipeline.steps)):
             raise WeirError(f"pipeline {pipeline.name!r} has no step(s) {sorted(unknown)}")
@@ -342,6 +344,11 @@ class Worker:
                 log.info("restored %d waiting joins of step %s", waiting, join.step)
         self._assigned |= assigned
 
+    def _merge_paths(self, envelopes: Iterable[Envelope]) -> list[str]:
+        """The steps behind a join's inputs, in the pipeline's order (arrival order varies)."""
+        steps = {step for env in envelopes for step in env.path}
+        return sorted(steps, key=self._rank.__getitem__)
+
     def _join_for(self, topic: str) -> JoinTable | None:
         entry = self._handlers.get(topic)
         return self._joins.get(entry[0]) if entry else None
@@ -415,12 +422,23 @@ class Worker:
                 raise SchemaInvalidError(
                     f"request payload does not match {self.pipeline.input_model.__name__}: {exc}"
                 ) from exc
-        missing = [
-            f"{b.name} (step {root})"
-            for root in self.pipeline.root_steps
-            for b in self.pipeline.steps[root].bindings
-            if b.source == "field" and b.required and b.name not in request.payload
-        ]
+        # Reject at the door what a root step could not take, so the client hears about it
+        # from the requests topic rather than from a step.
+        missing = []
+        for root in self.pipeline.root_steps:
+            for b in self.pipeline.steps[root].bindings:
+                if b.source != "field":
+                    continue
+                if b.name not in request.payload:
+                    if b.required:
+                        missing.append(f"{b.name} (step {root})")
+                elif b.adapter is not None:
+                    try:
+                        b.adapter.validate_python(request.payload[b.name])
+                    except ValidationError as exc:
+                        raise SchemaInvalidError(
+                            f"request field {b.name!r} (step {root}): {exc.errors()[0]['msg']}"
+                        ) from exc
         if missing:
             raise SchemaInvalidError(f"request payload is missing field(s): {', '.join(missing)}")
 
@@ -455,7 +473,7 @@ class Worker:
         env: Envelope,
         inputs: dict[str, Envelope],
     ) -> None:
-        path = _merge_paths(inputs.values())
+        path = self._merge_paths(inputs.values())
         dependents = self.pipeline.dependents(name)
         if any(e.kind == "SKIP" for e in inputs.values()):
             await self._emit(name, env, path, dependents, output=None, targets=())
@@ -550,7 +568,7 @@ class Worker:
             output = json.dumps({s: json.loads(e.payload or "null") for s, e in produced.items()})
         else:
             output = None
-        await self._send_result(env, _merge_paths(complete.values()), output=output)
+        await self._send_result(env, self._merge_paths(complete.values()), output=output)
         await join.clear(record.partition, env.request_id)
 
     async def _send_result(self, env: Envelope, path: list[str], *, output: str | None) -> None:
@@ -645,13 +663,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._on_assigned(set(assigned))
 
 
-def _merge_paths(envelopes: Iterable[Envelope]) -> list[str]:
-    path: list[str] = []
-    for env in envelopes:
-        for step in env.path:
-            if step not in path:
-                path.append(step)
-    return path
 
 
 def _guess_request_id(record: ConsumerRecord[bytes, bytes]) -> str | None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from topics._aiokafka import stop_consumer
 from topics.names import TopicSpec
 from weir.config import WeirSettings
 from weir.errors import BrokerError, ConfigError
@@ -110,19 +112,26 @@ class TopicAdmin:
         return [s.name for s in missing]
 
     async def _wait_for_leaders(self, names: list[str], timeout: float = 30.0) -> None:
-        # A new topic answers NOT_LEADER until its partitions have leaders; clients that
-        # start right after creation would otherwise log errors and retry.
-        async with asyncio.timeout(timeout):
-            while True:
-                described = await self._admin.describe_topics(names)
-                if all(
-                    t.get("error_code", 0) == 0
-                    and t["partitions"]
-                    and all(p["leader"] >= 0 for p in t["partitions"])
-                    for t in described
-                ):
-                    return
-                await asyncio.sleep(0.1)
+        # A new topic's partitions answer NOT_LEADER for a moment after creation, even once
+        # metadata names a leader; a consumer that starts then can sit on the partition
+        # without fetching (aiokafka).  Wait until every partition answers ListOffsets.
+        counts = await self.partitions(names)
+        tps = [TopicPartition(n, p) for n, c in counts.items() for p in range(c)]
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers, request_timeout_ms=5000
+        )
+        await probe.start()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        await probe.end_offsets(tps)
+                        await probe.beginning_offsets(tps)
+                        return
+                    except KafkaError:
+                        await asyncio.sleep(0.1)
+        finally:
+            await stop_consumer(probe)
 
     async def delete(self, names: Iterable[str]) -> None:
         await self._admin.delete_topics(list(names))

@@ -207,8 +207,9 @@ class LocalBroker:
                 return self.status()
             if remaining <= 0:
                 self._terminate(pid, timeout=10.0)
+                self.pid_file.unlink(missing_ok=True)
                 raise BrokerError(
-                    f"Kafka broker on {self.bootstrap} was not ready within {limit:.0f}s"
+                    f"Kafka broker on {self.bootstrap} was not ready within {limit:g}s"
                     " (raise WEIR_BROKER_START_TIMEOUT_S on a slow machine); it was stopped."
                     f"{self._log_tail()}"
                 )
@@ -222,7 +223,8 @@ class LocalBroker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Shut the broker down cleanly (SIGTERM, then SIGKILL); no-op if it is not running."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not self.state_dir.is_dir():
+            return
         with _locked(self.state_dir / "broker.lock"):
             pid = self._live_pid()
             if pid is not None:

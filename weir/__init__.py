@@ -12,9 +12,16 @@ Apache Kafka.
 ('greet',)
 """
 
-from streams import Branch, Pipeline, StepContext, WeirClient, Worker
-from weir.config import WeirSettings, load_settings
-from weir.errors import WeirError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams import Branch, Pipeline, StepContext, WeirClient, Worker
+    from streams.local import run_local
+    from weir.config import WeirSettings, load_settings
+    from weir.errors import WeirError
 
 __all__ = [
     "Branch",
@@ -25,4 +32,25 @@ __all__ = [
     "WeirSettings",
     "Worker",
     "load_settings",
+    "run_local",
 ]
+
+# Resolved on first use: the packages below import weir.errors and weir.config,
+# so importing them here eagerly would be circular.
+_HOME = {
+    "Branch": "streams",
+    "Pipeline": "streams",
+    "StepContext": "streams",
+    "WeirClient": "streams",
+    "Worker": "streams",
+    "run_local": "streams.local",
+    "WeirSettings": "weir.config",
+    "load_settings": "weir.config",
+    "WeirError": "weir.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'weir' has no attribute {name!r}")

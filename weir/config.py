@@ -100,11 +100,18 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> We
             raise ConfigError(f"config file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
         file_values = file_values.get("weir", file_values)
     try:
         # Environment beats the file: drop file keys that the environment sets.
-        env_keys = {k[len("WEIR_") :].lower() for k in os.environ if k.startswith("WEIR_")}
-        merged = {k: v for k, v in file_values.items() if k not in env_keys} | overrides
+        env_keys = {k[len("WEIR_") :].lower() for k in os.environ if k.upper().startswith("WEIR_")}
+        merged = {k: v for k, v in file_values.items() if k not in env_keys}
+        if isinstance(merged.get("broker"), dict):
+            merged["broker"] = {
+                k: v for k, v in merged["broker"].items() if f"broker_{k}" not in env_keys
+            }
+        merged |= overrides
         return WeirSettings(**merged)
     except ValidationError as exc:
         problems = "; ".join(

@@ -1,0 +1,102 @@
+"""Pipelines the runtime tests run, in-process and in ``weir worker`` subprocesses.
+
+Subprocess workers learn their pipeline's name from ``WEIR_TEST_PIPELINE`` so
+that every test uses topics of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pydantic import BaseModel
+
+from streams import Branch, Pipeline
+
+
+def linear(name: str) -> Pipeline:
+    p = Pipeline(name)
+
+    @p.step()
+    def parse(text: str, n: int) -> dict[str, object]:
+        return {"words": text.split(), "n": n}
+
+    @p.step(depends_on=[parse])
+    async def count(parse: dict[str, object]) -> dict[str, object]:
+        await asyncio.sleep(0.005)  # an awaited call, like a model's
+        return {"n": parse["n"], "words": len(parse["words"])}  # type: ignore[arg-type]
+
+    @p.step(depends_on=[count])
+    def answer(count: dict[str, int]) -> str:
+        return f"request {count['n']} has {count['words']} words"
+
+    return p
+
+
+def diamond(name: str, slow_s: float = 0.0) -> Pipeline:
+    p = Pipeline(name)
+
+    @p.step()
+    def start(n: int) -> int:
+        return n + 1
+
+    @p.step(depends_on=[start])
+    async def double(start: int) -> int:
+        await asyncio.sleep(slow_s)
+        return start * 2
+
+    @p.step(depends_on=[start])
+    def square(start: int) -> int:
+        return start * start
+
+    @p.step(depends_on=[double, square])
+    def combine(double: int, square: int) -> dict[str, int]:
+        return {"double": double, "square": square, "sum": double + square}
+
+    return p
+
+
+class SupportRequest(BaseModel):
+    text: str
+    customer: str
+
+
+def branching(name: str) -> Pipeline:
+    # The input model lets later steps read request fields (customer, text) by name.
+    p = Pipeline(name, input=SupportRequest)
+
+    @p.step()
+    def classify(text: str) -> str:
+        return "balance" if "balance" in text else "dispute"
+
+    @p.step(depends_on=[classify], inline=True)
+    def route(classify: str) -> Branch:
+        return Branch("lookup" if classify == "balance" else "embed", classify)
+
+    @p.step(depends_on=[route])
+    def lookup(route: str, customer: str) -> dict[str, str]:
+        return {"customer": customer, "balance": str(len(customer) * 100)}
+
+    @p.step(depends_on=[route])
+    def embed(route: str, text: str) -> list[int]:
+        return [len(w) for w in text.split()]
+
+    @p.step(depends_on=[embed])
+    def reply(embed: list[int]) -> Branch:
+        score = sum(embed) / (10 * len(embed))
+        return Branch("escalate" if score < 0.45 else "deliver", {"score": round(score, 3)})
+
+    @p.step(depends_on=[reply])
+    def deliver(reply: dict[str, float]) -> str:
+        return f"delivered with score {reply['score']}"
+
+    @p.step(depends_on=[reply])
+    def escalate(reply: dict[str, float], customer: str) -> dict[str, str]:
+        return {"to": "human", "customer": customer, "why": f"score {reply['score']}"}
+
+    return p
+
+
+_NAME = os.environ.get("WEIR_TEST_PIPELINE", "test-pipeline")
+_SLOW = float(os.environ.get("WEIR_TEST_SLOW_S", "0"))
+diamond_pipeline = diamond(_NAME, _SLOW)

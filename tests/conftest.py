@@ -1,0 +1,83 @@
+"""Shared fixtures: one real Kafka broker for the whole session, started by weir itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from weir.config import BrokerSettings, WeirSettings, load_settings
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p+1 free (client and controller listeners)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeirSettings]:
+    """Settings pointing at a live broker: ``WEIR_TEST_KAFKA_BOOTSTRAP``, or a local one."""
+    external = os.environ.get("WEIR_TEST_KAFKA_BOOTSTRAP")
+    base = dict(
+        partitions=4,
+        commit_interval_s=0.5,
+        shutdown_timeout_s=15.0,
+        step_timeout_s=30.0,
+        max_payload_bytes=64 * 1024,
+    )
+    if external:
+        yield load_settings(kafka_bootstrap=external, **base)
+        return
+    from topics.broker import LocalBroker
+
+    port = _free_port_pair()
+    local = load_settings(broker=BrokerSettings(port=port), **base)
+    broker = LocalBroker(local, state_dir=tmp_path_factory.mktemp("broker"))
+    broker.start()
+    try:
+        yield local
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def pipeline_name(request: pytest.FixtureRequest) -> str:
+    """A pipeline name unique to this test, so tests never share topics."""
+    base = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")[:40]
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def worker_env(settings: WeirSettings, **extra: str) -> dict[str, str]:
+    """Environment for a ``weir worker`` subprocess that talks to the test broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR_")}
+    env.update(
+        WEIR_KAFKA_BOOTSTRAP=settings.bootstrap_servers,
+        WEIR_PARTITIONS=str(settings.partitions),
+        WEIR_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
+        WEIR_SHUTDOWN_TIMEOUT_S=str(settings.shutdown_timeout_s),
+        WEIR_MAX_PAYLOAD_BYTES=str(settings.max_payload_bytes),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
