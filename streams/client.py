@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from schemas.messages import Request, Result
-from topics._aiokafka import stop_consumer
+from topics._aiokafka import rewind, stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
@@ -154,6 +154,7 @@ class WeirClient:
             bootstrap_servers=self.settings.bootstrap_servers,
             enable_auto_commit=False,
             isolation_level="read_committed",
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:
@@ -164,7 +165,7 @@ class WeirClient:
             tps = [TopicPartition(topic, p) for p in range(count)]
             consumer.assign(tps)
             if from_beginning:
-                await consumer.seek_to_beginning(*tps)
+                await rewind(consumer, tps)
             else:
                 await consumer.seek_to_end(*tps)
             end = await consumer.end_offsets(tps) if not follow else None

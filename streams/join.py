@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.messages import Envelope
-from topics._aiokafka import stop_consumer
+from topics._aiokafka import rewind, stop_consumer
 
 __all__ = ["JoinTable"]
 
@@ -77,13 +77,16 @@ class JoinTable:
             return 0
         tps = [TopicPartition(self.changelog, p) for p in partitions]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:
             consumer.assign(tps)
             end = await consumer.end_offsets(tps)
-            await consumer.seek_to_beginning(*tps)
+            await rewind(consumer, tps)
             for tp in tps:
                 table = self._parts.setdefault(tp.partition, {})
                 table.clear()

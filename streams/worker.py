@@ -343,6 +343,7 @@ class Worker:
             if waiting:
                 log.info("restored %d waiting joins of step %s", waiting, join.step)
         self._assigned |= assigned
+        log.info("assigned %d partitions (%d in total)", len(assigned), len(self._assigned))
 
     def _merge_paths(self, envelopes: Iterable[Envelope]) -> list[str]:
         """The steps behind a join's inputs, in the pipeline's order (arrival order varies)."""

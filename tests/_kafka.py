@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.messages import Result
-from topics._aiokafka import stop_consumer
+from topics._aiokafka import rewind, stop_consumer
 from weir.config import WeirSettings
 
 
@@ -19,13 +19,17 @@ async def read_topic(
     timeout: float = 120.0,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from the beginning, until ``until`` records or ``idle_s`` quiet."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        await rewind(consumer, tps)
         deadline = time.monotonic() + timeout
         last = time.monotonic()
         while time.monotonic() < deadline:
