@@ -8,6 +8,7 @@ classifier scores keyword evidence.  Swap them for real endpoints later.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ def embed(text: str, dimensions: int = DIMENSIONS) -> list[float]:
     """A hashing embedding: similar wording gives nearby vectors."""
     vector = [0.0] * dimensions
     words = tokens(text)
-    for feature in words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]:
+    for feature in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
         digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
         index = int.from_bytes(digest[:4], "big") % dimensions
         vector[index] += 1.0 if digest[4] % 2 else -1.0
@@ -67,7 +68,15 @@ POLICY_CASES = VectorIndex(
 
 _INTENTS = {
     "account_balance": {"balance", "how much", "available", "funds", "account balance"},
-    "complex_dispute": {"dispute", "charged", "refund", "fraud", "unauthorised", "twice", "debited"},
+    "complex_dispute": {
+        "dispute",
+        "charged",
+        "refund",
+        "fraud",
+        "unauthorised",
+        "twice",
+        "debited",
+    },
 }
 
 

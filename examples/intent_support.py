@@ -3,7 +3,7 @@
 classify_intent -> route --(account_balance)--> balance_lookup
                          \\-(complex_dispute)--> embed_dispute -> search_cases -> draft_reply
                                                   -> review --(confidence >= 0.8)--> deliver
-                                                           \\-(confidence <  0.8)--> escalate_to_human
+                                                   \\-(confidence < 0.8)--> escalate_to_human
 
 Every request takes exactly one path; the result is the output of the final
 step it reached (``balance_lookup``, ``deliver`` or ``escalate_to_human``).

@@ -12,10 +12,13 @@ from schemas.messages import (
     ENVELOPE_SCHEMA,
     REQUEST_SCHEMA,
     RESULT_SCHEMA,
+    TRACE_EVENT_SCHEMA,
     DeadLetter,
     Envelope,
+    ModelCall,
     Request,
     Result,
+    TraceEvent,
 )
 
 __all__ = [
@@ -24,10 +27,13 @@ __all__ = [
     "MAGIC_BYTE",
     "REQUEST_SCHEMA",
     "RESULT_SCHEMA",
+    "TRACE_EVENT_SCHEMA",
     "AvroSchema",
     "DeadLetter",
     "Envelope",
+    "ModelCall",
     "Request",
     "Result",
+    "TraceEvent",
     "load_schema",
 ]

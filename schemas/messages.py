@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,18 +24,23 @@ __all__ = [
     "ENVELOPE_SCHEMA",
     "REQUEST_SCHEMA",
     "RESULT_SCHEMA",
+    "TRACE_EVENT_SCHEMA",
     "DeadLetter",
     "Envelope",
+    "ModelCall",
     "Request",
     "Result",
+    "TraceEvent",
     "now_ms",
     "now_us",
+    "total_usage",
 ]
 
 REQUEST_SCHEMA = load_schema("request")
 ENVELOPE_SCHEMA = load_schema("envelope")
 RESULT_SCHEMA = load_schema("result")
 DEAD_LETTER_SCHEMA = load_schema("dead_letter")
+TRACE_EVENT_SCHEMA = load_schema("trace_event")
 
 
 def now_ms() -> int:
@@ -126,6 +133,55 @@ def _describe(exc: ValidationError) -> str:
 
 
 @dataclass(slots=True)
+class ModelCall:
+    """One call to a model endpoint (``ModelCall`` in the schemas); cost is an exact Decimal."""
+
+    step: str
+    attempt: int
+    endpoint: str
+    provider: str
+    model: str
+    operation: str
+    status: Literal["SUCCESS", "FAILURE"]
+    started_at: int
+    """Epoch milliseconds."""
+    duration_ms: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usage_source: Literal["provider", "estimate"] = "provider"
+    cost_usd: Decimal = Decimal(0)
+    error_type: str | None = None
+    ttft_ms: float | None = None
+    streamed: bool = False
+    rule: str | None = None
+    rules_version: int | None = None
+    fallback_from: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["cost_usd"] = str(self.cost_usd)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ModelCall:
+        return cls(**{**record, "cost_usd": Decimal(record.get("cost_usd") or "0")})
+
+
+def total_usage(calls: Iterable[ModelCall]) -> tuple[int, int, Decimal]:
+    """``(input_tokens, output_tokens, cost_usd)`` summed over ``calls``."""
+    tokens_in = tokens_out = 0
+    cost = Decimal(0)
+    for call in calls:
+        tokens_in += call.input_tokens
+        tokens_out += call.output_tokens
+        cost += call.cost_usd
+    return tokens_in, tokens_out, cost
+
+
+EnvelopeKind = Literal["VALUE", "SKIP", "JOINED", "FAILURE"]
+
+
+@dataclass(slots=True)
 class Envelope:
     """One value on its way from ``source`` to ``step`` (hot path: a plain dataclass)."""
 
@@ -133,7 +189,7 @@ class Envelope:
     pipeline: str
     step: str
     source: str
-    kind: Literal["VALUE", "SKIP"]
+    kind: EnvelopeKind
     submitted_at: int
     created_at: int
     request: str
@@ -142,6 +198,16 @@ class Envelope:
     traceparent: str | None = None
     options: dict[str, str] = field(default_factory=dict)
     path: list[str] = field(default_factory=list)
+    not_before: int = 0
+    """Epoch milliseconds before which a retry must not start."""
+    first_failed_at: int | None = None
+    inputs: dict[str, str | None] = field(default_factory=dict)
+    """``JOINED``: every input's payload by source step."""
+    calls: list[ModelCall] = field(default_factory=list)
+    error_type: str | None = None
+    error_message: str | None = None
+    failed_step: str | None = None
+    replay: str | None = None
 
     def encode(self) -> bytes:
         return ENVELOPE_SCHEMA.encode(
@@ -152,6 +218,8 @@ class Envelope:
                 "source": self.source,
                 "kind": self.kind,
                 "attempt": self.attempt,
+                "not_before": self.not_before,
+                "first_failed_at": self.first_failed_at,
                 "submitted_at": self.submitted_at,
                 "created_at": self.created_at,
                 "traceparent": self.traceparent,
@@ -159,6 +227,12 @@ class Envelope:
                 "options": self.options,
                 "path": self.path,
                 "payload": self.payload,
+                "inputs": self.inputs,
+                "calls": [c.to_record() for c in self.calls],
+                "error_type": self.error_type,
+                "error_message": self.error_message,
+                "failed_step": self.failed_step,
+                "replay": self.replay,
             }
         )
 
@@ -166,7 +240,21 @@ class Envelope:
     def decode(cls, raw: bytes | None) -> Envelope:
         if not raw:
             raise UndecodableError("empty step message")
-        return cls(**ENVELOPE_SCHEMA.decode(raw))
+        record = ENVELOPE_SCHEMA.decode(raw)
+        if record["calls"]:
+            record["calls"] = [ModelCall.from_record(c) for c in record["calls"]]
+        return cls(**record)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (join changelogs store waiting inputs this way)."""
+        record = asdict(self)
+        record["calls"] = [c.to_record() for c in self.calls]
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Envelope:
+        calls = [ModelCall.from_record(c) for c in record.get("calls", ())]
+        return cls(**{**record, "calls": calls})
 
 
 class Result(BaseModel):
@@ -185,6 +273,12 @@ class Result(BaseModel):
     submitted_at: int
     completed_at: int
     latency_ms: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    """Every model call of the request (``ModelCall`` records)."""
+    replay: str | None = None
 
     @property
     def value(self) -> Any:
@@ -193,8 +287,13 @@ class Result(BaseModel):
 
     def to_wire(self, fmt: Literal["json", "avro"]) -> bytes:
         if fmt == "avro":
-            return RESULT_SCHEMA.encode(self.model_dump())
+            record = self.model_dump()
+            record["cost_usd"] = str(self.cost_usd)
+            return RESULT_SCHEMA.encode(record)
         return self.model_dump_json().encode()
+
+    def model_calls(self) -> list[ModelCall]:
+        return [ModelCall.from_record(c) for c in self.calls]
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Result:
@@ -204,6 +303,83 @@ class Result(BaseModel):
             return cls.model_validate_json(raw)
         except ValidationError as exc:
             raise SchemaInvalidError(f"invalid result: {_describe(exc)}") from exc
+
+
+@dataclass(slots=True)
+class TraceEvent:
+    """One step attempt, as written to the trace topic (``trace_event.avsc``)."""
+
+    pipeline_id: str
+    step_name: str
+    request_id: str
+    attempt: int
+    status: Literal["SUCCESS", "FAILURE", "SKIPPED"]
+    disposition: str
+    """emitted, retry_scheduled, dead_lettered, fallback, skipped, rejected."""
+    created_at: int
+    started_at: int
+    submitted_at: int
+    duration_ms: float
+    queue_wait_ms: float
+    worker_id: str
+    topic: str
+    partition: int
+    offset: int
+    error_type: str | None = None
+    error_message: str | None = None
+    calls: list[ModelCall] = field(default_factory=list)
+    trace_id: str | None = None
+    span_id: str | None = None
+    input: str | None = None
+    output: str | None = None
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record, with the attempt's model calls summarised."""
+        tokens_in, tokens_out, cost = total_usage(self.calls)
+        last = self.calls[-1] if self.calls else None
+        return {
+            "event_id": self.event_id,
+            "pipeline_id": self.pipeline_id,
+            "step_name": self.step_name,
+            "request_id": self.request_id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "disposition": self.disposition,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "submitted_at": self.submitted_at,
+            "duration_ms": self.duration_ms,
+            "queue_wait_ms": self.queue_wait_ms,
+            "worker_id": self.worker_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "endpoint": last.endpoint if last else None,
+            "model": last.model if last else None,
+            "provider": last.provider if last else None,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost_usd": str(cost),
+            "usage_source": last.usage_source if last else None,
+            "routing_rule": last.rule if last else None,
+            "rules_version": last.rules_version if last else None,
+            "calls": [c.to_record() for c in self.calls],
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "input": self.input,
+            "output": self.output,
+        }
+
+    def encode(self) -> bytes:
+        return TRACE_EVENT_SCHEMA.encode(self.to_record())
+
+    @staticmethod
+    def decode(raw: bytes) -> dict[str, Any]:
+        """The Avro record of an encoded event (as the sink stores it)."""
+        return TRACE_EVENT_SCHEMA.decode(raw)
 
 
 _H = "__connect.errors."
@@ -247,7 +423,6 @@ class DeadLetter(BaseModel):
     request_id: str | None = None
     key: bytes | None = None
     value: bytes | None = None
-
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The error headers to add to the original message's own headers."""

@@ -23,11 +23,15 @@ from streams.client import WeirClient
 from streams.context import StepContext
 from streams.local import run_local
 from streams.pipeline import Pipeline, Step
+from streams.retry import NO_RETRY, Fallback, RetryPolicy
 from streams.worker import Worker, WorkerStats
 
 __all__ = [
+    "NO_RETRY",
     "Branch",
+    "Fallback",
     "Pipeline",
+    "RetryPolicy",
     "Step",
     "StepContext",
     "WeirClient",

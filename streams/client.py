@@ -89,8 +89,11 @@ class WeirClient:
     ) -> str:
         """Submit one request; return its request id once the broker has it."""
         ids = await self.submit_many(
-            pipeline, [payload], request_ids=[request_id] if request_id else None,
-            options=options, fmt=fmt,
+            pipeline,
+            [payload],
+            request_ids=[request_id] if request_id else None,
+            options=options,
+            fmt=fmt,
         )
         return ids[0]
 
@@ -117,7 +120,9 @@ class WeirClient:
         for payload in payloads:
             rid = next(id_iter) if id_iter is not None else uuid.uuid4().hex
             request = Request(
-                request_id=rid, pipeline=pipeline, payload=dict(payload),
+                request_id=rid,
+                pipeline=pipeline,
+                payload=dict(payload),
                 options=dict(options or {}),
             )
             raw = request.to_avro() if fmt == "avro" else request.to_json()
@@ -171,9 +176,7 @@ class WeirClient:
             end = await consumer.end_offsets(tps) if not follow else None
             last = time.monotonic()
             while True:
-                if end is not None and all(
-                    [await consumer.position(tp) >= end[tp] for tp in tps]
-                ):
+                if end is not None and all([await consumer.position(tp) >= end[tp] for tp in tps]):
                     return
                 batch = await consumer.getmany(timeout_ms=200)
                 if not batch:

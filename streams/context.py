@@ -1,11 +1,23 @@
-"""What a step can learn about the request it is running for."""
+"""What a step can learn about the request it is running for.
+
+``StepContext`` is injected into step parameters annotated with it.
+``AttemptScope`` is the runtime's side of the same attempt: processors (model
+calls, streaming, routing) reach it through ``current_scope()`` to record what
+they did and to publish on Kafka with the worker's producer.
+"""
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["StepContext"]
+if TYPE_CHECKING:
+    from schemas.messages import ModelCall
+    from weir.config import WeirSettings
+
+__all__ = ["AttemptScope", "StepContext", "current_scope"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,3 +34,42 @@ class StepContext:
     options: dict[str, str] = field(default_factory=dict)
     submitted_at: int = 0
     """Epoch milliseconds when the client submitted the request."""
+
+
+Publish = Callable[[str, bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+"""Sends ``(topic, key, value, headers)`` with the worker's producer and waits for the ack."""
+
+
+@dataclass(slots=True)
+class AttemptScope:
+    """One step attempt as the runtime sees it; set for the duration of the step call."""
+
+    context: StepContext
+    settings: WeirSettings
+    publish: Publish
+    lag: Callable[[], int]
+    """Messages waiting on this worker's partitions of the step's input topic."""
+    calls: list[ModelCall] = field(default_factory=list)
+    """Model calls of this attempt, appended by the model layer as they finish."""
+
+    def record(self, call: ModelCall) -> None:
+        self.calls.append(call)
+
+
+_SCOPE: contextvars.ContextVar[AttemptScope | None] = contextvars.ContextVar(
+    "weir_attempt_scope", default=None
+)
+
+
+def current_scope() -> AttemptScope | None:
+    """The attempt being run in this task or step thread, or ``None`` outside a worker."""
+    return _SCOPE.get()
+
+
+def enter_scope(scope: AttemptScope | None) -> contextvars.Token[AttemptScope | None]:
+    """Make ``scope`` current (the executor does this around each step call)."""
+    return _SCOPE.set(scope)
+
+
+def leave_scope(token: contextvars.Token[AttemptScope | None]) -> None:
+    _SCOPE.reset(token)

@@ -1,21 +1,27 @@
-"""Writing failed messages to their step's dead-letter topic."""
+"""Dead-letter records: the failed message, unchanged, plus headers saying why.
+
+Header convention: Kafka Connect's ``__connect.errors.*`` names where Connect
+has one (topic, partition, offset, exception class/message/stacktrace,
+connector = pipeline, task = worker, stage = step), ``weir.*`` for the rest
+(attempt count, first/last failure time, request id, error type).  See
+``schemas/dead_letter.avsc`` and ``DeadLetter.from_message``.
+"""
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from schemas.messages import DeadLetter, now_ms
+from streams.outbox import OutMessage
 from weir.errors import WeirError
 
-__all__ = ["MAX_STACKTRACE_CHARS", "DeadLetterWriter", "error_type_of"]
+__all__ = ["MAX_STACKTRACE_CHARS", "DeadLetters", "error_type_of"]
 
 MAX_STACKTRACE_CHARS = 8192
 """Stack traces are cut to their last this-many characters: the end says where it failed."""
 
 Headers = Sequence[tuple[str, bytes]]
-Send = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[None]]
-"""Sends ``(topic, key, value, headers)`` and waits for the broker's ack."""
 
 
 def error_type_of(error: BaseException) -> str:
@@ -23,15 +29,14 @@ def error_type_of(error: BaseException) -> str:
     return error.error_type if isinstance(error, WeirError) else "internal_error"
 
 
-class DeadLetterWriter:
-    """Puts a failed message on a dead-letter topic: original key, value and headers kept."""
+class DeadLetters:
+    """Builds dead-letter messages for one pipeline on one worker."""
 
-    def __init__(self, send: Send, *, pipeline: str, worker_id: str) -> None:
-        self._send = send
+    def __init__(self, *, pipeline: str, worker_id: str) -> None:
         self._pipeline = pipeline
         self._worker_id = worker_id
 
-    async def write(
+    def message(
         self,
         topic: str,
         *,
@@ -46,8 +51,8 @@ class DeadLetterWriter:
         request_id: str | None = None,
         attempt: int = 1,
         first_failed_at: int | None = None,
-    ) -> DeadLetter:
-        """Write and await the ack; the caller acknowledges the source message only after."""
+    ) -> tuple[OutMessage, DeadLetter]:
+        """The message to send (await its ack before acknowledging the source) and its record."""
         failed_at = now_ms()
         stack = "".join(traceback.format_exception(error))[-MAX_STACKTRACE_CHARS:]
         record = DeadLetter(
@@ -68,5 +73,4 @@ class DeadLetterWriter:
         # Headers of an earlier dead-lettering are replaced, not repeated, on a second failure.
         own = {name for name, _ in record.headers()}
         kept = [(n, v) for n, v in headers if n not in own]
-        await self._send(topic, key, value, kept + record.headers())
-        return record
+        return OutMessage(topic, key, value, kept + record.headers()), record

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,11 +16,11 @@ from pydantic import ValidationError
 
 from schemas.messages import Envelope
 from streams.branch import Branch
-from streams.context import StepContext
+from streams.context import AttemptScope, StepContext, enter_scope, leave_scope
 from streams.pipeline import Step
 from weir.errors import SchemaInvalidError, StepError, StepTimeoutError, WeirError
 
-__all__ = ["StepExecutor", "encode_output"]
+__all__ = ["StepExecutor", "encode_output", "split_branch"]
 
 
 def encode_output(value: Any, *, step: str) -> str:
@@ -27,7 +28,9 @@ def encode_output(value: Any, *, step: str) -> str:
     try:
         return pydantic_core.to_json(value).decode()
     except pydantic_core.PydanticSerializationError as exc:
-        raise StepError(f"step {step!r} returned a value that is not JSON-serialisable: {exc}") from exc
+        raise StepError(
+            f"step {step!r} returned a value that is not JSON-serialisable: {exc}"
+        ) from exc
 
 
 class StepExecutor:
@@ -45,17 +48,34 @@ class StepExecutor:
         self.step = step
         self._pipeline = pipeline
         self._worker_id = worker_id
-        self._timeout = step.timeout_s or default_timeout_s
+        self.timeout_s = step.timeout_s or default_timeout_s
         self._threads = threads
 
-    def arguments(self, inputs: Mapping[str, Envelope], first: Envelope) -> dict[str, Any]:
-        """Keyword arguments for the step function; ``SchemaInvalidError`` if one does not fit."""
+    def context(self, first: Envelope, request: dict[str, Any] | None = None) -> StepContext:
+        return StepContext(
+            request_id=first.request_id,
+            pipeline=self._pipeline,
+            step=self.step.name,
+            attempt=first.attempt,
+            worker_id=self._worker_id,
+            request=json.loads(first.request) if request is None else request,
+            options=dict(first.options),
+            submitted_at=first.submitted_at,
+        )
+
+    def arguments(
+        self, inputs: Mapping[str, str | None], first: Envelope, ctx: StepContext | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for the step function; ``SchemaInvalidError`` if one does not fit.
+
+        ``inputs`` holds each dependency's output as JSON text, by step name.
+        """
         request: dict[str, Any] | None = None
         kwargs: dict[str, Any] = {}
         for b in self.step.bindings:
             try:
                 if b.source == "dependency":
-                    raw = inputs[b.name].payload or "null"
+                    raw = inputs[b.name] or "null"
                     kwargs[b.parameter] = (
                         b.adapter.validate_json(raw) if b.adapter else json.loads(raw)
                     )
@@ -63,16 +83,7 @@ class StepExecutor:
                 if request is None:
                     request = json.loads(first.request)
                 if b.source == "context":
-                    kwargs[b.parameter] = StepContext(
-                        request_id=first.request_id,
-                        pipeline=self._pipeline,
-                        step=self.step.name,
-                        attempt=first.attempt,
-                        worker_id=self._worker_id,
-                        request=request,
-                        options=dict(first.options),
-                        submitted_at=first.submitted_at,
-                    )
+                    kwargs[b.parameter] = ctx if ctx is not None else self.context(first, request)
                 elif b.source == "payload":
                     kwargs[b.parameter] = (
                         b.adapter.validate_python(request) if b.adapter else request
@@ -94,13 +105,24 @@ class StepExecutor:
                 ) from exc
         return kwargs
 
-    async def call(self, kwargs: dict[str, Any]) -> Any:
-        """Run the function once within the step's timeout; wrap what it raises in ``StepError``."""
-        fn = self.step.fn
-        deadline = asyncio.timeout(self._timeout)
+    async def call(
+        self,
+        kwargs: dict[str, Any],
+        scope: AttemptScope | None = None,
+        fn: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Run the step function (or ``fn``, e.g. its fallback) once within the step's timeout.
+
+        ``scope`` is current while it runs, in its thread too.  What it raises
+        becomes a ``StepError`` unless it already is a ``WeirError``.
+        """
+        fn = self.step.fn if fn is None else fn
+        is_async = self.step.is_async if fn is self.step.fn else _is_async(fn)
+        deadline = asyncio.timeout(self.timeout_s)
+        token = enter_scope(scope)
         try:
             async with deadline:
-                if self.step.is_async:
+                if is_async:
                     return await fn(**kwargs)
                 if self.step.inline:
                     return fn(**kwargs)
@@ -111,18 +133,30 @@ class StepExecutor:
             if not deadline.expired():  # the step's own TimeoutError, not our deadline
                 raise StepError(f"step {self.step.name!r} raised TimeoutError: {exc}") from exc
             raise StepTimeoutError(
-                f"step {self.step.name!r} did not finish within {self._timeout:g}s"
+                f"step {self.step.name!r} did not finish within {self.timeout_s:g}s"
             ) from exc
         except WeirError:
             raise
         except Exception as exc:
-            raise StepError(
-                f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"
-            ) from exc
+            raise StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}") from exc
+        finally:
+            leave_scope(token)
 
-    async def run(self, inputs: Mapping[str, Envelope], first: Envelope) -> Any:
+    async def run(
+        self,
+        inputs: Mapping[str, str | None],
+        first: Envelope,
+        scope: AttemptScope | None = None,
+    ) -> Any:
         """Inject, call; return the output (possibly a ``Branch``)."""
-        return await self.call(self.arguments(inputs, first))
+        ctx = scope.context if scope is not None else None
+        return await self.call(self.arguments(inputs, first, ctx), scope)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
 
 
 def split_branch(value: Any) -> tuple[Any, tuple[str, ...] | None]:

@@ -2,107 +2,132 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Iterable
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
 from schemas.messages import Envelope
-from topics._aiokafka import rewind, stop_consumer
+from streams.outbox import OutMessage
+from streams.table import ChangelogTable
 
 __all__ = ["JoinTable"]
 
-Send = Callable[[str, int, bytes, bytes | None], Awaitable[None]]
-"""Sends ``(topic, partition, key, value)`` and waits for the broker's ack."""
+OfferState = Literal["waiting", "complete", "duplicate"]
+
+
+@dataclass(slots=True)
+class _Join:
+    since: float
+    """Epoch seconds: first input's arrival, or the completion for a finished join."""
+    inputs: dict[str, Envelope] | None
+    """``None`` once the join completed: later copies of its inputs are duplicates."""
+
+
+def _encode(entry: _Join) -> bytes:
+    if entry.inputs is None:
+        return json.dumps({"done": entry.since}).encode()
+    inputs = {src: env.to_dict() for src, env in entry.inputs.items()}
+    return json.dumps({"since": entry.since, "inputs": inputs}).encode()
+
+
+def _decode(raw: bytes) -> _Join:
+    body = json.loads(raw)
+    if "done" in body:
+        return _Join(float(body["done"]), None)
+    inputs = {src: Envelope.from_dict(fields) for src, fields in body["inputs"].items()}
+    return _Join(float(body.get("since", time.time())), inputs)
 
 
 class JoinTable:
     """Inputs that arrived for a join step, by input partition and request id.
 
-    Every change is written to a compacted changelog topic, partition for
-    partition with the step's input topic, before the input message counts as
-    done; a completed join leaves a tombstone, so the table stays bounded.  When
-    a worker is assigned an input partition it rebuilds that partition's part
-    of the table from the changelog before processing any message from it.
+    Every change is written (by the caller, with the input's other messages) to
+    a compacted changelog topic, partition for partition with the step's input
+    topic, before the input message counts as done.  A completed join leaves a
+    *done* marker for ``done_ttl_s`` so that a
+    redelivered copy of one of its inputs (at-least-once delivery after a
+    crash) is recognised instead of opening a join that never completes; then
+    a tombstone removes it.  A join still incomplete after ``waiting_ttl_s``
+    (one branch failed and was never replayed) is dropped the same way.
 
     Only the event loop's own thread touches the table, and ``offer`` is
     synchronous, so exactly one of several concurrent inputs completes a join.
     """
 
-    def __init__(self, step: str, expected: Iterable[str], changelog: str, send: Send) -> None:
+    def __init__(
+        self,
+        step: str,
+        expected: Iterable[str],
+        changelog: str,
+        *,
+        done_ttl_s: float,
+        waiting_ttl_s: float,
+    ) -> None:
         self.step = step
         self.expected = frozenset(expected)
         self.changelog = changelog
-        self._send = send
-        self._parts: dict[int, dict[str, dict[str, Envelope]]] = {}
+        self._done_ttl = done_ttl_s
+        self._waiting_ttl = waiting_ttl_s
+        self._table: ChangelogTable[_Join] = ChangelogTable(changelog, _encode, _decode)
 
-    def offer(self, partition: int, envelope: Envelope) -> dict[str, Envelope] | None:
-        """Add one input; return all inputs when this one completes the join."""
-        pending = self._parts.setdefault(partition, {})
-        got = pending.setdefault(envelope.request_id, {})
-        got[envelope.source] = envelope
-        if self.expected.issubset(got):
-            del pending[envelope.request_id]
-            return got
-        return None
+    def offer(self, partition: int, envelope: Envelope) -> tuple[OfferState, dict[str, Envelope]]:
+        """Add one input; on ``complete`` the second value holds every input."""
+        entry = self._table.get(partition, envelope.request_id)
+        if entry is None:
+            entry = _Join(time.time(), {})
+            self._table.put(partition, envelope.request_id, entry)
+        if entry.inputs is None:
+            return "duplicate", {}
+        entry.inputs[envelope.source] = envelope
+        if self.expected.issubset(entry.inputs):
+            inputs = entry.inputs
+            self._table.put(partition, envelope.request_id, _Join(time.time(), None))
+            return "complete", inputs
+        return "waiting", {}
 
-    def waiting(self, partition: int, request_id: str) -> dict[str, Envelope] | None:
-        return self._parts.get(partition, {}).get(request_id)
+    def changelog_message(self, partition: int, request_id: str) -> list[OutMessage]:
+        """The changelog write of the request's entry (partial inputs or done marker)."""
+        entry = self._table.get(partition, request_id)
+        if entry is None:
+            return []
+        return [OutMessage(self.changelog, request_id.encode(), _encode(entry), None, partition)]
 
-    async def persist(self, partition: int, request_id: str) -> None:
-        """Write the request's current partial inputs to the changelog."""
-        got = self.waiting(partition, request_id)
-        if got is None:
-            return  # completed meanwhile by another input; its tombstone follows
-        value = json.dumps({src: dataclasses.asdict(env) for src, env in got.items()})
-        await self._send(self.changelog, partition, request_id.encode(), value.encode())
+    def expire(self, now: float | None = None) -> list[OutMessage]:
+        """Forget done markers and abandoned joins past their TTL; return their tombstones."""
+        now = time.time() if now is None else now
+        tombstones = []
+        for partition in self._table.partitions():
+            for request_id, entry in self._table.items(partition):
+                ttl = self._done_ttl if entry.inputs is None else self._waiting_ttl
+                if now - entry.since < ttl:
+                    continue
+                self._table.pop(partition, request_id)
+                tombstones.append(
+                    OutMessage(self.changelog, request_id.encode(), None, None, partition)
+                )
+        return tombstones
 
-    async def clear(self, partition: int, request_id: str) -> None:
-        """Tombstone a completed join in the changelog."""
-        await self._send(self.changelog, partition, request_id.encode(), None)
+    def waiting(self, partition: int | None = None) -> int:
+        """Joins still missing an input."""
+        parts = self._table.partitions() if partition is None else [partition]
+        return sum(
+            1 for p in parts for _, entry in self._table.items(p) if entry.inputs is not None
+        )
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns."""
-        for p in partitions:
-            self._parts.pop(p, None)
-
-    def size(self) -> int:
-        return sum(len(v) for v in self._parts.values())
+        self._table.drop(partitions)
 
     async def restore(self, bootstrap: str, partitions: Iterable[int]) -> int:
         """Rebuild ``partitions`` from the changelog; return how many joins are waiting."""
         partitions = list(partitions)
-        if not partitions:
-            return 0
-        tps = [TopicPartition(self.changelog, p) for p in partitions]
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            consumer.assign(tps)
-            end = await consumer.end_offsets(tps)
-            await rewind(consumer, tps)
-            for tp in tps:
-                table = self._parts.setdefault(tp.partition, {})
-                table.clear()
-                while await consumer.position(tp) < end[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=1000)
-                    for record in batch.get(tp, []):
-                        if record.offset >= end[tp] or record.key is None:
-                            continue
-                        request_id = record.key.decode()
-                        if record.value is None:
-                            table.pop(request_id, None)
-                        else:
-                            raw = json.loads(record.value)
-                            table[request_id] = {
-                                src: Envelope(**fields) for src, fields in raw.items()
-                            }
-        finally:
-            await stop_consumer(consumer)
-        return sum(len(self._parts.get(p, {})) for p in partitions)
+        now = time.time()
+
+        def keep(entry: _Join) -> bool:
+            ttl = self._done_ttl if entry.inputs is None else self._waiting_ttl
+            return now - entry.since < ttl
+
+        await self._table.restore(bootstrap, partitions, keep=keep)
+        return sum(self.waiting(p) for p in partitions)

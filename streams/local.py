@@ -24,7 +24,8 @@ async def run_local(
     """Run every step in dependency order in this process; return ``(output, path)``.
 
     Same injection, validation, branching and result rules as the worker, so
-    a pipeline's logic can be tested without a broker.  Step errors propagate.
+    a pipeline's logic can be tested without a broker.  Step errors propagate
+    (no retries, no fallbacks).
 
     >>> from streams import Pipeline
     >>> import asyncio
@@ -36,8 +37,18 @@ async def run_local(
     (42, ['double'])
     """
     pipeline.validate()
-    request = json.dumps(payload)
-    submitted = now_ms()
+    first = Envelope(
+        request_id=request_id,
+        pipeline=pipeline.name,
+        step="",
+        source="",
+        kind="VALUE",
+        submitted_at=now_ms(),
+        created_at=now_us(),
+        request=json.dumps(payload),
+        payload=None,
+        options=dict(options or {}),
+    )
     outputs: dict[str, str | None] = {}  # None: skipped
     routed: dict[str, tuple[str, ...] | None] = {}
     path: list[str] = []
@@ -51,23 +62,14 @@ async def run_local(
             if not taken:
                 outputs[name], routed[name] = None, None
                 continue
-            inputs = {
-                d: Envelope(
-                    request_id=request_id, pipeline=pipeline.name, step=name, source=d,
-                    kind="VALUE", submitted_at=submitted, created_at=now_us(),
-                    request=request, payload=outputs[d], options=dict(options or {}),
-                )
-                for d in step.depends_on
-            }
-            first = next(iter(inputs.values()), None) or Envelope(
-                request_id=request_id, pipeline=pipeline.name, step=name, source="",
-                kind="VALUE", submitted_at=submitted, created_at=now_us(), request=request,
-                payload=None, options=dict(options or {}),
-            )
             executor = StepExecutor(
-                step, pipeline=pipeline.name, worker_id="local", default_timeout_s=60.0,
+                step,
+                pipeline=pipeline.name,
+                worker_id="local",
+                default_timeout_s=pipeline.timeout_s or 60.0,
                 threads=threads,
             )
+            inputs = {d: outputs[d] for d in step.depends_on}
             value, targets = split_branch(await executor.run(inputs, first))
             dependents = pipeline.dependents(name)
             if targets is not None and (bad := [t for t in targets if t not in dependents]):

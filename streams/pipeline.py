@@ -17,6 +17,7 @@ Annotated parameters are validated (and coerced) with pydantic on the way in.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from typing import Any, Literal, TypeVar, get_type_hints
 from pydantic import BaseModel, TypeAdapter
 
 from streams.context import StepContext
+from streams.retry import Fallback, RetryPolicy
 from weir.errors import (
     CycleError,
     DuplicateStepError,
@@ -34,13 +36,11 @@ from weir.errors import (
     UnsatisfiedParameterError,
 )
 
-__all__ = ["RESULT_COLLECTOR", "Binding", "Pipeline", "Step"]
+__all__ = ["Binding", "Pipeline", "Step"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
-RESULT_COLLECTOR = "_result"
-"""Internal join step that gathers the outputs of several final steps."""
 
 BindingSource = Literal["dependency", "field", "payload", "context"]
 
@@ -71,6 +71,12 @@ class Step:
     inline: bool
     """Run a sync function on the event loop instead of the step thread pool."""
     timeout_s: float | None
+    retry: RetryPolicy | None = None
+    """``None``: the pipeline's policy."""
+    fallback: Fallback | None = None
+    """Output once attempts are exhausted; ``None``: dead-letter the request."""
+    log_io: bool = False
+    """Put this step's (redacted) inputs and output on its trace events."""
 
     @property
     def is_root(self) -> bool:
@@ -96,7 +102,14 @@ class Pipeline:
     ('shout',)
     """
 
-    def __init__(self, name: str, *, input: type[BaseModel] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[BaseModel] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise PipelineDefinitionError(
                 f"pipeline name {name!r} must start with a letter and use only letters, digits,"
@@ -106,8 +119,16 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"pipeline {name!r}: input must be a pydantic BaseModel subclass, got {input!r}"
             )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise PipelineDefinitionError(f"pipeline {name!r}: retry must be a RetryPolicy")
+        if timeout is not None and timeout <= 0:
+            raise PipelineDefinitionError(f"pipeline {name!r}: timeout must be positive")
         self.name = name
         self.input_model = input
+        self.retry = retry if retry is not None else RetryPolicy()
+        """Retry policy of every step that declares none."""
+        self.timeout_s = timeout
+        """Attempt timeout of every step that declares none (else the worker's default)."""
         self._steps: dict[str, Step] = {}
         self._validated = False
 
@@ -122,22 +143,36 @@ class Pipeline:
         *,
         name: str | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        fallback: Fallback | None = None,
         inline: bool = False,
+        log_io: bool = False,
     ) -> Callable[[F], F]:
         """Declare the decorated function as a step; the function itself is returned unchanged.
 
-        ``timeout`` bounds one attempt (seconds; default: the worker's
-        ``step_timeout_s``).  ``inline=True`` runs a cheap sync function on the
-        event loop rather than in the step thread pool.
+        ``timeout`` bounds one attempt (seconds; default: the pipeline's, else
+        the worker's ``step_timeout_s``).  ``retry`` overrides the pipeline's
+        retry policy; ``fallback`` is output once attempts are exhausted instead
+        of dead-lettering.  ``inline=True`` runs a cheap sync function on the
+        event loop rather than in the step thread pool.  ``log_io=True`` puts the
+        step's PII-redacted inputs and output on its trace events.
         """
 
         def decorate(fn: F) -> F:
             step_name = fn.__name__ if name is None else name
-            self.add_step(step_name, fn, depends_on, timeout=timeout, inline=inline)
-            try:
+            self.add_step(
+                step_name,
+                fn,
+                depends_on,
+                timeout=timeout,
+                retry=retry,
+                fallback=fallback,
+                inline=inline,
+                log_io=log_io,
+            )
+            # Builtins and some callables refuse attributes.
+            with contextlib.suppress(AttributeError):
                 fn.__weir_step__ = step_name  # type: ignore[attr-defined]
-            except AttributeError:  # builtins and some callables refuse attributes
-                pass
             return fn
 
         return decorate
@@ -149,7 +184,10 @@ class Pipeline:
         depends_on: Sequence[str | Callable[..., Any]] = (),
         *,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        fallback: Fallback | None = None,
         inline: bool = False,
+        log_io: bool = False,
     ) -> Step:
         """Declare ``fn`` (a function or a processor) as step ``name``."""
         where = f"pipeline {self.name!r}"
@@ -164,20 +202,35 @@ class Pipeline:
             raise PipelineDefinitionError(f"{where}: step {name!r} is not callable: {fn!r}")
         if timeout is not None and timeout <= 0:
             raise PipelineDefinitionError(f"{where}: step {name!r} timeout must be positive")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r} retry must be a RetryPolicy, got {retry!r}"
+            )
+        if fallback is not None and not isinstance(fallback, Fallback):
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r} fallback must be a Fallback(value=...) or"
+                f" Fallback(function=...), got {fallback!r}"
+            )
         deps = tuple(self._dependency_name(name, d) for d in depends_on)
         if len(set(deps)) != len(deps):
             raise PipelineDefinitionError(f"{where}: step {name!r} lists a dependency twice")
         if name in deps:
             raise CycleError(f"{where}: step {name!r} depends on itself")
+        bindings = self._bind(name, fn, deps)
+        if fallback is not None and fallback.function is not None:
+            _check_fallback_signature(where, name, fallback.function, bindings)
         step = Step(
             name=name,
             fn=fn,
             depends_on=deps,
-            bindings=self._bind(name, fn, deps),
+            bindings=bindings,
             is_async=inspect.iscoroutinefunction(fn)
             or inspect.iscoroutinefunction(getattr(fn, "__call__", None)),  # noqa: B004
             inline=inline or bool(getattr(fn, "weir_inline", False)),
             timeout_s=timeout,
+            retry=retry,
+            fallback=fallback,
+            log_io=log_io,
         )
         self._steps[name] = step
         self._validated = False
@@ -201,7 +254,9 @@ class Pipeline:
             f" step of this pipeline (declare it with @{self.name}.step() first)"
         )
 
-    def _bind(self, step: str, fn: Callable[..., Any], deps: tuple[str, ...]) -> tuple[Binding, ...]:
+    def _bind(
+        self, step: str, fn: Callable[..., Any], deps: tuple[str, ...]
+    ) -> tuple[Binding, ...]:
         where = f"pipeline {self.name!r}, step {step!r}"
         try:
             signature = inspect.signature(fn)
@@ -304,7 +359,7 @@ class Pipeline:
                         + (f" (did you mean {hint!r}?)" if hint else "")
                     )
         self._order = self._topological_order()
-        self._dependents = {name: [] for name in self._steps}
+        self._dependents: dict[str, list[str]] = {name: [] for name in self._steps}
         for name in self._order:
             for dep in self._steps[name].depends_on:
                 self._dependents[dep].append(name)
@@ -333,6 +388,11 @@ class Pipeline:
             visit(name, [])
         return tuple(order)
 
+    def retry_policy(self, step: str) -> RetryPolicy:
+        """The policy ``step`` runs with: its own, else the pipeline's."""
+        own = self._steps[step].retry if step in self._steps else None
+        return own if own is not None else self.retry
+
     @property
     def steps(self) -> dict[str, Step]:
         """Steps by name, in declaration order."""
@@ -358,7 +418,7 @@ class Pipeline:
 
     @property
     def needs_result_collector(self) -> bool:
-        """Several final steps: their outputs are joined before the result is written."""
+        """Several final steps: the answer stage joins their outputs into one result."""
         return len(self.final_steps) > 1
 
 
@@ -370,6 +430,22 @@ def _adapter(hint: Any) -> TypeAdapter[Any] | None:
     except Exception:
         # An annotation pydantic cannot validate (e.g. an arbitrary class): pass values through.
         return None
+
+
+def _check_fallback_signature(
+    where: str, step: str, fn: Callable[..., Any], bindings: tuple[Binding, ...]
+) -> None:
+    """A fallback function is called with the step's own keyword arguments."""
+    try:
+        inspect.signature(fn).bind(**{b.parameter: None for b in bindings})
+    except TypeError as exc:
+        params = [b.parameter for b in bindings]
+        raise PipelineDefinitionError(
+            f"{where}: the fallback of step {step!r} cannot take the step's arguments"
+            f" {params}: {exc}"
+        ) from exc
+    except ValueError:
+        pass  # no readable signature (some builtins): checked when called
 
 
 def _closest(name: str, candidates: list[str]) -> str | None:

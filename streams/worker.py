@@ -1,69 +1,79 @@
-"""The worker: runs every step of a pipeline as a stream processor on Kafka.
+"""The worker: runs every stage of a pipeline as a stream processor on Kafka.
+
+Stages: the ingress (requests topic), one ``StepRunner`` per step (its input
+topic and delayed retry topics), and the answer stage (the only writer of the
+results topic).  One consumer in the pipeline's group reads them all; every
+record becomes a task, at most ``max_in_flight`` at once.
 
 Why aiokafka directly, not faust-streaming agents: the runtime needs many
 requests in flight per partition (slow model calls must not block the
 requests behind them), offsets committed only up to the first unfinished
-message, fan-in tables restored before a partition is processed, and
-pause-free back-pressure through a bounded number of in-flight messages.
-Faust gives none of these as guarantees (agents with ``concurrency > 1`` may
-not write tables, commits stall behind gaps without the ordering we need,
-and its rebalance handling has open duplicate/stall bugs), so the whole
-consume-process-produce loop is written here on aiokafka's consumer and
-producer, with one task per message under one semaphore.
+message, fan-in tables restored before a partition is processed, delayed
+retry topics that pause one partition until its head is due, and one
+transactional producer per answers partition.  Faust gives none of these as
+guarantees (agents with ``concurrency > 1`` may not write tables, commits
+stall behind gaps, ``exactly_once`` has open duplicate bugs, and its
+rebalance handling has open stall bugs), so the consume-process-produce loop
+is written here on aiokafka's consumer and producers.
 
-Delivery is at-least-once: an input offset is committed only after everything
-it caused (outputs, changelog writes, dead letters) was acknowledged by the
-broker.  After a crash, unfinished work is redelivered.
+Delivery: processing is at-least-once (an input offset is committed only after
+everything it caused was acknowledged by the broker; after a crash unfinished
+work is redelivered), and answers are exactly-once (see ``streams.answer``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
-from pydantic import ValidationError
 
-from schemas.messages import Envelope, Request, Result, now_ms, now_us
-from streams.dead_letter import DeadLetterWriter, error_type_of
-from streams.executor import StepExecutor, encode_output, split_branch
-from streams.join import JoinTable
+from schemas.messages import now_ms
+from streams._runtime import Record, Runtime, WorkerStats
+from streams.answer import AnswerStage
+from streams.dead_letter import DeadLetters
+from streams.executor import StepExecutor
+from streams.ingress import Ingress
 from streams.offsets import PartitionOffsets
-from streams.pipeline import RESULT_COLLECTOR, Pipeline
+from streams.outbox import Abandoned, Outbox, Owned
+from streams.pipeline import Pipeline
+from streams.redaction import Redactor
+from streams.runner import NOT_BEFORE_HEADER, StepRunner
+from streams.tracing import Tracing
+from topics._aiokafka import place
 from topics.admin import TopicAdmin
-from topics.names import INGRESS, PipelineTopics, topic_specs
+from topics.names import ANSWER, INGRESS, PipelineTopics, topic_specs
 from weir.config import WeirSettings
-from weir.errors import BranchError, MessageError, SchemaInvalidError, WeirError
+from weir.errors import WeirError
 
 __all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger("weir.worker")
 
-Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+Handler = Callable[[Record, Owned], Awaitable[None]]
+
+_MAINTENANCE_S = 30.0
 
 
-@dataclass
-class WorkerStats:
-    """Counters a running worker keeps (read them; do not write)."""
-
-    received: int = 0
-    completed: int = 0
-    dead_lettered: int = 0
-    results: int = 0
-    failures_by_type: dict[str, int] = field(default_factory=dict)
+@dataclass(frozen=True)
+class _Route:
+    stage: str
+    handle: Handler
+    delayed: bool = False
+    """A retry topic: records wait until their ``weir.not_before`` time."""
 
 
 class Worker:
     """Runs ``pipeline`` until stopped.
+
+    ``steps`` limits the worker to some steps (the ingress runs when a root step
+    does, the answer stage when a final step does; name ``requests`` or
+    ``_answer`` to select them alone).
 
     >>> worker = Worker(pipeline, settings)          # doctest: +SKIP
     >>> async with worker:                           # doctest: +SKIP
@@ -76,33 +86,39 @@ class Worker:
         settings: WeirSettings,
         *,
         steps: Iterable[str] | None = None,
+        tracing: Tracing | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.pipeline = pipeline.validate()
         self.settings = settings
         self.topics = PipelineTopics(pipeline.name)
         self.stats = WorkerStats()
-        self._rank = {name: i for i, name in enumerate(pipeline.order)}
-        self._only = None if steps is None else set(steps)
-        if self._only is not None and (unknown := self._only - set(pipeline.steps)):
-            raise WeirError(f"pipeline {pipeline.name!r} has no step(s) {sorted(unknown)}")
-        self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="weir-step")
-        self._executors = {
-            name: StepExecutor(
-                step,
-                pipeline=pipeline.name,
-                worker_id=settings.worker_id,
-                default_timeout_s=settings.step_timeout_s,
-                threads=self._threads,
+        only = None if steps is None else set(steps)
+        known = {*pipeline.steps, INGRESS, ANSWER}
+        if only is not None and (unknown := only - known):
+            raise WeirError(
+                f"pipeline {pipeline.name!r} has no step(s) {sorted(unknown)}"
+                f" (its steps: {list(pipeline.order)})"
             )
-            for name, step in pipeline.steps.items()
-        }
-        self._joins: dict[str, JoinTable] = {}
-        self._handlers: dict[str, tuple[str, Handler]] = {}
+        self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="weir-step")
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._dead_letters = DeadLetterWriter(
-            self._send_headers, pipeline=pipeline.name, worker_id=settings.worker_id
+        self.tracing = tracing or Tracing(settings)
+        self._runtime = Runtime(
+            pipeline=self.pipeline,
+            settings=settings,
+            topics=self.topics,
+            outbox=Outbox(),
+            dead_letters=DeadLetters(pipeline=pipeline.name, worker_id=settings.worker_id),
+            tracing=self.tracing,
+            redactor=redactor or Redactor(),
+            stats=self.stats,
+            lag=self.lag,
         )
+        self._routes: dict[str, _Route] = {}
+        self.runners: dict[str, StepRunner] = {}
+        self.answers: AnswerStage | None = None
+        self._build(only)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._committed: dict[TopicPartition, int] = {}
@@ -112,35 +128,31 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._started = False
-        self._build_handlers()
 
     # -- wiring --------------------------------------------------------------------
 
-    def _build_handlers(self) -> None:
-        p, t = self.pipeline, self.topics
-
-        def runs(step: str) -> bool:
-            return self._only is None or step in self._only
-
-        if self._only is None or any(runs(s) for s in p.root_steps):
-            self._handlers[t.requests] = (INGRESS, self._handle_request)
-        for name in p.order:
-            if not runs(name):
-                continue
-            step = p.steps[name]
-            self._handlers[t.step(name)] = (name, self._step_handler(name))
-            if step.is_join:
-                self._joins[name] = JoinTable(
-                    name, step.depends_on, t.join_changelog(name), self._send_to_partition
-                )
-        if p.needs_result_collector and (self._only is None or RESULT_COLLECTOR in self._only):
-            self._handlers[t.step(RESULT_COLLECTOR)] = (RESULT_COLLECTOR, self._handle_collector)
-            self._joins[RESULT_COLLECTOR] = JoinTable(
-                RESULT_COLLECTOR,
-                p.final_steps,
-                t.join_changelog(RESULT_COLLECTOR),
-                self._send_to_partition,
+    def _build(self, only: set[str] | None) -> None:
+        p, rt = self.pipeline, self._runtime
+        steps = [s for s in p.order if only is None or s in only]
+        if only is None or INGRESS in only or any(s in p.root_steps for s in steps):
+            self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt).handle)
+        for name in steps:
+            executor = StepExecutor(
+                p.steps[name],
+                pipeline=p.name,
+                worker_id=self.settings.worker_id,
+                default_timeout_s=p.timeout_s or self.settings.step_timeout_s,
+                threads=self._threads,
             )
+            runner = StepRunner(rt, name, executor)
+            self.runners[name] = runner
+            first, *retries = runner.topics
+            self._routes[first] = _Route(name, runner.handle)
+            for topic in retries:
+                self._routes[topic] = _Route(name, runner.handle, delayed=True)
+        if only is None or ANSWER in only or any(s in p.final_steps for s in steps):
+            self.answers = AnswerStage(rt)
+            self._routes[self.answers.topic] = _Route(ANSWER, self.answers.handle)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -167,6 +179,7 @@ class Worker:
             request_timeout_ms=30000,
         )
         await self._producer.start()
+        self._runtime.outbox.attach(self._producer)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.topics.consumer_group,
@@ -182,17 +195,18 @@ class Worker:
             isolation_level="read_committed",
         )
         await self._consumer.start()
-        self._consumer.subscribe(list(self._handlers), listener=_Rebalance(self))
+        self._consumer.subscribe(list(self._routes), listener=_Rebalance(self))
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name="weir-fetch"),
             asyncio.create_task(self._commit_loop(), name="weir-commit"),
+            asyncio.create_task(self._maintenance_loop(), name="weir-maintenance"),
         ]
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
             self.settings.worker_id,
             self.pipeline.name,
             self.settings.bootstrap_servers,
-            len(self._handlers),
+            len(self._routes),
         )
 
     async def wait_stopped(self) -> None:
@@ -219,25 +233,59 @@ class Worker:
         if not self._started or self._stopped.is_set():
             return
         self._stopping.set()
-        fetch, commit = self._tasks
+        fetch, commit, maintenance = self._tasks
         await _cancel(fetch)
-        pending = [t for tasks in self._inflight.values() for t in tasks]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+        await _cancel(maintenance)
+        await self._drain([t for tasks in self._inflight.values() for t in tasks])
         await _cancel(commit)
         with contextlib.suppress(KafkaError):
             await self._commit()
+        if self.answers is not None:
+            await self.answers.stop()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
+        self.tracing.shutdown()
         self._stopped.set()
         log.info("worker %s stopped", self.settings.worker_id)
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks`` up to the shutdown timeout; cancel the rest."""
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("handing back %d unfinished message(s)", len(late))
+            await asyncio.wait(late)
+
+    # -- observation ---------------------------------------------------------------
+
+    def lag(self, step: str) -> int:
+        """Messages not yet finished on this worker's partitions of ``step``'s input topic."""
+        consumer = self._consumer
+        if consumer is None:
+            return 0
+        topic = self.topics.step(step)
+        total = 0
+        for tp in list(self._assigned):
+            if tp.topic != topic:
+                continue
+            end = consumer.highwater(tp)
+            tracker = self._offsets.get(tp)
+            done = tracker.committable() if tracker is not None else None
+            if end is not None and done is not None:
+                total += max(0, end - done)
+            elif end is not None:
+                total += end - (self._committed.get(tp) or 0)
+        return total
+
+    @property
+    def assigned(self) -> set[TopicPartition]:
+        return set(self._assigned)
 
     # -- the loops -----------------------------------------------------------------
 
@@ -249,38 +297,58 @@ class Worker:
                 timeout_ms=200, max_records=self.settings.max_poll_records
             )
             for tp, records in batches.items():
-                handler = self._handlers[tp.topic][1]
+                route = self._routes[tp.topic]
                 for record in records:
+                    if route.delayed and (due := _not_before(record)) > now_ms():
+                        self._defer(tp, record.offset, due)
+                        break
                     # Back-pressure: wait for a free slot before taking more work.
                     await self._slots.acquire()
                     if tp not in self._assigned:
                         self._slots.release()
-                        break  # revoked while we waited; its new owner will read it
+                        self._unfetch(tp, record.offset)
+                        break
                     self._offsets[tp].track(record.offset)
-                    task = asyncio.create_task(self._process(tp, record, handler))
+                    task = asyncio.create_task(self._process(tp, record, route.handle))
                     self._inflight[tp].add(task)
 
-    async def _process(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], handler: Handler
-    ) -> None:
+    def _unfetch(self, tp: TopicPartition, offset: int) -> None:
+        """Give back records of a partition that is not (or no longer) ours to process.
+
+        Still assigned (its tables are being restored): rewind, so nothing is
+        skipped.  Revoked: drop them; the new owner reads from the committed offset.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)
+
+    def _defer(self, tp: TopicPartition, offset: int, due: int) -> None:
+        """Hold a retry partition until its head record is due; nothing behind it is lost."""
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.pause(tp)
+        consumer.seek(tp, offset)
+        delay = max(0.0, (due - now_ms()) / 1000)
+        asyncio.get_running_loop().call_later(delay, self._resume, tp)
+
+    def _resume(self, tp: TopicPartition) -> None:
+        if self._consumer is not None and tp in self._assigned and not self._stopping.is_set():
+            self._consumer.resume(tp)
+
+    async def _process(self, tp: TopicPartition, record: Record, handle: Handler) -> None:
         self.stats.received += 1
+
+        def owned() -> bool:
+            return tp in self._assigned
+
         try:
-            while True:
-                try:
-                    await handler(record)
-                    break
-                except KafkaError as exc:
-                    # The broker did not take our output: keep the input unfinished and try
-                    # again, so nothing is acknowledged that was not written.
-                    if self._stopping.is_set():
-                        return
-                    log.warning("kafka error while handling %s@%d: %s", tp, record.offset, exc)
-                    await asyncio.sleep(1.0)
+            await handle(record, owned)
             self.stats.completed += 1
             if (offsets := self._offsets.get(tp)) is not None:
                 offsets.finish(record.offset)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, Abandoned):
+            pass  # not finished: the offset stays uncommitted and is redelivered
         except Exception:
             # A bug in weir itself: log it loudly, do not finish the offset.
             log.exception("unexpected error handling %s@%d", tp, record.offset)
@@ -288,7 +356,7 @@ class Worker:
             self._slots.release()
             current = asyncio.current_task()
             if current is not None and tp in self._inflight:
-                self._inflight[tp].discard(current)  # type: ignore[arg-type]
+                self._inflight[tp].discard(current)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -312,12 +380,22 @@ class Worker:
             await consumer.commit(offsets)
             self._committed.update(offsets)
 
+    async def _maintenance_loop(self) -> None:
+        """Expire old join entries (their tombstones keep changelogs bounded)."""
+        while True:
+            await asyncio.sleep(_MAINTENANCE_S)
+            tables = [r.join for r in self.runners.values() if r.join is not None]
+            tombstones = [m for table in tables for m in table.expire()]
+            if self.answers is not None:
+                tombstones += self.answers.expire()
+            if tombstones:
+                with contextlib.suppress(Abandoned):
+                    await self._runtime.outbox.send_all(tombstones, owned=lambda: True)
+
     # -- rebalance -------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        tasks = [t for tp in revoked for t in self._inflight.get(tp, ())]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
+        await self._drain([t for tp in revoked for t in self._inflight.get(tp, ())])
         with contextlib.suppress(KafkaError):
             await self._commit(revoked)
         for tp in revoked:
@@ -325,332 +403,44 @@ class Worker:
             self._offsets.pop(tp, None)
             self._committed.pop(tp, None)
             self._inflight.pop(tp, None)
-            if join := self._join_for(tp.topic):
-                join.drop([tp.partition])
+        by_stage = self._by_stage(revoked)
+        for stage, partitions in by_stage.items():
+            if stage == ANSWER and self.answers is not None:
+                await self.answers.revoked(partitions)
+            elif (runner := self.runners.get(stage)) is not None and runner.join is not None:
+                runner.join.drop(partitions)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        # aiokafka starts fetching new partitions while this callback still runs; hold
+        # them until their tables are restored, so no record is handled (or skipped) early.
+        consumer.pause(*assigned)
+        await place(consumer, assigned)
         for tp in assigned:
             self._offsets[tp] = PartitionOffsets()
             self._inflight[tp] = set()
-        by_join: dict[str, list[int]] = {}
-        for tp in assigned:
-            if self._join_for(tp.topic) is not None:
-                by_join.setdefault(tp.topic, []).append(tp.partition)
-        for topic, partitions in by_join.items():
-            join = self._join_for(topic)
-            assert join is not None
-            waiting = await join.restore(self.settings.bootstrap_servers, partitions)
-            if waiting:
-                log.info("restored %d waiting joins of step %s", waiting, join.step)
+        # Tables are restored before any record of their partition is processed.
+        for stage, partitions in self._by_stage(assigned).items():
+            if stage == ANSWER and self.answers is not None:
+                await self.answers.assigned(partitions)
+            elif (runner := self.runners.get(stage)) is not None and runner.join is not None:
+                waiting = await runner.join.restore(self.settings.bootstrap_servers, partitions)
+                if waiting:
+                    log.info("restored %d waiting joins of step %s", waiting, stage)
         self._assigned |= assigned
+        consumer.resume(*assigned)
         log.info("assigned %d partitions (%d in total)", len(assigned), len(self._assigned))
 
-    def _merge_paths(self, envelopes: Iterable[Envelope]) -> list[str]:
-        """The steps behind a join's inputs, in the pipeline's order (arrival order varies)."""
-        steps = {step for env in envelopes for step in env.path}
-        return sorted(steps, key=self._rank.__getitem__)
-
-    def _join_for(self, topic: str) -> JoinTable | None:
-        entry = self._handlers.get(topic)
-        return self._joins.get(entry[0]) if entry else None
-
-    # -- sending -------------------------------------------------------------------
-
-    @property
-    def _out(self) -> AIOKafkaProducer:
-        assert self._producer is not None
-        return self._producer
-
-    async def _send_headers(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        await (await self._out.send(topic, value=value, key=key, headers=headers))
-
-    async def _send_to_partition(
-        self, topic: str, partition: int, key: bytes, value: bytes | None
-    ) -> None:
-        await (await self._out.send(topic, value=value, key=key, partition=partition))
-
-    async def _send_all(self, messages: list[tuple[str, bytes, bytes]]) -> None:
-        """Send ``(topic, key, value)`` messages together and wait for all acks."""
-        futures = [await self._out.send(t, value=v, key=k) for t, k, v in messages]
-        await asyncio.gather(*futures)
-
-    # -- handlers ------------------------------------------------------------------
-
-    async def _handle_request(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Validate a request and hand it to the root steps."""
-        try:
-            request = Request.from_wire(
-                record.value,
-                pipeline=self.pipeline.name,
-                key=record.key,
-                max_bytes=self.settings.max_payload_bytes,
-            )
-            self._check_root_fields(request)
-        except MessageError as exc:
-            request_id = _guess_request_id(record)
-            await self._dead_letter(record, INGRESS, exc, request_id=request_id)
-            if request_id is not None:
-                await self._send_failure(request_id, INGRESS, exc, submitted_at=None, path=[])
-            return
-        payload = json.dumps(request.payload, separators=(",", ":"))
-        created = now_us()
-        key = request.request_id.encode()
-        out = []
-        for root in self.pipeline.root_steps:
-            env = Envelope(
-                request_id=request.request_id,
-                pipeline=self.pipeline.name,
-                step=root,
-                source="",
-                kind="VALUE",
-                submitted_at=request.submitted_at,
-                created_at=created,
-                request=payload,
-                payload=None,
-                traceparent=request.traceparent,
-                options=request.options,
-            )
-            out.append((self.topics.step(root), key, env.encode()))
-        await self._send_all(out)
-
-    def _check_root_fields(self, request: Request) -> None:
-        if self.pipeline.input_model is not None:
-            try:
-                self.pipeline.input_model.model_validate(request.payload)
-            except Exception as exc:
-                raise SchemaInvalidError(
-                    f"request payload does not match {self.pipeline.input_model.__name__}: {exc}"
-                ) from exc
-        # Reject at the door what a root step could not take, so the client hears about it
-        # from the requests topic rather than from a step.
-        missing = []
-        for root in self.pipeline.root_steps:
-            for b in self.pipeline.steps[root].bindings:
-                if b.source != "field":
-                    continue
-                if b.name not in request.payload:
-                    if b.required:
-                        missing.append(f"{b.name} (step {root})")
-                elif b.adapter is not None:
-                    try:
-                        b.adapter.validate_python(request.payload[b.name])
-                    except ValidationError as exc:
-                        raise SchemaInvalidError(
-                            f"request field {b.name!r} (step {root}): {exc.errors()[0]['msg']}"
-                        ) from exc
-        if missing:
-            raise SchemaInvalidError(f"request payload is missing field(s): {', '.join(missing)}")
-
-    def _step_handler(self, name: str) -> Handler:
-        async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
-            await self._handle_step(name, record)
-
-        return handle
-
-    async def _handle_step(self, name: str, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            env = Envelope.decode(record.value)
-        except MessageError as exc:
-            await self._dead_letter(record, name, exc, request_id=_guess_request_id(record))
-            return
-        inputs: dict[str, Envelope] = {env.source: env}
-        join = self._joins.get(name)
-        if join is not None:
-            complete = join.offer(record.partition, env)
-            if complete is None:
-                await join.persist(record.partition, env.request_id)
-                return
-            inputs = complete
-        await self._run_step(name, record, env, inputs)
-        if join is not None:
-            await join.clear(record.partition, env.request_id)
-
-    async def _run_step(
-        self,
-        name: str,
-        record: ConsumerRecord[bytes, bytes],
-        env: Envelope,
-        inputs: dict[str, Envelope],
-    ) -> None:
-        path = self._merge_paths(inputs.values())
-        dependents = self.pipeline.dependents(name)
-        if any(e.kind == "SKIP" for e in inputs.values()):
-            await self._emit(name, env, path, dependents, output=None, targets=())
-            return
-        started = time.perf_counter()
-        try:
-            value = await self._executors[name].run(inputs, env)
-            output, targets = split_branch(value)
-            if targets is not None and (bad := [t for t in targets if t not in dependents]):
-                raise BranchError(
-                    f"step {name!r} branched to {bad}, which do not depend on it"
-                    f" (its dependents: {list(dependents)})"
-                )
-            encoded = encode_output(output, step=name)
-        except WeirError as exc:
-            await self._dead_letter(record, name, exc, request_id=env.request_id)
-            await self._send_failure(env.request_id, name, exc, env.submitted_at, path)
-            return
-        log.debug("step %s ran in %.1f ms", name, (time.perf_counter() - started) * 1e3)
-        await self._emit(name, env, [*path, name], dependents, output=encoded, targets=targets)
-
-    async def _emit(
-        self,
-        name: str,
-        env: Envelope,
-        path: list[str],
-        dependents: tuple[str, ...],
-        *,
-        output: str | None,
-        targets: tuple[str, ...] | None,
-    ) -> None:
-        """Send a step's output (or its skip) to its dependents, or towards the result."""
-        key = env.request_id.encode()
-        created = now_us()
-
-        def envelope(to: str, kind: str, payload: str | None) -> bytes:
-            return Envelope(
-                request_id=env.request_id,
-                pipeline=env.pipeline,
-                step=to,
-                source=name,
-                kind=kind,  # type: ignore[arg-type]
-                submitted_at=env.submitted_at,
-                created_at=created,
-                request=env.request,
-                payload=payload,
-                attempt=1,
-                traceparent=env.traceparent,
-                options=env.options,
-                path=path,
-            ).encode()
-
-        skipped = output is None and targets == ()
-        if not dependents:
-            if self.pipeline.needs_result_collector:
-                kind = "SKIP" if skipped else "VALUE"
-                to = RESULT_COLLECTOR
-                await self._send_all([(self.topics.step(to), key, envelope(to, kind, output))])
-            elif skipped:
-                await self._send_result(env, path, output=None)
-            else:
-                await self._send_result(env, path, output=output)
-            return
-        out = []
-        for dep in dependents:
-            take = not skipped and (targets is None or dep in targets)
-            out.append(
-                (
-                    self.topics.step(dep),
-                    key,
-                    envelope(dep, "VALUE" if take else "SKIP", output if take else None),
-                )
-            )
-        await self._send_all(out)
-
-    async def _handle_collector(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Join the final steps' outputs into one result."""
-        try:
-            env = Envelope.decode(record.value)
-        except MessageError as exc:
-            await self._dead_letter(record, RESULT_COLLECTOR, exc)
-            return
-        join = self._joins[RESULT_COLLECTOR]
-        complete = join.offer(record.partition, env)
-        if complete is None:
-            await join.persist(record.partition, env.request_id)
-            return
-        produced = {s: e for s, e in complete.items() if e.kind == "VALUE"}
-        if len(produced) == 1:
-            output: str | None = next(iter(produced.values())).payload
-        elif produced:
-            output = json.dumps({s: json.loads(e.payload or "null") for s, e in produced.items()})
-        else:
-            output = None
-        await self._send_result(env, self._merge_paths(complete.values()), output=output)
-        await join.clear(record.partition, env.request_id)
-
-    async def _send_result(self, env: Envelope, path: list[str], *, output: str | None) -> None:
-        completed = now_ms()
-        result = Result(
-            request_id=env.request_id,
-            pipeline=env.pipeline,
-            status="SUCCESS",
-            output=output,
-            path=path,
-            submitted_at=env.submitted_at,
-            completed_at=completed,
-            latency_ms=now_us() / 1000 - env.submitted_at,
-        )
-        await self._send_all(
-            [
-                (
-                    self.topics.results,
-                    env.request_id.encode(),
-                    result.to_wire(self.settings.results_format),
-                )
-            ]
-        )
-        self.stats.results += 1
-
-    async def _send_failure(
-        self,
-        request_id: str,
-        step: str,
-        error: BaseException,
-        submitted_at: int | None,
-        path: list[str],
-    ) -> None:
-        completed = now_ms()
-        submitted = submitted_at if submitted_at is not None else completed
-        result = Result(
-            request_id=request_id,
-            pipeline=self.pipeline.name,
-            status="FAILURE",
-            error_type=error_type_of(error),
-            error_message=str(error),
-            failed_step=step,
-            path=path,
-            submitted_at=submitted,
-            completed_at=completed,
-            latency_ms=float(completed - submitted),
-        )
-        await self._send_all(
-            [
-                (
-                    self.topics.results,
-                    request_id.encode(),
-                    result.to_wire(self.settings.results_format),
-                )
-            ]
-        )
-
-    async def _dead_letter(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        step: str,
-        error: BaseException,
-        *,
-        request_id: str | None = None,
-    ) -> None:
-        self.stats.dead_lettered += 1
-        kind = error_type_of(error)
-        self.stats.failures_by_type[kind] = self.stats.failures_by_type.get(kind, 0) + 1
-        log.warning("dead-lettering %s@%d at %s: %s", record.topic, record.offset, step, error)
-        await self._dead_letters.write(
-            self.topics.dead_letter(step),
-            step=step,
-            error=error,
-            key=record.key,
-            value=record.value,
-            headers=list(record.headers or ()),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            request_id=request_id,
-        )
+    def _by_stage(self, tps: Iterable[TopicPartition]) -> dict[str, list[int]]:
+        """Partitions of stateful stages' main input topics (joins, answers), by stage."""
+        out: dict[str, list[int]] = {}
+        for tp in tps:
+            route = self._routes.get(tp.topic)
+            if route is None or route.delayed or route.stage == INGRESS:
+                continue
+            out.setdefault(route.stage, []).append(tp.partition)
+        return out
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -664,19 +454,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._worker._on_assigned(set(assigned))
 
 
-
-
-def _guess_request_id(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    """The request id of a bad message, when its key or body still tells it."""
-    if record.value and record.value.lstrip()[:1] == b"{":
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            body: Any = json.loads(record.value)
-            if isinstance(body, dict) and isinstance(body.get("request_id"), str):
-                return str(body["request_id"])
-    if record.key:
-        with contextlib.suppress(UnicodeDecodeError):
-            return record.key.decode()
-    return None
+def _not_before(record: Record) -> int:
+    for key, value in record.headers or ():
+        if key == NOT_BEFORE_HEADER:
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return 0
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

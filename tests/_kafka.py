@@ -15,7 +15,11 @@ from weir.config import WeirSettings
 
 
 async def read_topic(
-    settings: WeirSettings, topic: str, *, idle_s: float = 1.5, until: int | None = None,
+    settings: WeirSettings,
+    topic: str,
+    *,
+    idle_s: float = 1.5,
+    until: int | None = None,
     timeout: float = 120.0,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from the beginning, until ``until`` records or ``idle_s`` quiet."""

@@ -40,6 +40,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeirSettings]:
         shutdown_timeout_s=15.0,
         step_timeout_s=30.0,
         max_payload_bytes=64 * 1024,
+        web_port=0,
     )
     if external:
         yield load_settings(kafka_bootstrap=external, **base)
@@ -77,6 +78,7 @@ def worker_env(settings: WeirSettings, **extra: str) -> dict[str, str]:
         WEIR_COMMIT_INTERVAL_S=str(settings.commit_interval_s),
         WEIR_SHUTDOWN_TIMEOUT_S=str(settings.shutdown_timeout_s),
         WEIR_MAX_PAYLOAD_BYTES=str(settings.max_payload_bytes),
+        WEIR_WEB_PORT=str(settings.web_port),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
-__all__ = ["rewind", "stop_consumer"]
+__all__ = ["place", "retrying", "rewind", "stop_consumer"]
+
+log = logging.getLogger("weir.kafka")
+
+T = TypeVar("T")
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -25,6 +34,24 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
             raise
 
 
+async def retrying(op: Callable[[], Awaitable[T]], *, what: str, timeout: float = 60.0) -> T:
+    """Run ``op`` until it stops raising ``KafkaError`` (leaders moving, a broker restarting).
+
+    Raises the last error after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    backoff = 0.1
+    while True:
+        try:
+            return await op()
+        except KafkaError as exc:
+            if time.monotonic() + backoff > deadline:
+                raise
+            log.info("%s failed (%s); retrying in %.1fs", what, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(1.0, backoff * 2)
+
+
 async def rewind(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
     """Seek ``tps`` to their first offsets, by number.
 
@@ -32,6 +59,29 @@ async def rewind(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
     assigned partition: with ``auto_offset_reset="latest"`` the reset can land
     after the seek and skip everything.  An explicit ``seek`` cannot be undone.
     """
-    begin = await consumer.beginning_offsets(tps)
+    begin = await retrying(lambda: consumer.beginning_offsets(tps), what="reading first offsets")
     for tp in tps:
         consumer.seek(tp, begin[tp])
+
+
+async def place(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
+    """Seek newly assigned ``tps`` to their committed offsets (or their beginnings).
+
+    Left to itself, aiokafka resolves a fresh partition's position with an
+    offset lookup; if that lookup fails (NOT_LEADER right after the topic was
+    created, or during a broker restart), the partition can sit without ever
+    being fetched again.  Explicit seeks, retried here, leave it nothing to look up.
+    """
+    fresh = []
+    for tp in tps:
+
+        async def committed_offset(tp: TopicPartition = tp) -> int | None:
+            return await consumer.committed(tp)  # type: ignore[no-any-return]
+
+        committed = await retrying(committed_offset, what=f"reading the committed offset of {tp}")
+        if committed is None:
+            fresh.append(tp)
+        else:
+            consumer.seek(tp, committed)
+    if fresh:
+        await rewind(consumer, fresh)

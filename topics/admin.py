@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -75,7 +76,7 @@ class TopicAdmin:
         names = [t for t in await self._admin.list_topics() if not t.startswith("__")]
         return await self.partitions(sorted(names)) if names else {}
 
-    async def ensure(self, specs: Iterable[TopicSpec]) -> list[str]:
+    async def ensure(self, specs: Iterable[TopicSpec]) -> builtins.list[str]:
         """Create the missing topics; return their names.
 
         Raises ``ConfigError`` when an existing topic has a different partition
@@ -86,7 +87,7 @@ class TopicAdmin:
         if present := [s for s in specs if s.name in existing]:
             counts = await self.partitions(s.name for s in present)
             for s in present:
-                if counts.get(s.name, s.partitions) != s.partitions:
+                if s.keyed and counts.get(s.name, s.partitions) != s.partitions:
                     raise ConfigError(
                         f"topic {s.name} has {counts[s.name]} partitions but weir is configured"
                         f" for {s.partitions} (WEIR_PARTITIONS); use the same count or recreate"
@@ -111,7 +112,7 @@ class TopicAdmin:
         await self._wait_for_leaders([s.name for s in missing])
         return [s.name for s in missing]
 
-    async def _wait_for_leaders(self, names: list[str], timeout: float = 30.0) -> None:
+    async def _wait_for_leaders(self, names: builtins.list[str], timeout: float = 30.0) -> None:
         # A new topic's partitions answer NOT_LEADER for a moment after creation, even once
         # metadata names a leader; a consumer that starts then can sit on the partition
         # without fetching (aiokafka).  Wait until every partition answers ListOffsets.

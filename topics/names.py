@@ -9,11 +9,23 @@ if TYPE_CHECKING:
     from streams.pipeline import Pipeline
     from weir.config import WeirSettings
 
-__all__ = ["INGRESS", "TRACES_TOPIC", "PipelineTopics", "TopicSpec", "topic_specs"]
+__all__ = [
+    "ANSWER",
+    "INGRESS",
+    "TRACES_TOPIC",
+    "PipelineTopics",
+    "TopicSpec",
+    "global_topic_specs",
+    "retry_tiers",
+    "topic_specs",
+]
 
 INGRESS = "requests"
-"""Stage name of the request validator: its dead letters go to ``<pipeline>.requests.dlq``."""
+"""Stage name of the request validator: its dead letters go to ``weir.<pipeline>.dlq.requests``."""
+ANSWER = "_answer"
+"""Stage name of the answer stage, the only writer of a pipeline's results topic."""
 TRACES_TOPIC = "weir.traces"
+"""One trace event per step attempt, of every pipeline (key: request id)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,8 @@ class TopicSpec:
     replication_factor: int
     config: dict[str, str] = field(default_factory=dict)
     """Topic-level configs (``cleanup.policy``, ``retention.ms``, ...)."""
+    keyed: bool = True
+    """Keys must map to the same partition numbers as in the pipeline's other topics."""
 
     @property
     def compacted(self) -> bool:
@@ -36,8 +50,10 @@ class PipelineTopics:
     """Names of one pipeline's topics; all are keyed by request id.
 
     >>> t = PipelineTopics("support")
-    >>> t.requests, t.step("classify"), t.results, t.dead_letter("classify")
-    ('weir.support.requests', 'weir.support.step.classify', 'weir.support.results', 'weir.support.dlq.classify')
+    >>> t.requests, t.step("classify")
+    ('weir.support.requests', 'weir.support.step.classify')
+    >>> t.results, t.dead_letter("classify")
+    ('weir.support.results', 'weir.support.dlq.classify')
     """
 
     pipeline: str
@@ -63,15 +79,50 @@ class PipelineTopics:
         """Compacted changelog of the fan-in table of ``step``."""
         return f"{self.prefix}.{self.pipeline}.join.{step}.changelog"
 
+    def retry(self, step: str, tier: int) -> str:
+        """Delayed retry topic ``tier`` (1-based) of ``step``."""
+        return f"{self.prefix}.{self.pipeline}.retry.{step}.{tier}"
+
+    @property
+    def answers(self) -> str:
+        """Input of the answer stage: final outputs and failures, before deduplication."""
+        return f"{self.prefix}.{self.pipeline}.answers"
+
+    @property
+    def answered_changelog(self) -> str:
+        """Compacted changelog of the request ids already answered (written transactionally)."""
+        return f"{self.prefix}.{self.pipeline}.answered.changelog"
+
+    @property
+    def stream(self) -> str:
+        """Token chunks of streaming model calls, in order per request."""
+        return f"{self.prefix}.{self.pipeline}.stream"
+
+    @property
+    def replays(self) -> str:
+        """Compacted record of dead letters already replayed (key: ``topic:partition:offset``)."""
+        return f"{self.prefix}.{self.pipeline}.dlq.replays"
+
+    def answers_transactional_id(self, partition: int) -> str:
+        """One transactional producer per answers partition: a new owner fences the old one."""
+        return f"{self.prefix}.{self.pipeline}.answers.{partition}"
+
     @property
     def consumer_group(self) -> str:
         return f"{self.prefix}.{self.pipeline}"
 
 
+def retry_tiers(maximum_attempts: int, settings: WeirSettings) -> int:
+    """How many delayed retry topics a step with this many attempts gets (0: no retries)."""
+    if maximum_attempts == 1:
+        return 0
+    if maximum_attempts <= 0:  # unlimited attempts
+        return settings.max_retry_topics
+    return min(maximum_attempts - 1, settings.max_retry_topics)
+
+
 def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
     """Every topic ``pipeline`` needs, configured from ``settings``."""
-    from streams.pipeline import RESULT_COLLECTOR
-
     names = PipelineTopics(pipeline.name)
     events = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
     state = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
@@ -82,16 +133,33 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
     steps = list(pipeline.order)
     joins = [s for s in steps if pipeline.steps[s].is_join]
     if pipeline.needs_result_collector:
-        steps.append(RESULT_COLLECTOR)
-        joins.append(RESULT_COLLECTOR)
+        joins.append(ANSWER)
     specs = [
         spec(names.requests, events),
         spec(names.results, events),
+        spec(names.answers, events),
+        spec(names.stream, events),
         spec(names.dead_letter(INGRESS), events),
+        spec(names.dead_letter(ANSWER), events),
+        spec(names.answered_changelog, state),
+        spec(names.replays, state),
     ]
     specs += [spec(names.step(s), events) for s in steps]
     specs += [spec(names.dead_letter(s), events) for s in steps]
+    for s in steps:
+        tiers = retry_tiers(pipeline.retry_policy(s).maximum_attempts, settings)
+        specs += [spec(names.retry(s, t), events) for t in range(1, tiers + 1)]
     # A join's changelog must match its input topic partition for partition: the
     # table for input partition N is restored from changelog partition N.
     specs += [spec(names.join_changelog(s), state) for s in joins]
-    return specs
+    return specs + global_topic_specs(settings)
+
+
+def global_topic_specs(settings: WeirSettings) -> list[TopicSpec]:
+    """Topics shared by every pipeline."""
+    events = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
+    return [
+        TopicSpec(
+            TRACES_TOPIC, settings.partitions, settings.replication_factor, events, keyed=False
+        ),
+    ]

@@ -27,7 +27,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-broker_app = typer.Typer(help="Run the local single-node Kafka broker (KRaft).", no_args_is_help=True)
+broker_app = typer.Typer(
+    help="Run the local single-node Kafka broker (KRaft).", no_args_is_help=True
+)
 topics_app = typer.Typer(help="List and create weir's topics.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The Avro schemas of weir's messages.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
@@ -131,11 +133,18 @@ def worker(
     only = [s.strip() for s in steps.split(",")] if steps else None
 
     async def run() -> None:
+        from weir.web import WebServer
+
         w = Worker(pipe, settings, steps=only)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
-        await w.run()
+        if settings.web_port:
+            async with WebServer(settings, w) as web:
+                logging.getLogger("weir.web").info("serving on %s", web.url)
+                await w.run()
+        else:
+            await w.run()
 
     _run(run())
 
@@ -220,7 +229,9 @@ def submit(
 @app.command()
 def results(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for new ones.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new ones.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -300,7 +311,9 @@ def schemas_list() -> None:
 
 
 @schemas_app.command("show")
-def schemas_show(name: Annotated[str, typer.Argument(help="request, envelope, result, dead_letter")]) -> None:
+def schemas_show(
+    name: Annotated[str, typer.Argument(help="request, envelope, result, dead_letter")],
+) -> None:
     """Print one schema (the .avsc JSON)."""
     from schemas import load_schema
 

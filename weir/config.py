@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from weir.errors import ConfigError
@@ -67,6 +67,32 @@ class WeirSettings(BaseSettings):
     results_format: Literal["json", "avro"] = "json"
     """Encoding of result events (both follow ``schemas/result.avsc``)."""
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    answer_dedup_window_s: float = Field(default=900.0, ge=1.0)
+    """How long an answered request id is remembered, so a redelivered duplicate is dropped."""
+    join_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=1.0)
+    """A fan-in still missing an input after this long is dropped from its table."""
+    max_retry_topics: int = Field(default=5, ge=1, le=20)
+    """Delayed retry topics per step (attempt n waits on ``retry.<step>.<min(n-1, this)>``)."""
+
+    trace_events: bool = True
+    """Emit one trace event per step attempt to the trace topic."""
+    otel_enabled: bool = True
+    """Create OpenTelemetry spans (exported only when an OTLP endpoint is set)."""
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "otel_exporter_otlp_endpoint",
+            "WEIR_OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    )
+    """OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``); unset: spans are not exported."""
+    otel_service_name: str = "weir"
+
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    """The worker's HTTP server (health, stats, token streams, dashboard); 0 turns it off."""
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -22,9 +22,7 @@ SAMPLE_MESSAGES = [
 ]
 
 
-def run_demo(
-    settings: WeirSettings, *, requests: int, keep_broker: bool, console: Console
-) -> None:
+def run_demo(settings: WeirSettings, *, requests: int, keep_broker: bool, console: Console) -> None:
     """Start the local broker (unless a cluster is configured), run, print, shut down."""
     broker = None
     if settings.uses_local_broker:
@@ -67,8 +65,10 @@ async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
                 if result.request_id not in texts or result.request_id in seen:
                     continue
                 seen.add(result.request_id)
-                answer = json.dumps(result.value) if result.status == "SUCCESS" else (
-                    f"{result.error_type}: {result.error_message}"
+                answer = (
+                    json.dumps(result.value)
+                    if result.status == "SUCCESS"
+                    else (f"{result.error_type}: {result.error_message}")
                 )
                 console.print(
                     f"   {result.request_id[:8]}  {texts[result.request_id][:34]:34} "

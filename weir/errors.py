@@ -19,7 +19,19 @@ says whether trying the same input again can succeed.
     │   └── PayloadTooLargeError    payload_too_large
     ├── StepError                   step_error
     │   └── StepTimeoutError        step_timeout
-    └── BranchError                 branch_invalid
+    ├── BranchError                 branch_invalid
+    ├── ModelError                  model_error          (a model call failed)
+    │   ├── ModelTimeoutError       model_timeout
+    │   ├── ModelUnavailableError   model_unavailable    (5xx, connection refused/reset)
+    │   ├── RateLimitedError        rate_limited         (429)
+    │   ├── ModelRequestError       model_request_invalid (other 4xx: never retried)
+    │   ├── ModelResponseError      model_response_invalid (unparseable answer)
+    │   ├── StreamInterruptedError  stream_interrupted   (a stream broke mid-answer)
+    │   └── CircuitOpenError        circuit_open         (the endpoint's breaker is open)
+    ├── RoutingError                routing_invalid      (a rule set that does not parse)
+    │   └── NoRouteError            no_route             (no rule matched, no default)
+    ├── BudgetExceededError         budget_exceeded
+    └── SecretError                 secret_unavailable
 """
 
 from __future__ import annotations
@@ -29,15 +41,27 @@ from typing import ClassVar
 __all__ = [
     "BranchError",
     "BrokerError",
+    "BudgetExceededError",
+    "CircuitOpenError",
     "ConfigError",
     "CycleError",
     "DuplicateStepError",
     "MessageError",
+    "ModelError",
+    "ModelRequestError",
+    "ModelResponseError",
+    "ModelTimeoutError",
+    "ModelUnavailableError",
+    "NoRouteError",
     "PayloadTooLargeError",
     "PipelineDefinitionError",
+    "RateLimitedError",
+    "RoutingError",
     "SchemaInvalidError",
+    "SecretError",
     "StepError",
     "StepTimeoutError",
+    "StreamInterruptedError",
     "UndecodableError",
     "UnknownDependencyError",
     "UnknownPipelineError",
@@ -145,3 +169,80 @@ class BranchError(WeirError):
     """A step returned a ``Branch`` to a step that does not depend on it."""
 
     error_type = "branch_invalid"
+
+
+class ModelError(WeirError):
+    """A call to a model endpoint failed; the endpoint's name is in the message."""
+
+    error_type = "model_error"
+    retriable = True
+
+
+class ModelTimeoutError(ModelError):
+    """The endpoint did not answer (or finish streaming) within its timeout."""
+
+    error_type = "model_timeout"
+
+
+class ModelUnavailableError(ModelError):
+    """The endpoint answered 5xx, or could not be connected to."""
+
+    error_type = "model_unavailable"
+
+
+class RateLimitedError(ModelError):
+    """The endpoint answered 429, or weir's own rate limit for it is exhausted."""
+
+    error_type = "rate_limited"
+
+
+class ModelRequestError(ModelError):
+    """The endpoint refused the request (4xx other than 429): retrying cannot help."""
+
+    error_type = "model_request_invalid"
+    retriable = False
+
+
+class ModelResponseError(ModelError):
+    """The endpoint's answer could not be understood."""
+
+    error_type = "model_response_invalid"
+
+
+class StreamInterruptedError(ModelError):
+    """A streamed answer ended before the model said it was complete."""
+
+    error_type = "stream_interrupted"
+
+
+class CircuitOpenError(ModelError):
+    """The endpoint's circuit breaker is open and no fallback endpoint took the call."""
+
+    error_type = "circuit_open"
+
+
+class RoutingError(WeirError):
+    """A routing rule set is invalid (it is refused before it reaches any worker)."""
+
+    error_type = "routing_invalid"
+
+
+class NoRouteError(RoutingError):
+    """No rule matched the request and the router has no default endpoint."""
+
+    error_type = "no_route"
+
+
+class BudgetExceededError(WeirError):
+    """The spend limit of a pipeline, tenant or key is used up for the current window."""
+
+    error_type = "budget_exceeded"
+
+
+class SecretError(WeirError):
+    """A secret reference is malformed, a literal key, or cannot be resolved.
+
+    Messages name the reference, never the secret's value.
+    """
+
+    error_type = "secret_unavailable"

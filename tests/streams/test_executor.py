@@ -69,12 +69,8 @@ def _executor(
 
 def _args(ex: StepExecutor, request: Any = None, **outputs: Any) -> dict[str, Any]:
     """arguments() with each dependency's output given as a Python value (JSON-encoded here)."""
-    inputs = {
-        name: _envelope(ex.step.name, name, json.dumps(value)) for name, value in outputs.items()
-    }
-    first = next(iter(inputs.values()), None) or _envelope(ex.step.name, request=request)
-    if request is not None:
-        first.request = json.dumps(request)
+    inputs = {name: json.dumps(value) for name, value in outputs.items()}
+    first = _envelope(ex.step.name, request=request)
     return ex.arguments(inputs, first)
 
 
@@ -135,8 +131,7 @@ def test_unannotated_dependency_is_plain_json(threads: ThreadPoolExecutor) -> No
 
     ex = _executor(p, "b", threads)
     assert _args(ex, a={"k": [1, 2.5, None]}) == {"a": {"k": [1, 2.5, None]}}
-    skipped = {"a": _envelope("b", "a", None)}
-    assert ex.arguments(skipped, skipped["a"]) == {"a": None}
+    assert ex.arguments({"a": None}, _envelope("b", "a", None)) == {"a": None}
 
 
 def test_wrong_dependency_type_raises_schema_invalid_naming_step_and_parameter(
@@ -313,8 +308,7 @@ async def test_run_injects_then_calls(threads: ThreadPoolExecutor) -> None:
     async def b(a: int) -> int:
         return a * 2
 
-    inputs = {"a": _envelope("b", "a", '"21"')}
-    assert await _executor(p, "b", threads).run(inputs, inputs["a"]) == 42
+    assert await _executor(p, "b", threads).run({"a": '"21"'}, _envelope("b", "a", '"21"')) == 42
 
 
 @pytest.mark.parametrize("is_async", [False, True])

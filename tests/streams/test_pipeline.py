@@ -7,7 +7,8 @@ from pydantic import BaseModel
 
 from streams.branch import Branch
 from streams.context import StepContext
-from streams.pipeline import RESULT_COLLECTOR, Binding, Pipeline
+from streams.pipeline import Binding, Pipeline
+from topics.names import ANSWER
 from weir.errors import (
     CycleError,
     DuplicateStepError,
@@ -738,7 +739,7 @@ def test_root_final_steps_dependents_and_result_collector() -> None:
     assert p.dependents("b") == ("d",)
     assert p.dependents("d") == ()
     assert p.needs_result_collector
-    assert RESULT_COLLECTOR not in p.steps
+    assert ANSWER not in p.steps
 
 
 def test_single_final_step_needs_no_result_collector() -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from schemas.messages import DeadLetter
-from streams import Worker, WeirClient, run_local
+from streams import WeirClient, Worker, run_local
 from streams.pipeline import Pipeline
 from tests._kafka import read_results, read_topic
 from tests._pipelines import branching, diamond, linear
@@ -23,7 +23,7 @@ N = 1000
 async def _answer_all(
     settings: WeirSettings, pipeline: Pipeline, payloads: list[dict[str, object]]
 ) -> None:
-    """Run a worker, submit ``payloads``, check each result against run_local, none lost or twice."""
+    """Run a worker, submit ``payloads``; each result matches run_local, none lost or twice."""
     async with Worker(pipeline, settings), WeirClient(settings) as client:
         ids = await client.submit_many(pipeline.name, payloads)
         results, counts = await read_results(
@@ -161,7 +161,12 @@ def test_results_round_trip_as_json_lines(kafka):
     from schemas.messages import Result
 
     raw = Result(
-        request_id="r", pipeline="p", status="SUCCESS", output=json.dumps({"a": 1}),
-        submitted_at=1, completed_at=2, latency_ms=1.0,
+        request_id="r",
+        pipeline="p",
+        status="SUCCESS",
+        output=json.dumps({"a": 1}),
+        submitted_at=1,
+        completed_at=2,
+        latency_ms=1.0,
     ).to_wire("json")
     assert json.loads(raw)["output"] == '{"a": 1}'

@@ -13,10 +13,10 @@ import pytest
 
 from streams import WeirClient
 from tests._kafka import read_results, read_topic
+from tests._pipelines import diamond
 from tests.conftest import worker_env
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics, topic_specs
-from tests._pipelines import diamond
 
 pytestmark = pytest.mark.kafka
 
@@ -30,7 +30,14 @@ class WorkerProcess:
         if steps:
             cmd += ["--steps", steps]
         self._fh = log.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=self._fh, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=repo, env=env, stdout=self._fh, stderr=subprocess.STDOUT
+        )
+
+    def topics(self) -> int:
+        """Input topics the worker subscribed to, from its start-up line."""
+        found = re.findall(r"started pipeline \S+ on \S+ \((\d+) topics\)", self.log.read_text())
+        return int(found[-1]) if found else 0
 
     def assigned(self) -> int:
         """Partitions held after the latest rebalance, from the worker's own log."""
@@ -72,11 +79,10 @@ async def test_two_workers_share_partitions_and_one_stopping_loses_nothing(
         await a.wait_assigned()
         await b.wait_assigned()
         async with asyncio.timeout(60):  # wait for the group to settle on both members
-            # Five input topics: requests and one per step.
             while not (
                 a.assigned() > 0
                 and b.assigned() > 0
-                and a.assigned() + b.assigned() == 5 * kafka.partitions
+                and a.assigned() + b.assigned() == a.topics() * kafka.partitions
             ):
                 await asyncio.sleep(0.2)
         async with WeirClient(kafka) as client:
@@ -87,7 +93,7 @@ async def test_two_workers_share_partitions_and_one_stopping_loses_nothing(
                 while len(await read_topic(kafka, topic, idle_s=0.3)) < 200:
                     await asyncio.sleep(0.1)
             assert a.stop() == 0, a.log.read_text()[-3000:]  # graceful, mid-run
-            results, counts = await read_results(kafka, topic, len(ids))
+            results, _ = await read_results(kafka, topic, len(ids))
         assert set(results) == set(ids), f"{len(set(ids) - set(results))} requests unanswered"
         for rid, result in results.items():
             assert result.value == _expected(ns[rid])

@@ -1,0 +1,138 @@
+"""What the worker's stages share: settings, the outbox, traces, counters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from aiokafka.structs import ConsumerRecord
+
+from schemas.messages import Envelope, ModelCall, TraceEvent
+from streams.dead_letter import DeadLetters
+from streams.outbox import Outbox, OutMessage
+from streams.pipeline import Pipeline
+from streams.redaction import Redactor
+from streams.tracing import Tracing
+from topics.names import TRACES_TOPIC, PipelineTopics
+from weir.config import WeirSettings
+
+__all__ = ["Record", "Runtime", "WorkerStats", "guess_request_id", "merge_calls"]
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+@dataclass
+class WorkerStats:
+    """Counters a running worker keeps (read them; do not write)."""
+
+    received: int = 0
+    completed: int = 0
+    attempts: int = 0
+    retried: int = 0
+    fallbacks: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    """Inputs dropped because their request was already joined or answered."""
+    results: int = 0
+    failures_by_type: dict[str, int] = field(default_factory=dict)
+
+    def failed(self, error_type: str) -> None:
+        self.failures_by_type[error_type] = self.failures_by_type.get(error_type, 0) + 1
+
+
+@dataclass
+class Runtime:
+    """Shared by the ingress, the step runners and the answer stage of one worker."""
+
+    pipeline: Pipeline
+    settings: WeirSettings
+    topics: PipelineTopics
+    outbox: Outbox
+    dead_letters: DeadLetters
+    tracing: Tracing
+    redactor: Redactor
+    stats: WorkerStats
+    lag: Callable[[str], int]
+    """Unprocessed messages on this worker's partitions of a step's input topic."""
+    rank: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rank = {name: i for i, name in enumerate(self.pipeline.order)}
+
+    def merge_paths(self, paths: Iterable[list[str]]) -> list[str]:
+        """The union of several branches' paths, in the pipeline's order."""
+        steps = {step for path in paths for step in path}
+        return sorted(steps, key=lambda s: self.rank.get(s, len(self.rank)))
+
+    def trace(self, event: TraceEvent) -> list[OutMessage]:
+        """The trace-topic message for ``event`` (none when trace events are off)."""
+        if not self.settings.trace_events:
+            return []
+        return [OutMessage(TRACES_TOPIC, event.request_id.encode(), event.encode())]
+
+    def redacted(self, value: Any) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        return self.redactor.redact(text)
+
+    def failure_envelope(
+        self,
+        *,
+        request_id: str,
+        step: str,
+        error_type: str,
+        error_message: str,
+        base: Envelope | None,
+        calls: list[ModelCall],
+        traceparent: str | None,
+        created_at: int,
+    ) -> OutMessage:
+        """Tells the answer stage that ``request_id`` failed at ``step``."""
+        env = Envelope(
+            request_id=request_id,
+            pipeline=self.pipeline.name,
+            step="_answer",
+            source=step,
+            kind="FAILURE",
+            submitted_at=base.submitted_at if base else created_at // 1000,
+            created_at=created_at,
+            request=base.request if base else "{}",
+            payload=None,
+            traceparent=traceparent,
+            options=dict(base.options) if base else {},
+            path=list(base.path) if base else [],
+            calls=calls,
+            error_type=error_type,
+            error_message=error_message,
+            failed_step=step,
+            replay=base.replay if base else None,
+        )
+        return OutMessage(self.topics.answers, request_id.encode(), env.encode())
+
+
+def merge_calls(*groups: Iterable[ModelCall]) -> list[ModelCall]:
+    """Model calls of several branches, each call once (shared ancestors appear in both)."""
+    seen: set[tuple[str, int, str, int, float]] = set()
+    out = []
+    for group in groups:
+        for call in group:
+            key = (call.step, call.attempt, call.endpoint, call.started_at, call.duration_ms)
+            if key not in seen:
+                seen.add(key)
+                out.append(call)
+    return out
+
+
+def guess_request_id(record: Record) -> str | None:
+    """The request id of a bad message, when its key or body still tells it."""
+    if record.value and record.value.lstrip()[:1] == b"{":
+        with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
+            body: Any = json.loads(record.value)
+            if isinstance(body, dict) and isinstance(body.get("request_id"), str):
+                return str(body["request_id"])
+    if record.key:
+        with contextlib.suppress(UnicodeDecodeError):
+            return str(record.key.decode())
+    return None

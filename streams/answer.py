@@ -1,0 +1,387 @@
+"""The answer stage: the only writer of a pipeline's results topic.
+
+Steps run at least once: after a crash, work past the last committed offset is
+redone, so a final step may produce its output twice.  The answer stage makes
+the *answer* exactly-once anyway.  It remembers, per partition, the request
+ids it has answered, in a compacted changelog; each result and its
+"answered" marker are written in one Kafka transaction, so after any crash
+either both exist or neither does.  A duplicate that arrives later finds the
+marker and is dropped.  Each answers partition has its own transactional id,
+so a worker that takes a partition over fences the one that had it.
+
+Replays: a request that was answered with a FAILURE may be answered once more
+by a dead-letter replay (its envelopes carry the replay id); a SUCCESS is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
+from streams._runtime import Record, Runtime, merge_calls
+from streams.join import JoinTable
+from streams.outbox import Abandoned, OutMessage, Owned
+from streams.table import ChangelogTable
+from topics.names import ANSWER
+from weir.errors import MessageError, SchemaInvalidError
+
+__all__ = ["AnswerStage"]
+
+log = logging.getLogger("weir.answer")
+
+
+@dataclass(slots=True)
+class _Answered:
+    status: str
+    """``S`` or ``F``."""
+    replay: str | None
+    at: float
+    """Epoch seconds."""
+
+
+def _encode(a: _Answered) -> bytes:
+    return json.dumps({"s": a.status, "r": a.replay, "t": a.at}).encode()
+
+
+def _decode(raw: bytes) -> _Answered:
+    body = json.loads(raw)
+    return _Answered(str(body["s"]), body.get("r"), float(body["t"]))
+
+
+def _admits(previous: _Answered | None, result: Result) -> bool:
+    if previous is None:
+        return True
+    if previous.status == "S":
+        return False
+    return result.replay is not None and result.replay != previous.replay
+
+
+class AnswerStage:
+    """Joins the final steps' outputs (when there are several), dedups, writes results."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        topics = runtime.topics
+        self.topic = topics.answers
+        self._finals = runtime.pipeline.final_steps
+        self.join: JoinTable | None = None
+        if runtime.pipeline.needs_result_collector:
+            self.join = JoinTable(
+                ANSWER,
+                self._finals,
+                topics.join_changelog(ANSWER),
+                done_ttl_s=runtime.settings.answer_dedup_window_s,
+                waiting_ttl_s=runtime.settings.join_ttl_s,
+            )
+        self._answered: ChangelogTable[_Answered] = ChangelogTable(
+            topics.answered_changelog, _encode, _decode
+        )
+        self._writers: dict[int, _Writer] = {}
+
+    # -- ownership ------------------------------------------------------------------
+
+    async def assigned(self, partitions: Iterable[int]) -> None:
+        partitions = list(partitions)
+        window = self._rt.settings.answer_dedup_window_s
+        now = time.time()
+        remembered = await self._answered.restore(
+            self._rt.settings.bootstrap_servers, partitions, keep=lambda a: now - a.at < window
+        )
+        waiting = 0
+        if self.join is not None:
+            waiting = await self.join.restore(self._rt.settings.bootstrap_servers, partitions)
+        for p in partitions:
+            writer = _Writer(self._rt, p)
+            await writer.start()
+            self._writers[p] = writer
+        log.info(
+            "answer stage took partitions %s (%d answered ids remembered, %d joins waiting)",
+            sorted(partitions),
+            remembered,
+            waiting,
+        )
+
+    async def revoked(self, partitions: Iterable[int]) -> None:
+        partitions = list(partitions)
+        for p in partitions:
+            writer = self._writers.pop(p, None)
+            if writer is not None:
+                await writer.stop()
+        self._answered.drop(partitions)
+        if self.join is not None:
+            self.join.drop(partitions)
+
+    async def stop(self) -> None:
+        await self.revoked(list(self._writers))
+
+    def expire(self) -> list[OutMessage]:
+        return self.join.expire() if self.join is not None else []
+
+    # -- one record -----------------------------------------------------------------
+
+    async def handle(self, record: Record, owned: Owned) -> None:
+        rt = self._rt
+        try:
+            env = Envelope.decode(record.value)
+            if env.pipeline != rt.pipeline.name:
+                raise SchemaInvalidError(f"envelope of pipeline {env.pipeline!r} on {record.topic}")
+        except MessageError as exc:
+            rt.stats.dead_lettered += 1
+            dead, _ = rt.dead_letters.message(
+                rt.topics.dead_letter(ANSWER),
+                step=ANSWER,
+                error=exc,
+                key=record.key,
+                value=record.value,
+                headers=list(record.headers or ()),
+                source_topic=record.topic,
+                source_partition=record.partition,
+                source_offset=record.offset,
+            )
+            await rt.outbox.send_all([dead], owned=owned)
+            return
+        result = self._result(record, env)
+        if result is not None:
+            await self._answer(record.partition, result)
+        if self.join is not None and env.kind != "FAILURE":
+            changes = self.join.changelog_message(record.partition, env.request_id)
+            await rt.outbox.send_all(changes, owned=owned)
+
+    def _result(self, record: Record, env: Envelope) -> Result | None:
+        if env.kind == "FAILURE":
+            return self._build(env, "FAILURE", None, list(env.path), env.calls)
+        if self.join is None:
+            output = env.payload if env.kind == "VALUE" else None
+            return self._build(env, "SUCCESS", output, list(env.path), env.calls)
+        state, got = self.join.offer(record.partition, env)
+        if state == "duplicate":
+            self._rt.stats.duplicates += 1
+            return None
+        if state == "waiting":
+            return None
+        produced = {s: got[s] for s in self._finals if got[s].kind == "VALUE"}
+        if len(produced) == 1:
+            output = next(iter(produced.values())).payload
+        elif produced:
+            output = json.dumps({s: json.loads(e.payload or "null") for s, e in produced.items()})
+        else:
+            output = None
+        envs = list(got.values())
+        path = self._rt.merge_paths(e.path for e in envs)
+        return self._build(env, "SUCCESS", output, path, merge_calls(*(e.calls for e in envs)))
+
+    def _build(
+        self,
+        env: Envelope,
+        status: str,
+        output: str | None,
+        path: list[str],
+        calls: list[ModelCall],
+    ) -> Result:
+        tokens_in, tokens_out, cost = total_usage(calls)
+        completed = now_ms()
+        return Result(
+            request_id=env.request_id,
+            pipeline=env.pipeline,
+            status=status,  # type: ignore[arg-type]
+            output=output,
+            error_type=env.error_type,
+            error_message=env.error_message,
+            failed_step=env.failed_step,
+            path=path,
+            submitted_at=env.submitted_at,
+            completed_at=completed,
+            latency_ms=now_us() / 1000 - env.submitted_at,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cost_usd=cost,
+            calls=[c.to_record() for c in calls],
+            replay=env.replay,
+        )
+
+    async def _answer(self, p: int, result: Result) -> None:
+        rt = self._rt
+        previous = self._answered.get(p, result.request_id)
+        if not _admits(previous, result):
+            rt.stats.duplicates += 1
+            return
+        writer = self._writers.get(p)
+        if writer is None:
+            raise Abandoned(f"answers partition {p} is not owned")
+        # Claimed before the write, so a concurrent duplicate is dropped right away.
+        claim = _Answered("S" if result.status == "SUCCESS" else "F", result.replay, time.time())
+        self._answered.put(p, result.request_id, claim)
+        try:
+            await writer.write(
+                [
+                    OutMessage(
+                        rt.topics.results,
+                        result.request_id.encode(),
+                        result.to_wire(rt.settings.results_format),
+                        None,
+                        p,
+                    ),
+                    OutMessage(
+                        rt.topics.answered_changelog,
+                        result.request_id.encode(),
+                        _encode(claim),
+                        None,
+                        p,
+                    ),
+                ]
+            )
+        except BaseException:
+            if previous is None:
+                self._answered.pop(p, result.request_id)
+            else:
+                self._answered.put(p, result.request_id, previous)
+            raise
+        rt.stats.results += 1
+        cutoff = time.time() - rt.settings.answer_dedup_window_s
+        writer.forget(self._answered.oldest(p, lambda a: a.at < cutoff, limit=100), self._answered)
+
+
+@dataclass
+class _Pending:
+    messages: list[OutMessage]
+    done: asyncio.Future[None]
+
+
+class _Writer:
+    """A transactional producer for one answers partition; batches concurrent answers."""
+
+    def __init__(self, runtime: Runtime, partition: int) -> None:
+        self._rt = runtime
+        self.partition = partition
+        self._tid = runtime.topics.answers_transactional_id(partition)
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tombstones: list[OutMessage] = []
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._loop(), name=f"weir-answers-{self.partition}")
+
+    async def _connect(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._rt.settings.bootstrap_servers,
+            client_id=f"weir-{self._rt.settings.worker_id}-answers-{self.partition}",
+            transactional_id=self._tid,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=1,
+            request_timeout_ms=15000,
+        )
+        # Starting registers the transactional id: any earlier holder is fenced and its
+        # open transaction aborted.
+        await producer.start()
+        self._producer = producer
+
+    async def _disconnect(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            pending = self._queue.get_nowait()
+            if not pending.done.done():
+                pending.done.set_exception(Abandoned("answer writer stopped"))
+        await self._disconnect()
+
+    def forget(self, request_ids: list[str], table: ChangelogTable[_Answered]) -> None:
+        """Drop expired answered ids; their tombstones go out with the next transaction."""
+        for rid in request_ids:
+            table.pop(self.partition, rid)
+            self._tombstones.append(
+                OutMessage(
+                    self._rt.topics.answered_changelog, rid.encode(), None, None, self.partition
+                )
+            )
+
+    async def write(self, messages: list[OutMessage]) -> None:
+        """Write ``messages`` in a committed transaction (batched with concurrent writes)."""
+        if self._closing:
+            raise Abandoned("answer writer stopped")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(messages, done))
+        await done
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            # A moment for concurrent answers to join this transaction.
+            await asyncio.sleep(0.002)
+            while not self._queue.empty() and len(batch) < 500:
+                batch.append(self._queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        backoff = 0.2
+        while True:
+            tombstones, self._tombstones = self._tombstones, []
+            try:
+                if self._producer is None:
+                    await self._connect()
+                producer = self._producer
+                assert producer is not None
+                async with asyncio.timeout(30):
+                    await producer.begin_transaction()
+                    futures = [
+                        await producer.send(
+                            m.topic,
+                            value=m.value,
+                            key=m.key,
+                            headers=m.headers,
+                            partition=m.partition,
+                        )
+                        for pending in batch
+                        for m in pending.messages
+                    ]
+                    futures += [
+                        await producer.send(m.topic, value=None, key=m.key, partition=m.partition)
+                        for m in tombstones
+                    ]
+                    await asyncio.gather(*futures)
+                    await producer.commit_transaction()
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self._tombstones = tombstones + self._tombstones
+                log.warning(
+                    "answers transaction on partition %d failed (%s: %s); reconnecting in %.1fs",
+                    self.partition,
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+                # A failed transaction leaves the producer in a state that is not worth
+                # untangling: a new one re-registers the id, which aborts the open transaction.
+                await self._disconnect()
+                if self._closing:
+                    for pending in batch:
+                        if not pending.done.done():
+                            pending.done.set_exception(Abandoned("answer writer stopped"))
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+                continue
+            for pending in batch:
+                if not pending.done.done():
+                    pending.done.set_result(None)
+            return

@@ -1,0 +1,405 @@
+"""One step as a stream processor: join its inputs, run an attempt, route what comes out.
+
+An attempt ends in exactly one of:
+
+* **emitted**: the output goes to the step's dependents (or the answer stage);
+* **retry_scheduled**: the inputs go to the step's delayed retry topic;
+* **fallback**: attempts are exhausted and the step's ``Fallback`` is emitted;
+* **dead_lettered**: the input goes to the step's dead-letter topic and the
+  answer stage is told the request failed here.
+
+Every attempt also emits one trace event; all of an attempt's messages are
+sent together and acknowledged before its input offset may be committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Any
+
+from schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
+from streams._runtime import Record, Runtime, merge_calls
+from streams.context import AttemptScope, StepContext
+from streams.dead_letter import error_type_of
+from streams.executor import StepExecutor, encode_output, split_branch
+from streams.join import JoinTable
+from streams.outbox import OutMessage, Owned
+from streams.tracing import mark_failed, span_ids, traceparent_of
+from topics.names import ANSWER, retry_tiers
+from weir.errors import BranchError, MessageError, SchemaInvalidError, WeirError
+
+__all__ = ["NOT_BEFORE_HEADER", "StepRunner"]
+
+log = logging.getLogger("weir.worker")
+
+NOT_BEFORE_HEADER = "weir.not_before"
+"""On retry-topic messages: epoch milliseconds before which the retry must not start."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Attempt:
+    """Inputs of one attempt, whatever way they arrived (direct, joined, retried)."""
+
+    base: Envelope
+    """The envelope the attempt continues: request, options, trace context, attempt number."""
+    inputs: dict[str, str | None]
+    path: list[str]
+    calls: list[ModelCall]
+    skipped: bool
+    completed_join: bool
+
+
+class StepRunner:
+    """Handles the input and retry topics of one step."""
+
+    def __init__(self, runtime: Runtime, step: str, executor: StepExecutor) -> None:
+        self._rt = runtime
+        pipeline = runtime.pipeline
+        self.step = pipeline.steps[step]
+        self.name = step
+        self._executor = executor
+        self._dependents = pipeline.dependents(step)
+        self._policy = pipeline.retry_policy(step)
+        self._tiers = retry_tiers(self._policy.maximum_attempts, runtime.settings)
+        self._rng = random.Random()
+        self.join: JoinTable | None = None
+        if self.step.is_join:
+            self.join = JoinTable(
+                step,
+                self.step.depends_on,
+                runtime.topics.join_changelog(step),
+                done_ttl_s=runtime.settings.answer_dedup_window_s,
+                waiting_ttl_s=runtime.settings.join_ttl_s,
+            )
+
+    @property
+    def topics(self) -> list[str]:
+        """The step's input topic, then its retry topics."""
+        t = self._rt.topics
+        return [t.step(self.name)] + [t.retry(self.name, n) for n in range(1, self._tiers + 1)]
+
+    # -- one record -----------------------------------------------------------------
+
+    async def handle(self, record: Record, owned: Owned) -> None:
+        rt = self._rt
+        try:
+            env = Envelope.decode(record.value)
+            if env.pipeline != rt.pipeline.name or env.step != self.name:
+                raise SchemaInvalidError(
+                    f"envelope for {env.pipeline}/{env.step} arrived on {record.topic}"
+                    f" (step {self.name} of {rt.pipeline.name})"
+                )
+            if env.kind == "FAILURE":
+                raise SchemaInvalidError("a FAILURE envelope cannot be a step's input")
+        except MessageError as exc:
+            await rt.outbox.send_all(self._undecodable(record, exc), owned=owned)
+            return
+        attempt = self._gather(record, env)
+        out = [] if attempt is None else await self._run(record, attempt)
+        if self.join is not None and env.kind != "JOINED":
+            # The partial inputs of a waiting join, or the done marker of a completed one.
+            out += self.join.changelog_message(record.partition, env.request_id)
+        await rt.outbox.send_all(out, owned=owned)
+
+    def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
+        if env.kind == "JOINED":
+            return _Attempt(env, dict(env.inputs), list(env.path), env.calls, False, False)
+        if self.join is None:
+            inputs = {env.source: env.payload} if env.source else {}
+            return _Attempt(env, inputs, list(env.path), env.calls, env.kind == "SKIP", False)
+        state, got = self.join.offer(record.partition, env)
+        if state == "duplicate":
+            self._rt.stats.duplicates += 1
+            return None
+        if state == "waiting":
+            return None
+        envelopes = list(got.values())
+        return _Attempt(
+            base=env,
+            inputs={src: e.payload for src, e in got.items()},
+            path=self._rt.merge_paths(e.path for e in envelopes),
+            calls=merge_calls(*(e.calls for e in envelopes)),
+            skipped=any(e.kind == "SKIP" for e in envelopes),
+            completed_join=True,
+        )
+
+    # -- the attempt ----------------------------------------------------------------
+
+    async def _run(self, record: Record, a: _Attempt) -> list[OutMessage]:
+        rt = self._rt
+        if a.skipped:
+            return self._emit(a, output=None, targets=(), traceparent=a.base.traceparent)
+        base = a.base
+        started_ms = now_ms()
+        queue_wait = max(0.0, started_ms - max(base.created_at / 1000, base.not_before))
+        ctx = self._executor.context(base)
+        scope = AttemptScope(
+            context=ctx,
+            settings=rt.settings,
+            publish=self._publish,
+            lag=lambda: rt.lag(self.name),
+        )
+        rt.stats.attempts += 1
+        error: WeirError | None = None
+        output: Any = None
+        encoded: str | None = None
+        targets: tuple[str, ...] | None = None
+        attributes = {
+            "weir.pipeline": rt.pipeline.name,
+            "weir.step": self.name,
+            "weir.request_id": base.request_id,
+            "weir.attempt": base.attempt,
+            "messaging.system": "kafka",
+            "messaging.destination.name": record.topic,
+            "messaging.kafka.message.offset": record.offset,
+        }
+        t0 = time.perf_counter()
+        with rt.tracing.span(
+            f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
+        ) as span:
+            try:
+                value = await self._executor.run(a.inputs, base, scope)
+                output, targets = self._check_branch(split_branch(value))
+                encoded = encode_output(output, step=self.name)
+            except WeirError as exc:
+                error = exc
+                mark_failed(span, exc.error_type, str(exc))
+            traceparent = traceparent_of(span, base.traceparent)
+            trace_id, span_id = span_ids(span, base.traceparent)
+        duration = (time.perf_counter() - t0) * 1000
+        calls = merge_calls(a.calls, scope.calls)
+        event = TraceEvent(
+            pipeline_id=rt.pipeline.name,
+            step_name=self.name,
+            request_id=base.request_id,
+            attempt=base.attempt,
+            status="SUCCESS" if error is None else "FAILURE",
+            disposition="emitted",
+            created_at=now_ms(),
+            started_at=started_ms,
+            submitted_at=base.submitted_at,
+            duration_ms=duration,
+            queue_wait_ms=queue_wait,
+            worker_id=rt.settings.worker_id,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            calls=list(scope.calls),
+            trace_id=trace_id,
+            span_id=span_id,
+        )
+        if self.step.log_io:
+            event.input = rt.redacted(a.inputs or ctx.request)
+            if encoded is not None:
+                event.output = rt.redacted(encoded)
+        a.calls = calls
+        if error is None:
+            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
+        else:
+            out = await self._failed(record, a, error, event, ctx, scope, traceparent)
+        return out + rt.trace(event)
+
+    def _check_branch(
+        self, split: tuple[Any, tuple[str, ...] | None]
+    ) -> tuple[Any, tuple[str, ...] | None]:
+        output, targets = split
+        if targets is not None and (bad := [t for t in targets if t not in self._dependents]):
+            raise BranchError(
+                f"step {self.name!r} branched to {bad}, which do not depend on it"
+                f" (its dependents: {list(self._dependents)})"
+            )
+        return output, targets
+
+    async def _failed(
+        self,
+        record: Record,
+        a: _Attempt,
+        error: WeirError,
+        event: TraceEvent,
+        ctx: StepContext,
+        scope: AttemptScope,
+        traceparent: str | None,
+    ) -> list[OutMessage]:
+        rt = self._rt
+        base = a.base
+        error_type = error_type_of(error)
+        event.error_type = error_type
+        event.error_message = str(error)[:2000]
+        rt.stats.failed(error_type)
+        first_failed = base.first_failed_at or now_ms()
+        if self._policy.should_retry(error, base.attempt):
+            delay = self._policy.delay(base.attempt, self._rng)
+            due = now_ms() + int(delay * 1000)
+            retry = dataclasses.replace(
+                self._as_replayable(a, traceparent),
+                attempt=base.attempt + 1,
+                not_before=due,
+                first_failed_at=first_failed,
+            )
+            tier = min(base.attempt, self._tiers)
+            rt.stats.retried += 1
+            event.disposition = "retry_scheduled"
+            log.info(
+                "step %s attempt %d of %s failed (%s); retrying in %.1fs",
+                self.name,
+                base.attempt,
+                base.request_id,
+                error_type,
+                delay,
+            )
+            return [
+                OutMessage(
+                    rt.topics.retry(self.name, tier),
+                    base.request_id.encode(),
+                    retry.encode(),
+                    [(NOT_BEFORE_HEADER, str(due).encode())],
+                )
+            ]
+        fallback = self.step.fallback
+        if fallback is not None:
+            try:
+                value = fallback.value
+                if fallback.function is not None:
+                    kwargs = self._executor.arguments(a.inputs, base, ctx)
+                    value = await self._executor.call(kwargs, scope, fn=fallback.function)
+                output, targets = self._check_branch(split_branch(value))
+                encoded = encode_output(output, step=self.name)
+            except WeirError as exc:
+                log.warning("fallback of step %s failed too: %s", self.name, exc)
+                error = exc
+            else:
+                rt.stats.fallbacks += 1
+                event.disposition = "fallback"
+                a.calls = merge_calls(a.calls, scope.calls)
+                return self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
+        rt.stats.dead_lettered += 1
+        event.disposition = "dead_lettered"
+        log.warning(
+            "dead-lettering %s at step %s after %d attempt(s): %s",
+            base.request_id,
+            self.name,
+            base.attempt,
+            error,
+        )
+        # The dead letter must replay this attempt on its own: a join's completing input
+        # alone would wait for inputs that were consumed, so joins store all of them.
+        value = record.value
+        if a.completed_join:
+            value = self._as_replayable(a, traceparent).encode()
+        dead, _ = rt.dead_letters.message(
+            rt.topics.dead_letter(self.name),
+            step=self.name,
+            error=error,
+            key=record.key,
+            value=value,
+            headers=list(record.headers or ()),
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            request_id=base.request_id,
+            attempt=base.attempt,
+            first_failed_at=first_failed,
+        )
+        failure = rt.failure_envelope(
+            request_id=base.request_id,
+            step=self.name,
+            error_type=error_type_of(error),
+            error_message=str(error),
+            base=dataclasses.replace(base, path=a.path),
+            calls=a.calls,
+            traceparent=traceparent,
+            created_at=now_us(),
+        )
+        return [dead, failure]
+
+    def _as_replayable(self, a: _Attempt, traceparent: str | None) -> Envelope:
+        """The attempt's inputs as one envelope this step can consume again (retry, replay)."""
+        base = a.base
+        if a.completed_join or base.kind == "JOINED":
+            return dataclasses.replace(
+                base,
+                source="",
+                kind="JOINED",
+                payload=None,
+                inputs=a.inputs,
+                path=a.path,
+                calls=a.calls,
+                traceparent=traceparent,
+                created_at=now_us(),
+            )
+        return dataclasses.replace(
+            base, calls=a.calls, traceparent=traceparent, created_at=now_us()
+        )
+
+    # -- what comes out -------------------------------------------------------------
+
+    def _emit(
+        self,
+        a: _Attempt,
+        *,
+        output: str | None,
+        targets: tuple[str, ...] | None,
+        traceparent: str | None,
+    ) -> list[OutMessage]:
+        """The step's output (or its skip) to its dependents, or to the answer stage."""
+        rt = self._rt
+        base = a.base
+        skipped = output is None and targets == ()
+        path = a.path if skipped else [*a.path, self.name]
+        key = base.request_id.encode()
+        created = now_us()
+
+        def envelope(to: str, take: bool) -> bytes:
+            return Envelope(
+                request_id=base.request_id,
+                pipeline=base.pipeline,
+                step=to,
+                source=self.name,
+                kind="VALUE" if take else "SKIP",
+                submitted_at=base.submitted_at,
+                created_at=created,
+                request=base.request,
+                payload=output if take else None,
+                traceparent=traceparent,
+                options=base.options,
+                path=path,
+                calls=a.calls,
+                replay=base.replay,
+            ).encode()
+
+        if not self._dependents:
+            return [OutMessage(rt.topics.answers, key, envelope(ANSWER, not skipped))]
+        return [
+            OutMessage(
+                rt.topics.step(dep),
+                key,
+                envelope(dep, not skipped and (targets is None or dep in targets)),
+            )
+            for dep in self._dependents
+        ]
+
+    def _undecodable(self, record: Record, error: MessageError) -> list[OutMessage]:
+        rt = self._rt
+        rt.stats.dead_lettered += 1
+        rt.stats.failed(error_type_of(error))
+        log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, error)
+        dead, _ = rt.dead_letters.message(
+            rt.topics.dead_letter(self.name),
+            step=self.name,
+            error=error,
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers or ()),
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+        )
+        return [dead]
+
+    async def _publish(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        await self._rt.outbox.send_all([OutMessage(topic, key, value, headers)], owned=lambda: True)

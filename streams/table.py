@@ -1,0 +1,123 @@
+"""State kept per input partition and request id, mirrored on a compacted changelog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from topics._aiokafka import retrying, rewind, stop_consumer
+
+__all__ = ["ChangelogTable"]
+
+V = TypeVar("V")
+
+
+class ChangelogTable(Generic[V]):
+    """In-memory ``{partition: {request id: value}}`` rebuilt from a compacted changelog.
+
+    The changelog is partitioned like the input topic the state belongs to, so
+    a worker that is assigned input partition N restores changelog partition N
+    and nothing else.  Writing changes is the owner's business (plainly, or in
+    a transaction); this class keeps memory and the restore.
+    """
+
+    def __init__(
+        self,
+        changelog: str,
+        encode: Callable[[V], bytes],
+        decode: Callable[[bytes], V],
+    ) -> None:
+        self.changelog = changelog
+        self.encode = encode
+        self._decode = decode
+        self._parts: dict[int, dict[str, V]] = {}
+
+    def get(self, partition: int, key: str) -> V | None:
+        part = self._parts.get(partition)
+        return None if part is None else part.get(key)
+
+    def put(self, partition: int, key: str, value: V) -> None:
+        """Set ``key``, moving it to the newest end of the partition's order."""
+        part = self._parts.setdefault(partition, {})
+        part.pop(key, None)
+        part[key] = value
+
+    def pop(self, partition: int, key: str) -> V | None:
+        part = self._parts.get(partition)
+        return None if part is None else part.pop(key, None)
+
+    def items(self, partition: int) -> Iterator[tuple[str, V]]:
+        """A snapshot of one partition's entries, oldest insertion first."""
+        return iter(list(self._parts.get(partition, {}).items()))
+
+    def oldest(self, partition: int, expired: Callable[[V], bool], *, limit: int) -> list[str]:
+        """Keys from the oldest end for which ``expired`` holds, stopping at the first that fails.
+
+        Entries are kept in write order, so this is cheap when ``expired`` is "older than".
+        """
+        out: list[str] = []
+        for key, value in self._parts.get(partition, {}).items():
+            if len(out) >= limit or not expired(value):
+                break
+            out.append(key)
+        return out
+
+    def partitions(self) -> list[int]:
+        return list(self._parts)
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns."""
+        for p in partitions:
+            self._parts.pop(p, None)
+
+    def size(self, partition: int | None = None) -> int:
+        if partition is not None:
+            return len(self._parts.get(partition, {}))
+        return sum(len(v) for v in self._parts.values())
+
+    async def restore(
+        self, bootstrap: str, partitions: Iterable[int], *, keep: Callable[[V], bool] | None = None
+    ) -> int:
+        """Rebuild ``partitions`` from the changelog; return how many entries they hold.
+
+        Entries for which ``keep`` is false (expired ones) are not loaded.
+        """
+        partitions = list(partitions)
+        if not partitions:
+            return 0
+        tps = [TopicPartition(self.changelog, p) for p in partitions]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            # read_committed: the end is the last stable offset, so an open transaction of a
+            # fenced owner is neither waited for nor read.
+            end = await retrying(lambda: consumer.end_offsets(tps), what="reading changelog ends")
+            await rewind(consumer, tps)
+            for tp in tps:
+                table: dict[str, V] = {}
+                self._parts[tp.partition] = table
+                while await consumer.position(tp) < end[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    for record in batch.get(tp, []):
+                        if record.offset >= end[tp] or record.key is None:
+                            continue
+                        key = record.key.decode()
+                        if record.value is None:
+                            table.pop(key, None)
+                            continue
+                        value = self._decode(record.value)
+                        # Re-insert so iteration order follows the latest write.
+                        table.pop(key, None)
+                        if keep is None or keep(value):
+                            table[key] = value
+        finally:
+            await stop_consumer(consumer)
+        return sum(len(self._parts.get(p, {})) for p in partitions)

@@ -1,0 +1,117 @@
+"""OpenTelemetry spans for step attempts, with context carried through Kafka.
+
+Every attempt is one span; its parent is the span that produced the input, read
+from the envelope's W3C ``traceparent``, so one request is one trace across
+every worker it passes through.  Spans are exported over OTLP/HTTP only when an
+endpoint is configured; otherwise they are created (trace ids still land on
+trace events) and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from weir.config import WeirSettings
+
+__all__ = ["Tracing", "span_ids", "traceparent_of"]
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Tracing:
+    """Spans of one worker; ``provider`` overrides the one built from settings (tests)."""
+
+    def __init__(
+        self,
+        settings: WeirSettings,
+        *,
+        provider: TracerProvider | None = None,
+        processors: list[SpanProcessor] | None = None,
+    ) -> None:
+        self.enabled = settings.otel_enabled or provider is not None
+        self._own = provider is None
+        if provider is None and self.enabled:
+            provider = TracerProvider(
+                resource=Resource.create(
+                    {"service.name": settings.otel_service_name, "weir.worker": settings.worker_id}
+                )
+            )
+            if settings.otel_exporter_otlp_endpoint:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+
+                endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/")
+                if not endpoint.endswith("/v1/traces"):
+                    endpoint += "/v1/traces"
+                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint)))
+        for processor in processors or ():
+            assert provider is not None
+            provider.add_span_processor(processor)
+        self._provider = provider
+        self._tracer = provider.get_tracer("weir") if provider is not None else None
+
+    @contextlib.contextmanager
+    def span(
+        self,
+        name: str,
+        *,
+        parent: str | None,
+        attributes: Mapping[str, Any],
+        kind: SpanKind = SpanKind.CONSUMER,
+    ) -> Iterator[Span | None]:
+        """A span under the ``parent`` traceparent, current while the block runs."""
+        if self._tracer is None:
+            yield None
+            return
+        context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
+        with self._tracer.start_as_current_span(
+            name,
+            context=context,
+            kind=kind,
+            attributes=dict(attributes),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            yield span
+
+    def shutdown(self) -> None:
+        if self._own and self._provider is not None:
+            self._provider.shutdown()
+
+
+def traceparent_of(span: Span | None, fallback: str | None) -> str | None:
+    """The W3C traceparent for messages caused by ``span`` (``fallback`` without one)."""
+    if span is None or not span.get_span_context().is_valid:
+        return fallback
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", fallback)
+
+
+def span_ids(span: Span | None, traceparent: str | None) -> tuple[str | None, str | None]:
+    """``(trace_id, span_id)`` as hex, from the span or else the incoming traceparent."""
+    if span is not None and (ctx := span.get_span_context()).is_valid:
+        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+    if traceparent:
+        parts = traceparent.split("-")
+        if len(parts) == 4:
+            return parts[1], parts[2]
+    return None, None
+
+
+def mark_failed(span: Span | None, error_type: str, message: str) -> None:
+    """Record a failed attempt on its span (OTel's ``error.type`` convention)."""
+    if span is None:
+        return
+    span.set_attribute("error.type", error_type)
+    span.set_status(Status(StatusCode.ERROR, message[:500]))

@@ -1,0 +1,88 @@
+"""The worker's HTTP server: health, counters, and the routes other parts add.
+
+Served on ``settings.web_host:web_port`` next to a running worker (``weir
+worker``).  Parts of weir that serve HTTP (token streams, the dashboard) each
+have an ``add_routes(app, settings)`` that ``create_app`` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from weir.config import WeirSettings
+
+if TYPE_CHECKING:
+    from streams.worker import Worker
+
+__all__ = ["SETTINGS_KEY", "WORKER_KEY", "WebServer", "create_app"]
+
+SETTINGS_KEY = web.AppKey("settings", WeirSettings)
+WORKER_KEY = web.AppKey("worker", object)
+
+
+def create_app(settings: WeirSettings, worker: Worker | None = None) -> web.Application:
+    """The aiohttp application: ``/health``, ``/stats`` and the routes of weir's parts."""
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    app[WORKER_KEY] = worker
+    app.router.add_get("/health", _health)
+    app.router.add_get("/stats", _stats)
+    return app
+
+
+async def _health(request: web.Request) -> web.Response:
+    worker = request.app[WORKER_KEY]
+    body: dict[str, object] = {"status": "ok"}
+    if worker is not None:
+        body["pipeline"] = worker.pipeline.name  # type: ignore[attr-defined]
+        body["worker_id"] = worker.settings.worker_id  # type: ignore[attr-defined]
+        body["partitions"] = len(worker.assigned)  # type: ignore[attr-defined]
+    return web.json_response(body)
+
+
+async def _stats(request: web.Request) -> web.Response:
+    worker = request.app[WORKER_KEY]
+    if worker is None:
+        raise web.HTTPNotFound(text="no worker runs in this process")
+    stats = dataclasses.asdict(worker.stats)  # type: ignore[attr-defined]
+    stats["lag"] = {step: worker.lag(step) for step in worker.runners}  # type: ignore[attr-defined]
+    return web.json_response(stats)
+
+
+class WebServer:
+    """Runs ``create_app`` on ``settings.web_host:web_port``; use as ``async with``."""
+
+    def __init__(self, settings: WeirSettings, worker: Worker | None = None) -> None:
+        self._settings = settings
+        self._worker = worker
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def __aenter__(self) -> WebServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        runner = web.AppRunner(create_app(self._settings, self._worker), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._settings.web_host, self._settings.web_port)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or ()
+        self.port = sockets[0].getsockname()[1] if sockets else self._settings.web_port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._settings.web_host}:{self.port}"
