@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from schemas.messages import ModelCall
+    from streams.tracing import Tracing
     from weir.config import WeirSettings
 
 __all__ = ["AttemptScope", "StepContext", "current_scope"]
@@ -49,6 +50,8 @@ class AttemptScope:
     publish: Publish
     lag: Callable[[], int]
     """Messages waiting on this worker's partitions of the step's input topic."""
+    tracing: Tracing | None = None
+    """The worker's spans: model calls open child spans of the attempt's span with it."""
     calls: list[ModelCall] = field(default_factory=list)
     """Model calls of this attempt, appended by the model layer as they finish."""
 

@@ -141,6 +141,7 @@ class StepRunner:
             settings=rt.settings,
             publish=self._publish,
             lag=lambda: rt.lag(self.name),
+            tracing=rt.tracing,
         )
         rt.stats.attempts += 1
         error: WeirError | None = None

@@ -69,7 +69,7 @@ class Tracing:
         attributes: Mapping[str, Any],
         kind: SpanKind = SpanKind.CONSUMER,
     ) -> Iterator[Span | None]:
-        """A span under the ``parent`` traceparent, current while the block runs."""
+        """A span under the ``parent`` traceparent (else the current span), current in the block."""
         if self._tracer is None:
             yield None
             return

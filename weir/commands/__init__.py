@@ -1,0 +1,1 @@
+"""``weir`` sub-commands, one module per concern; ``weir.cli`` registers them."""
