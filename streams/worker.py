@@ -249,7 +249,18 @@ class Worker:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self.tracing.shutdown()
         self._stopped.set()
-        log.info("worker %s stopped", self.settings.worker_id)
+        s = self.stats
+        log.info(
+            "worker %s stopped: %d messages, %d attempts, %d retried, %d dead-lettered,"
+            " %d duplicates dropped, %d answered",
+            self.settings.worker_id,
+            s.received,
+            s.attempts,
+            s.retried,
+            s.dead_lettered,
+            s.duplicates,
+            s.results,
+        )
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for ``tasks`` up to the shutdown timeout; cancel the rest."""

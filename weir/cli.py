@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from weir.commands import dlq
 from weir.config import WeirSettings, load_settings
 from weir.errors import ConfigError, WeirError
 
@@ -35,6 +36,7 @@ schemas_app = typer.Typer(help="The Avro schemas of weir's messages.", no_args_i
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(dlq.app, name="dlq")
 
 out = Console()
 err = Console(stderr=True)
