@@ -304,17 +304,31 @@ def topics_create(
 @schemas_app.command("list")
 def schemas_list() -> None:
     """Each schema with its wire id (the Confluent header's schema id)."""
-    from schemas import DEAD_LETTER_SCHEMA, ENVELOPE_SCHEMA, REQUEST_SCHEMA, RESULT_SCHEMA
+    from schemas import (
+        DEAD_LETTER_SCHEMA,
+        ENVELOPE_SCHEMA,
+        REQUEST_SCHEMA,
+        RESULT_SCHEMA,
+        TRACE_EVENT_SCHEMA,
+    )
 
     table = Table("schema", "record", "schema id", "file")
-    for s in (REQUEST_SCHEMA, ENVELOPE_SCHEMA, RESULT_SCHEMA, DEAD_LETTER_SCHEMA):
+    for s in (
+        REQUEST_SCHEMA,
+        ENVELOPE_SCHEMA,
+        RESULT_SCHEMA,
+        DEAD_LETTER_SCHEMA,
+        TRACE_EVENT_SCHEMA,
+    ):
         table.add_row(s.name, s.definition["name"], str(s.schema_id), f"schemas/{s.name}.avsc")
     out.print(table)
 
 
 @schemas_app.command("show")
 def schemas_show(
-    name: Annotated[str, typer.Argument(help="request, envelope, result, dead_letter")],
+    name: Annotated[
+        str, typer.Argument(help="request, envelope, result, dead_letter, trace_event")
+    ],
 ) -> None:
     """Print one schema (the .avsc JSON)."""
     from schemas import load_schema
