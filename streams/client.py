@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from schemas.messages import Request, Result
-from topics._aiokafka import rewind, stop_consumer
+from topics._aiokafka import retrying, rewind, stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
@@ -34,6 +34,8 @@ class WeirClient:
         self.settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._checked: set[str] = set()
+        self._marks: dict[str, dict[int, int]] = {}
+        """Results-topic end offsets per pipeline, taken before this client first submitted."""
 
     async def __aenter__(self) -> WeirClient:
         await self.start()
@@ -75,8 +77,24 @@ class WeirClient:
                         f"pipeline {pipeline!r} has no requests topic ({topic}): start a worker"
                         " for it first, or create its topics with 'weir topics create'"
                     )
+            # Answers to what this client submits can only come after these offsets, so
+            # wait_for() need not read the results topic from its beginning.
+            self._marks[pipeline] = await self._result_ends(pipeline)
             self._checked.add(topic)
         return topic
+
+    async def _result_ends(self, pipeline: str) -> dict[int, int]:
+        topic = PipelineTopics(pipeline).results
+        async with TopicAdmin(self.settings) as admin:
+            count = (await admin.partitions([topic])).get(topic, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(count)]
+            ends = await retrying(lambda: consumer.end_offsets(tps), what="reading result ends")
+        finally:
+            await stop_consumer(consumer)
+        return {tp.partition: offset for tp, offset in ends.items()}
 
     async def submit(
         self,
@@ -148,11 +166,14 @@ class WeirClient:
         from_beginning: bool = True,
         follow: bool = True,
         idle_timeout: float | None = None,
+        start: dict[int, int] | None = None,
     ) -> AsyncIterator[Result]:
         """Iterate result events of ``pipeline``.
 
-        Without ``follow``, stops at the end of the topic as it was when called;
-        with it, waits for new results (until ``idle_timeout`` seconds pass with none).
+        From the topic's beginning, its end (``from_beginning=False``), or the
+        offsets in ``start`` (partition -> offset).  Without ``follow``, stops at
+        the end of the topic as it was when called; with it, waits for new
+        results (until ``idle_timeout`` seconds pass with none).
         """
         topic = PipelineTopics(pipeline).results
         consumer = AIOKafkaConsumer(
@@ -169,10 +190,17 @@ class WeirClient:
                 raise UnknownPipelineError(f"pipeline {pipeline!r} has no results topic ({topic})")
             tps = [TopicPartition(topic, p) for p in range(count)]
             consumer.assign(tps)
-            if from_beginning:
+            if start is not None:
+                await rewind(consumer, tps)
+                for tp in tps:
+                    if tp.partition in start:
+                        consumer.seek(tp, start[tp.partition])
+            elif from_beginning:
                 await rewind(consumer, tps)
             else:
-                await consumer.seek_to_end(*tps)
+                ends = await retrying(lambda: consumer.end_offsets(tps), what="reading ends")
+                for tp in tps:
+                    consumer.seek(tp, ends[tp])
             end = await consumer.end_offsets(tps) if not follow else None
             last = time.monotonic()
             while True:
@@ -197,13 +225,18 @@ class WeirClient:
     ) -> dict[str, Result]:
         """Wait until every id has a result; the first result per id wins.
 
+        Reads from where the results topic ended before this client first
+        submitted to ``pipeline``, or from its beginning if it never did.
+
         Raises ``TimeoutError`` naming how many are missing.
         """
         wanted = set(request_ids)
         found: dict[str, Result] = {}
         try:
             async with asyncio.timeout(timeout):
-                async for result in self.results(pipeline, follow=True):
+                async for result in self.results(
+                    pipeline, follow=True, start=self._marks.get(pipeline)
+                ):
                     if result.request_id in wanted and result.request_id not in found:
                         found[result.request_id] = result
                         if len(found) == len(wanted):
