@@ -29,10 +29,10 @@ from aiokafka.errors import KafkaError
 from schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
 from streams._runtime import Record, Runtime, merge_calls
 from streams.join import JoinTable
-from streams.outbox import Abandoned, OutMessage, Owned
+from streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
 from streams.table import ChangelogTable
 from topics.names import ANSWER
-from weir.errors import MessageError, SchemaInvalidError
+from weir.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 
 __all__ = ["AnswerStage"]
 
@@ -217,6 +217,19 @@ class AnswerStage:
         writer = self._writers.get(p)
         if writer is None:
             raise Abandoned(f"answers partition {p} is not owned")
+        wire = result.to_wire(rt.settings.results_format)
+        if len(wire) > MAX_MESSAGE_BYTES:
+            result = result.model_copy(
+                update={
+                    "status": "FAILURE",
+                    "output": None,
+                    "calls": [],
+                    "error_type": OutputTooLargeError.error_type,
+                    "error_message": f"the result is {len(wire)} bytes; Kafka takes at most"
+                    f" {MAX_MESSAGE_BYTES}",
+                }
+            )
+            wire = result.to_wire(rt.settings.results_format)
         # Claimed before the write, so a concurrent duplicate is dropped right away.
         claim = _Answered("S" if result.status == "SUCCESS" else "F", result.replay, time.time())
         self._answered.put(p, result.request_id, claim)
@@ -226,7 +239,7 @@ class AnswerStage:
                     OutMessage(
                         rt.topics.results,
                         result.request_id.encode(),
-                        result.to_wire(rt.settings.results_format),
+                        wire,
                         None,
                         p,
                     ),

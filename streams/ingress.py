@@ -13,7 +13,12 @@ from streams._runtime import Runtime, guess_request_id
 from streams.dead_letter import error_type_of
 from streams.outbox import OutMessage, Owned
 from topics.names import INGRESS
-from weir.errors import MessageError, SchemaInvalidError
+from weir.errors import (
+    MessageError,
+    OutputTooLargeError,
+    PayloadTooLargeError,
+    SchemaInvalidError,
+)
 
 __all__ = ["REPLAY_HEADER", "Ingress"]
 
@@ -73,7 +78,14 @@ class Ingress:
                 replay=replay,
             )
             out.append(OutMessage(rt.topics.step(root), key, env.encode()))
-        await rt.outbox.send_all(out, owned=owned)
+        try:
+            await rt.outbox.send_all(out, owned=owned)
+        except OutputTooLargeError as exc:
+            too_large = PayloadTooLargeError(
+                f"request is too large to travel between steps ({exc}); lower its size or"
+                " max_payload_bytes"
+            )
+            await rt.outbox.send_all(self._rejected(record, too_large), owned=owned)
 
     def _check_fields(self, request: Request) -> None:
         """Reject at the door what a root step could not take.

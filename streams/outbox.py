@@ -8,11 +8,16 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-__all__ = ["Abandoned", "OutMessage", "Outbox", "Owned"]
+from weir.errors import OutputTooLargeError
+
+__all__ = ["MAX_MESSAGE_BYTES", "Abandoned", "OutMessage", "Outbox", "Owned"]
 
 log = logging.getLogger("weir.outbox")
+
+MAX_MESSAGE_BYTES = 1_000_000
+"""What a message may weigh: Kafka's default limit (1 MiB a request) less some headroom."""
 
 Owned = Callable[[], bool]
 """Whether the worker still owns the input being handled (its partition is assigned)."""
@@ -51,7 +56,8 @@ class Outbox:
         Retrying here rather than re-running the handler keeps a broker blip from
         re-running a step (and paying for its model calls twice).  A resend may
         duplicate a message that did arrive; every consumer downstream tolerates
-        that.  Raises ``Abandoned`` once ``owned()`` turns false.
+        that.  Raises ``Abandoned`` once ``owned()`` turns false, and
+        ``OutputTooLargeError`` at once for a message the broker will never take.
         """
         if not messages:
             return
@@ -69,6 +75,12 @@ class Outbox:
                 ]
                 await asyncio.gather(*futures)
                 return
+            except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+                sizes = ", ".join(f"{m.topic}: {len(m.value or b'')} bytes" for m in messages)
+                raise OutputTooLargeError(
+                    f"Kafka refused a message as too large ({sizes}); keep step outputs"
+                    " small (store large artefacts elsewhere and pass a reference)"
+                ) from exc
             except KafkaError as exc:
                 if not owned():
                     raise Abandoned from exc

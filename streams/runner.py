@@ -29,7 +29,13 @@ from streams.join import JoinTable
 from streams.outbox import OutMessage, Owned
 from streams.tracing import mark_failed, span_ids, traceparent_of
 from topics.names import ANSWER, retry_tiers
-from weir.errors import BranchError, MessageError, SchemaInvalidError, WeirError
+from weir.errors import (
+    BranchError,
+    MessageError,
+    OutputTooLargeError,
+    SchemaInvalidError,
+    WeirError,
+)
 
 __all__ = ["NOT_BEFORE_HEADER", "StepRunner"]
 
@@ -98,11 +104,22 @@ class StepRunner:
             await rt.outbox.send_all(self._undecodable(record, exc), owned=owned)
             return
         attempt = self._gather(record, env)
-        out = [] if attempt is None else await self._run(record, attempt)
+        out: list[OutMessage] = []
+        event: TraceEvent | None = None
+        if attempt is not None:
+            out, event = await self._run(record, attempt)
         if self.join is not None and env.kind != "JOINED":
             # The partial inputs of a waiting join, or the done marker of a completed one.
             out += self.join.changelog_message(record.partition, env.request_id)
-        await rt.outbox.send_all(out, owned=owned)
+        trace = rt.trace(event) if event is not None else []
+        try:
+            await rt.outbox.send_all(out + trace, owned=owned)
+        except OutputTooLargeError as exc:
+            assert attempt is not None and event is not None  # only attempts send outputs
+            event.status, event.disposition = "FAILURE", "dead_lettered"
+            event.error_type, event.error_message = exc.error_type, str(exc)
+            out = self._too_large(record, attempt, exc) + rt.trace(event)
+            await rt.outbox.send_all(out, owned=owned)
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
         if env.kind == "JOINED":
@@ -128,10 +145,11 @@ class StepRunner:
 
     # -- the attempt ----------------------------------------------------------------
 
-    async def _run(self, record: Record, a: _Attempt) -> list[OutMessage]:
+    async def _run(self, record: Record, a: _Attempt) -> tuple[list[OutMessage], TraceEvent | None]:
+        """Run one attempt; return its messages and its trace event (none for a skip)."""
         rt = self._rt
         if a.skipped:
-            return self._emit(a, output=None, targets=(), traceparent=a.base.traceparent)
+            return self._emit(a, output=None, targets=(), traceparent=a.base.traceparent), None
         base = a.base
         started_ms = now_ms()
         queue_wait = max(0.0, started_ms - max(base.created_at / 1000, base.not_before))
@@ -201,7 +219,7 @@ class StepRunner:
             out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
             out = await self._failed(record, a, error, event, ctx, scope, traceparent)
-        return out + rt.trace(event)
+        return out, event
 
     def _check_branch(
         self, split: tuple[Any, tuple[str, ...] | None]
@@ -381,6 +399,44 @@ class StepRunner:
             )
             for dep in self._dependents
         ]
+
+    def _too_large(
+        self, record: Record, a: _Attempt, error: OutputTooLargeError
+    ) -> list[OutMessage]:
+        """The attempt succeeded but its output cannot be sent: fail the request here."""
+        rt = self._rt
+        rt.stats.dead_lettered += 1
+        rt.stats.failed(error.error_type)
+        log.warning("dead-lettering %s at step %s: %s", a.base.request_id, self.name, error)
+        value = (
+            self._as_replayable(a, a.base.traceparent).encode()
+            if a.completed_join
+            else (record.value)
+        )
+        dead, _ = rt.dead_letters.message(
+            rt.topics.dead_letter(self.name),
+            step=self.name,
+            error=error,
+            key=record.key,
+            value=value,
+            headers=list(record.headers or ()),
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            request_id=a.base.request_id,
+            attempt=a.base.attempt,
+        )
+        failure = rt.failure_envelope(
+            request_id=a.base.request_id,
+            step=self.name,
+            error_type=error.error_type,
+            error_message=str(error),
+            base=dataclasses.replace(a.base, path=a.path),
+            calls=a.calls,
+            traceparent=a.base.traceparent,
+            created_at=now_us(),
+        )
+        return [dead, failure]
 
     def _undecodable(self, record: Record, error: MessageError) -> list[OutMessage]:
         rt = self._rt

@@ -320,7 +320,7 @@ class Worker:
                         self._unfetch(tp, record.offset)
                         break
                     self._offsets[tp].track(record.offset)
-                    task = asyncio.create_task(self._process(tp, record, route.handle))
+                    task = asyncio.create_task(self._process(tp, record, route.handle, route.stage))
                     self._inflight[tp].add(task)
 
     def _unfetch(self, tp: TopicPartition, offset: int) -> None:
@@ -347,22 +347,48 @@ class Worker:
         if self._consumer is not None and tp in self._assigned and not self._stopping.is_set():
             self._consumer.resume(tp)
 
-    async def _process(self, tp: TopicPartition, record: Record, handle: Handler) -> None:
+    async def _park(self, stage: str, record: Record, error: Exception, owned: Owned) -> None:
+        """Dead-letter a record whose handling raised unexpectedly (``internal_error``)."""
+        self.stats.dead_lettered += 1
+        self.stats.failed("internal_error")
+        dead, _ = self._runtime.dead_letters.message(
+            self.topics.dead_letter(stage),
+            step=stage,
+            error=error,
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers or ()),
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+        )
+        await self._runtime.outbox.send_all([dead], owned=owned)
+
+    async def _process(
+        self, tp: TopicPartition, record: Record, handle: Handler, stage: str
+    ) -> None:
         self.stats.received += 1
 
         def owned() -> bool:
             return tp in self._assigned
 
         try:
-            await handle(record, owned)
+            try:
+                await handle(record, owned)
+            except (asyncio.CancelledError, Abandoned):
+                raise
+            except Exception as exc:
+                # A bug in weir itself.  Left unfinished, this record would hold back the
+                # partition's commits for good and fail again after every restart; park it.
+                log.exception("unexpected error handling %s@%d", tp, record.offset)
+                await self._park(stage, record, exc, owned)
             self.stats.completed += 1
             if (offsets := self._offsets.get(tp)) is not None:
                 offsets.finish(record.offset)
         except (asyncio.CancelledError, Abandoned):
             pass  # not finished: the offset stays uncommitted and is redelivered
         except Exception:
-            # A bug in weir itself: log it loudly, do not finish the offset.
-            log.exception("unexpected error handling %s@%d", tp, record.offset)
+            log.exception("could not dead-letter %s@%d; it will be redelivered", tp, record.offset)
         finally:
             self._slots.release()
             current = asyncio.current_task()

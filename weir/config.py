@@ -58,8 +58,12 @@ class WeirSettings(BaseSettings):
     """Messages a worker processes concurrently (all steps together)."""
     max_poll_records: int = Field(default=500, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
-    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
-    """Larger request payloads are dead-lettered as ``payload_too_large``."""
+    max_payload_bytes: int = Field(default=262_144, ge=1024)
+    """Larger requests are dead-lettered as ``payload_too_large``.
+
+    Every envelope carries the request, next to a step's output, and Kafka takes
+    about 1 MB per message by default: keep requests well below that.
+    """
     step_timeout_s: float = Field(default=60.0, gt=0)
     """Default timeout of one step attempt."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)

@@ -20,6 +20,7 @@ says whether trying the same input again can succeed.
     ├── StepError                   step_error
     │   └── StepTimeoutError        step_timeout
     ├── BranchError                 branch_invalid
+    ├── OutputTooLargeError         output_too_large     (the broker refuses the message)
     ├── ModelError                  model_error          (a model call failed)
     │   ├── ModelTimeoutError       model_timeout
     │   ├── ModelUnavailableError   model_unavailable    (5xx, connection refused/reset)
@@ -53,6 +54,7 @@ __all__ = [
     "ModelTimeoutError",
     "ModelUnavailableError",
     "NoRouteError",
+    "OutputTooLargeError",
     "PayloadTooLargeError",
     "PipelineDefinitionError",
     "RateLimitedError",
@@ -169,6 +171,12 @@ class BranchError(WeirError):
     """A step returned a ``Branch`` to a step that does not depend on it."""
 
     error_type = "branch_invalid"
+
+
+class OutputTooLargeError(WeirError):
+    """What a step produced is larger than Kafka accepts in one message."""
+
+    error_type = "output_too_large"
 
 
 class ModelError(WeirError):

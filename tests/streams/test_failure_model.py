@@ -254,3 +254,30 @@ async def test_replay_runs_only_the_failed_branch_again(kafka, pipeline_name, re
             assert [r.status for r in answers[rid]] == ["SUCCESS"]
     # Only the failed branch ran again: fetch and side kept their counts.
     assert dict(calls) == {"fetch": 500, "side": 500, "enrich": 700, "combine": 500}
+
+
+async def test_an_output_kafka_refuses_fails_the_request_and_the_worker_goes_on(
+    kafka, pipeline_name
+):
+    p = Pipeline(pipeline_name)
+
+    @p.step()
+    def render(n: int) -> str:
+        return "x" * (2_000_000 if n == 1 else 10)  # above Kafka's 1 MB message limit
+
+    @p.step(depends_on=[render])
+    def deliver(render: str) -> int:
+        return len(render)
+
+    async with Worker(p, kafka) as worker, WeirClient(kafka) as client:
+        ids = await client.submit_many(p.name, [{"n": i} for i in range(3)])
+        results = await client.wait_for(p.name, ids, timeout=60)
+        dead = await read_topic(kafka, PipelineTopics(p.name).dead_letter("render"), until=1)
+    assert [results[rid].status for rid in ids] == ["SUCCESS", "FAILURE", "SUCCESS"]
+    assert results[ids[1]].error_type == "output_too_large"
+    assert "too large" in (results[ids[1]].error_message or "")
+    assert len(dead) == 1
+    assert DeadLetter.from_message(
+        dead[0].key, dead[0].value, list(dead[0].headers)
+    ).error_type == ("output_too_large")
+    assert worker.stats.failures_by_type == {"output_too_large": 1}
