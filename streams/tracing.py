@@ -20,11 +20,22 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from schemas.messages import ModelCall
 from weir.config import WeirSettings
 
-__all__ = ["Tracing", "span_ids", "traceparent_of"]
+__all__ = [
+    "TRACEPARENT_HEADER",
+    "Tracing",
+    "model_call_attributes",
+    "span_ids",
+    "trace_headers",
+    "traceparent_of",
+]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+TRACEPARENT_HEADER = "traceparent"
+"""The Kafka header carrying W3C trace context, as OpenTelemetry's Kafka instrumentations use it."""
 
 
 class Tracing:
@@ -84,9 +95,61 @@ class Tracing:
         ) as span:
             yield span
 
+    def model_call(self, call: ModelCall) -> None:
+        """Record a finished model call as a child of the current span (the step attempt's).
+
+        The span carries OpenTelemetry's GenAI attributes (``gen_ai.*``) and
+        spans the call's own start and duration.
+        """
+        if self._tracer is None:
+            return
+        start_ns = call.started_at * 1_000_000
+        span = self._tracer.start_span(
+            f"{call.operation} {call.model}",
+            kind=SpanKind.CLIENT,
+            start_time=start_ns,
+            attributes=model_call_attributes(call),
+        )
+        if call.status == "FAILURE":
+            mark_failed(span, call.error_type or "model_error", f"{call.endpoint} failed")
+        span.end(end_time=start_ns + int(call.duration_ms * 1_000_000))
+
     def shutdown(self) -> None:
         if self._own and self._provider is not None:
             self._provider.shutdown()
+
+
+def model_call_attributes(call: ModelCall) -> dict[str, Any]:
+    """GenAI semantic-convention attributes of a model call, plus weir's own."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": call.operation,
+        "gen_ai.provider.name": call.provider,
+        "gen_ai.request.model": call.model,
+        "gen_ai.response.model": call.model,
+        "gen_ai.usage.input_tokens": call.input_tokens,
+        "gen_ai.usage.output_tokens": call.output_tokens,
+        # No standard attribute for cost yet; gen_ai.usage.cost is the common convention.
+        "gen_ai.usage.cost": float(call.cost_usd),
+        "weir.model.endpoint": call.endpoint,
+        "weir.model.usage_source": call.usage_source,
+        "weir.step": call.step,
+        "weir.attempt": call.attempt,
+        "weir.model.streamed": call.streamed,
+    }
+    optional = {
+        "error.type": call.error_type,
+        "weir.model.ttft_ms": call.ttft_ms,
+        "weir.routing.rule": call.rule,
+        "weir.routing.rules_version": call.rules_version,
+        "weir.model.fallback_from": call.fallback_from,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    return attributes
+
+
+def trace_headers(traceparent: str | None) -> list[tuple[str, bytes]] | None:
+    """Kafka headers carrying ``traceparent`` (``None`` without one)."""
+    return [(TRACEPARENT_HEADER, traceparent.encode())] if traceparent else None
 
 
 def traceparent_of(span: Span | None, fallback: str | None) -> str | None:
