@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
+import time
 from decimal import Decimal
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from processors.trace_store import RemoteTraceStore, TraceStore
 from schemas.messages import TraceEvent
 from streams import WeirClient, Worker
+from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_results, read_topic
-from tests._sink import SinkProcess, sink_settings
+from tests._sink import SinkProcess, free_port, sink_settings
 from tests._traced import expected_attempts, flaky
 from topics.names import PipelineTopics
 
@@ -85,7 +90,7 @@ async def test_a_thousand_requests_with_injected_failures_store_one_row_per_atte
             )
         )
         assert per_step == expected
-        (rows, ids_, attempts), = store.query(
+        ((rows, ids_, attempts),) = store.query(
             "SELECT count(), uniqExact(event_id), uniqExact(request_id, step_name, attempt)"
             " FROM pipeline_events"
         )
@@ -104,7 +109,7 @@ async def test_a_thousand_requests_with_injected_failures_store_one_row_per_atte
         assert got[0][1] == pytest.approx(sum(by_step["generate"]) / 130, rel=1e-9)
 
         # Model usage and redacted I/O made it too.
-        (calls, cost), = store.query(
+        ((calls, cost),) = store.query(
             "SELECT count(), toString(sum(calls.cost_usd)) FROM pipeline_events"
             " ARRAY JOIN calls WHERE step_name = 'generate'"
         )
@@ -123,3 +128,151 @@ async def test_a_thousand_requests_with_injected_failures_store_one_row_per_atte
     finally:
         store.close()
     assert "trace store unavailable" not in sink.text()
+
+
+# -- the store going away, and the sink dying between insert and commit ------------------------
+
+
+def _event(pipeline: str, i: int) -> bytes:
+    now = int(time.time() * 1000)
+    return TraceEvent(
+        pipeline_id=pipeline,
+        step_name=f"step{i % 3}",
+        request_id=f"r{i}",
+        attempt=1,
+        status="FAILURE" if i % 7 == 0 else "SUCCESS",
+        disposition="emitted",
+        error_type="model_timeout" if i % 7 == 0 else None,
+        created_at=now,
+        started_at=now - 5,
+        submitted_at=now - 20,
+        duration_ms=5.0 + i % 11,
+        queue_wait_ms=1.0,
+        worker_id="test",
+        topic="t",
+        partition=0,
+        offset=i,
+        event_id=f"{pipeline}-{i}",
+    ).encode()
+
+
+async def _produce(settings, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.trace_topic, v, key=str(i).encode())
+            for i, v in enumerate(values)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def _count(server: ClickHouseHttp) -> tuple[int, int]:
+    text = server.query("SELECT count(), uniqExact(event_id) FROM weir.pipeline_events")
+    rows, ids = text.split()
+    return int(rows), int(ids)
+
+
+async def _wait_count(server: ClickHouseHttp, n: int, timeout: float = 120) -> None:
+    async with asyncio.timeout(timeout):
+        while _count(server)[0] < n:
+            await asyncio.sleep(0.3)
+
+
+async def _committed(settings) -> int:
+    """Offsets the sink's group has committed on the trace topic, summed over partitions."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.sink_group
+    )
+    await consumer.start()
+    try:
+        total = 0
+        for p in range(settings.partitions):
+            total += await consumer.committed(TopicPartition(settings.trace_topic, p)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def test_the_sink_survives_the_store_being_unavailable_and_loses_nothing(
+    kafka, pipeline_name, repo_root, tmp_path
+):
+    server = ClickHouseHttp(tmp_path / "clickhouse", free_port())
+    await server.start()
+    settings = sink_settings(kafka, pipeline_name, server.dsn)
+    sink = SinkProcess(repo_root, settings, tmp_path / "sink.log")
+    values = [_event(pipeline_name, i) for i in range(900)]
+    try:
+        await sink.wait_placed()
+        await _produce(settings, values[:300])
+        await _wait_count(server, 300)
+
+        await server.stop()  # ClickHouse goes away: connections refused
+        await _produce(settings, values[300:600])
+        async with asyncio.timeout(60):
+            while sink.text().count("trace store unavailable") < 3:
+                await asyncio.sleep(0.2)
+        assert _count(server) == (300, 300)
+        assert await _committed(settings) == 300, "committed offsets of events not stored"
+
+        await server.start()  # and comes back
+        await _wait_count(server, 600)
+        # Phase 3, with one event resent (as a worker's outbox does after a broker error).
+        await _produce(settings, [*values[600:], values[650]])
+        await _wait_count(server, 900)
+        await asyncio.sleep(1.5)  # a duplicate would land about now
+        assert await _committed(settings) == 901
+    finally:
+        assert sink.stop() == 0, sink.text()[-3000:]
+        await server.stop()
+    assert _count(server) == (900, 900)
+    stored = set(server.query("SELECT event_id FROM weir.pipeline_events").split())
+    assert stored == {f"{pipeline_name}-{i}" for i in range(900)}
+    minute = server.query("SELECT sum(attempts) FROM weir.pipeline_latency_1m").strip()
+    assert minute == "900"
+    assert "trace store is back" in sink.text()
+    server.close()
+
+
+async def test_a_sink_killed_between_insert_and_commit_does_not_store_events_twice(
+    kafka, pipeline_name, repo_root, tmp_path
+):
+    server = ClickHouseHttp(tmp_path / "clickhouse", free_port())
+    await server.start()
+    settings = sink_settings(kafka, pipeline_name, server.dsn)
+    first = SinkProcess(repo_root, settings, tmp_path / "first.log")
+    values = [_event(pipeline_name, i) for i in range(600)]
+    try:
+        await first.wait_placed()
+
+        def kill_the_sink() -> None:
+            server.after_insert = None
+            os.kill(first.proc.pid, signal.SIGKILL)
+
+        server.after_insert = kill_the_sink  # stored, then the sink dies before its commit
+        await _produce(settings, values[:400])
+        async with asyncio.timeout(60):
+            while first.proc.poll() is None:
+                await asyncio.sleep(0.1)
+        assert first.proc.returncode == -signal.SIGKILL
+        stored_before, _ = _count(server)
+        assert 0 < stored_before <= 400
+        assert await _committed(settings) == 0
+    finally:
+        first.stop(signal.SIGKILL)
+    second = SinkProcess(repo_root, settings, tmp_path / "second.log")
+    try:
+        await second.wait_placed()
+        await _produce(settings, values[400:])
+        await _wait_count(server, 600)
+        await asyncio.sleep(1.5)
+    finally:
+        assert second.stop() == 0, second.text()[-3000:]
+        await server.stop()
+    assert _count(server) == (600, 600)
+    assert "store already holds offsets" in second.text()
+    minute = server.query("SELECT sum(attempts) FROM weir.pipeline_latency_1m").strip()
+    assert minute == "600"
+    server.close()
