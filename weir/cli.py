@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from weir.commands import trace as trace_commands
 from weir.config import WeirSettings, load_settings
 from weir.errors import ConfigError, WeirError
 
@@ -35,6 +36,9 @@ schemas_app = typer.Typer(help="The Avro schemas of weir's messages.", no_args_i
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+app.command("trace")(trace_commands.trace)
+app.command("stats")(trace_commands.stats)
+app.command("sink")(trace_commands.sink)
 
 out = Console()
 err = Console(stderr=True)
