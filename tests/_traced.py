@@ -17,7 +17,10 @@ from streams.context import current_scope
 from weir.errors import ModelTimeoutError, ModelUnavailableError
 
 RETRY = RetryPolicy(initial_interval=0.05, maximum_attempts=3, jitter=0.0)
-MODELS = (("gpt-4o-mini", "openai", Decimal("0.0000006")), ("claude-haiku", "anthropic", Decimal("0.000001")))
+MODELS = (
+    ("gpt-4o-mini", "openai", Decimal("0.0000006")),
+    ("claude-haiku", "anthropic", Decimal("0.000001")),
+)
 
 
 def _record(step: str, ctx: StepContext, n: int, started: int, status: str = "SUCCESS") -> None:

@@ -1,4 +1,4 @@
-"""The ClickHouse sink end to end: a real worker, a real ``weir sink`` process, the embedded engine."""
+"""The ClickHouse sink end to end: real workers, a real ``weir sink`` process, real stores."""
 
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ async def test_a_thousand_requests_with_injected_failures_store_one_row_per_atte
             ids = await client.submit_many(
                 pipeline_name, [{"n": i, "email": f"user{i}@example.com"} for i in range(N)]
             )
+            assert len(set(ids)) == N
             topics = PipelineTopics(pipeline_name)
             results, counts = await read_results(settings, topics.results, N, timeout=180)
             # Every attempt's event is sent before its input is finished: all are out by now.
