@@ -70,17 +70,17 @@ def line_chart(
     def sy(y: float) -> float:
         return top + plot_h - y / y1 * plot_h
 
-    for i in range(5):
-        value = y1 * i / 4
+    for i in range(6):  # 5 intervals: round steps for every _nice_max
+        value = y1 * i / 5
         y = sy(value)
         out.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
             f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" {_FONT}>'
             f"{_esc(_fmt(value, unit))}</text>"
         )
-    for x in (x0, (x0 + x1) / 2, x1):
+    for x, anchor in ((x0, "start"), ((x0 + x1) / 2, "middle"), (x1, "end")):
         out.append(
-            f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle" {_FONT}>'
+            f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="{anchor}" {_FONT}>'
             f"{_clock(x)}</text>"
         )
     legend_x = left
@@ -109,7 +109,7 @@ def bar_chart(
     title: str, bars: Sequence[tuple[str, float]], *, unit: str = "", width: int = 440
 ) -> str:
     """Horizontal bars, largest first as given; labels on the left, values on the right."""
-    row, top, label_w = 20, 26, 190
+    row, top, label_w = 20, 26, 200
     height = top + max(1, len(bars)) * row + 8
     out = [
         f'<svg class="plot bar" data-points="{len(bars)}" width="{width}" height="{height}"'
@@ -120,12 +120,12 @@ def bar_chart(
         out.append(f'<text x="4" y="{top + 12}" {_FONT} fill="#666">no data</text>')
         return "".join(out) + "</svg>"
     top_value = max(v for _, v in bars) or 1.0
-    bar_w = width - label_w - 70
+    bar_w = width - label_w - 60
     for i, (label, value) in enumerate(bars):
         y = top + i * row
         w = max(1.0, value / top_value * bar_w)
         color = PALETTE[i % len(PALETTE)]
-        short = label if len(label) <= 30 else label[:29] + "…"
+        short = label if len(label) <= 32 else label[:31] + "…"
         out.append(
             f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end" {_FONT}>'
             f"<title>{_esc(label)}</title>{_esc(short)}</text>"

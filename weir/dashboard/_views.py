@@ -260,7 +260,11 @@ async def request_page(request: web.Request) -> web.Response:
         f"<h1>request {html.escape(request_id)}</h1>"
         f'<p><a href="/dashboard?{query}">pipeline {html.escape(timeline.pipeline_id)}</a></p>'
         f'<p class="verdict">{html.escape(timeline.verdict())}</p>'
-        f'<div class="card">{chart}</div><h2>attempts</h2><table><tr><th>step</th>'
+        f'<div class="card">{chart}</div>'
+        '<p>bars: <span style="color:#9ca3af">■</span> retries (failed attempts and back-off)'
+        ' <span style="color:#f59e0b">■</span> queue wait'
+        ' <span style="color:#2563eb">■</span> processing</p>'
+        "<h2>attempts</h2><table><tr><th>step</th>"
         "<th>attempt</th><th>status</th><th>error</th><th>queue wait ms</th>"
         "<th>processing ms</th><th>model</th><th>tokens in/out</th><th>cost</th>"
         f"<th>worker</th></tr>{rows}</table>"
