@@ -207,6 +207,11 @@ class ClickHouseSink:
     def assigned(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned and each placed at its start offset (consuming)."""
+        return bool(self._assigned) and not self._unplaced
+
     # -- the loop --------------------------------------------------------------------------
 
     async def _loop(self) -> None:

@@ -10,6 +10,7 @@ trace events) and dropped.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,7 +18,15 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from schemas.messages import ModelCall
@@ -33,6 +42,7 @@ __all__ = [
 ]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_RANDOM = random.Random()
 
 TRACEPARENT_HEADER = "traceparent"
 """The Kafka header carrying W3C trace context, as OpenTelemetry's Kafka instrumentations use it."""
@@ -50,7 +60,15 @@ class Tracing:
     ) -> None:
         self.enabled = settings.otel_enabled or provider is not None
         self._own = provider is None
-        if provider is None and self.enabled:
+        # Nothing would be exported: ids for trace events and propagation are all that is
+        # needed, and making them costs a fraction of building SDK spans (BENCHMARKS.md).
+        self._ids_only = (
+            provider is None
+            and not processors
+            and self.enabled
+            and not settings.otel_exporter_otlp_endpoint
+        )
+        if provider is None and self.enabled and not self._ids_only:
             provider = TracerProvider(
                 resource=Resource.create(
                     {"service.name": settings.otel_service_name, "weir.worker": settings.worker_id}
@@ -80,7 +98,13 @@ class Tracing:
         attributes: Mapping[str, Any],
         kind: SpanKind = SpanKind.CONSUMER,
     ) -> Iterator[Span | None]:
-        """A span under the ``parent`` traceparent (else the current span), current in the block."""
+        """A span under the ``parent`` traceparent (else the current span), current in the block.
+
+        Without an exporter the span only carries ids (a non-recording span).
+        """
+        if self._ids_only:
+            yield _ids_only_span(parent)
+            return
         if self._tracer is None:
             yield None
             return
@@ -117,6 +141,22 @@ class Tracing:
     def shutdown(self) -> None:
         if self._own and self._provider is not None:
             self._provider.shutdown()
+
+
+def _ids_only_span(parent: str | None) -> Span:
+    """A non-recording span with a new span id, in the parent's trace (or a new one)."""
+    trace_id = 0
+    if parent:
+        parts = parent.split("-")
+        if len(parts) == 4:
+            with contextlib.suppress(ValueError):
+                trace_id = int(parts[1], 16)
+    if not trace_id:
+        trace_id = _RANDOM.getrandbits(128) or 1
+    context = SpanContext(
+        trace_id, _RANDOM.getrandbits(64) or 1, is_remote=False, trace_flags=TraceFlags(1)
+    )
+    return NonRecordingSpan(context)
 
 
 def model_call_attributes(call: ModelCall) -> dict[str, Any]:
