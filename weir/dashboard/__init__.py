@@ -11,7 +11,7 @@ error type, cost by model and pipeline, the slowest requests) and
 >>> from weir.config import WeirSettings
 >>> app = web.Application(middlewares=[store_errors])
 >>> add_routes(app, WeirSettings())
->>> sorted(r.resource.canonical for r in app.router.routes())[:2]
+>>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
 ['/api/traces/latency', '/api/traces/requests/{request_id}']
 """
 
