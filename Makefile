@@ -2,15 +2,19 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: install test unit lint demo broker-start broker-stop bench clean
+.PHONY: install deps test unit lint demo broker-start broker-stop bench bench-traces clean
 
 install:  ## install weir and its test tools (Java 17 and Maven must be on PATH for the broker)
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
 
-test: install  ## the CI command: starts its own Kafka broker, runs the whole suite
+deps:  ## system packages the tests need: Debian's chromium for the dashboard test (as root)
+	@command -v chromium >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: install deps  ## the CI command: starts its own Kafka broker, runs the whole suite
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
-unit: install  ## fast tests only (no broker)
+unit: install deps  ## fast tests only (no broker)
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not kafka"
 
 lint: install
@@ -28,6 +32,9 @@ broker-stop:
 
 bench: install  ## linear-pipeline throughput and per-hop latency, beside a raw aiokafka loop
 	$(PYTHON) benchmarks/linear.py
+
+bench-traces: install  ## sink events/s into the embedded engine; tracing on vs off on the linear pipeline
+	$(PYTHON) benchmarks/traces.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,4 +1,8 @@
-"""Reusable step processors: step bodies that pipelines plug in with ``add_step``.
+"""Reusable step processors and the trace sink.
+
+Step processors are step bodies that pipelines plug in with ``add_step``;
+``ClickHouseSink`` and ``TraceStore`` move trace events into ClickHouse and
+read them back (``weir sink``, ``weir trace``, ``weir stats``, the dashboard).
 
 >>> from streams import Pipeline
 >>> from processors import Transform
@@ -8,6 +12,8 @@
 True
 """
 
+from processors.clickhouse_sink import ClickHouseSink
+from processors.trace_store import TraceStore
 from processors.transform import Transform
 
-__all__ = ["Transform"]
+__all__ = ["ClickHouseSink", "TraceStore", "Transform"]

@@ -16,7 +16,7 @@ from streams.outbox import Outbox, OutMessage
 from streams.pipeline import Pipeline
 from streams.redaction import Redactor
 from streams.tracing import Tracing
-from topics.names import TRACES_TOPIC, PipelineTopics
+from topics.names import PipelineTopics
 from weir.config import WeirSettings
 
 __all__ = ["Record", "Runtime", "WorkerStats", "guess_request_id", "merge_calls"]
@@ -71,7 +71,7 @@ class Runtime:
         """The trace-topic message for ``event`` (none when trace events are off)."""
         if not self.settings.trace_events:
             return []
-        return [OutMessage(TRACES_TOPIC, event.request_id.encode(), event.encode())]
+        return [OutMessage(self.settings.trace_topic, event.request_id.encode(), event.encode())]
 
     def redacted(self, value: Any) -> str:
         text = value if isinstance(value, str) else json.dumps(value, default=str)

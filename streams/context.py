@@ -56,7 +56,10 @@ class AttemptScope:
     """Model calls of this attempt, appended by the model layer as they finish."""
 
     def record(self, call: ModelCall) -> None:
+        """Add a finished model call to the attempt (and its span to the attempt's trace)."""
         self.calls.append(call)
+        if self.tracing is not None:
+            self.tracing.model_call(call)
 
 
 _SCOPE: contextvars.ContextVar[AttemptScope | None] = contextvars.ContextVar(

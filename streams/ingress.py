@@ -12,6 +12,7 @@ from schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from streams._runtime import Runtime, guess_request_id
 from streams.dead_letter import error_type_of
 from streams.outbox import OutMessage, Owned
+from streams.tracing import TRACEPARENT_HEADER, trace_headers
 from topics.names import INGRESS
 from weir.errors import (
     MessageError,
@@ -59,6 +60,8 @@ class Ingress:
             return
         payload = json.dumps(request.payload, separators=(",", ":"))
         replay = _header(record, REPLAY_HEADER)
+        # W3C trace context of the producer: in the request, else in a Kafka header.
+        traceparent = request.traceparent or _header(record, TRACEPARENT_HEADER)
         created = now_us()
         key = request.request_id.encode()
         out = []
@@ -73,11 +76,13 @@ class Ingress:
                 created_at=created,
                 request=payload,
                 payload=None,
-                traceparent=request.traceparent,
+                traceparent=traceparent,
                 options=request.options,
                 replay=replay,
             )
-            out.append(OutMessage(rt.topics.step(root), key, env.encode()))
+            out.append(
+                OutMessage(rt.topics.step(root), key, env.encode(), trace_headers(traceparent))
+            )
         try:
             await rt.outbox.send_all(out, owned=owned)
         except OutputTooLargeError as exc:

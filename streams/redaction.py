@@ -1,38 +1,275 @@
-"""PII redaction of step inputs and outputs before they leave the worker on trace events."""
+"""PII redaction of step inputs and outputs before they leave the worker on trace events.
+
+Built-in kinds (each replaced by ``[REDACTED:<kind>]``):
+
+* ``email``;
+* ``card``: payment card numbers, 13-19 digits, optionally grouped by spaces
+  or dashes, that pass the Luhn check;
+* ``national_id``: US SSN (``123-45-6789``, impossible ranges excluded), UK
+  National Insurance numbers, Spanish DNI/NIE (check letter verified),
+  Canadian SIN (``123 456 782``, Luhn-checked);
+* ``ip``: IPv4 and IPv6 addresses (validated by ``ipaddress``);
+* ``api_key``: well-known key and token formats (OpenAI/Anthropic ``sk-``,
+  GitHub, GitLab, Slack, AWS access key ids, Google API keys, JWTs, ``Bearer``
+  tokens) and long random-looking tokens (24+ characters mixing upper case,
+  lower case and digits);
+* ``phone``: 7-15 digit numbers written as phone numbers: with a leading
+  ``+``/``00`` or an area code in parentheses, or in three or more groups
+  ending in at least four digits (``415-555-2671``, ``020 7946 0958``).  A bare
+  run of digits (``4155552671``) is not taken for a phone number.
+
+Where matches overlap the longer wins, then the kind listed first.  Plug in
+more with ``Pattern`` (a regex, optionally with a validator) or any
+``Detector`` (an object with ``find(text)``, e.g. a wrapper around an NER
+library).
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["DEFAULT_PATTERNS", "Pattern", "Redactor"]
+from weir.config import WeirSettings
+
+__all__ = ["DEFAULT_PATTERNS", "Detector", "Finding", "Pattern", "Redactor", "luhn_valid"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A piece of PII in a text: ``text[start:end]`` is of ``kind``."""
+
+    kind: str
+    start: int
+    end: int
+
+
+class Detector(Protocol):
+    """Anything that finds PII: ``find(text)`` yields ``Finding``s."""
+
+    def find(self, text: str) -> Iterable[Finding]: ...
 
 
 @dataclass(frozen=True)
 class Pattern:
-    """A kind of PII and the regular expression that finds it."""
+    """A kind of PII, the regular expression that finds it, and an optional check.
+
+    ``validate`` receives the matched text; a match it rejects is not PII.
+    """
 
     kind: str
     regex: re.Pattern[str]
+    validate: Callable[[str], bool] | None = None
+
+    def find(self, text: str) -> Iterable[Finding]:
+        for match in self.regex.finditer(text):
+            value = match.group(0)
+            if value and (self.validate is None or self.validate(value)):
+                yield Finding(self.kind, match.start(), match.end())
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum of a digit string (card numbers, Canadian SINs).
+
+    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
+    (True, False)
+    """
+    if not digits.isdigit():
+        return False
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        d = int(char)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+def _card(text: str) -> bool:
+    digits = _digits(text)
+    if not (13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_valid(digits)):
+        return False
+    seps = {c for c in text if not c.isdigit()}
+    if not seps:
+        return True
+    if len(seps) > 1:  # 4111-1111 1111-1111 is not how cards are written
+        return False
+    # Grouped as printed on cards: fours (4-4-4-4, 4-4-4-4-3) or 4-6-x (Amex, Diners).
+    sizes = [len(g) for g in re.split(r"[ -]", text)]
+    fours = all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4
+    return fours or (len(sizes) == 3 and sizes[:2] == [4, 6])
+
+
+_DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
+
+
+def _spanish_id(text: str) -> bool:
+    value = text.upper()
+    if value[0] in "XYZ":  # NIE: the leading letter stands for a digit
+        value = str("XYZ".index(value[0])) + value[1:]
+    return _DNI_LETTERS[int(value[:8]) % 23] == value[8]
+
+
+def _canadian_sin(text: str) -> bool:
+    digits = _digits(text)
+    return digits[0] not in "08" and luhn_valid(digits)
+
+
+def _ipv6(text: str) -> bool:
+    if text.count(":") < 2 or not any(c.isalnum() for c in text):
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _entropy(text: str) -> float:
+    counts: dict[str, int] = {}
+    for c in text:
+        counts[c] = counts.get(c, 0) + 1
+    n = len(text)
+    return -sum(k / n * math.log2(k / n) for k in counts.values())
+
+
+def _random_token(text: str) -> bool:
+    core = text.replace("-", "").replace("_", "")
+    return (
+        any(c.isupper() for c in core)
+        and any(c.islower() for c in core)
+        and sum(c.isdigit() for c in core) >= 2
+        and _entropy(core) >= 3.5
+    )
+
+
+_DATE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}$|^\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}$")
+
+
+def _phone(text: str) -> bool:
+    digits = _digits(text)
+    if not 7 <= len(digits) <= 15 or _DATE.match(text):
+        return False
+    if text.startswith("+") or re.match(r"00[1-9]", text) or "(" in text:
+        return True
+    # Separators only: shaped like 415-555-2671 or 020 7946 0958, not 100-200-300.
+    groups = re.split(r"[ .-]", text)
+    return (
+        len(groups) >= 3
+        and len(groups[0]) >= 2
+        and all(len(g) >= 3 for g in groups[1:])
+        and len(groups[-1]) >= 4
+    )
 
 
 DEFAULT_PATTERNS: tuple[Pattern, ...] = (
-    Pattern("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")),
+    Pattern(
+        "email",
+        re.compile(
+            r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])"
+        ),
+    ),
+    Pattern(
+        "api_key",
+        re.compile(
+            r"(?<![\w-])(?:"
+            r"sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}"
+            r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}"
+            r"|glpat-[A-Za-z0-9_-]{20,}"
+            r"|xox[abposr]-[A-Za-z0-9-]{10,}"
+            r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
+            r"|AIza[0-9A-Za-z_-]{35}"
+            r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+            r")(?![\w-])"
+            r"|(?<=Bearer )[A-Za-z0-9._~+/-]{16,}=*"
+        ),
+    ),
+    Pattern("api_key", re.compile(r"(?<![\w-])[A-Za-z0-9_-]{24,}(?![\w-])"), _random_token),
+    Pattern("card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card),
+    Pattern(
+        "national_id",
+        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),
+    ),
+    Pattern(
+        "national_id",
+        re.compile(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
+    ),
+    Pattern("national_id", re.compile(r"\b[0-9XYZxyz]\d{7}[A-Za-z]\b"), _spanish_id),
+    Pattern(
+        "national_id", re.compile(r"(?<![\d-])\d{3}[ -]\d{3}[ -]\d{3}(?![\d-])"), _canadian_sin
+    ),
+    Pattern(
+        "ip",
+        re.compile(
+            r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+            r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)"
+        ),
+    ),
+    Pattern("ip", re.compile(r"(?<![\w:.])[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*(?![\w:])"), _ipv6),
+    Pattern(
+        "phone",
+        re.compile(
+            r"(?<![\w+])(?:\+|00(?=[1-9]))?(?:\(\d{1,4}\)|\d{1,4})"
+            r"(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?![\w])"
+        ),
+        _phone,
+    ),
 )
 
 
 class Redactor:
-    """Replaces every match of its patterns with ``[REDACTED:<kind>]``.
+    """Replaces every finding of its patterns and detectors with ``[REDACTED:<kind>]``.
 
-    >>> Redactor().redact("write to ada@example.com today")
-    'write to [REDACTED:email] today'
+    >>> Redactor().redact("write to ada@example.com or call +44 20 7946 0958")
+    'write to [REDACTED:email] or call [REDACTED:phone]'
     """
 
-    def __init__(self, patterns: Iterable[Pattern] = DEFAULT_PATTERNS) -> None:
+    def __init__(
+        self,
+        patterns: Iterable[Pattern] = DEFAULT_PATTERNS,
+        *,
+        detectors: Iterable[Detector] = (),
+    ) -> None:
         self.patterns = tuple(patterns)
+        self.detectors = tuple(detectors)
+
+    @classmethod
+    def from_settings(cls, settings: WeirSettings) -> Redactor:
+        """The built-in patterns plus ``settings.redact_patterns`` (kind -> regex)."""
+        extra = [Pattern(kind, re.compile(rx)) for kind, rx in settings.redact_patterns.items()]
+        return cls((*DEFAULT_PATTERNS, *extra))
+
+    def find(self, text: str) -> list[Finding]:
+        """Non-overlapping findings in order: the longer wins, then the earlier-listed kind."""
+        found: list[tuple[int, int, int, Finding]] = []
+        sources: list[Detector] = [*self.patterns, *self.detectors]
+        for rank, source in enumerate(sources):
+            for f in source.find(text):
+                if 0 <= f.start < f.end <= len(text):
+                    found.append((-(f.end - f.start), rank, f.start, f))
+        found.sort(key=lambda t: (t[0], t[1], t[2]))
+        taken: list[Finding] = []
+        for *_, f in found:
+            if all(f.end <= t.start or f.start >= t.end for t in taken):
+                taken.append(f)
+        return sorted(taken, key=lambda f: f.start)
 
     def redact(self, text: str) -> str:
-        for pattern in self.patterns:
-            text = pattern.regex.sub(f"[REDACTED:{pattern.kind}]", text)
-        return text
+        findings = self.find(text)
+        if not findings:
+            return text
+        parts, pos = [], 0
+        for f in findings:
+            parts.append(text[pos : f.start])
+            parts.append(f"[REDACTED:{f.kind}]")
+            pos = f.end
+        parts.append(text[pos:])
+        return "".join(parts)

@@ -27,7 +27,7 @@ from streams.dead_letter import error_type_of
 from streams.executor import StepExecutor, encode_output, split_branch
 from streams.join import JoinTable
 from streams.outbox import OutMessage, Owned
-from streams.tracing import mark_failed, span_ids, traceparent_of
+from streams.tracing import mark_failed, span_ids, trace_headers, traceparent_of
 from topics.names import ANSWER, retry_tiers
 from weir.errors import (
     BranchError,
@@ -370,6 +370,7 @@ class StepRunner:
         path = a.path if skipped else [*a.path, self.name]
         key = base.request_id.encode()
         created = now_us()
+        headers = trace_headers(traceparent)
 
         def envelope(to: str, take: bool) -> bytes:
             return Envelope(
@@ -390,12 +391,13 @@ class StepRunner:
             ).encode()
 
         if not self._dependents:
-            return [OutMessage(rt.topics.answers, key, envelope(ANSWER, not skipped))]
+            return [OutMessage(rt.topics.answers, key, envelope(ANSWER, not skipped), headers)]
         return [
             OutMessage(
                 rt.topics.step(dep),
                 key,
                 envelope(dep, not skipped and (targets is None or dep in targets)),
+                headers,
             )
             for dep in self._dependents
         ]

@@ -10,6 +10,7 @@ trace events) and dropped.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,14 +18,34 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from schemas.messages import ModelCall
 from weir.config import WeirSettings
 
-__all__ = ["Tracing", "span_ids", "traceparent_of"]
+__all__ = [
+    "TRACEPARENT_HEADER",
+    "Tracing",
+    "model_call_attributes",
+    "span_ids",
+    "trace_headers",
+    "traceparent_of",
+]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_RANDOM = random.Random()
+
+TRACEPARENT_HEADER = "traceparent"
+"""The Kafka header carrying W3C trace context, as OpenTelemetry's Kafka instrumentations use it."""
 
 
 class Tracing:
@@ -39,7 +60,15 @@ class Tracing:
     ) -> None:
         self.enabled = settings.otel_enabled or provider is not None
         self._own = provider is None
-        if provider is None and self.enabled:
+        # Nothing would be exported: ids for trace events and propagation are all that is
+        # needed, and making them costs a fraction of building SDK spans (BENCHMARKS.md).
+        self._ids_only = (
+            provider is None
+            and not processors
+            and self.enabled
+            and not settings.otel_exporter_otlp_endpoint
+        )
+        if provider is None and self.enabled and not self._ids_only:
             provider = TracerProvider(
                 resource=Resource.create(
                     {"service.name": settings.otel_service_name, "weir.worker": settings.worker_id}
@@ -69,7 +98,13 @@ class Tracing:
         attributes: Mapping[str, Any],
         kind: SpanKind = SpanKind.CONSUMER,
     ) -> Iterator[Span | None]:
-        """A span under the ``parent`` traceparent (else the current span), current in the block."""
+        """A span under the ``parent`` traceparent (else the current span), current in the block.
+
+        Without an exporter the span only carries ids (a non-recording span).
+        """
+        if self._ids_only:
+            yield _ids_only_span(parent)
+            return
         if self._tracer is None:
             yield None
             return
@@ -84,9 +119,77 @@ class Tracing:
         ) as span:
             yield span
 
+    def model_call(self, call: ModelCall) -> None:
+        """Record a finished model call as a child of the current span (the step attempt's).
+
+        The span carries OpenTelemetry's GenAI attributes (``gen_ai.*``) and
+        spans the call's own start and duration.
+        """
+        if self._tracer is None:
+            return
+        start_ns = call.started_at * 1_000_000
+        span = self._tracer.start_span(
+            f"{call.operation} {call.model}",
+            kind=SpanKind.CLIENT,
+            start_time=start_ns,
+            attributes=model_call_attributes(call),
+        )
+        if call.status == "FAILURE":
+            mark_failed(span, call.error_type or "model_error", f"{call.endpoint} failed")
+        span.end(end_time=start_ns + int(call.duration_ms * 1_000_000))
+
     def shutdown(self) -> None:
         if self._own and self._provider is not None:
             self._provider.shutdown()
+
+
+def _ids_only_span(parent: str | None) -> Span:
+    """A non-recording span with a new span id, in the parent's trace (or a new one)."""
+    trace_id = 0
+    if parent:
+        parts = parent.split("-")
+        if len(parts) == 4:
+            with contextlib.suppress(ValueError):
+                trace_id = int(parts[1], 16)
+    if not trace_id:
+        trace_id = _RANDOM.getrandbits(128) or 1
+    context = SpanContext(
+        trace_id, _RANDOM.getrandbits(64) or 1, is_remote=False, trace_flags=TraceFlags(1)
+    )
+    return NonRecordingSpan(context)
+
+
+def model_call_attributes(call: ModelCall) -> dict[str, Any]:
+    """GenAI semantic-convention attributes of a model call, plus weir's own."""
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": call.operation,
+        "gen_ai.provider.name": call.provider,
+        "gen_ai.request.model": call.model,
+        "gen_ai.response.model": call.model,
+        "gen_ai.usage.input_tokens": call.input_tokens,
+        "gen_ai.usage.output_tokens": call.output_tokens,
+        # No standard attribute for cost yet; gen_ai.usage.cost is the common convention.
+        "gen_ai.usage.cost": float(call.cost_usd),
+        "weir.model.endpoint": call.endpoint,
+        "weir.model.usage_source": call.usage_source,
+        "weir.step": call.step,
+        "weir.attempt": call.attempt,
+        "weir.model.streamed": call.streamed,
+    }
+    optional = {
+        "error.type": call.error_type,
+        "weir.model.ttft_ms": call.ttft_ms,
+        "weir.routing.rule": call.rule,
+        "weir.routing.rules_version": call.rules_version,
+        "weir.model.fallback_from": call.fallback_from,
+    }
+    attributes.update({k: v for k, v in optional.items() if v is not None})
+    return attributes
+
+
+def trace_headers(traceparent: str | None) -> list[tuple[str, bytes]] | None:
+    """Kafka headers carrying ``traceparent`` (``None`` without one)."""
+    return [(TRACEPARENT_HEADER, traceparent.encode())] if traceparent else None
 
 
 def traceparent_of(span: Span | None, fallback: str | None) -> str | None:

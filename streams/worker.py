@@ -111,7 +111,7 @@ class Worker:
             outbox=Outbox(),
             dead_letters=DeadLetters(pipeline=pipeline.name, worker_id=settings.worker_id),
             tracing=self.tracing,
-            redactor=redactor or Redactor(),
+            redactor=redactor or Redactor.from_settings(settings),
             stats=self.stats,
             lag=self.lag,
         )

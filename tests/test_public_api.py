@@ -28,6 +28,9 @@ DOCTEST_MODULES = [
     "schemas",
     "weir.config",
     "weir",
+    "streams.redaction",
+    "processors.trace_store",
+    "weir.dashboard",
 ]
 # Typing helpers a module imports for its own annotations are not part of its API.
 _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc", "__future__"}

@@ -160,6 +160,10 @@ def global_topic_specs(settings: WeirSettings) -> list[TopicSpec]:
     events = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
     return [
         TopicSpec(
-            TRACES_TOPIC, settings.partitions, settings.replication_factor, events, keyed=False
+            settings.trace_topic,
+            settings.partitions,
+            settings.replication_factor,
+            events,
+            keyed=False,
         ),
     ]

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from weir.commands import dlq
+from weir.commands import trace as trace_commands
 from weir.config import WeirSettings, load_settings
 from weir.errors import ConfigError, WeirError
 
@@ -37,6 +38,9 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq.app, name="dlq")
+app.command("trace")(trace_commands.trace)
+app.command("stats")(trace_commands.stats)
+app.command("sink")(trace_commands.sink)
 
 out = Console()
 err = Console(stderr=True)

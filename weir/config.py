@@ -8,6 +8,7 @@ CLI receives a settings object; nothing else reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -81,6 +82,8 @@ class WeirSettings(BaseSettings):
 
     trace_events: bool = True
     """Emit one trace event per step attempt to the trace topic."""
+    trace_topic: str = Field(default="weir.traces", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    """The topic trace events go to and the ClickHouse sink reads."""
     otel_enabled: bool = True
     """Create OpenTelemetry spans (exported only when an OTLP endpoint is set)."""
     otel_exporter_otlp_endpoint: str | None = Field(
@@ -94,6 +97,30 @@ class WeirSettings(BaseSettings):
     """OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``); unset: spans are not exported."""
     otel_service_name: str = "weir"
 
+    redact_patterns: dict[str, str] = Field(default_factory=dict)
+    """Extra PII patterns for logged step inputs/outputs: kind -> regular expression."""
+
+    clickhouse_dsn: str | None = None
+    """Trace store: ``chdb:///path`` (embedded engine) or ``http(s)://host:8123``.
+
+    Unset: the embedded engine with its data under ``<home>/clickhouse``.
+    """
+    clickhouse_database: str = Field(default="weir", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Database holding ``pipeline_events`` and its dashboard aggregates."""
+    trace_ttl_days: int = Field(default=30, ge=1, le=3650)
+    """Trace events (and their per-minute aggregates) older than this are dropped."""
+    sink_group: str = Field(default="weir-trace-sink", min_length=1)
+    """Consumer group of the ClickHouse sink on the trace topic."""
+    sink_start: Literal["earliest", "latest"] = "earliest"
+    """Where a sink group with no committed offsets starts reading the trace topic."""
+    sink_batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    """Trace events per insert; a batch is also flushed after ``sink_flush_interval_s``."""
+    sink_flush_interval_s: float = Field(default=1.0, gt=0)
+    sink_max_backoff_s: float = Field(default=30.0, gt=0)
+    """Longest wait between attempts while the trace store is unavailable."""
+    sink_web_port: int = Field(default=6067, ge=0, le=65535)
+    """The sink's HTTP server (dashboard and trace queries); 0 turns it off."""
+
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     """The worker's HTTP server (health, stats, token streams, dashboard); 0 turns it off."""
@@ -104,6 +131,35 @@ class WeirSettings(BaseSettings):
         if value is not None and not value.strip():
             return None
         return value
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _dsn_scheme(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError(
+                "must start with chdb:// (embedded engine) or http(s):// (a ClickHouse server),"
+                f" got {value!r}"
+            )
+        return value
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, regex in value.items():
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ValueError(
+                    f"pattern {kind!r} is not a valid regular expression: {exc}"
+                ) from exc
+        return value
+
+    @property
+    def trace_store_dsn(self) -> str:
+        """Where trace events are stored: ``clickhouse_dsn``, else the embedded engine."""
+        return self.clickhouse_dsn or f"chdb://{self.home / 'clickhouse'}"
 
     @property
     def bootstrap_servers(self) -> str:

@@ -32,7 +32,9 @@ says whether trying the same input again can succeed.
     ├── RoutingError                routing_invalid      (a rule set that does not parse)
     │   └── NoRouteError            no_route             (no rule matched, no default)
     ├── BudgetExceededError         budget_exceeded
-    └── SecretError                 secret_unavailable
+    ├── SecretError                 secret_unavailable
+    ├── TraceStoreError             trace_store_unavailable (ClickHouse down, store locked)
+    └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
 
 from __future__ import annotations
@@ -58,12 +60,14 @@ __all__ = [
     "PayloadTooLargeError",
     "PipelineDefinitionError",
     "RateLimitedError",
+    "RequestNotFoundError",
     "RoutingError",
     "SchemaInvalidError",
     "SecretError",
     "StepError",
     "StepTimeoutError",
     "StreamInterruptedError",
+    "TraceStoreError",
     "UndecodableError",
     "UnknownDependencyError",
     "UnknownPipelineError",
@@ -254,3 +258,16 @@ class SecretError(WeirError):
     """
 
     error_type = "secret_unavailable"
+
+
+class TraceStoreError(WeirError):
+    """The trace store (ClickHouse or the embedded engine) cannot be reached or opened."""
+
+    error_type = "trace_store_unavailable"
+    retriable = True
+
+
+class RequestNotFoundError(WeirError):
+    """The trace store holds no events for the request asked about."""
+
+    error_type = "request_not_found"

@@ -16,6 +16,7 @@ from weir.config import WeirSettings
 
 if TYPE_CHECKING:
     from streams.worker import Worker
+    from weir.dashboard import QueriesProvider
 
 __all__ = ["SETTINGS_KEY", "WORKER_KEY", "WebServer", "create_app"]
 
@@ -23,13 +24,24 @@ SETTINGS_KEY = web.AppKey("settings", WeirSettings)
 WORKER_KEY = web.AppKey("worker", object)
 
 
-def create_app(settings: WeirSettings, worker: Worker | None = None) -> web.Application:
-    """The aiohttp application: ``/health``, ``/stats`` and the routes of weir's parts."""
-    app = web.Application()
+def create_app(
+    settings: WeirSettings,
+    worker: Worker | None = None,
+    *,
+    trace_queries: QueriesProvider | None = None,
+) -> web.Application:
+    """The aiohttp application: ``/health``, ``/stats`` and the routes of weir's parts.
+
+    ``trace_queries``: the trace store, when this process holds it (the sink).
+    """
+    from weir import dashboard
+
+    app = web.Application(middlewares=[dashboard.store_errors])
     app[SETTINGS_KEY] = settings
     app[WORKER_KEY] = worker
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
+    dashboard.add_routes(app, settings, trace_queries)
     return app
 
 
@@ -55,9 +67,16 @@ async def _stats(request: web.Request) -> web.Response:
 class WebServer:
     """Runs ``create_app`` on ``settings.web_host:web_port``; use as ``async with``."""
 
-    def __init__(self, settings: WeirSettings, worker: Worker | None = None) -> None:
+    def __init__(
+        self,
+        settings: WeirSettings,
+        worker: Worker | None = None,
+        *,
+        trace_queries: QueriesProvider | None = None,
+    ) -> None:
         self._settings = settings
         self._worker = worker
+        self._trace_queries = trace_queries
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -69,7 +88,8 @@ class WebServer:
         await self.stop()
 
     async def start(self) -> None:
-        runner = web.AppRunner(create_app(self._settings, self._worker), access_log=None)
+        app = create_app(self._settings, self._worker, trace_queries=self._trace_queries)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self._settings.web_host, self._settings.web_port)
         await site.start()

@@ -1,0 +1,235 @@
+"""Trace benchmarks: the ClickHouse sink's throughput, and what tracing costs a pipeline.
+
+1. **Sink**: N trace events are produced to a fresh trace topic, then a
+   ``ClickHouseSink`` (in this process) drains them into a fresh embedded store
+   (chDB); events/s = N / (partitions assigned and placed -> all N inserted).  Beside it, in the
+   same run: the same N events only read and decoded from Kafka (no store), and
+   the same rows inserted straight into a second store (no Kafka), batch for batch.
+2. **Tracing on vs off**: the linear 3-step pipeline of ``benchmarks/linear.py``
+   (``inline=True``), burst phase, with trace events + OpenTelemetry spans (the
+   defaults; spans are created, not exported) and with both off, alternating
+   off/on ``--rounds`` times in one run; the figure is the ratio of req/s.
+
+    python benchmarks/traces.py [--events N] [--requests N] [--rounds R] [--bootstrap h:p] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from linear import broker_settings, run_weir
+
+from processors.clickhouse_sink import ClickHouseSink
+from processors.trace_store import TraceStore, event_row
+from schemas.messages import ModelCall, TraceEvent
+from topics.admin import TopicAdmin
+from topics.names import global_topic_specs
+from weir.config import WeirSettings
+
+
+def _event(i: int, now: int) -> bytes:
+    calls = []
+    if i % 3 == 1:
+        calls = [
+            ModelCall(
+                step="generate",
+                attempt=1,
+                endpoint="openai-main",
+                provider="openai",
+                model="gpt-4o-mini",
+                operation="chat",
+                status="SUCCESS",
+                started_at=now - 40,
+                duration_ms=38.0,
+                input_tokens=420,
+                output_tokens=64,
+            )
+        ]
+    return TraceEvent(
+        pipeline_id="bench",
+        step_name=("retrieve", "generate", "deliver")[i % 3],
+        request_id=f"r{i // 3}",
+        attempt=1,
+        status="FAILURE" if i % 50 == 0 else "SUCCESS",
+        disposition="emitted",
+        error_type="model_timeout" if i % 50 == 0 else None,
+        created_at=now,
+        started_at=now - 40,
+        submitted_at=now - 100,
+        duration_ms=40.0 + i % 17,
+        queue_wait_ms=3.0,
+        worker_id="bench-worker",
+        topic="bench.step.generate",
+        partition=i % 4,
+        offset=i,
+        calls=calls,
+        trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16],
+    ).encode()
+
+
+async def _produce(settings: WeirSettings, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20
+    )
+    await producer.start()
+    try:
+        for start in range(0, len(values), 5000):
+            futures = [
+                await producer.send(settings.trace_topic, v, key=str(start + i).encode())
+                for i, v in enumerate(values[start : start + 5000])
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _read_only(settings: WeirSettings, n: int) -> float:
+    """Seconds to read and decode ``n`` events from the trace topic (no store)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
+    await consumer.start()
+    tps = [TopicPartition(settings.trace_topic, p) for p in range(settings.partitions)]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, 0)
+    got = 0
+    start = time.perf_counter()
+    try:
+        while got < n:
+            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=5000)).items():
+                for r in records:
+                    event_row(TraceEvent.decode(r.value), tp.partition, r.offset)
+                    got += 1
+    finally:
+        await consumer.stop()
+    return time.perf_counter() - start
+
+
+def _insert_only(settings: WeirSettings, values: list[bytes], batch: int) -> float:
+    """Seconds to insert the events' rows into a fresh store in batches (no Kafka)."""
+    rows = [event_row(TraceEvent.decode(v), 0, i) for i, v in enumerate(values)]
+    store = TraceStore.connect(settings)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(rows), batch):
+            store.insert(rows[i : i + batch], token=f"bench-{i}")
+        return time.perf_counter() - start
+    finally:
+        store.close()
+
+
+async def sink_benchmark(settings: WeirSettings, n: int) -> dict[str, Any]:
+    name = f"bench-sink-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="weir-bench-ch-") as tmp:
+        cfg = settings.model_copy(
+            update={
+                "trace_topic": f"weir.traces.{name}",
+                "sink_group": name,
+                "clickhouse_dsn": f"chdb://{tmp}/sink",
+            }
+        )
+        async with TopicAdmin(cfg) as admin:
+            await admin.ensure(global_topic_specs(cfg))
+        now = int(time.time() * 1000)
+        values = [_event(i, now) for i in range(n)]
+        await _produce(cfg, values)
+        read_s = await _read_only(cfg, n)
+
+        sink = ClickHouseSink(cfg)
+        await sink.start()
+        try:
+            async with asyncio.timeout(600):
+                # Polling the sink's counters: from "ready" on, it is insert throughput.
+                while not sink.ready:
+                    await asyncio.sleep(0.01)
+                start = time.perf_counter()
+                while sink.stats.inserted < n:
+                    await asyncio.sleep(0.01)
+            sink_s = time.perf_counter() - start
+        finally:
+            await sink.stop()
+        store_settings = cfg.model_copy(update={"clickhouse_dsn": f"chdb://{tmp}/direct"})
+        insert_s = await asyncio.to_thread(
+            _insert_only, store_settings, values, cfg.sink_batch_size
+        )
+    return {
+        "events": n,
+        "batch_size": cfg.sink_batch_size,
+        "sink_events_per_s": round(n / sink_s, 1),
+        "sink_batches": sink.stats.batches,
+        "read_decode_only_events_per_s": round(n / read_s, 1),
+        "insert_only_events_per_s": round(n / insert_s, 1),
+    }
+
+
+async def tracing_benchmark(settings: WeirSettings, requests: int, rounds: int) -> dict[str, Any]:
+    off = settings.model_copy(update={"trace_events": False, "otel_enabled": False})
+    on = settings.model_copy(update={"trace_events": True, "otel_enabled": True})
+    runs: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for label, cfg in (("off", off), ("on", on)):
+            result = await run_weir(cfg, requests, 20, inline=True)
+            runs[label].append(result.burst.rps)
+    best = {k: max(v) for k, v in runs.items()}
+    mean = {k: sum(v) / len(v) for k, v in runs.items()}
+    return {
+        "requests": requests,
+        "rounds": rounds,
+        "rps_off": runs["off"],
+        "rps_on": runs["on"],
+        "ratio_on_off_mean": round(mean["on"] / mean["off"], 3),
+        "ratio_on_off_best": round(best["on"] / best["off"], 3),
+    }
+
+
+async def main_async(args: argparse.Namespace, settings: WeirSettings) -> dict[str, Any]:
+    return {
+        "sink": await sink_benchmark(settings, args.events),
+        "tracing": await tracing_benchmark(settings, args.requests, args.rounds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000, help="trace events for the sink")
+    parser.add_argument("--requests", type=int, default=10_000, help="burst size per run")
+    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
+    parser.add_argument("--bootstrap", help="existing Kafka (default: start a local broker)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with broker_settings(args.bootstrap) as settings:
+        result = asyncio.run(main_async(args, settings))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    s, t = result["sink"], result["tracing"]
+    print(
+        f"sink into chDB: {s['sink_events_per_s']:,.0f} events/s ({s['events']} events,"
+        f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
+        f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
+        f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s\n"
+        f"linear pipeline burst of {t['requests']}: req/s off {t['rps_off']}, on {t['rps_on']};"
+        f" on/off = {t['ratio_on_off_mean']} (mean), {t['ratio_on_off_best']} (best)"
+    )
+
+
+if __name__ == "__main__":
+    main()

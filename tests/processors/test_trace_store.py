@@ -1,0 +1,260 @@
+"""The trace store on the embedded engine: schema, exact seed query, dedup, TTL, timelines."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from processors.trace_store import (
+    StepAttempt,
+    TraceStore,
+    build_timeline,
+    event_row,
+    parse_window,
+)
+from schemas.messages import ModelCall, TraceEvent
+from weir.config import load_settings
+from weir.errors import RequestNotFoundError
+
+SEED_QUERY = (
+    "SELECT step_name, AVG(duration_ms), COUNT(*) FROM pipeline_events WHERE status = 'FAILURE'"
+    " AND error_type = 'model_timeout' AND created_at > NOW() - INTERVAL '7 days'"
+    " GROUP BY step_name ORDER BY COUNT(*) DESC;"
+)
+STEPS = ("retrieve", "generate", "deliver")
+
+
+def synthetic_events(
+    pipeline: str, requests: int, *, now_ms: int, spread_min: int = 60, seed: int = 7
+) -> list[TraceEvent]:
+    """Requests over the last ``spread_min`` minutes: three steps, some retried timeouts."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(requests):
+        submitted = now_ms - rng.randint(0, spread_min * 60_000) - 10_000
+        t = submitted
+        for step in STEPS:
+            attempts = 2 if (step == "generate" and i % 9 == 0) else 1
+            if step == "retrieve" and i % 13 == 0:
+                attempts = 2
+            for attempt in range(1, attempts + 1):
+                failed = attempt < attempts
+                queue = rng.uniform(1, 20)
+                duration = rng.uniform(50, 400) if step == "generate" else rng.uniform(2, 30)
+                if failed:
+                    duration = rng.uniform(800, 1200)
+                started = int(t + queue)
+                ended = int(started + duration)
+                calls = []
+                if step == "generate":
+                    model, provider = ("gpt-4o-mini", "openai") if i % 2 else ("haiku", "anthropic")
+                    calls = [
+                        ModelCall(
+                            step=step,
+                            attempt=attempt,
+                            endpoint=f"{provider}-main",
+                            provider=provider,
+                            model=model,
+                            operation="chat",
+                            status="FAILURE" if failed else "SUCCESS",
+                            started_at=started,
+                            duration_ms=duration,
+                            input_tokens=120,
+                            output_tokens=0 if failed else 30,
+                            cost_usd=Decimal(0) if failed else Decimal("0.00009"),
+                            error_type="model_timeout" if failed else None,
+                        )
+                    ]
+                error = None
+                if failed:
+                    error = "model_timeout" if step == "generate" else "model_unavailable"
+                out.append(
+                    TraceEvent(
+                        pipeline_id=pipeline,
+                        step_name=step,
+                        request_id=f"{pipeline}-r{i}",
+                        attempt=attempt,
+                        status="FAILURE" if failed else "SUCCESS",
+                        disposition="retry_scheduled" if failed else "emitted",
+                        error_type=error,
+                        created_at=ended,
+                        started_at=started,
+                        submitted_at=submitted,
+                        duration_ms=duration,
+                        queue_wait_ms=queue,
+                        worker_id="w1",
+                        topic=f"{pipeline}.step.{step}",
+                        partition=i % 4,
+                        offset=i,
+                        calls=calls,
+                    )
+                )
+                t = ended + (200 if failed else 0)  # retry back-off
+    return out
+
+
+def rows(events: list[TraceEvent], first_offset: int = 0) -> list[list[object]]:
+    return [
+        event_row(TraceEvent.decode(e.encode()), 0, first_offset + n) for n, e in enumerate(events)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[TraceStore]:
+    opened = TraceStore.connect(load_settings(clickhouse_dsn=f"chdb://{tmp_path / 'store'}"))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_the_seed_query_runs_unchanged_and_returns_exact_counts_and_averages(store) -> None:
+    now = int(time.time() * 1000)
+    events = synthetic_events("support", 300, now_ms=now)
+    old = synthetic_events("support", 20, now_ms=now - 9 * 86_400_000, seed=8)  # 9 days ago
+    store.insert(rows(events + old), token="t1")
+    timeouts = [e for e in events if e.status == "FAILURE" and e.error_type == "model_timeout"]
+    assert store.query(SEED_QUERY) == [
+        ("generate", pytest.approx(sum(e.duration_ms for e in timeouts) / len(timeouts)), 34)
+    ]
+    assert len(timeouts) == 34
+
+
+def test_an_insert_retried_with_its_token_is_stored_once_in_table_and_aggregates(store) -> None:
+    now = int(time.time() * 1000)
+    batch = rows(synthetic_events("p", 50, now_ms=now))
+    store.insert(batch, token="batch-1")
+    store.insert(batch, token="batch-1")  # the answer was lost; the sink retries
+    ((count,),) = store.query("SELECT count() FROM pipeline_events")
+    ((minutes,),) = store.query("SELECT sum(attempts) FROM pipeline_latency_1m")
+    assert count == minutes == len(batch)
+    store.insert(batch[:10], token="batch-2")  # a different batch is a different insert
+    ((count,),) = store.query("SELECT count() FROM pipeline_events")
+    assert count == len(batch) + 10
+
+
+def test_progress_is_the_next_offset_per_trace_partition(store) -> None:
+    now = int(time.time() * 1000)
+    events = synthetic_events("p", 5, now_ms=now)
+    batch = [event_row(TraceEvent.decode(e.encode()), n % 2, 100 + n) for n, e in enumerate(events)]
+    store.insert(batch, token="x")
+    last = {p: max(100 + n for n in range(len(events)) if n % 2 == p) for p in (0, 1)}
+    assert store.progress() == {0: last[0] + 1, 1: last[1] + 1}
+    assert store.progress([1]) == {1: last[1] + 1}
+
+
+def test_the_ttl_follows_the_settings(tmp_path: Path) -> None:
+    dsn = f"chdb://{tmp_path / 'store'}"
+    TraceStore.connect(load_settings(clickhouse_dsn=dsn, trace_ttl_days=30)).close()
+    store = TraceStore.connect(load_settings(clickhouse_dsn=dsn, trace_ttl_days=3))
+    try:
+        for table in ("pipeline_events", "pipeline_latency_1m"):
+            ((engine,),) = store.query(
+                "SELECT engine_full FROM system.tables"
+                " WHERE database = 'weir' AND name = {t:String}",
+                t=table,
+            )
+            assert "toIntervalDay(3)" in engine, engine
+    finally:
+        store.close()
+
+
+def test_stats_give_percentiles_failures_and_cost(store) -> None:
+    now = int(time.time() * 1000)
+    events = synthetic_events("p", 200, now_ms=now)
+    store.insert(rows(events), token="s")
+    stats = store.stats(since_ms=now - 3 * 3_600_000, pipeline="p")
+    by_step = {s.step_name: s for s in stats.steps}
+    assert {k: v.attempts for k, v in by_step.items()} == {
+        step: sum(1 for e in events if e.step_name == step) for step in STEPS
+    }
+    generate = by_step["generate"]
+    assert generate.duration_p50_ms < generate.duration_p99_ms
+    assert {(f.step_name, f.error_type): f.count for f in stats.failures} == {
+        ("generate", "model_timeout"): 23,
+        ("retrieve", "model_unavailable"): 16,
+    }
+    cost = {c.model: Decimal(c.cost_usd) for c in stats.cost}
+    assert cost == {"gpt-4o-mini": Decimal("0.009"), "haiku": Decimal("0.009")}
+    series = store.latency_series(since_ms=now - 3 * 3_600_000, pipeline="p", bucket_minutes=10)
+    assert sum(p.attempts for p in series) == len(events)
+    assert all(p.p50_ms <= p.p95_ms <= p.p99_ms for p in series)
+    slowest = store.slowest(since_ms=now - 3 * 3_600_000, pipeline="p", limit=5)
+    assert len(slowest) == 5
+    assert slowest[0].total_ms >= slowest[-1].total_ms
+
+
+def test_the_timeline_names_the_step_furthest_above_its_p50(store) -> None:
+    now = int(time.time() * 1000)
+    events = synthetic_events("p", 100, now_ms=now - 60_000)
+    slow = [e for e in events if e.request_id == "p-r1"]  # not retried (1 % 9, 1 % 13)
+    for e in slow:  # make its deliver step wait 3 s in Kafka
+        if e.step_name == "deliver":
+            e.queue_wait_ms += 3000
+            e.started_at += 3000
+            e.created_at += 3000
+    store.insert(rows(events), token="tl")
+    timeline = store.timeline("p-r1")
+    assert timeline.slow_step == "deliver"
+    deliver = next(s for s in timeline.steps if s.step_name == "deliver")
+    assert deliver.cause == "queue wait"
+    assert "slow step: deliver" in timeline.verdict()
+    assert "waited" in timeline.verdict()
+    with pytest.raises(RequestNotFoundError):
+        store.timeline("nope")
+
+
+def test_retries_count_towards_the_step_they_delayed() -> None:
+    now = int(time.time() * 1000)
+    events = synthetic_events("p", 10, now_ms=now)
+    retried = [e for e in events if e.request_id == "p-r9"]  # generate retried (9 % 9)
+    attempts = [
+        StepAttempt(
+            e.step_name,
+            e.attempt,
+            e.status,
+            e.disposition,
+            e.error_type,
+            None,
+            e.started_at,
+            e.created_at,
+            e.queue_wait_ms,
+            e.duration_ms,
+            "w",
+            None,
+            None,
+            None,
+            None,
+            0,
+            0,
+            "0",
+            "",
+            "",
+        )
+        for e in retried
+    ]
+    timeline = build_timeline(
+        "p-r0",
+        "p",
+        retried[0].submitted_at,
+        attempts,
+        {"retrieve": 40.0, "generate": 300.0, "deliver": 30.0},
+        pipeline_p50_ms=400.0,
+        baseline_requests=10,
+    )
+    assert timeline.slow_step == "generate"
+    generate = next(s for s in timeline.steps if s.step_name == "generate")
+    assert generate.attempts == 2 and generate.cause == "retries"
+    assert generate.error_types == ["model_timeout"]
+    assert "failed attempt" in timeline.verdict()
+
+
+@pytest.mark.parametrize("bad", ["", "1y", "-1h", "0", "soon"])
+def test_time_windows_are_validated(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a time window"):
+        parse_window(bad)

@@ -1,0 +1,55 @@
+"""The trace dashboard and the JSON trace API, served by a worker's or the sink's web server.
+
+Pages: ``/dashboard`` (latency percentiles over time per step, failures by
+error type, cost by model and pipeline, the slowest requests) and
+``/dashboard/requests/<id>`` (one request's timeline).  JSON:
+``/api/traces/requests/<id>``, ``/api/traces/stats``, ``/api/traces/latency``,
+``/api/traces/slowest`` (``weir trace``/``weir stats`` use them while a
+``weir sink`` holds the embedded store).  Charts are SVG drawn on the server.
+
+>>> from aiohttp import web
+>>> from weir.config import WeirSettings
+>>> app = web.Application(middlewares=[store_errors])
+>>> add_routes(app, WeirSettings())
+>>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
+['/api/traces/latency', '/api/traces/requests/{request_id}']
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from weir.config import WeirSettings
+from weir.dashboard._views import (
+    QUERIES,
+    SETTINGS,
+    QueriesProvider,
+    api_latency,
+    api_slowest,
+    api_stats,
+    api_timeline,
+    dashboard,
+    request_page,
+    store_errors,
+)
+
+__all__ = ["QUERIES", "QueriesProvider", "add_routes", "store_errors"]
+
+
+def add_routes(
+    app: web.Application, settings: WeirSettings, queries: QueriesProvider | None = None
+) -> None:
+    """Add the dashboard and trace API to ``app``.
+
+    ``queries`` gives the store when this process holds it (the sink); without
+    it each request opens the store named by ``settings`` (or asks the sink).
+    """
+    app[SETTINGS] = settings
+    if queries is not None:
+        app[QUERIES] = queries
+    app.router.add_get("/dashboard", dashboard)
+    app.router.add_get("/dashboard/requests/{request_id}", request_page)
+    app.router.add_get("/api/traces/requests/{request_id}", api_timeline)
+    app.router.add_get("/api/traces/stats", api_stats)
+    app.router.add_get("/api/traces/latency", api_latency)
+    app.router.add_get("/api/traces/slowest", api_slowest)
