@@ -1,4 +1,4 @@
-"""Reusable step processors: step bodies that pipelines plug in with ``add_step``.
+"""Reusable step processors: model endpoints, routing, budgets, streaming, transforms.
 
 >>> from streams import Pipeline
 >>> from processors import Transform
@@ -6,8 +6,52 @@
 >>> step = p.add_step("split", Transform(lambda text: text.split()))
 >>> step.inline
 True
+
+A model endpoint is defined once and called from steps; its key is a secret
+reference, resolved at call time:
+
+>>> from processors import ModelEndpoint, OpenAICompatible, Price
+>>> llm = ModelEndpoint(
+...     "support-mini",
+...     provider=OpenAICompatible("http://127.0.0.1:8000/v1", api_key="env:LLM_KEY"),
+...     model="gpt-4o-mini",
+... )
+>>> llm.price() == Price.per_million(input="0.15", output="0.60")
+True
 """
 
+from processors._env import aclose_model_layer
+from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
+from processors.cost import DEFAULT_PRICES, Price, format_usd
+from processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
+from processors.limits import Limits
+from processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
+from processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from processors.streaming import TokenChunk, TokenStream
 from processors.transform import Transform
 
-__all__ = ["Transform"]
+__all__ = [
+    "DEFAULT_PRICES",
+    "Anthropic",
+    "BreakerPolicy",
+    "ChatResult",
+    "ChatStream",
+    "CircuitBreaker",
+    "Classification",
+    "Embeddings",
+    "Limits",
+    "LocalModel",
+    "ModelEndpoint",
+    "OpenAICompatible",
+    "Price",
+    "Provider",
+    "StreamEvent",
+    "TokenChunk",
+    "TokenStream",
+    "Transform",
+    "Usage",
+    "aclose_model_layer",
+    "circuit_states",
+    "endpoint_states",
+    "format_usd",
+]
