@@ -586,6 +586,9 @@ def _usage(
 # -- streaming ------------------------------------------------------------------------------
 
 
+_Resolved = tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]
+
+
 class _End:
     __slots__ = ("error",)
 
@@ -609,14 +612,36 @@ class ChatStream:
         params: dict[str, Any],
         meta: CallMeta,
     ) -> None:
-        self._endpoint = endpoint
+        async def resolve() -> tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]:
+            return endpoint, meta, None
+
+        self._resolve: Callable[[], Awaitable[_Resolved]] = resolve
+        self._name = endpoint.name
         self._messages = messages
         self._params = params
-        self._meta = meta
         self._queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._finished = False
         self.result: ChatResult | None = None
+
+    @classmethod
+    def routed(
+        cls,
+        resolve: Callable[[], Awaitable[tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]]],
+        messages: list[Message],
+        params: dict[str, Any],
+    ) -> ChatStream:
+        """A stream whose endpoint is chosen (by a router) when it starts."""
+        stream = cls.__new__(cls)
+        stream._resolve = resolve
+        stream._name = "routed"
+        stream._messages = messages
+        stream._params = params
+        stream._queue = asyncio.Queue()
+        stream._task = None
+        stream._finished = False
+        stream.result = None
+        return stream
 
     def __aiter__(self) -> ChatStream:
         return self
@@ -625,9 +650,7 @@ class ChatStream:
         if self._finished:
             raise StopAsyncIteration
         if self._task is None:
-            self._task = asyncio.create_task(
-                self._drive(), name=f"weir-stream-{self._endpoint.name}"
-            )
+            self._task = asyncio.create_task(self._drive(), name=f"weir-stream-{self._name}")
         try:
             item = await self._queue.get()
         except asyncio.CancelledError:
@@ -658,9 +681,11 @@ class ChatStream:
     async def _drive(self) -> None:
         scope = current_scope()
         publisher = StreamPublisher(scope) if scope is not None else None
+        release: Callable[[], None] | None = None
         try:
+            endpoint, meta, release = await self._resolve()
             self.result = await _stream_tries(
-                self._endpoint, self._messages, self._params, self._meta, self._queue, publisher
+                endpoint, self._messages, self._params, meta, self._queue, publisher
             )
             if publisher is not None:
                 await publisher.close()
@@ -674,6 +699,9 @@ class ChatStream:
                 with contextlib.suppress(Exception):
                     await publisher.close()
             self._queue.put_nowait(_End(exc))
+        finally:
+            if release is not None:
+                release()
 
 
 async def _stream_tries(
