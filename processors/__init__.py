@@ -21,12 +21,14 @@ True
 """
 
 from processors._env import aclose_model_layer
+from processors.budget import Budget
 from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
 from processors.cost import DEFAULT_PRICES, Price, format_usd
 from processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
 from processors.limits import Limits
 from processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
 from processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from processors.router import Router, Rule, RuleSet
 from processors.streaming import TokenChunk, TokenStream
 from processors.transform import Transform
 
@@ -34,6 +36,7 @@ __all__ = [
     "DEFAULT_PRICES",
     "Anthropic",
     "BreakerPolicy",
+    "Budget",
     "ChatResult",
     "ChatStream",
     "CircuitBreaker",
@@ -45,6 +48,9 @@ __all__ = [
     "OpenAICompatible",
     "Price",
     "Provider",
+    "Router",
+    "Rule",
+    "RuleSet",
     "StreamEvent",
     "TokenChunk",
     "TokenStream",

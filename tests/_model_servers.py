@@ -188,7 +188,9 @@ class ModelServer:
                 await asyncio.sleep(self.behaviour.chunk_delay_s)
             piece = word if i == 0 else " " + word
             await send({"model": model, "choices": [{"index": 0, "delta": {"content": piece}}]})
-        await send({"model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        await send(
+            {"model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        )
         if (body.get("stream_options") or {}).get("include_usage"):
             await send({"model": model, "choices": [], "usage": usage})
         await send("[DONE]")
@@ -223,7 +225,10 @@ class ModelServer:
         self.calls["messages_stream" if stream else "messages"] += 1
         if "max_tokens" not in body:
             return web.json_response(
-                {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens"}},
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "max_tokens"},
+                },
                 status=400,
             )
         failed = await self._misbehave(request, anthropic=True)
@@ -268,7 +273,11 @@ class ModelServer:
         )
         await send(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         )
         await send("ping", {"type": "ping"})
         words = text.split(" ")
@@ -281,7 +290,11 @@ class ModelServer:
             piece = word if i == 0 else " " + word
             await send(
                 "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
             )
         await send("content_block_stop", {"type": "content_block_stop", "index": 0})
         await send(

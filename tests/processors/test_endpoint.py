@@ -1,4 +1,4 @@
-"""Model endpoints against real local HTTP servers (no Kafka): wire formats, usage, cost, failures."""
+"""Model endpoints against real local HTTP servers (no Kafka): wire formats, usage, failures."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ async def test_a_hanging_endpoint_times_out(servers):
     server = await servers("hang")
     server.behaviour.hang_rate = 1.0
     llm = openai(server, "hang", timeout_s=0.3, breaker=None)
-    with pytest.raises(ModelTimeoutError, match="within 0.3s"):
+    with pytest.raises(ModelTimeoutError, match=r"within 0\.3s"):
         await llm.chat(MESSAGES)
 
 
@@ -368,7 +368,9 @@ async def test_concurrency_limit_is_back_pressure_not_errors(servers):
 
 def test_literal_api_key_is_refused_without_repeating_it():
     with pytest.raises(SecretError) as raised:
-        ModelEndpoint("lit", provider=OpenAICompatible("http://127.0.0.1:1/v1"), api_key="sk-abc123")
+        ModelEndpoint(
+            "lit", provider=OpenAICompatible("http://127.0.0.1:1/v1"), api_key="sk-abc123"
+        )
     assert "sk-abc123" not in str(raised.value)
     assert "endpoint 'lit'" in str(raised.value)
 
@@ -391,7 +393,15 @@ async def test_a_key_echoed_by_the_server_is_scrubbed_from_errors(servers, monke
 
 def test_model_call_records_survive_the_wire():
     call = ModelCall(
-        step="s", attempt=1, endpoint="e", provider="openai", model="m", operation="chat",
-        status="SUCCESS", started_at=1, duration_ms=2.0, cost_usd=Decimal("0.0000123"),
+        step="s",
+        attempt=1,
+        endpoint="e",
+        provider="openai",
+        model="m",
+        operation="chat",
+        status="SUCCESS",
+        started_at=1,
+        duration_ms=2.0,
+        cost_usd=Decimal("0.0000123"),
     )
     assert ModelCall.from_record(call.to_record()) == call

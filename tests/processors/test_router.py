@@ -56,7 +56,12 @@ def test_features_are_derived_lazily_and_caller_features_win():
 
 
 def test_first_match_by_priority_then_definition_order():
-    short, legal, fast, big = local("r1-short"), local("r1-legal"), local("r1-fast"), local("r1-big")
+    short, legal, fast, big = (
+        local("r1-short"),
+        local("r1-legal"),
+        local("r1-fast"),
+        local("r1-big"),
+    )
     router = Router("r1", default=big, watch=False)
     router.add_rule(Rule("input.token_count < 500 and input.language == 'en'", endpoint=short))
     router.add_rule(Rule("input.document_type == 'legal'", endpoint=legal, priority=5))
@@ -170,7 +175,7 @@ rules:
 """
     )
     assert [r.name for r in good[0].rules] == ["short-en", "canary"]
-    with pytest.raises(RoutingError, match="'broken'.*not a valid expression"):
+    with pytest.raises(RoutingError, match=r"'broken'.*not a valid expression"):
         load_rule_sets("router: s\nrules:\n  - {name: broken, condition: 'lag >', endpoint: a}")
     with pytest.raises(RoutingError, match="exactly one of endpoint or split"):
         load_rule_sets("router: s\nrules:\n  - {name: r, condition: 'True'}")
