@@ -158,10 +158,15 @@ class Budget:
         return ledger.status(self.key(), self.window, self.limit)
 
     async def reserve(self, amount: Decimal) -> Reservation | None:
-        """Reserve ``amount`` for a call; ``None`` when that would cross the limit."""
+        """Reserve ``amount`` for a call; ``None`` when the spend leaves no room for it.
+
+        While other calls' reservations block it but their actual spend may leave
+        room, it waits for them to settle (so concurrency does not stop spending
+        early).
+        """
         ledger = await self._ledger()
         key = self.key()
-        if not ledger.try_reserve(key, self.window, self.limit, amount):
+        if not await ledger.reserve(key, self.window, self.limit, amount):
             return None
         return Reservation(ledger, key, amount)
 
@@ -219,6 +224,7 @@ class CostLedger:
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
+        self._settled = asyncio.Condition()
         self.events_read = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -338,16 +344,39 @@ class CostLedger:
             key, limit, self.spent(key, window), self._reserved.get(key, Decimal(0))
         )
 
-    def try_reserve(self, key: str, window: Window, limit: Decimal, amount: Decimal) -> bool:
-        reserved = self._reserved.get(key, Decimal(0))
-        if self.spent(key, window) + reserved + amount > limit:
-            return False
-        self._reserved[key] = reserved + amount
-        return True
+    async def reserve(
+        self, key: str, window: Window, limit: Decimal, amount: Decimal, *, wait_s: float = 60.0
+    ) -> bool:
+        """Reserve ``amount`` under ``limit``; ``False`` once the spend alone leaves no room."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            spent = self.spent(key, window)
+            reserved = self._reserved.get(key, Decimal(0))
+            if spent + reserved + amount <= limit:
+                self._reserved[key] = reserved + amount
+                return True
+            if spent + amount > limit or reserved == 0 or time.monotonic() > deadline:
+                return False
+            # Calls in flight hold the room; what they really spend decides.
+            async with self._settled:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await self._settled.wait()
 
     def unreserve(self, key: str, amount: Decimal) -> None:
         if amount:
             self._reserved[key] = max(Decimal(0), self._reserved.get(key, Decimal(0)) - amount)
+        self._notify()
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._settled:
+                self._settled.notify_all()
+
+        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
+            task = asyncio.get_running_loop().create_task(wake())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     def record(self, key: str, cost: Decimal, *, reserved_part: Decimal = Decimal(0)) -> None:
         """Count ``cost`` now and put its event on the topic (acknowledged in the background)."""
