@@ -16,11 +16,13 @@ when a step attempt ends (too late to stop a long step from overspending) and
 do not carry the request's tenant field.
 
 Enforcement is by reservation: before a call, its worst-case cost (input
-estimate plus ``max_tokens`` of output, at the endpoint's price) is reserved;
-a call whose reservation would cross the limit is over budget.  Spend is
-settled as each try finishes and the rest of the reservation is released.  So
-one worker never overshoots; several workers may overshoot by the calls they
-start within the ledger's propagation delay (about a second).
+estimate plus ``max_tokens`` of output, at the endpoint's price) is reserved.
+Calls run concurrently while their reservations fit under the limit; near the
+limit they wait for the calls in flight to settle their real spend, and the
+last one runs alone while the spend is still below the limit.  Once the spend
+reaches the limit, calls are over budget.  So in one worker the spend stops
+within one call's cost of the limit; several workers may overshoot further by
+the calls they start within the ledger's propagation delay (about a second).
 
 Over budget, ``on_exceeded="reject"`` fails the call with ``budget_exceeded``
 (not retried); ``"downgrade"`` evaluates the router's rules with
@@ -347,15 +349,18 @@ class CostLedger:
     async def reserve(
         self, key: str, window: Window, limit: Decimal, amount: Decimal, *, wait_s: float = 60.0
     ) -> bool:
-        """Reserve ``amount`` under ``limit``; ``False`` once the spend alone leaves no room."""
+        """Reserve ``amount`` under ``limit``; ``False`` once the spend has reached it."""
         deadline = time.monotonic() + wait_s
         while True:
             spent = self.spent(key, window)
             reserved = self._reserved.get(key, Decimal(0))
-            if spent + reserved + amount <= limit:
+            # Concurrent calls are admitted while their worst cases fit; the last one alone
+            # while the spend is below the limit, so the overshoot is at most one call.
+            fits = spent + reserved + amount <= limit
+            if fits or (reserved == 0 and spent < limit):
                 self._reserved[key] = reserved + amount
                 return True
-            if spent + amount > limit or reserved == 0 or time.monotonic() > deadline:
+            if spent >= limit or time.monotonic() > deadline:
                 return False
             # Calls in flight hold the room; what they really spend decides.
             async with self._settled:

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from weir.config import load_settings
 from weir.errors import RoutingError
@@ -102,26 +101,23 @@ def history(
     from processors.routes import read_history
 
     entries = asyncio.run(read_history(load_settings(config), router))
-    table = Table("router", "version", "applied at (UTC)", "by", "rules", "comment")
+    if not entries:
+        out.print("no rule set was ever applied" + (f" to router {router!r}" if router else ""))
+        return
     for entry in entries:
-        if isinstance(entry, RuleSet):
-            when = (
-                dt.datetime.fromtimestamp(entry.applied_at / 1000, dt.UTC).strftime("%F %T")
-                if entry.applied_at
-                else "-"
-            )
-            rules = ", ".join(r.name for r in entry.rules) or "(default only)"
-            table.add_row(
-                entry.router,
-                str(entry.version),
-                when,
-                entry.applied_by or "-",
-                rules,
-                entry.comment or "",
-            )
-        else:
-            table.add_row(entry, "reset", "-", "-", "(back to the rules in code)", "")
-    out.print(table)
+        if not isinstance(entry, RuleSet):
+            out.print(f"{entry}  reset (back to the rules in code)", highlight=False)
+            continue
+        when = (
+            dt.datetime.fromtimestamp(entry.applied_at / 1000, dt.UTC).strftime("%F %T UTC")
+            if entry.applied_at
+            else "-"
+        )
+        rules = ", ".join(r.name for r in entry.rules) or "(default only)"
+        line = f"{entry.router}  v{entry.version}  {when}  by {entry.applied_by or '-'}  [{rules}]"
+        if entry.comment:
+            line += f"  {entry.comment}"
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("reset")
