@@ -93,7 +93,7 @@ async def test_1000_mixed_requests_follow_the_rules_and_a_live_rule_change(
             client.submit_many(p.name, german),
         )
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, 600)
-        assert len(results) == 600
+        assert set(results) == {rid for group in ids for rid in group}
         # Counted at the servers: each kind of request went where the rules say.
         assert (
             short.calls["chat"],
@@ -165,7 +165,8 @@ rules:
     for c in calls:  # every call that started well after the change used it
         if c.started_at > applied_at[0] + 5000:
             assert c.rules_version == 1
-    history = subprocess.run(
+    history = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "weir", "routes", "history", router.name],
         cwd=repo_root,
         env=worker_env(kafka),
@@ -176,7 +177,7 @@ rules:
     assert "move short English to next" in history.stdout
 
 
-async def test_a_rule_file_that_does_not_parse_is_refused_at_apply(kafka, tmp_path, repo_root):
+def test_a_rule_file_that_does_not_parse_is_refused_at_apply(kafka, tmp_path, repo_root):
     rules = tmp_path / "bad.yaml"
     rules.write_text("router: r\nrules:\n  - {name: broken, condition: 'lag >>', endpoint: a}\n")
     done = subprocess.run(
