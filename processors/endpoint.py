@@ -93,7 +93,9 @@ class ModelEndpoint:
     ``cost_per_token`` for both) overrides the price table; ``api_key`` (a
     secret reference) overrides the provider's.  ``timeout_s`` bounds a whole
     call, and for streamed calls the wait for the first token and between
-    tokens.  ``breaker=None`` turns the circuit breaker off.
+    tokens; it starts once the call is admitted under ``limits`` (a call waits
+    up to ``queue_timeout_s`` for that, then fails ``rate_limited``).
+    ``breaker=None`` turns the circuit breaker off.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class ModelEndpoint:
         breaker: BreakerPolicy | None = DEFAULT_BREAKER,
         fallbacks: Sequence[ModelEndpoint] = (),
         stream_retries: int = 1,
+        queue_timeout_s: float = 60.0,
         params: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
@@ -145,6 +148,9 @@ class ModelEndpoint:
         self._own_price = price
         self.limits = limits or Limits()
         self.timeout_s = float(timeout_s)
+        if queue_timeout_s <= 0:
+            raise ConfigError(f"{where}: queue_timeout_s must be > 0")
+        self.queue_timeout_s = float(queue_timeout_s)
         self.breaker = CircuitBreaker(name, breaker) if breaker is not None else None
         for fb in fallbacks:
             if not isinstance(fb, ModelEndpoint):
@@ -380,8 +386,12 @@ class ModelEndpoint:
 
     @contextlib.asynccontextmanager
     async def _admitted(self, tokens: int) -> AsyncIterator[None]:
-        """Wait for room under the endpoint's limits (``RateLimitedError`` at the timeout)."""
-        deadline = time.monotonic() + self.timeout_s
+        """Wait for room under the limits: back-pressure, up to ``queue_timeout_s``.
+
+        The call's own ``timeout_s`` starts once it is admitted, so a busy
+        endpoint makes calls wait, not fail.
+        """
+        deadline = time.monotonic() + self.queue_timeout_s
         what = f"endpoint {self.name!r}"
         if self._requests is not None:
             await self._requests.take(1, deadline=deadline, what=what)
@@ -394,7 +404,8 @@ class ModelEndpoint:
                     await slots.acquire()
             except TimeoutError:
                 raise RateLimitedError(
-                    f"{what}: all {self.limits.max_concurrency} concurrent call slots stayed busy"
+                    f"{what}: all {self._concurrency} call slots stayed busy for"
+                    f" {self.queue_timeout_s:g}s"
                 ) from None
         self.in_flight += 1
         try:
@@ -404,13 +415,20 @@ class ModelEndpoint:
             if slots is not None:
                 slots.release()
 
+    @property
+    def _concurrency(self) -> int | None:
+        """Calls in flight at once: the limit, and never more than the provider's pool."""
+        bounds = [b for b in (self.limits.max_concurrency, self.provider.max_concurrency) if b]
+        return min(bounds) if bounds else None
+
     def _semaphore(self) -> asyncio.Semaphore | None:
-        if self.limits.max_concurrency is None:
+        size = self._concurrency
+        if size is None:
             return None
         loop = asyncio.get_running_loop()
         sem = self._slots.get(loop)
         if sem is None:
-            sem = self._slots[loop] = asyncio.Semaphore(self.limits.max_concurrency)
+            sem = self._slots[loop] = asyncio.Semaphore(size)
         return sem
 
     def _failed(self, error: ModelError) -> None:

@@ -76,6 +76,8 @@ class Provider(ABC):
     name: str = "provider"
     api_key: str | None = None
     """The default secret reference for endpoints that do not set their own."""
+    max_concurrency: int | None = None
+    """Calls the provider can carry at once (an HTTP pool's size); endpoints queue beyond it."""
 
     async def chat(
         self, call: ProviderCall, messages: Sequence[Message], params: Mapping[str, Any]

@@ -63,6 +63,7 @@ class HttpProvider(Provider):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self._http2 = http2
+        self.max_concurrency = max_connections
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
