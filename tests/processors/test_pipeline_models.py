@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
 
-from processors import Anthropic, ModelEndpoint, OpenAICompatible, Price
+from processors import Anthropic, ModelEndpoint, OpenAICompatible, Price, format_usd
 from schemas.messages import ModelCall
 from streams import Pipeline, WeirClient, Worker
 from tests._kafka import read_results
 from tests._model_servers import input_tokens
+from tests.conftest import worker_env
 from topics.names import PipelineTopics
 from weir.web import WebServer
 
@@ -29,7 +33,7 @@ def _words(text: str) -> int:
 
 
 async def test_chat_embeddings_and_streams_cost_exactly_what_the_servers_report(
-    kafka, pipeline_name, servers
+    kafka, pipeline_name, servers, repo_root
 ):
     oa, an = await servers("openai"), await servers("anthropic")
     embedder = ModelEndpoint(
@@ -99,6 +103,25 @@ async def test_chat_embeddings_and_streams_cost_exactly_what_the_servers_report(
         assert all(c.ttft_ms is not None for c in calls if c.streamed)
     assert oa.calls["embeddings"] == 30 and oa.calls["chat"] == 30 and oa.calls["stream"] == 30
     assert an.calls["messages_stream"] == 30
+    # `weir cost` tells the same from the trace topic.
+    rid = ids[0]
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "weir", "cost", rid],
+        cwd=repo_root,
+        env=worker_env(kafka),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    first = shown.stdout.splitlines()[0]
+    r = results[rid]
+    assert first.startswith(
+        f"request {rid} used {r.input_tokens:,} input tokens and {r.output_tokens:,} output"
+        " tokens, routed through "
+    ), first
+    assert first.endswith(f", cost {format_usd(r.cost_usd)}"), first
+    assert all(model in first for model in ("emb", "mini", "haiku"))
 
 
 async def test_stream_cut_mid_answer_restarts_and_the_client_sees_it(kafka, pipeline_name, servers):

@@ -96,7 +96,7 @@ def cost(
     if not calls:
         out.print(f"no model calls of request {request_id} in the last {since_hours:g}h")
         raise typer.Exit(1)
-    out.print(summary(request_id, calls), highlight=False)
+    out.print(summary(request_id, calls), highlight=False, soft_wrap=True)
     table = Table(
         "step",
         "attempt",
