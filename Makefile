@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: install test unit lint demo broker-start broker-stop bench clean
+.PHONY: install test unit lint demo broker-start broker-stop bench bench-ttft clean
 
 install:  ## install weir and its test tools (Java 17 and Maven must be on PATH for the broker)
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
@@ -28,6 +28,9 @@ broker-stop:
 
 bench: install  ## linear-pipeline throughput and per-hop latency, beside a raw aiokafka loop
 	$(PYTHON) benchmarks/linear.py
+
+bench-ttft: install  ## time to first token through one streaming step, beside a direct call
+	$(PYTHON) benchmarks/ttft.py --requests 200
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

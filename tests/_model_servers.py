@@ -173,6 +173,20 @@ class ModelServer:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        try:
+            return await self._openai_stream(request, response, body, text, usage)
+        except ConnectionResetError:  # the client stopped reading (it had what it wanted)
+            return response
+
+    async def _openai_stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        body: dict[str, Any],
+        text: str,
+        usage: dict[str, int],
+    ) -> web.StreamResponse:
+        model = body["model"]
 
         async def send(data: Any) -> None:
             raw = data if isinstance(data, str) else json.dumps(data)
@@ -253,6 +267,20 @@ class ModelServer:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        try:
+            return await self._anthropic_stream(request, response, model, text, in_tokens)
+        except ConnectionResetError:
+            return response
+
+    async def _anthropic_stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        model: str,
+        text: str,
+        in_tokens: int,
+    ) -> web.StreamResponse:
+        out_tokens = _words(text)
 
         async def send(event: str, data: dict[str, Any]) -> None:
             await response.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
