@@ -31,13 +31,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.linear import broker_settings, percentile  # noqa: E402
-from processors import ModelEndpoint, OpenAICompatible, aclose_model_layer  # noqa: E402
-from streams.client import WeirClient  # noqa: E402
-from streams.pipeline import Pipeline  # noqa: E402
-from streams.worker import Worker  # noqa: E402
-from tests._model_servers import ModelServer  # noqa: E402
-from weir.config import WeirSettings  # noqa: E402
+from benchmarks.linear import broker_settings, percentile
+from processors import ModelEndpoint, OpenAICompatible, aclose_model_layer
+from streams.client import WeirClient
+from streams.pipeline import Pipeline
+from streams.worker import Worker
+from tests._model_servers import ModelServer
+from weir.config import WeirSettings
 
 MESSAGES = [{"role": "user", "content": "tell me about my card"}]
 ANSWER = " ".join(f"word{i}" for i in range(30))
