@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TypeVar
 
 from weir.config import ModelPrice, WeirSettings
@@ -127,7 +127,6 @@ def format_usd(amount: Decimal) -> str:
     """Dollars for people: two significant digits below a cent, cents above."""
     if amount == 0:
         return "$0"
-    if abs(amount) >= 1:
-        return f"${amount:,.2f}"
-    digits = max(2, -amount.adjusted() + 1)
-    return f"${amount:.{digits}f}"
+    digits = 2 if abs(amount) >= 1 else max(2, -amount.adjusted() + 1)
+    rounded = amount.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"${rounded:,.{digits}f}"

@@ -26,9 +26,10 @@ from weir.errors import (
     ModelTimeoutError,
     ModelUnavailableError,
     RateLimitedError,
+    SecretError,
     StreamInterruptedError,
 )
-from weir.secrets import scrub
+from weir.secrets import SecretRef, scrub
 
 __all__ = ["HttpProvider", "SseEvent"]
 
@@ -60,6 +61,11 @@ class HttpProvider(Provider):
                 import h2  # noqa: F401
             except ImportError:
                 raise ModelRequestError("http2=True needs the h2 package: pip install h2") from None
+        if api_key is not None:
+            try:
+                SecretRef.parse(api_key)
+            except SecretError as exc:
+                raise SecretError(f"{self.name} provider api_key: {exc}") from None
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self._http2 = http2

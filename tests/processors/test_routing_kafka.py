@@ -6,6 +6,7 @@ import asyncio
 import collections
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -282,3 +283,47 @@ async def test_a_one_dollar_budget_stops_spending_at_one_dollar(
     else:
         assert served[pricey.name] + served[cheap.name] == 120
         assert cheap_server.calls["chat"] == served[cheap.name] > 0
+
+
+async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_reset(
+    kafka, pipeline_name
+):
+    from processors import LocalModel, RuleSet
+    from processors.routes import apply_rule_set, read_rule_sets, reset_rule_set
+    from streams.context import AttemptScope, StepContext, enter_scope, leave_scope
+
+    a = ModelEndpoint(f"{pipeline_name}-a", provider=LocalModel(model=lambda m: "a"))
+    b = ModelEndpoint(f"{pipeline_name}-b", provider=LocalModel(model=lambda m: "b"))
+    router = Router(f"{pipeline_name}-router", default=a, endpoints=[b])
+    ctx = StepContext(request_id="r", pipeline="p", step="s", attempt=1, worker_id="w", request={})
+
+    async def publish(*_: object) -> None:
+        return None
+
+    token = enter_scope(AttemptScope(ctx, kafka, publish, lambda: 0))
+    try:
+
+        async def endpoint_now() -> str:
+            decision, _ = await router.route(text="hello")
+            return decision.endpoint.name
+
+        async def eventually(expected: str) -> float:
+            started = time.monotonic()
+            while (got := await endpoint_now()) != expected:
+                assert time.monotonic() - started < 10, f"still {got}"
+                await asyncio.sleep(0.1)
+            return time.monotonic() - started
+
+        assert await endpoint_now() == a.name and router.version == 0
+        v1 = await apply_rule_set(kafka, RuleSet(router=router.name, default=b.name))
+        assert v1.version == 1
+        assert await eventually(b.name) < 5
+        # A version naming an endpoint this worker's code lacks is refused; v1 stays.
+        v2 = await apply_rule_set(kafka, RuleSet(router=router.name, default="nowhere"))
+        assert (await read_rule_sets(kafka))[router.name].version == v2.version == 2
+        await asyncio.sleep(1.5)
+        assert await endpoint_now() == b.name and router.version == 1
+        await reset_rule_set(kafka, router.name)
+        assert await eventually(a.name) < 5 and router.version == 0
+    finally:
+        leave_scope(token)
