@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: install deps test unit lint demo broker-start broker-stop bench bench-traces clean
+.PHONY: install deps test unit lint demo broker-start broker-stop bench bench-traces bench-ttft clean
 
 install:  ## install weir and its test tools (Java 17 and Maven must be on PATH for the broker)
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
@@ -35,6 +35,8 @@ bench: install  ## linear-pipeline throughput and per-hop latency, beside a raw 
 
 bench-traces: install  ## sink events/s into the embedded engine; tracing on vs off on the linear pipeline
 	$(PYTHON) benchmarks/traces.py
+bench-ttft: install  ## time to first token through one streaming step, beside a direct call
+	$(PYTHON) benchmarks/ttft.py --requests 200
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

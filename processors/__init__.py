@@ -1,8 +1,10 @@
-"""Reusable step processors and the trace sink.
+"""Reusable step processors: model endpoints, routing, budgets, streaming, transforms,
+and the trace sink.
 
-Step processors are step bodies that pipelines plug in with ``add_step``;
-``ClickHouseSink`` and ``TraceStore`` move trace events into ClickHouse and
-read them back (``weir sink``, ``weir trace``, ``weir stats``, the dashboard).
+Step processors are step bodies that pipelines plug in with ``add_step`` or call
+from a step (``ModelEndpoint``, ``Router``); ``ClickHouseSink`` and ``TraceStore``
+move trace events into ClickHouse and read them back (``weir sink``, ``weir
+trace``, ``weir stats``, the dashboard).
 
 >>> from streams import Pipeline
 >>> from processors import Transform
@@ -10,10 +12,62 @@ read them back (``weir sink``, ``weir trace``, ``weir stats``, the dashboard).
 >>> step = p.add_step("split", Transform(lambda text: text.split()))
 >>> step.inline
 True
+
+A model endpoint is defined once and called from steps; its key is a secret
+reference, resolved at call time:
+
+>>> from processors import ModelEndpoint, OpenAICompatible, Price
+>>> llm = ModelEndpoint(
+...     "support-mini",
+...     provider=OpenAICompatible("http://127.0.0.1:8000/v1", api_key="env:LLM_KEY"),
+...     model="gpt-4o-mini",
+... )
+>>> llm.price() == Price.per_million(input="0.15", output="0.60")
+True
 """
 
+from processors._env import aclose_model_layer
+from processors.budget import Budget
+from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
 from processors.clickhouse_sink import ClickHouseSink
+from processors.cost import DEFAULT_PRICES, Price, format_usd
+from processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
+from processors.limits import Limits
+from processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
+from processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from processors.router import Router, Rule, RuleSet
+from processors.streaming import TokenChunk, TokenStream
 from processors.trace_store import TraceStore
 from processors.transform import Transform
 
-__all__ = ["ClickHouseSink", "TraceStore", "Transform"]
+__all__ = [
+    "DEFAULT_PRICES",
+    "Anthropic",
+    "BreakerPolicy",
+    "Budget",
+    "ChatResult",
+    "ChatStream",
+    "CircuitBreaker",
+    "Classification",
+    "ClickHouseSink",
+    "Embeddings",
+    "Limits",
+    "LocalModel",
+    "ModelEndpoint",
+    "OpenAICompatible",
+    "Price",
+    "Provider",
+    "Router",
+    "Rule",
+    "RuleSet",
+    "StreamEvent",
+    "TokenChunk",
+    "TokenStream",
+    "TraceStore",
+    "Transform",
+    "Usage",
+    "aclose_model_layer",
+    "circuit_states",
+    "endpoint_states",
+    "format_usd",
+]

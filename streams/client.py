@@ -7,7 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -18,6 +18,9 @@ from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import BrokerError, UnknownPipelineError, WeirError
+
+if TYPE_CHECKING:
+    from processors.streaming import TokenStream
 
 __all__ = ["WeirClient"]
 
@@ -219,6 +222,33 @@ class WeirClient:
         finally:
             with contextlib.suppress(KafkaError):
                 await stop_consumer(consumer)
+
+    def stream(
+        self,
+        request_id: str,
+        *,
+        pipeline: str,
+        step: str | None = None,
+        since_ms: int | None = None,
+        idle_timeout: float = 60.0,
+    ) -> TokenStream:
+        """The token stream of one request, as streaming model calls publish it.
+
+        ``async for chunk in client.stream(rid, pipeline="support")`` yields
+        ``delta`` chunks, a ``restart`` chunk whenever the answer broke off and
+        starts again (drop the text so far), and ends with ``done``.  Open it
+        (``async with``) before submitting to be sure to miss nothing.
+        """
+        from processors.streaming import TokenStream
+
+        return TokenStream(
+            self.settings,
+            pipeline,
+            request_id,
+            step=step,
+            since_ms=since_ms,
+            idle_timeout=idle_timeout,
+        )
 
     async def wait_for(
         self, pipeline: str, request_ids: Iterable[str], *, timeout: float = 60.0

@@ -55,10 +55,14 @@ class AttemptScope:
     calls: list[ModelCall] = field(default_factory=list)
     """Model calls of this attempt, appended by the model layer as they finish."""
 
-    def record(self, call: ModelCall) -> None:
-        """Add a finished model call to the attempt (and its span to the attempt's trace)."""
+    def record(self, call: ModelCall, *, traced: bool = False) -> None:
+        """Add a finished model call to the attempt, and its span to the attempt's trace.
+
+        ``traced=True``: the caller already had a span open around the call (as
+        ``ModelEndpoint`` does), so no second one is made from the record.
+        """
         self.calls.append(call)
-        if self.tracing is not None:
+        if self.tracing is not None and not traced:
             self.tracing.model_call(call)
 
 

@@ -18,7 +18,7 @@ import weir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-API_MODULES = ["streams", "schemas", "topics", "weir.errors"]
+API_MODULES = ["streams", "schemas", "topics", "weir.errors", "processors", "processors.providers"]
 DOCTEST_MODULES = [
     "streams",
     "streams.pipeline",
@@ -31,6 +31,18 @@ DOCTEST_MODULES = [
     "streams.redaction",
     "processors.trace_store",
     "weir.dashboard",
+    "weir.secrets",
+    "processors",
+    "processors.cost",
+    "processors.circuit_breaker",
+    "processors.features",
+    "processors.limits",
+    "processors.tokens",
+    "processors.router",
+    "processors.budget",
+    "processors.providers.openai",
+    "processors.providers.anthropic",
+    "processors.providers.local",
 ]
 # Typing helpers a module imports for its own annotations are not part of its API.
 _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc", "__future__"}

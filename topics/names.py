@@ -11,7 +11,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER",
+    "COSTS_TOPIC",
     "INGRESS",
+    "ROUTES_HISTORY_TOPIC",
+    "ROUTES_TOPIC",
     "TRACES_TOPIC",
     "PipelineTopics",
     "TopicSpec",
@@ -26,6 +29,14 @@ ANSWER = "_answer"
 """Stage name of the answer stage, the only writer of a pipeline's results topic."""
 TRACES_TOPIC = "weir.traces"
 """One trace event per step attempt, of every pipeline (key: request id)."""
+ROUTES_TOPIC = "weir.routes"
+"""Compacted: the rule set in force per router (key: router name)."""
+ROUTES_HISTORY_TOPIC = "weir.routes.history"
+"""Every rule set ever applied, in order (key: router name; kept forever)."""
+COSTS_TOPIC = "weir.costs"
+"""Spend of budgeted model calls (key: budget key); the budget ledger sums it."""
+COSTS_RETENTION_MS = 35 * 24 * 3600 * 1000
+"""At least a month plus slack, so a monthly budget can be summed from the topic."""
 
 
 @dataclass(frozen=True)
@@ -158,12 +169,17 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
 def global_topic_specs(settings: WeirSettings) -> list[TopicSpec]:
     """Topics shared by every pipeline."""
     events = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
+    rf = settings.replication_factor
+    costs = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(max(settings.event_retention_ms, COSTS_RETENTION_MS)),
+    }
+    # Rule sets are few and small: one partition keeps every change in one order.
+    routes = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    history = {"cleanup.policy": "delete", "retention.ms": "-1"}
     return [
-        TopicSpec(
-            settings.trace_topic,
-            settings.partitions,
-            settings.replication_factor,
-            events,
-            keyed=False,
-        ),
+        TopicSpec(settings.trace_topic, settings.partitions, rf, events, keyed=False),
+        TopicSpec(COSTS_TOPIC, settings.partitions, rf, costs, keyed=False),
+        TopicSpec(ROUTES_TOPIC, 1, rf, routes, keyed=False),
+        TopicSpec(ROUTES_HISTORY_TOPIC, 1, rf, history, keyed=False),
     ]

@@ -18,14 +18,32 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from processors import (
+        Anthropic,
+        Budget,
+        LocalModel,
+        ModelEndpoint,
+        OpenAICompatible,
+        Price,
+        Router,
+        Rule,
+    )
     from streams import Branch, Pipeline, StepContext, WeirClient, Worker
     from streams.local import run_local
     from weir.config import WeirSettings, load_settings
     from weir.errors import WeirError
 
 __all__ = [
+    "Anthropic",
     "Branch",
+    "Budget",
+    "LocalModel",
+    "ModelEndpoint",
+    "OpenAICompatible",
     "Pipeline",
+    "Price",
+    "Router",
+    "Rule",
     "StepContext",
     "WeirClient",
     "WeirError",
@@ -47,6 +65,14 @@ _HOME = {
     "WeirSettings": "weir.config",
     "load_settings": "weir.config",
     "WeirError": "weir.errors",
+    "Anthropic": "processors",
+    "Budget": "processors",
+    "LocalModel": "processors",
+    "ModelEndpoint": "processors",
+    "OpenAICompatible": "processors",
+    "Price": "processors",
+    "Router": "processors",
+    "Rule": "processors",
 }
 
 

@@ -42,6 +42,16 @@ app.command("trace")(trace_commands.trace)
 app.command("stats")(trace_commands.stats)
 app.command("sink")(trace_commands.sink)
 
+
+def _register_commands() -> None:
+    from weir.commands import cost, routes
+
+    app.add_typer(routes.app, name="routes")
+    app.command("cost")(cost.cost)
+
+
+_register_commands()
+
 out = Console()
 err = Console(stderr=True)
 
@@ -145,12 +155,17 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
-        if settings.web_port:
-            async with WebServer(settings, w) as web:
-                logging.getLogger("weir.web").info("serving on %s", web.url)
+        from processors import aclose_model_layer
+
+        try:
+            if settings.web_port:
+                async with WebServer(settings, w) as web:
+                    logging.getLogger("weir.web").info("serving on %s", web.url)
+                    await w.run()
+            else:
                 await w.run()
-        else:
-            await w.run()
+        finally:
+            await aclose_model_layer()
 
     _run(run())
 

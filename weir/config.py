@@ -11,15 +11,16 @@ import os
 import re
 import socket
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from weir.errors import ConfigError
 
-__all__ = ["BrokerSettings", "WeirSettings", "load_settings"]
+__all__ = ["BrokerSettings", "ModelPrice", "WeirSettings", "load_settings"]
 
 DEFAULT_HOME = Path.home() / ".cache" / "weir"
 
@@ -36,6 +37,15 @@ class BrokerSettings(BaseSettings):
     heap: str = "768m"
     """JVM heap (``-Xmx``) for the broker."""
     start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class ModelPrice(BaseModel):
+    """A model's list price in USD per million tokens (``model_prices`` entries)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    input_per_1m: Decimal = Field(ge=0)
+    output_per_1m: Decimal = Field(default=Decimal(0), ge=0)
 
 
 class WeirSettings(BaseSettings):
@@ -124,6 +134,26 @@ class WeirSettings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     """The worker's HTTP server (health, stats, token streams, dashboard); 0 turns it off."""
+
+    model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Prices by model name; they override weir's default table (an endpoint's own price wins)."""
+    secret_cache_ttl_s: float = Field(default=300.0, ge=0)
+    """How long a resolved secret is reused before it is resolved again (0: every call)."""
+    vault_addr: str | None = Field(
+        default=None, validation_alias=AliasChoices("vault_addr", "WEIR_VAULT_ADDR", "VAULT_ADDR")
+    )
+    """HashiCorp Vault for ``vault:`` secret references (e.g. ``https://vault:8200``)."""
+    vault_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("vault_token", "WEIR_VAULT_TOKEN", "VAULT_TOKEN"),
+    )
+    vault_namespace: str | None = None
+    aws_region: str | None = None
+    """Region of AWS Secrets Manager for ``aws-sm:`` references (else boto3's default)."""
+    aws_endpoint_url: str | None = None
+    """A Secrets Manager endpoint other than AWS's own (a VPC endpoint, a local emulator)."""
+    routes_wait_s: float = Field(default=5.0, ge=0)
+    """How long a router's first call waits for the rule sets on the routes topic."""
 
     @field_validator("kafka_bootstrap")
     @classmethod

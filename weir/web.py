@@ -42,12 +42,20 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
     dashboard.add_routes(app, settings, trace_queries)
+    from processors.streaming import add_routes as add_model_routes
+
+    add_model_routes(app, settings)
     return app
 
 
 async def _health(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
-    body: dict[str, object] = {"status": "ok"}
+    from processors.circuit_breaker import circuit_states
+
+    circuits = circuit_states()
+    open_ = sorted(name for name, c in circuits.items() if c["state"] != "closed")
+    # An open circuit is degraded service, not a dead worker: fallbacks may be serving.
+    body: dict[str, object] = {"status": "degraded" if open_ else "ok", "circuits": circuits}
     if worker is not None:
         body["pipeline"] = worker.pipeline.name  # type: ignore[attr-defined]
         body["worker_id"] = worker.settings.worker_id  # type: ignore[attr-defined]

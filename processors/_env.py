@@ -1,0 +1,59 @@
+"""What the model layer needs from its surroundings: settings, secrets, background resources.
+
+Inside a worker, the settings are the worker's (``current_scope().settings``);
+outside (a notebook, a script trying an endpoint) they are read once with
+``load_settings()``.  Background resources (route watchers, cost ledgers,
+HTTP pools) register a closer here; ``aclose_model_layer()`` stops them all,
+and ``weir worker`` calls it on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from streams.context import current_scope
+from weir.config import WeirSettings, load_settings
+from weir.secrets import SecretResolver
+
+__all__ = ["aclose_model_layer", "register_closer", "resolver_for", "settings_now"]
+
+log = logging.getLogger("weir.models")
+
+_default_settings: WeirSettings | None = None
+_resolvers: dict[int, tuple[WeirSettings, SecretResolver]] = {}
+_closers: list[Callable[[], Awaitable[None]]] = []
+
+
+def settings_now() -> WeirSettings:
+    """The worker's settings during a step, else settings read once from the environment."""
+    scope = current_scope()
+    if scope is not None:
+        return scope.settings
+    global _default_settings
+    if _default_settings is None:
+        _default_settings = load_settings()
+    return _default_settings
+
+
+def resolver_for(settings: WeirSettings) -> SecretResolver:
+    """One resolver (and so one secret cache) per settings object."""
+    hit = _resolvers.get(id(settings))
+    if hit is None or hit[0] is not settings:
+        hit = (settings, SecretResolver(settings))
+        _resolvers[id(settings)] = hit
+    return hit[1]
+
+
+def register_closer(closer: Callable[[], Awaitable[None]]) -> None:
+    _closers.append(closer)
+
+
+async def aclose_model_layer() -> None:
+    """Stop the model layer's background tasks and close its connections (idempotent)."""
+    while _closers:
+        closer = _closers.pop()
+        try:
+            await closer()
+        except Exception:
+            log.exception("closing a model-layer resource failed")

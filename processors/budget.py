@@ -1,0 +1,415 @@
+"""Spend limits per pipeline, tenant or API key, over hour/day/month windows; the ledger is Kafka.
+
+    >>> budget = Budget("support-daily", limit_usd="25.00", window="day", per="request.tenant")
+    >>> budget.window, budget.limit_usd
+    ('day', Decimal('25.00'))
+
+A ``Router`` with a budget checks it before each call.  Every budgeted model
+call puts a cost event on the ``weir.costs`` topic (key: the budget key); each
+worker's ``CostLedger`` reads that topic from the start of the longest window
+in use and keeps per-hour sums, so all workers see each other's spend within
+about a second, and a restarted worker recovers its windows from the topic.
+No Postgres, no Redis: the ledger is the event log.
+
+Why a topic of its own rather than the trace topic: trace events are written
+when a step attempt ends (too late to stop a long step from overspending) and
+do not carry the request's tenant field.
+
+Enforcement is by reservation: before a call, its worst-case cost (input
+estimate plus ``max_tokens`` of output, at the endpoint's price) is reserved.
+Calls run concurrently while their reservations fit under the limit; near the
+limit they wait for the calls in flight to settle their real spend, and the
+last one runs alone while the spend is still below the limit.  Once the spend
+reaches the limit, calls are over budget.  So in one worker the spend stops
+within one call's cost of the limit; several workers may overshoot further by
+the calls they start within the ledger's propagation delay (about a second).
+
+Over budget, ``on_exceeded="reject"`` fails the call with ``budget_exceeded``
+(not retried); ``"downgrade"`` evaluates the router's rules with
+``budget_exceeded`` true, and only rules that read ``budget_exceeded`` may then
+route (for example ``Rule("budget_exceeded", endpoint=small_model)``); if none
+matches, the call is rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from processors._env import register_closer, settings_now
+from schemas.messages import now_ms
+from streams.context import current_scope
+from topics._aiokafka import stop_consumer
+from topics.admin import TopicAdmin
+from topics.names import COSTS_TOPIC, global_topic_specs
+from weir.config import WeirSettings
+from weir.errors import ConfigError
+
+__all__ = ["Budget", "BudgetStatus", "CostLedger", "Reservation", "window_start"]
+
+log = logging.getLogger("weir.models")
+
+Window = Literal["hour", "day", "month"]
+_HOUR_MS = 3600 * 1000
+
+
+def window_start(window: Window, at_ms: int) -> int:
+    """Epoch ms where the UTC calendar ``window`` containing ``at_ms`` starts."""
+    if window == "hour":
+        return at_ms - at_ms % _HOUR_MS
+    moment = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC)
+    if window == "day":
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return int(start.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    key: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(Decimal(0), self.limit - self.spent - self.reserved)
+
+    @property
+    def exceeded(self) -> bool:
+        return self.spent >= self.limit
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spend limit in USD over a calendar window (UTC), per pipeline or per a request field.
+
+    ``per`` is ``pipeline``, ``request.<field>`` (a payload field, e.g. a tenant)
+    or ``options.<name>`` (a request option, e.g. an API key; values of fields
+    whose name contains ``key`` or ``token`` are hashed before they reach the
+    topic).
+    """
+
+    name: str
+    limit_usd: Decimal | str | int
+    window: Window = "day"
+    per: str = "pipeline"
+    on_exceeded: Literal["reject", "downgrade"] = "reject"
+
+    def __post_init__(self) -> None:
+        where = f"budget {self.name!r}"
+        try:
+            limit = Decimal(str(self.limit_usd))
+        except InvalidOperation:
+            raise ConfigError(f"{where}: limit_usd must be a number of dollars") from None
+        if not limit.is_finite() or limit < 0:
+            raise ConfigError(f"{where}: limit_usd must be >= 0")
+        object.__setattr__(self, "limit_usd", limit)
+        if self.window not in ("hour", "day", "month"):
+            raise ConfigError(f"{where}: window must be hour, day or month")
+        if self.on_exceeded not in ("reject", "downgrade"):
+            raise ConfigError(f"{where}: on_exceeded must be reject or downgrade")
+        root, _, rest = self.per.partition(".")
+        if not (self.per == "pipeline" or (root in ("request", "options") and rest)):
+            raise ConfigError(
+                f"{where}: per must be pipeline, request.<field> or options.<name>,"
+                f" got {self.per!r}"
+            )
+
+    @property
+    def limit(self) -> Decimal:
+        return Decimal(self.limit_usd)
+
+    def key(self) -> str:
+        """The ledger key of the current request: ``budget/pipeline/scope``."""
+        scope = current_scope()
+        pipeline = scope.context.pipeline if scope is not None else "-"
+        if self.per == "pipeline":
+            return f"{self.name}/{pipeline}"
+        root, _, name = self.per.partition(".")
+        source: Mapping[str, Any] = {}
+        if scope is not None:
+            source = scope.context.request if root == "request" else scope.context.options
+        value = source.get(name)
+        text = "-" if value is None else str(value)
+        if any(word in name.lower() for word in ("key", "token", "secret")):
+            text = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return f"{self.name}/{pipeline}/{text}"
+
+    async def _ledger(self) -> CostLedger:
+        ledger = CostLedger.for_settings(settings_now())
+        await ledger.start()
+        return ledger
+
+    async def status(self) -> BudgetStatus:
+        ledger = await self._ledger()
+        return ledger.status(self.key(), self.window, self.limit)
+
+    async def reserve(self, amount: Decimal) -> Reservation | None:
+        """Reserve ``amount`` for a call; ``None`` when the spend leaves no room for it.
+
+        While other calls' reservations block it but their actual spend may leave
+        room, it waits for them to settle (so concurrency does not stop spending
+        early).
+        """
+        ledger = await self._ledger()
+        key = self.key()
+        if not await ledger.reserve(key, self.window, self.limit, amount):
+            return None
+        return Reservation(ledger, key, amount)
+
+    async def unreserved(self) -> Reservation:
+        """A reservation of nothing, to record the spend of a call allowed over budget."""
+        return Reservation(await self._ledger(), self.key(), Decimal(0))
+
+    def exceeded_message(self) -> str:
+        return (
+            f"budget {self.name!r} ({self.limit} USD per {self.window}, per {self.per}) is used"
+            f" up for {self.key()!r}"
+        )
+
+
+@dataclass
+class Reservation:
+    """Money set aside for one routed call; ``spend`` settles, ``release`` frees the rest."""
+
+    ledger: CostLedger
+    key: str
+    amount: Decimal
+    spent: Decimal = field(default=Decimal(0))
+    _released: bool = False
+
+    async def spend(self, cost: Decimal) -> None:
+        take = min(cost, max(Decimal(0), self.amount - self.spent))
+        self.spent += cost
+        self.ledger.record(self.key, cost, reserved_part=take)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.ledger.unreserve(self.key, max(Decimal(0), self.amount - self.spent))
+
+
+class CostLedger:
+    """Per-hour spend by budget key, read from and written to the costs topic (one per broker)."""
+
+    _instances: dict[str, CostLedger] = {}
+
+    @classmethod
+    def for_settings(cls, settings: WeirSettings) -> CostLedger:
+        ledger = cls._instances.get(settings.bootstrap_servers)
+        if ledger is None:
+            ledger = cls._instances[settings.bootstrap_servers] = cls(settings)
+        return ledger
+
+    def __init__(self, settings: WeirSettings) -> None:
+        self._settings = settings
+        self._hours: dict[str, dict[int, Decimal]] = {}
+        self._reserved: dict[str, Decimal] = {}
+        self._own: set[str] = set()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._settled = asyncio.Condition()
+        self.events_read = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and read the topic up to now (once; concurrent callers wait together)."""
+        if self._task is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        settings = self._settings
+        async with TopicAdmin(settings) as admin:
+            await admin.ensure([s for s in global_topic_specs(settings) if s.name == COSTS_TOPIC])
+            count = (await admin.partitions([COSTS_TOPIC]))[COSTS_TOPIC]
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await producer.start()
+        await consumer.start()
+        tps = [TopicPartition(COSTS_TOPIC, p) for p in range(count)]
+        consumer.assign(tps)
+        since = window_start("month", now_ms())
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+        for tp in tps:
+            at = found.get(tp)
+            if at is None:
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, at.offset)
+        end = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + 60
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            if time.monotonic() > deadline:
+                log.warning("cost ledger: catching up took over 60s; going on with partial sums")
+                break
+            self._apply_batch(await consumer.getmany(timeout_ms=200))
+        self._producer, self._consumer = producer, consumer
+        self._task = asyncio.create_task(self._follow(), name="weir-cost-ledger")
+        register_closer(self.stop)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await stop_consumer(self._consumer)
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self._starting = None
+        CostLedger._instances.pop(self._settings.bootstrap_servers, None)
+
+    async def _follow(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                self._apply_batch(await consumer.getmany(timeout_ms=200))
+            except KafkaError as exc:
+                log.warning("cost ledger: reading %s failed (%s); retrying", COSTS_TOPIC, exc)
+                await asyncio.sleep(1.0)
+
+    def _apply_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        for records in batch.values():
+            for record in records:
+                try:
+                    event = json.loads(record.value)
+                    event_id = str(event["event_id"])
+                    cost = Decimal(str(event["cost_usd"]))
+                    at = int(event["ts"])
+                    key = str(event["key"])
+                except (KeyError, TypeError, ValueError, InvalidOperation, json.JSONDecodeError):
+                    log.warning("cost ledger: skipping a malformed cost event at %s", record.offset)
+                    continue
+                self.events_read += 1
+                if event_id in self._own:
+                    self._own.discard(event_id)  # counted when it was spent
+                    continue
+                self._add(key, at, cost)
+
+    # -- sums --------------------------------------------------------------------------
+
+    def _add(self, key: str, at_ms: int, cost: Decimal) -> None:
+        hours = self._hours.setdefault(key, {})
+        hour = window_start("hour", at_ms)
+        hours[hour] = hours.get(hour, Decimal(0)) + cost
+        # Keep about two months of hours per key.
+        if len(hours) > 1600:
+            for old in sorted(hours)[: len(hours) - 1600]:
+                del hours[old]
+
+    def spent(self, key: str, window: Window, at_ms: int | None = None) -> Decimal:
+        at = now_ms() if at_ms is None else at_ms
+        start = window_start(window, at)
+        hours = self._hours.get(key, {})
+        return sum((v for h, v in hours.items() if h >= start), Decimal(0))
+
+    def status(self, key: str, window: Window, limit: Decimal) -> BudgetStatus:
+        return BudgetStatus(
+            key, limit, self.spent(key, window), self._reserved.get(key, Decimal(0))
+        )
+
+    async def reserve(
+        self, key: str, window: Window, limit: Decimal, amount: Decimal, *, wait_s: float = 60.0
+    ) -> bool:
+        """Reserve ``amount`` under ``limit``; ``False`` once the spend has reached it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            spent = self.spent(key, window)
+            reserved = self._reserved.get(key, Decimal(0))
+            # Concurrent calls are admitted while their worst cases fit; the last one alone
+            # while the spend is below the limit, so the overshoot is at most one call.
+            fits = spent + reserved + amount <= limit
+            if fits or (reserved == 0 and spent < limit):
+                self._reserved[key] = reserved + amount
+                return True
+            if spent >= limit or time.monotonic() > deadline:
+                return False
+            # Calls in flight hold the room; what they really spend decides.
+            async with self._settled:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await self._settled.wait()
+
+    def unreserve(self, key: str, amount: Decimal) -> None:
+        if amount:
+            self._reserved[key] = max(Decimal(0), self._reserved.get(key, Decimal(0)) - amount)
+        self._notify()
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._settled:
+                self._settled.notify_all()
+
+        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
+            task = asyncio.get_running_loop().create_task(wake())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def record(self, key: str, cost: Decimal, *, reserved_part: Decimal = Decimal(0)) -> None:
+        """Count ``cost`` now and put its event on the topic (acknowledged in the background)."""
+        at = now_ms()
+        self.unreserve(key, reserved_part)
+        self._add(key, at, cost)
+        event_id = uuid.uuid4().hex
+        self._own.add(event_id)
+        scope = current_scope()
+        event = {
+            "event_id": event_id,
+            "key": key,
+            "cost_usd": str(cost),
+            "ts": at,
+            "pipeline": scope.context.pipeline if scope else None,
+            "request_id": scope.context.request_id if scope else None,
+            "step": scope.context.step if scope else None,
+        }
+        if self._producer is None:
+            log.warning("cost ledger is not started; spend of %s counted locally only", key)
+            return
+        future = asyncio.ensure_future(
+            self._producer.send_and_wait(COSTS_TOPIC, json.dumps(event).encode(), key.encode())
+        )
+        self._pending.add(future)
+        future.add_done_callback(self._sent)
+
+    def _sent(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("cost ledger: a cost event was not written: %s", future.exception())

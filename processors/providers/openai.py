@@ -1,0 +1,157 @@
+"""OpenAI-compatible HTTP APIs: chat completions (plain and SSE-streamed) and embeddings.
+
+The same wire format is served by OpenAI, Azure OpenAI's v1 API, vLLM, Ollama,
+TGI's Messages API, LM Studio, llama.cpp's server and most hosted gateways, so
+``base_url`` is all that differs (it includes the ``/v1`` part).
+
+Streamed calls ask for usage in the stream (``stream_options.include_usage``),
+so their tokens are the provider's own count, not an estimate; a stream that
+ends without ``[DONE]`` is a broken stream, never a short answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from processors.providers._base import Completion, Embedded, Message, Piece, ProviderCall
+from processors.providers._http import HttpProvider
+from weir.errors import ModelResponseError, StreamInterruptedError
+
+__all__ = ["OpenAICompatible"]
+
+
+class OpenAICompatible(HttpProvider):
+    """An OpenAI-compatible server.
+
+    ``api_key`` is a secret reference (``env:OPENAI_API_KEY``); servers that need
+    no key (a local vLLM or Ollama) take ``None``.  ``stream_usage=False`` is for
+    servers that reject ``stream_options``; their streamed usage is then estimated.
+
+    >>> OpenAICompatible("http://127.0.0.1:11434/v1").describe()
+    'openai at http://127.0.0.1:11434/v1'
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str = "https://api.openai.com/v1",
+        *,
+        api_key: str | None = None,
+        organization: str | None = None,
+        stream_usage: bool = True,
+        http2: bool = False,
+        max_connections: int = 100,
+    ) -> None:
+        headers = {"OpenAI-Organization": organization} if organization else None
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            http2=http2,
+            max_connections=max_connections,
+            headers=headers,
+        )
+        self.stream_usage = stream_usage
+
+    def auth_headers(self, call: ProviderCall) -> dict[str, str]:
+        if call.api_key is None:
+            return {}
+        return {"Authorization": f"Bearer {call.api_key.get_secret_value()}"}
+
+    async def chat(
+        self, call: ProviderCall, messages: Sequence[Message], params: Mapping[str, Any]
+    ) -> Completion:
+        body = {**params, "model": call.model, "messages": list(messages), "stream": False}
+        data = await self.post_json(call, "/chat/completions", body)
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ModelResponseError(
+                f"endpoint {call.endpoint!r}: chat answer has no choices[0].message"
+            ) from None
+        usage = data.get("usage") or {}
+        return Completion(
+            text=text,
+            model=str(data.get("model") or call.model),
+            input_tokens=_int(usage.get("prompt_tokens")),
+            output_tokens=_int(usage.get("completion_tokens")),
+            finish_reason=finish,
+            raw=data,
+        )
+
+    async def stream_chat(
+        self, call: ProviderCall, messages: Sequence[Message], params: Mapping[str, Any]
+    ) -> AsyncIterator[Piece]:
+        body: dict[str, Any] = {
+            **params,
+            "model": call.model,
+            "messages": list(messages),
+            "stream": True,
+        }
+        if self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        async for event in self.stream_sse(call, "/chat/completions", body):
+            if event.data.strip() == "[DONE]":
+                yield Piece(done=True)
+                return
+            try:
+                chunk = json.loads(event.data)
+            except json.JSONDecodeError:
+                raise ModelResponseError(
+                    f"endpoint {call.endpoint!r} streamed an event that is not JSON"
+                ) from None
+            if not isinstance(chunk, dict):
+                continue
+            if "error" in chunk:  # some servers report failures inside a 200 stream
+                message = str((chunk.get("error") or {}).get("message", "error"))[:200]
+                raise StreamInterruptedError(
+                    f"endpoint {call.endpoint!r} reported an error mid-stream: {message}"
+                )
+            text, finish = "", None
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                text += delta.get("content") or ""
+                finish = choice.get("finish_reason") or finish
+            usage = chunk.get("usage") or {}
+            yield Piece(
+                text=text,
+                model=chunk.get("model"),
+                input_tokens=_int(usage.get("prompt_tokens")),
+                output_tokens=_int(usage.get("completion_tokens")),
+                finish_reason=finish,
+            )
+        raise StreamInterruptedError(
+            f"endpoint {call.endpoint!r}: the stream ended without [DONE] (answer incomplete)"
+        )
+
+    async def embed(
+        self, call: ProviderCall, texts: Sequence[str], params: Mapping[str, Any]
+    ) -> Embedded:
+        body = {**params, "model": call.model, "input": list(texts)}
+        data = await self.post_json(call, "/embeddings", body)
+        try:
+            rows = sorted(data["data"], key=lambda row: row.get("index", 0))
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        except (KeyError, TypeError, ValueError):
+            raise ModelResponseError(
+                f"endpoint {call.endpoint!r}: embeddings answer has no data[].embedding"
+            ) from None
+        if len(vectors) != len(texts):
+            raise ModelResponseError(
+                f"endpoint {call.endpoint!r} returned {len(vectors)} vectors"
+                f" for {len(texts)} inputs"
+            )
+        usage = data.get("usage") or {}
+        return Embedded(
+            vectors=vectors,
+            model=str(data.get("model") or call.model),
+            input_tokens=_int(usage.get("prompt_tokens")),
+        )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None

@@ -1,0 +1,785 @@
+"""``Router`` and ``Rule``: pick the endpoint for each call at runtime, from safe conditions.
+
+    >>> from processors import ModelEndpoint, LocalModel
+    >>> small = ModelEndpoint("doc-small", provider=LocalModel(model=lambda m: "s"))
+    >>> big = ModelEndpoint("doc-big", provider=LocalModel(model=lambda m: "b"))
+    >>> router = Router("doc-router", default=big, watch=False)
+    >>> router.add_rule(Rule(
+    ...     "input.token_count < 500 and input.language == 'en'", endpoint=small, name="short-en"
+    ... )).name
+    'doc-router'
+    >>> router.decide(text="Where is my card?").endpoint.name
+    'doc-small'
+    >>> Rule("input.tokens < 5", endpoint=small)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    weir.errors.RoutingError: rule 'input.tokens < 5': input.tokens is not a feature (known: ...)
+
+Conditions are Python-like expressions evaluated by simpleeval (never ``eval``)
+over these names:
+
+    input.<feature>   derived features (``processors.features``) and caller-given ones
+    request.<field>   the request payload
+    options.<name>    the request options (strings)
+    latency_sla       ``options['latency_sla']`` in ms as a number (infinity when unset)
+    lag               unprocessed messages of the calling step on this worker
+    budget_exceeded   the router's budget is used up for its window (see ``Budget``)
+    budget_spent, budget_remaining   USD as numbers
+
+Strategies decide between the rules that match: ``first`` (highest
+``priority``, then definition order), ``cheapest`` (lowest price for the
+request's size) and ``fastest`` (lowest moving p50 latency of the endpoint in
+this worker).  A rule's target is one ``endpoint`` or a weighted ``split``
+(a canary: ``{"v1": 95, "v2": 5}``), sticky per ``sticky`` key (for example
+``request.conversation_id``) so a conversation stays on one version.  A rule
+with ``hold_until`` stays active, once its condition matched, until that
+second condition is true: with ``condition="lag > 200", hold_until="lag < 20"``
+load is shed to a cheaper endpoint while the step's consumer lag is high and
+comes back once it has drained, without flapping at the threshold.
+
+Rule sets can be replaced while workers run: ``weir routes apply rules.yaml``
+puts a new version on the routes topic and every worker's router switches to
+it within seconds (``processors.routes``); the trace of each call records the
+rule and the version that chose its endpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from simpleeval import InvalidExpression, SimpleEval
+
+from processors.endpoint import CallMeta, ChatStream, ModelEndpoint
+from processors.features import DERIVED_FEATURES, Features
+from processors.providers._base import Message
+from processors.results import ChatResult, Classification, Embeddings
+from streams.context import current_scope
+from weir.errors import BudgetExceededError, NoRouteError, RoutingError
+
+if TYPE_CHECKING:
+    from processors.budget import Budget, Reservation
+
+__all__ = ["Decision", "Router", "Rule", "RuleSet", "RuleSpec", "Strategy", "compile_condition"]
+
+log = logging.getLogger("weir.models")
+
+Strategy = Literal["first", "cheapest", "fastest"]
+ROOT_NAMES = frozenset(
+    {
+        "input",
+        "request",
+        "options",
+        "latency_sla",
+        "lag",
+        "budget_exceeded",
+        "budget_spent",
+        "budget_remaining",
+    }
+)
+_FUNCTIONS = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "len": len,
+    "min": min,
+    "max": max,
+    "abs": abs,
+}
+_CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False}
+MAX_CONDITION_CHARS = 2000
+
+
+# -- conditions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A parsed, checked condition; ``names`` are the root names it reads."""
+
+    text: str
+    tree: ast.AST = field(repr=False)
+    names: frozenset[str]
+
+    def evaluate(self, namespace: Mapping[str, Any]) -> bool:
+        evaluator = SimpleEval(functions=_FUNCTIONS, names={**_CONSTANTS, **namespace})
+        evaluator.expr = self.text
+        return bool(evaluator._eval(self.tree))
+
+
+class _Anything:
+    """A stand-in request field for the dry run: compares false with everything."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    __le__ = __gt__ = __ge__ = __lt__
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> _Anything:
+        return self
+
+    def __getitem__(self, name: object) -> _Anything:
+        return self
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def compile_condition(text: str, *, rule: str, features: frozenset[str] = frozenset()) -> Condition:
+    """Parse and check a condition; ``RoutingError`` naming ``rule`` and the problem."""
+    where = f"rule {rule!r}"
+    if not isinstance(text, str) or not text.strip():
+        raise RoutingError(f"{where}: the condition is empty (use 'True' to always match)")
+    if len(text) > MAX_CONDITION_CHARS:
+        raise RoutingError(f"{where}: the condition is longer than {MAX_CONDITION_CHARS} chars")
+    try:
+        module = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise RoutingError(f"{where}: the condition is not a valid expression: {exc.msg}") from None
+    known = DERIVED_FEATURES | features
+    names: set[str] = set()
+    for node in ast.walk(module):
+        if isinstance(node, ast.Lambda | ast.comprehension | ast.NamedExpr):
+            raise RoutingError(f"{where}: {type(node).__name__} is not allowed in conditions")
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name):
+            if node.id in _CONSTANTS or node.id in _FUNCTIONS:
+                continue
+            if node.id not in ROOT_NAMES:
+                raise RoutingError(
+                    f"{where}: unknown name {node.id!r} (known: {', '.join(sorted(ROOT_NAMES))})"
+                )
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            if node.attr.startswith("_"):
+                raise RoutingError(f"{where}: attribute {node.attr!r} is not allowed")
+            reads_input = isinstance(node.value, ast.Name) and node.value.id == "input"
+            if reads_input and node.attr not in known:
+                raise RoutingError(
+                    f"{where}: input.{node.attr} is not a feature"
+                    f" (known: {', '.join(sorted(known))})"
+                )
+    condition = Condition(text.strip(), module.body, frozenset(names))
+    sample = {
+        "input": Features("sample text", extra={name: _Anything() for name in features}),
+        "request": _Anything(),
+        "options": _Anything(),
+        "latency_sla": 1000.0,
+        "lag": 0,
+        "budget_exceeded": False,
+        "budget_spent": 0.0,
+        "budget_remaining": 1.0,
+    }
+    try:
+        condition.evaluate(sample)
+    except (InvalidExpression, TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+        raise RoutingError(f"{where}: the condition fails on a sample request: {exc}") from None
+    return condition
+
+
+# -- rule sets (what the routes topic carries) ----------------------------------------------
+
+
+class RuleSpec(BaseModel):
+    """One rule as written in a rules file (endpoints by name)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    condition: str
+    endpoint: str | None = None
+    split: dict[str, float] | None = None
+    """Endpoint name → weight (any positive numbers; 95 and 5 is a 95/5 canary)."""
+    sticky: str | None = None
+    """``request.<field>``, ``options.<name>`` or ``input.<feature>`` that keeps a split sticky."""
+    priority: int = 0
+    hold_until: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RuleSpec:
+        if (self.endpoint is None) == (self.split is None):
+            raise ValueError(f"rule {self.name!r} needs exactly one of endpoint or split")
+        if self.split is not None:
+            if not self.split:
+                raise ValueError(f"rule {self.name!r}: split is empty")
+            bad = [k for k, w in self.split.items() if not (w > 0 and math.isfinite(w))]
+            if bad:
+                raise ValueError(f"rule {self.name!r}: split weights must be > 0 ({bad})")
+        if self.sticky is not None and self.sticky.split(".", 1)[0] not in (
+            "request",
+            "options",
+            "input",
+        ):
+            raise ValueError(
+                f"rule {self.name!r}: sticky must be request.<field>, options.<name> or"
+                f" input.<feature>, got {self.sticky!r}"
+            )
+        return self
+
+    def endpoints(self) -> list[str]:
+        return [self.endpoint] if self.endpoint is not None else list(self.split or {})
+
+
+class RuleSet(BaseModel):
+    """A router's rules: one version on the routes topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    router: str = Field(min_length=1, max_length=128)
+    version: int = Field(default=0, ge=0)
+    """Set by ``weir routes apply`` (0: the rules in code)."""
+    strategy: Strategy = "first"
+    default: str | None = None
+    rules: list[RuleSpec] = Field(default_factory=list)
+    features: list[str] = Field(default_factory=list)
+    """Caller-given feature names the conditions may read besides the derived ones."""
+    applied_at: int | None = None
+    applied_by: str | None = None
+    comment: str | None = None
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"two rules are named {rule.name!r}")
+            seen.add(rule.name)
+        return rules
+
+    def compile(self) -> list[_CompiledRule]:
+        """Check every condition (``RoutingError`` naming the rule); the compiled rules."""
+        features = frozenset(self.features)
+        out = []
+        for index, spec in enumerate(self.rules):
+            out.append(
+                _CompiledRule(
+                    spec=spec,
+                    index=index,
+                    condition=compile_condition(spec.condition, rule=spec.name, features=features),
+                    hold=compile_condition(spec.hold_until, rule=spec.name, features=features)
+                    if spec.hold_until
+                    else None,
+                )
+            )
+        return out
+
+    def endpoint_names(self) -> set[str]:
+        names = {n for r in self.rules for n in r.endpoints()}
+        if self.default:
+            names.add(self.default)
+        return names
+
+    @classmethod
+    def parse(cls, data: Any, *, source: str = "rule set") -> RuleSet:
+        """Validate ``data`` (a mapping) and compile its conditions; ``RoutingError`` if bad."""
+        try:
+            rule_set = cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise RoutingError(f"{source} is invalid: {problems}") from None
+        try:
+            rule_set.compile()
+        except RoutingError as exc:
+            raise RoutingError(f"{source} (router {rule_set.router!r}): {exc}") from None
+        return rule_set
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    spec: RuleSpec
+    index: int
+    condition: Condition
+    hold: Condition | None
+
+    @property
+    def reads_budget(self) -> bool:
+        return "budget_exceeded" in self.condition.names
+
+
+# -- rules in code ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A routing rule in code; ``endpoint``/``split`` take endpoints or their names."""
+
+    condition: str
+    endpoint: ModelEndpoint | str | None = None
+    split: Mapping[ModelEndpoint | str, float] | None = None
+    name: str | None = None
+    """Defaults to the condition's text; shown on every call the rule routes."""
+    priority: int = 0
+    sticky: str | None = None
+    hold_until: str | None = None
+    features: Sequence[str] = ()
+    """Caller-given feature names this rule reads as ``input.<name>``."""
+
+    def __post_init__(self) -> None:
+        name = self.name or self.condition
+        object.__setattr__(self, "name", name)
+        compile_condition(self.condition, rule=name, features=frozenset(self.features))
+        if self.hold_until is not None:
+            compile_condition(self.hold_until, rule=name, features=frozenset(self.features))
+        try:
+            self.spec()
+        except ValidationError as exc:
+            raise RoutingError(f"rule {name!r}: {exc.errors()[0]['msg']}") from None
+
+    def endpoints(self) -> list[ModelEndpoint]:
+        targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        return [t for t in targets if isinstance(t, ModelEndpoint)]
+
+    def spec(self) -> RuleSpec:
+        def name_of(target: ModelEndpoint | str) -> str:
+            return target.name if isinstance(target, ModelEndpoint) else target
+
+        return RuleSpec(
+            name=str(self.name),
+            condition=self.condition,
+            endpoint=name_of(self.endpoint) if self.endpoint is not None else None,
+            split={name_of(k): float(v) for k, v in self.split.items()} if self.split else None,
+            sticky=self.sticky,
+            priority=self.priority,
+            hold_until=self.hold_until,
+        )
+
+
+# -- the router ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which endpoint a call goes to, and why."""
+
+    endpoint: ModelEndpoint
+    rule: str | None
+    """``None``: no rule matched and the default took it."""
+    rules_version: int
+    budget_exceeded: bool = False
+
+
+@dataclass
+class _Active:
+    rule_set: RuleSet
+    rules: list[_CompiledRule]
+
+
+_ROUTERS: weakref.WeakValueDictionary[str, Router] = weakref.WeakValueDictionary()
+
+
+def registered_routers() -> dict[str, Router]:
+    """Routers defined in this process, by name (``weir routes apply --pipeline`` checks them)."""
+    return dict(_ROUTERS)
+
+
+class Router:
+    """Routes calls to endpoints by rules; the rule set can be replaced at runtime.
+
+    ``endpoints`` lists endpoints that rules on the routes topic may name besides
+    those the code's rules and ``default`` already mention.  ``watch=False``
+    keeps the code's rules (no routes topic), e.g. in a notebook.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        default: ModelEndpoint | None = None,
+        strategy: Strategy = "first",
+        endpoints: Sequence[ModelEndpoint] = (),
+        budget: Budget | None = None,
+        features: Sequence[str] = (),
+        watch: bool = True,
+    ) -> None:
+        if strategy not in ("first", "cheapest", "fastest"):
+            raise RoutingError(f"router {name!r}: unknown strategy {strategy!r}")
+        self.name = name
+        self._default = default
+        self._strategy: Strategy = strategy
+        self._rules: list[Rule] = []
+        self._features = list(features)
+        self._endpoints: dict[str, ModelEndpoint] = {}
+        for ep in [*endpoints, *([default] if default else [])]:
+            self._register(ep)
+        self.budget = budget
+        self.watch = watch
+        self._code = self._code_rule_set()
+        self._active = _Active(self._code, self._code.compile())
+        self._held: set[str] = set()
+        self._rejected_versions: set[int] = set()
+        _ROUTERS[name] = self
+
+    def __repr__(self) -> str:
+        return f"Router({self.name!r}, rules={len(self._active.rules)}, version={self.version})"
+
+    def _register(self, ep: ModelEndpoint) -> None:
+        known = self._endpoints.get(ep.name)
+        if known is not None and known is not ep:
+            raise RoutingError(f"router {self.name!r}: two different endpoints named {ep.name!r}")
+        self._endpoints[ep.name] = ep
+
+    @property
+    def endpoints(self) -> dict[str, ModelEndpoint]:
+        return dict(self._endpoints)
+
+    @property
+    def version(self) -> int:
+        """The version of the rule set in force (0: the rules in code)."""
+        return self._active.rule_set.version
+
+    @property
+    def rule_set(self) -> RuleSet:
+        return self._active.rule_set
+
+    def add_rule(self, rule: Rule) -> Router:
+        """Add a rule to the code's rule set (chainable)."""
+        if not isinstance(rule, Rule):
+            raise RoutingError(f"router {self.name!r}: add_rule takes a Rule, got {rule!r}")
+        for ep in rule.endpoints():
+            self._register(ep)
+        self._rules.append(rule)
+        self._features.extend(f for f in rule.features if f not in self._features)
+        code = self._code_rule_set()
+        self._check_endpoints(code)
+        compiled = code.compile()
+        if self._active.rule_set is self._code:
+            self._active = _Active(code, compiled)
+        self._code = code
+        return self
+
+    def _code_rule_set(self) -> RuleSet:
+        return RuleSet(
+            router=self.name,
+            version=0,
+            strategy=self._strategy,
+            default=self._default.name if self._default else None,
+            rules=[r.spec() for r in self._rules],
+            features=list(self._features),
+        )
+
+    def _check_endpoints(self, rule_set: RuleSet) -> None:
+        unknown = rule_set.endpoint_names() - set(self._endpoints)
+        if unknown:
+            raise RoutingError(
+                f"router {self.name!r}: rule set version {rule_set.version} names unknown"
+                f" endpoint(s) {sorted(unknown)} (known: {sorted(self._endpoints)})"
+            )
+
+    def use(self, rule_set: RuleSet | None) -> bool:
+        """Switch to ``rule_set`` (``None``: back to the rules in code); ``False`` if refused."""
+        if rule_set is None:
+            if self._active.rule_set is not self._code:
+                log.info("router %s: back to the rules in code", self.name)
+                self._active = _Active(self._code, self._code.compile())
+                self._held.clear()
+            return True
+        if rule_set.version == self.version and rule_set.version != 0:
+            return True
+        try:
+            self._check_endpoints(rule_set)
+            compiled = rule_set.compile()
+        except RoutingError as exc:
+            if rule_set.version not in self._rejected_versions:
+                self._rejected_versions.add(rule_set.version)
+                log.error("router %s: keeping version %d: %s", self.name, self.version, exc)
+            return False
+        log.info(
+            "router %s: rule set version %d in force (%d rules)",
+            self.name,
+            rule_set.version,
+            len(compiled),
+        )
+        self._active = _Active(rule_set, compiled)
+        self._held.clear()
+        return True
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def decide(
+        self,
+        *,
+        text: str = "",
+        messages: Sequence[Message] | None = None,
+        features: Mapping[str, Any] | None = None,
+        request: Mapping[str, Any] | None = None,
+        options: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        lag: int | None = None,
+        budget: tuple[bool, Decimal, Decimal] | None = None,
+        output_tokens: int = 256,
+    ) -> Decision:
+        """The endpoint for one call (synchronous; the rules in force now).
+
+        Inside a step, ``request``, ``options``, ``request_id`` and ``lag``
+        default to the current request's; ``budget`` is ``(exceeded, spent,
+        remaining)``.
+        """
+        scope = current_scope()
+        if scope is not None:
+            ctx = scope.context
+            request = ctx.request if request is None else request
+            options = ctx.options if options is None else options
+            request_id = request_id or ctx.request_id
+            lag = scope.lag() if lag is None else lag
+        active = self._active
+        exceeded, spent, remaining = budget or (False, Decimal(0), Decimal("Infinity"))
+        feats = Features(text, messages=messages, extra=features)
+        namespace = {
+            "input": feats,
+            "request": dict(request or {}),
+            "options": dict(options or {}),
+            "latency_sla": _latency_sla(options, features),
+            "lag": lag or 0,
+            "budget_exceeded": exceeded,
+            "budget_spent": float(spent),
+            "budget_remaining": float(remaining),
+        }
+        matched: list[_CompiledRule] = []
+        for rule in active.rules:
+            if exceeded and not rule.reads_budget:
+                continue  # over budget, only rules written for that case may route
+            if self._matches(rule, namespace):
+                matched.append(rule)
+        version = active.rule_set.version
+        if not matched:
+            if exceeded:
+                raise BudgetExceededError(
+                    f"router {self.name!r}: budget exceeded and no rule for that case matched"
+                )
+            if active.rule_set.default is None:
+                raise NoRouteError(
+                    f"router {self.name!r} (rules version {version}): no rule matched and there"
+                    " is no default endpoint"
+                )
+            return Decision(self._endpoints[active.rule_set.default], None, version, exceeded)
+        choices = [(rule, self._target(rule, namespace, request_id or "")) for rule in matched]
+        strategy = active.rule_set.strategy
+        if strategy == "first":
+            rule, endpoint = max(choices, key=lambda c: (c[0].spec.priority, -c[0].index))
+        elif strategy == "cheapest":
+            tokens = int(feats.get("token_count"))
+            rule, endpoint = min(
+                choices,
+                key=lambda c: (
+                    c[1].estimate_cost(tokens, output_tokens)
+                    if c[1].price()
+                    else Decimal("Infinity"),
+                    -c[0].spec.priority,
+                    c[0].index,
+                ),
+            )
+        else:
+            rule, endpoint = min(
+                choices,
+                key=lambda c: (c[1].latency.percentile(50) or 0.0, -c[0].spec.priority, c[0].index),
+            )
+        return Decision(endpoint, rule.spec.name, version, exceeded)
+
+    def _matches(self, rule: _CompiledRule, namespace: dict[str, Any]) -> bool:
+        name = rule.spec.name
+        try:
+            if rule.hold is not None and name in self._held:
+                if rule.hold.evaluate(namespace):
+                    self._held.discard(name)
+                    return False
+                return True
+            hit = rule.condition.evaluate(namespace)
+        except (InvalidExpression, TypeError, ValueError, KeyError, ZeroDivisionError) as exc:
+            # A request without a field the rule reads does not match it.
+            log.debug("router %s rule %s does not apply: %s", self.name, name, exc)
+            return False
+        if hit and rule.hold is not None:
+            self._held.add(name)
+        return hit
+
+    def _target(
+        self, rule: _CompiledRule, namespace: dict[str, Any], request_id: str
+    ) -> ModelEndpoint:
+        spec = rule.spec
+        if spec.endpoint is not None:
+            return self._endpoints[spec.endpoint]
+        assert spec.split is not None
+        key = request_id
+        if spec.sticky is not None:
+            value = _lookup(namespace, spec.sticky)
+            if value is not None:
+                key = str(value)
+        digest = hashlib.sha256(f"{self.name}\0{spec.name}\0{key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64 * sum(spec.split.values())
+        for name, weight in spec.split.items():
+            if point < weight:
+                return self._endpoints[name]
+            point -= weight
+        return self._endpoints[list(spec.split)[-1]]
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def route(
+        self,
+        *,
+        text: str = "",
+        messages: Sequence[Message] | None = None,
+        features: Mapping[str, Any] | None = None,
+        output_tokens: int = 256,
+    ) -> tuple[Decision, Reservation | None]:
+        """Pick up rule changes, check the budget, decide; the decision and its reservation."""
+        if self.watch:
+            from processors.routes import follow
+
+            await follow(self)
+        if self.budget is None:
+            return self.decide(
+                text=text, messages=messages, features=features, output_tokens=output_tokens
+            ), None
+        status = await self.budget.status()
+        decision = self.decide(
+            text=text,
+            messages=messages,
+            features=features,
+            output_tokens=output_tokens,
+            budget=(status.exceeded, status.spent, status.remaining),
+        )
+        if decision.budget_exceeded:
+            return decision, await self.budget.unreserved()
+        feats = Features(text, messages=messages, extra=features)
+        estimate = decision.endpoint.estimate_cost(int(feats.get("token_count")), output_tokens)
+        reservation = await self.budget.reserve(estimate)
+        if reservation is not None:
+            return decision, reservation
+        # The reservation would cross the limit: this call is over budget.
+        if self.budget.on_exceeded == "reject":
+            raise BudgetExceededError(self.budget.exceeded_message())
+        decision = self.decide(
+            text=text,
+            messages=messages,
+            features=features,
+            output_tokens=output_tokens,
+            budget=(True, status.spent, Decimal(0)),
+        )
+        return decision, await self.budget.unreserved()
+
+    def _meta(self, decision: Decision, reservation: Reservation | None) -> CallMeta:
+        return CallMeta(
+            rule=decision.rule,
+            rules_version=decision.rules_version,
+            on_cost=reservation.spend if reservation is not None else None,
+        )
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        features: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """A chat completion from the endpoint the rules choose."""
+        decision, reservation = await self.route(
+            messages=messages, features=features, output_tokens=_max_tokens(params)
+        )
+        try:
+            return await decision.endpoint.chat(
+                messages, meta=self._meta(decision, reservation), **params
+            )
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        features: Mapping[str, Any] | None = None,
+        **params: Any,
+    ) -> ChatStream:
+        """A streamed chat answer from the endpoint the rules choose (routed on first use)."""
+
+        async def resolve() -> tuple[ModelEndpoint, CallMeta, Any]:
+            decision, reservation = await self.route(
+                messages=messages, features=features, output_tokens=_max_tokens(params)
+            )
+            release = reservation.release if reservation is not None else None
+            return decision.endpoint, self._meta(decision, reservation), release
+
+        return ChatStream.routed(resolve, list(messages), params)
+
+    async def embed(
+        self, texts: Sequence[str], *, features: Mapping[str, Any] | None = None, **params: Any
+    ) -> Embeddings:
+        decision, reservation = await self.route(
+            text="\n".join(texts), features=features, output_tokens=0
+        )
+        try:
+            return await decision.endpoint.embed(
+                texts, meta=self._meta(decision, reservation), **params
+            )
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    async def classify(
+        self, text: str, *, features: Mapping[str, Any] | None = None, **params: Any
+    ) -> Classification:
+        decision, reservation = await self.route(text=text, features=features, output_tokens=0)
+        try:
+            return await decision.endpoint.classify(
+                text, meta=self._meta(decision, reservation), **params
+            )
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+
+def _max_tokens(params: Mapping[str, Any]) -> int:
+    value = params.get("max_tokens") or params.get("max_completion_tokens")
+    return int(value) if isinstance(value, int) and value > 0 else 1024
+
+
+def _latency_sla(options: Mapping[str, str] | None, features: Mapping[str, Any] | None) -> float:
+    raw = (features or {}).get("latency_sla", (options or {}).get("latency_sla"))
+    if raw is None or raw == "":
+        return math.inf
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        log.warning("latency_sla %r is not a number of milliseconds; ignoring it", raw)
+        return math.inf
+
+
+def _lookup(namespace: Mapping[str, Any], path: str) -> Any:
+    root, _, rest = path.partition(".")
+    value: Any = namespace.get(root)
+    for part in rest.split(".") if rest else ():
+        if isinstance(value, Features):
+            try:
+                value = value.get(part)
+            except KeyError:
+                return None
+        elif isinstance(value, Mapping):
+            value = value.get(part)
+        else:
+            return None
+    return value

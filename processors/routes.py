@@ -1,0 +1,318 @@
+"""Rule sets on Kafka: apply a new version while workers run; every worker follows within seconds.
+
+Two topics, both with one partition (rule sets are few and small; one
+partition is one order):
+
+* ``weir.routes`` (compacted), key = router name, value = the rule set in force
+  (JSON of ``RuleSet``).  Workers read it from the beginning and then follow
+  it; a tombstone (``weir routes reset``) sends a router back to its code rules.
+* ``weir.routes.history`` (never deleted), the same records, every version:
+  what ``weir routes history`` prints.  A compacted topic forgets old versions
+  by design, so history gets its own topic.
+
+``apply_rule_set`` validates before it writes (schema, conditions, and, when
+the routers are known, endpoint names), so a rule set that does not parse
+never reaches a worker.  The version is one more than the router's latest.
+Workers check again on arrival (a worker whose code lacks an endpoint the new
+rules name keeps its current version and logs why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from processors._env import register_closer, settings_now
+from processors.router import RuleSet
+from schemas.messages import now_ms
+from topics._aiokafka import stop_consumer
+from topics.admin import TopicAdmin
+from topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC, global_topic_specs
+from weir.config import WeirSettings
+from weir.errors import RoutingError
+
+if TYPE_CHECKING:
+    from processors.router import Router
+
+__all__ = [
+    "RouteWatcher",
+    "apply_rule_set",
+    "follow",
+    "load_rule_sets",
+    "read_history",
+    "read_rule_sets",
+    "reset_rule_set",
+]
+
+log = logging.getLogger("weir.models")
+_TPS = [TopicPartition(ROUTES_TOPIC, 0)]
+
+
+def load_rule_sets(text: str, *, source: str = "rules file") -> list[RuleSet]:
+    """Rule sets from YAML (or JSON): one mapping, a list, or ``{routers: [...]}``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RoutingError(f"{source} is not valid YAML: {exc}") from None
+    if isinstance(data, Mapping) and "routers" in data:
+        data = data["routers"]
+    items = data if isinstance(data, list) else [data]
+    if not items or not all(isinstance(i, Mapping) for i in items):
+        raise RoutingError(f"{source} must hold a rule set (a mapping) or a list of them")
+    sets = [RuleSet.parse(item, source=f"{source} [{n}]") for n, item in enumerate(items, 1)]
+    names = [s.router for s in sets]
+    if len(set(names)) != len(names):
+        raise RoutingError(f"{source} names a router twice: {names}")
+    return sets
+
+
+async def _ensure_topics(settings: WeirSettings) -> None:
+    wanted = {ROUTES_TOPIC, ROUTES_HISTORY_TOPIC}
+    async with TopicAdmin(settings) as admin:
+        await admin.ensure([s for s in global_topic_specs(settings) if s.name in wanted])
+
+
+async def _read_all(settings: WeirSettings, topic: str) -> list[tuple[str, bytes | None, int]]:
+    """``(key, value, timestamp)`` of every record of one-partition ``topic`` as of now."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    out: list[tuple[str, bytes | None, int]] = []
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    if r.key is not None:
+                        out.append((r.key.decode(), r.value, r.timestamp))
+    finally:
+        await stop_consumer(consumer)
+    return out
+
+
+async def read_rule_sets(settings: WeirSettings) -> dict[str, RuleSet]:
+    """The rule set in force per router (latest record per key on the routes topic)."""
+    await _ensure_topics(settings)
+    latest: dict[str, RuleSet] = {}
+    for key, value, _ in await _read_all(settings, ROUTES_TOPIC):
+        if value is None:
+            latest.pop(key, None)
+            continue
+        with contextlib.suppress(RoutingError):
+            latest[key] = RuleSet.parse(json.loads(value), source=f"{ROUTES_TOPIC}/{key}")
+    return latest
+
+
+async def read_history(settings: WeirSettings, router: str | None = None) -> list[RuleSet | str]:
+    """Every version applied (oldest first); a reset shows as the router's name alone."""
+    await _ensure_topics(settings)
+    out: list[RuleSet | str] = []
+    for key, value, _ in await _read_all(settings, ROUTES_HISTORY_TOPIC):
+        if router is not None and key != router:
+            continue
+        if value is None:
+            out.append(key)
+            continue
+        with contextlib.suppress(RoutingError, json.JSONDecodeError):
+            out.append(RuleSet.parse(json.loads(value), source=f"{ROUTES_HISTORY_TOPIC}/{key}"))
+    return out
+
+
+def check_against_routers(rule_set: RuleSet, routers: Mapping[str, Router]) -> None:
+    """``RoutingError`` when a known router lacks an endpoint the rule set names."""
+    router = routers.get(rule_set.router)
+    if router is None:
+        raise RoutingError(
+            f"rule set for router {rule_set.router!r}: the pipeline defines no such router"
+            f" (it has: {sorted(routers) or 'none'})"
+        )
+    unknown = rule_set.endpoint_names() - set(router.endpoints)
+    if unknown:
+        raise RoutingError(
+            f"rule set for router {rule_set.router!r} names unknown endpoint(s) {sorted(unknown)}"
+            f" (the router knows: {sorted(router.endpoints)})"
+        )
+
+
+async def apply_rule_set(
+    settings: WeirSettings,
+    rule_set: RuleSet,
+    *,
+    comment: str | None = None,
+    routers: Mapping[str, Router] | None = None,
+) -> RuleSet:
+    """Validate, version and publish ``rule_set``; the published version."""
+    rule_set = RuleSet.parse(rule_set.model_dump(), source=f"rule set for {rule_set.router!r}")
+    if routers is not None:
+        check_against_routers(rule_set, routers)
+    await _ensure_topics(settings)
+    versions = [
+        r.version for r in await read_history(settings, rule_set.router) if isinstance(r, RuleSet)
+    ]
+    published = rule_set.model_copy(
+        update={
+            "version": max(versions, default=0) + 1,
+            "applied_at": now_ms(),
+            "applied_by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "comment": comment if comment is not None else rule_set.comment,
+        }
+    )
+    value = published.model_dump_json().encode()
+    await _publish(settings, [(rule_set.router, value)])
+    return published
+
+
+async def reset_rule_set(settings: WeirSettings, router: str) -> None:
+    """Send ``router`` back to the rules in its code (a tombstone on both topics)."""
+    await _ensure_topics(settings)
+    await _publish(settings, [(router, None)])
+
+
+async def _publish(settings: WeirSettings, records: Iterable[tuple[str, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        for key, value in records:
+            # History first: a version in force is always in the history.
+            await producer.send_and_wait(ROUTES_HISTORY_TOPIC, value, key=key.encode())
+            await producer.send_and_wait(ROUTES_TOPIC, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+class RouteWatcher:
+    """Follows the routes topic for this process and switches routers as rule sets arrive."""
+
+    _instances: dict[str, RouteWatcher] = {}
+
+    @classmethod
+    def for_settings(cls, settings: WeirSettings) -> RouteWatcher:
+        watcher = cls._instances.get(settings.bootstrap_servers)
+        if watcher is None:
+            watcher = cls._instances[settings.bootstrap_servers] = cls(settings)
+        return watcher
+
+    def __init__(self, settings: WeirSettings) -> None:
+        self._settings = settings
+        self.latest: dict[str, RuleSet | None] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._failed = False
+        self.records = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="weir-route-watcher")
+            register_closer(self.stop)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        self.start()
+        if not self._ready.is_set() and not self._failed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+        return self._ready.is_set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        RouteWatcher._instances.pop(self._settings.bootstrap_servers, None)
+
+    async def _run(self) -> None:
+        try:
+            await _ensure_topics(self._settings)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._settings.bootstrap_servers,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await consumer.start()
+        except (KafkaError, OSError) as exc:
+            self._failed = True
+            log.warning(
+                "routes: cannot follow %s (%s); routers keep their code rules", ROUTES_TOPIC, exc
+            )
+            return
+        self._consumer = consumer
+        try:
+            consumer.assign(_TPS)
+            await consumer.seek_to_beginning(*_TPS)
+            end = (await consumer.end_offsets(_TPS))[_TPS[0]]
+            if end == 0:
+                self._ready.set()
+            while True:
+                try:
+                    batch = await consumer.getmany(timeout_ms=200)
+                except KafkaError as exc:
+                    log.warning("routes: reading %s failed (%s); retrying", ROUTES_TOPIC, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                for records in batch.values():
+                    for record in records:
+                        self._apply(record.key, record.value)
+                if not self._ready.is_set() and await consumer.position(_TPS[0]) >= end:
+                    self._ready.set()
+        finally:
+            with contextlib.suppress(KafkaError):
+                await stop_consumer(consumer)
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        self.records += 1
+        name = key.decode()
+        if value is None:
+            self.latest[name] = None
+            return
+        try:
+            self.latest[name] = RuleSet.parse(json.loads(value), source=f"{ROUTES_TOPIC}/{name}")
+        except (RoutingError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # apply_rule_set never writes such a record; someone wrote the topic by hand.
+            log.error("routes: ignoring an invalid rule set for %s: %s", name, exc)
+
+
+async def follow(router: Router) -> None:
+    """Bring ``router`` to the latest rule set on the topic (the first call waits for it)."""
+    settings = settings_now()
+    watcher = RouteWatcher.for_settings(settings)
+    if not watcher._ready.is_set():
+        started = time.monotonic()
+        if not await watcher.wait_ready(settings.routes_wait_s) and not watcher._failed:
+            log.warning(
+                "routes: %s not read within %.1fs; router %s uses version %d for now",
+                ROUTES_TOPIC,
+                time.monotonic() - started,
+                router.name,
+                router.version,
+            )
+    if router.name in watcher.latest:
+        router.use(watcher.latest[router.name])
+
+
+def dump_rule_set(rule_set: RuleSet) -> str:
+    """YAML of a rule set, as ``weir routes show`` prints it."""
+    data: dict[str, Any] = rule_set.model_dump(exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)

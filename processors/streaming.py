@@ -1,0 +1,427 @@
+"""Token streams as a topic: published by streaming model calls, read by clients and SSE.
+
+Every streamed model call inside a step publishes its chunks to the pipeline's
+stream topic (``weir.<pipeline>.stream``), keyed by request id, so all chunks
+of a request are on one partition, in order.  A record is one JSON object:
+
+    {"request_id", "step", "attempt", "call", "try", "seq", "type", "text",
+     "endpoint", "error_type", "usage", "cost_usd", "ts"}
+
+``type`` is ``delta`` (more text), ``restart`` (the answer broke off and starts
+again: drop the text so far), ``abort`` (the step attempt failed; a retry may
+follow) or ``done`` (the answer is complete; ``usage`` and ``cost_usd`` are
+exact).  Deltas are sent as soon as they arrive; while the broker is still
+acknowledging one record, the deltas arriving meanwhile are merged into the
+next, so a slow broker costs records, not latency or memory.
+
+Clients read a request's stream with ``TokenStream`` (``WeirClient.stream``):
+it yields ``TokenChunk``s and turns any change of call or try after text was
+seen into a restart, so even a worker that died mid-answer (and never wrote
+``abort``) shows up as a restart, never as a silently spliced answer.  The
+worker's HTTP server serves the same as Server-Sent Events on
+``GET /streams/{pipeline}/{request_id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from processors.results import Usage
+from schemas.messages import now_ms
+from streams.context import AttemptScope
+from topics._aiokafka import stop_consumer
+from topics.admin import TopicAdmin
+from topics.names import PipelineTopics
+from weir.config import WeirSettings
+from weir.errors import StepError, UnknownPipelineError
+
+__all__ = ["StreamPublisher", "TokenChunk", "TokenStream", "add_routes", "partition_of"]
+
+log = logging.getLogger("weir.models")
+
+ChunkKind = Literal["delta", "restart", "abort", "done"]
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) puts ``key`` on."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class StreamPublisher:
+    """Publishes one streamed model call of a step attempt, in order, with the worker's producer."""
+
+    def __init__(self, scope: AttemptScope) -> None:
+        ctx = scope.context
+        self._publish = scope.publish
+        self._topic = PipelineTopics(ctx.pipeline).stream
+        self._key = ctx.request_id.encode()
+        self._base: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "step": ctx.step,
+            "attempt": ctx.attempt,
+            "call": uuid.uuid4().hex[:12],
+        }
+        self._seq = 0
+        self._pending: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self.published = 0
+        """Records acknowledged by the broker (merged deltas count once)."""
+
+    def _add(self, record: dict[str, Any]) -> None:
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_loop(), name="weir-stream-publisher")
+        last = self._pending[-1] if self._pending else None
+        if (
+            record["type"] == "delta"
+            and last is not None
+            and last["type"] == "delta"
+            and last["try"] == record["try"]
+        ):
+            last["text"] += record["text"]
+        else:
+            self._pending.append(record)
+        self._wake.set()
+
+    def delta(self, text: str, *, endpoint: str, attempt: int) -> None:
+        self._add({"type": "delta", "text": text, "endpoint": endpoint, "try": attempt})
+
+    def restart(self, *, endpoint: str, attempt: int, error_type: str) -> None:
+        self._add(
+            {
+                "type": "restart",
+                "text": "",
+                "endpoint": endpoint,
+                "try": attempt,
+                "error_type": error_type,
+            }
+        )
+
+    def done(self, *, endpoint: str, attempt: int, usage: Usage, cost_usd: Decimal) -> None:
+        self._add(
+            {
+                "type": "done",
+                "text": "",
+                "endpoint": endpoint,
+                "try": attempt,
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "source": usage.source,
+                },
+                "cost_usd": str(cost_usd),
+            }
+        )
+
+    def abort(self, *, endpoint: str, attempt: int, error_type: str) -> None:
+        self._add(
+            {
+                "type": "abort",
+                "text": "",
+                "endpoint": endpoint,
+                "try": attempt,
+                "error_type": error_type,
+            }
+        )
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                record = self._pending.pop(0)
+                self._seq += 1
+                value = {**self._base, **record, "seq": self._seq, "ts": now_ms()}
+                try:
+                    await self._publish(self._topic, self._key, json.dumps(value).encode(), [])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._error = exc
+                    self._pending.clear()
+                    return
+                self.published += 1
+            if self._closed:
+                return
+
+    async def close(self) -> None:
+        """Wait until every record is acknowledged; ``StepError`` if publishing failed."""
+        self._closed = True
+        self._wake.set()
+        if self._sender is not None:
+            await self._sender
+        if self._error is not None:
+            raise StepError(
+                f"publishing the token stream to {self._topic} failed:"
+                f" {type(self._error).__name__}: {self._error}"
+            ) from self._error
+
+    async def cancel(self) -> None:
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """One event of a request's token stream as a client sees it."""
+
+    kind: Literal["delta", "restart", "done"]
+    text: str
+    step: str
+    attempt: int
+    endpoint: str
+    seq: int
+    error_type: str | None = None
+    """Why the answer restarted."""
+    usage: dict[str, Any] | None = None
+    """``done``: the call's tokens."""
+    cost_usd: Decimal | None = None
+    published_at: int = 0
+    """Epoch milliseconds when the worker published the record."""
+    record: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class TokenStream:
+    """The token stream of one request; iterate it (``async for``) until the answer is done.
+
+    Open it before submitting the request to miss nothing, or give ``since_ms``
+    (epoch milliseconds; default: ten minutes ago).  ``text`` is the answer so
+    far (emptied on a restart).  Iteration ends after the first ``done`` chunk
+    (of ``step``, if given); ``TimeoutError`` after ``idle_timeout`` seconds
+    without a record.
+    """
+
+    def __init__(
+        self,
+        settings: WeirSettings,
+        pipeline: str,
+        request_id: str,
+        *,
+        step: str | None = None,
+        since_ms: int | None = None,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self._settings = settings
+        self._topic = PipelineTopics(pipeline).stream
+        self._pipeline = pipeline
+        self._key = request_id.encode()
+        self._step = step
+        self._since = since_ms if since_ms is not None else now_ms() - 600_000
+        self._idle = idle_timeout
+        self._consumer: AIOKafkaConsumer | None = None
+        self.text = ""
+        self.restarts = 0
+
+    async def __aenter__(self) -> TokenStream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        async with TopicAdmin(self._settings) as admin:
+            count = (await admin.partitions([self._topic])).get(self._topic)
+        if not count:
+            raise UnknownPipelineError(
+                f"pipeline {self._pipeline!r} has no stream topic ({self._topic}): start a worker"
+            )
+        tp = TopicPartition(self._topic, partition_of(self._key, count))
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            found = await consumer.offsets_for_times({tp: self._since})
+            at = found.get(tp)
+            if at is not None:
+                consumer.seek(tp, at.offset)
+            else:
+                await consumer.seek_to_end(tp)
+            await consumer.position(tp)  # resolve now, so records produced from here are seen
+        except BaseException:
+            await stop_consumer(consumer)
+            raise
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await stop_consumer(self._consumer)
+            self._consumer = None
+
+    def __aiter__(self) -> AsyncIterator[TokenChunk]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[TokenChunk]:
+        owned = self._consumer is None
+        await self.start()
+        consumer = self._consumer
+        assert consumer is not None
+        current: tuple[str, int, str, int] | None = None
+        last = time.monotonic()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=100)
+                if not batch:
+                    if time.monotonic() - last > self._idle:
+                        raise TimeoutError(
+                            f"no token of request {self._key.decode()} on {self._topic}"
+                            f" for {self._idle:g}s"
+                        )
+                    continue
+                last = time.monotonic()
+                for records in batch.values():
+                    for raw in records:
+                        if raw.key != self._key or raw.value is None:
+                            continue
+                        try:
+                            rec = json.loads(raw.value)
+                        except (json.JSONDecodeError, UnicodeDecodeError):
+                            continue
+                        if self._step is not None and rec.get("step") != self._step:
+                            continue
+                        ident = (
+                            str(rec.get("step")),
+                            int(rec.get("attempt", 0)),
+                            str(rec.get("call")),
+                            int(rec.get("try", 0)),
+                        )
+                        kind = rec.get("type")
+                        starts_over = kind in ("restart", "abort") or (
+                            current is not None and ident != current
+                        )
+                        if starts_over and self.text:
+                            # A restart, an aborted attempt, or text from another try or
+                            # attempt (a worker died mid-answer): the answer starts over.
+                            self.text = ""
+                            self.restarts += 1
+                            yield self._chunk("restart", rec)
+                        current = ident
+                        if kind == "delta":
+                            self.text += str(rec.get("text", ""))
+                            yield self._chunk("delta", rec)
+                        elif kind == "done":
+                            yield self._chunk("done", rec)
+                            return
+        finally:
+            if owned:
+                await self.stop()
+
+    @staticmethod
+    def _chunk(kind: Literal["delta", "restart", "done"], rec: dict[str, Any]) -> TokenChunk:
+        cost = rec.get("cost_usd")
+        return TokenChunk(
+            kind=kind,
+            text=str(rec.get("text", "")) if kind == "delta" else "",
+            step=str(rec.get("step", "")),
+            attempt=int(rec.get("attempt", 0)),
+            endpoint=str(rec.get("endpoint", "")),
+            seq=int(rec.get("seq", 0)),
+            error_type=rec.get("error_type") or (None if kind != "restart" else "aborted"),
+            usage=rec.get("usage"),
+            cost_usd=Decimal(cost) if cost is not None else None,
+            published_at=int(rec.get("ts", 0)),
+            record=rec,
+        )
+
+
+# -- Server-Sent Events ------------------------------------------------------------------
+
+_SETTINGS = web.AppKey("weir.models.settings", WeirSettings)
+
+
+def add_routes(app: web.Application, settings: WeirSettings) -> None:
+    """``GET /streams/{pipeline}/{request_id}`` (SSE) and ``GET /models`` (breakers, latency)."""
+    app[_SETTINGS] = settings
+    app.router.add_get("/streams/{pipeline}/{request_id}", _sse)
+    app.router.add_get("/models", _models)
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    settings = request.app[_SETTINGS]
+    step = request.query.get("step") or None
+    try:
+        since = int(request.query["since"]) if "since" in request.query else None
+        idle = float(request.query.get("idle_timeout", "60"))
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text="since must be epoch milliseconds, idle_timeout seconds"
+        ) from None
+    stream = TokenStream(
+        settings,
+        request.match_info["pipeline"],
+        request.match_info["request_id"],
+        step=step,
+        since_ms=since,
+        idle_timeout=idle,
+    )
+    try:
+        await stream.start()
+    except UnknownPipelineError as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    try:
+        async for chunk in stream:
+            data = {
+                "text": chunk.text,
+                "step": chunk.step,
+                "attempt": chunk.attempt,
+                "endpoint": chunk.endpoint,
+                "seq": chunk.seq,
+            }
+            if chunk.kind == "restart":
+                data["error_type"] = chunk.error_type
+            if chunk.kind == "done":
+                data["usage"] = chunk.usage
+                data["cost_usd"] = str(chunk.cost_usd) if chunk.cost_usd is not None else None
+            await response.write(
+                f"event: {chunk.kind}\nid: {chunk.seq}\ndata: {json.dumps(data)}\n\n".encode()
+            )
+    except TimeoutError as exc:
+        await response.write(f"event: timeout\ndata: {json.dumps(str(exc))}\n\n".encode())
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        await stream.stop()
+    await response.write_eof()
+    return response
+
+
+async def _models(request: web.Request) -> web.Response:
+    from processors.endpoint import endpoint_states
+
+    return web.json_response(endpoint_states())

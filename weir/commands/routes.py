@@ -1,0 +1,132 @@
+"""``weir routes``: apply, show and list the history of routing rule sets (no deploy needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from weir.config import load_settings
+from weir.errors import RoutingError
+
+app = typer.Typer(
+    help="Routing rules on the routes topic: workers switch within seconds.", no_args_is_help=True
+)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
+]
+
+
+@app.command("apply")
+def apply(
+    file: Annotated[Path, typer.Argument(help="YAML (or JSON) rule set, or a list of them.")],
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            help="module:attribute of the pipeline whose routers the rules are for; checks that"
+            " every endpoint the rules name exists."
+        ),
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help="Why; kept in the history.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Validate only; publish nothing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a rules file and publish it as the next version of each router's rules."""
+    from processors.router import registered_routers
+    from processors.routes import apply_rule_set, check_against_routers, load_rule_sets
+
+    if not file.exists():
+        raise RoutingError(f"rules file {file} does not exist")
+    rule_sets = load_rule_sets(file.read_text(), source=str(file))
+    routers = None
+    if pipeline is not None:
+        from weir.loader import load_pipeline
+
+        load_pipeline(pipeline, search_path=Path.cwd())
+        routers = registered_routers()
+        for rule_set in rule_sets:
+            check_against_routers(rule_set, routers)
+    if dry_run:
+        for rule_set in rule_sets:
+            out.print(f"{rule_set.router}: {len(rule_set.rules)} rule(s) valid (not published)")
+        return
+    settings = load_settings(config)
+
+    async def run() -> None:
+        for rule_set in rule_sets:
+            done = await apply_rule_set(settings, rule_set, comment=comment, routers=routers)
+            out.print(
+                f"{done.router}: version {done.version} applied ({len(done.rules)} rule(s));"
+                " workers switch within seconds"
+            )
+
+    asyncio.run(run())
+
+
+@app.command("show")
+def show(
+    router: Annotated[str | None, typer.Argument(help="One router (default: all).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print the rule set in force (YAML) for each router on the routes topic."""
+    from processors.routes import dump_rule_set, read_rule_sets
+
+    latest = asyncio.run(read_rule_sets(load_settings(config)))
+    wanted = {k: v for k, v in latest.items() if router is None or k == router}
+    if not wanted:
+        out.print(
+            f"no rule set for router {router!r} on the routes topic (its code rules apply)"
+            if router
+            else "no rule sets on the routes topic (routers use the rules in their code)"
+        )
+        raise typer.Exit(1 if router else 0)
+    for rule_set in wanted.values():
+        out.print(f"# router {rule_set.router}, version {rule_set.version}", highlight=False)
+        out.print(dump_rule_set(rule_set), highlight=False)
+
+
+@app.command("history")
+def history(
+    router: Annotated[str | None, typer.Argument(help="One router (default: all).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Every version applied, oldest first: when, by whom, why, and its rules."""
+    from processors.router import RuleSet
+    from processors.routes import read_history
+
+    entries = asyncio.run(read_history(load_settings(config), router))
+    if not entries:
+        out.print("no rule set was ever applied" + (f" to router {router!r}" if router else ""))
+        return
+    for entry in entries:
+        if not isinstance(entry, RuleSet):
+            out.print(f"{entry}  reset (back to the rules in code)", highlight=False)
+            continue
+        when = (
+            dt.datetime.fromtimestamp(entry.applied_at / 1000, dt.UTC).strftime("%F %T UTC")
+            if entry.applied_at
+            else "-"
+        )
+        rules = ", ".join(r.name for r in entry.rules) or "(default only)"
+        line = f"{entry.router}  v{entry.version}  {when}  by {entry.applied_by or '-'}  [{rules}]"
+        if entry.comment:
+            line += f"  {entry.comment}"
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("reset")
+def reset(
+    router: Annotated[str, typer.Argument(help="The router.")],
+    config: ConfigOption = None,
+) -> None:
+    """Send a router back to the rules in its code (a tombstone on the routes topic)."""
+    from processors.routes import reset_rule_set
+
+    asyncio.run(reset_rule_set(load_settings(config), router))
+    out.print(f"{router}: reset; workers use the rules in code within seconds")
