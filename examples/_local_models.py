@@ -89,3 +89,13 @@ def classify_intent(text: str) -> tuple[str, float]:
         return "complex_dispute", 0.5
     intent = max(scores, key=lambda i: (scores[i], i == "complex_dispute"))
     return intent, round(scores[intent] / total, 3)
+
+
+def draft_with_policy(messages: list[dict[str, str]], **params: object) -> str:
+    """A stand-in LLM: cites the first past case given in the system prompt."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    cases = re.findall(r"(case-\d+): ([^\n]+)", system)
+    if not cases:
+        return "A specialist will review your request and get back to you."
+    case_id, summary = cases[0]
+    return f"We reviewed similar case {case_id} ({summary}) and opened a dispute for you."

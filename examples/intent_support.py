@@ -11,9 +11,12 @@ step it reached (``balance_lookup``, ``deliver`` or ``escalate_to_human``).
 
 from __future__ import annotations
 
+import os
+
 from pydantic import BaseModel
 
-from examples._local_models import POLICY_CASES, classify_intent, embed
+from examples._local_models import POLICY_CASES, classify_intent, draft_with_policy, embed
+from processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
 from streams import Branch, Pipeline, StepContext
 
 
@@ -28,15 +31,36 @@ class Draft(BaseModel):
     cases: list[str]
 
 
+# The models: a classifier and an embedder loaded once per worker, and an LLM. With
+# SUPPORT_LLM_URL (any OpenAI-compatible server: vLLM, Ollama, OpenAI) the LLM is real;
+# without it a local stand-in answers, priced like gpt-4o-mini so cost tracking shows.
+intent_model = ModelEndpoint(
+    "intent-classifier", provider=LocalModel(model=classify_intent, threaded=False)
+)
+embedder = ModelEndpoint(
+    "case-embedder",
+    provider=LocalModel(model=lambda texts: [embed(t) for t in texts], threaded=False),
+)
+_LLM_URL = os.environ.get("SUPPORT_LLM_URL")
+policy_llm = ModelEndpoint(
+    os.environ.get("SUPPORT_LLM_MODEL", "gpt-4o-mini"),
+    provider=(
+        OpenAICompatible(_LLM_URL, api_key=os.environ.get("SUPPORT_LLM_KEY_REF"))
+        if _LLM_URL
+        else LocalModel(model=draft_with_policy, threaded=False)
+    ),
+    price=Price.per_million(input="0.15", output="0.60"),
+)
+
 pipeline = Pipeline("intent_support", input=SupportMessage)
 
 _BALANCES = {"c-1": "1,204.50", "c-2": "88.00", "c-3": "15,000.00"}
 
 
 @pipeline.step()
-def classify(text: str) -> dict[str, str | float]:
-    intent, confidence = classify_intent(text)
-    return {"intent": intent, "confidence": confidence}
+async def classify(text: str) -> dict[str, str | float]:
+    result = await intent_model.classify(text)
+    return {"intent": result.label, "confidence": result.score or 0.0}
 
 
 @pipeline.step(depends_on=[classify], inline=True)
@@ -53,21 +77,31 @@ async def balance_lookup(route: dict[str, str | float], ctx: StepContext) -> dic
 
 
 @pipeline.step(depends_on=[route])
-def embed_dispute(route: dict[str, str | float], ctx: StepContext) -> list[float]:
-    return embed(ctx.request["text"])
+async def embed_dispute(route: dict[str, str | float], ctx: StepContext) -> list[float]:
+    return (await embedder.embed([ctx.request["text"]])).vectors[0]
 
 
 @pipeline.step(depends_on=[embed_dispute])
 def search_cases(embed_dispute: list[float]) -> list[dict[str, str | float]]:
-    return [{"id": d.id, "score": round(s, 4)} for d, s in POLICY_CASES.search(embed_dispute)]
+    """Stand-in for the vector database."""
+    hits = POLICY_CASES.search(embed_dispute)
+    return [{"id": d.id, "text": d.text, "score": round(s, 4)} for d, s in hits]
 
 
-@pipeline.step(depends_on=[search_cases])
-def draft_reply(search_cases: list[dict[str, str | float]], text: str = "") -> Draft:
-    """Stand-in for the LLM call with policy context; confidence is the best case's score."""
+@pipeline.step(depends_on=[search_cases], log_io=True)
+async def draft_reply(search_cases: list[dict[str, str | float]], text: str = "") -> Draft:
+    """The LLM call with policy context; confidence is the best case's similarity."""
+    policy = "\n".join(f"{c['id']}: {c['text']}" for c in search_cases)
+    result = await policy_llm.chat(
+        [
+            {"role": "system", "content": f"Answer using these past cases:\n{policy}"},
+            {"role": "user", "content": text},
+        ],
+        max_tokens=120,
+    )
     best = search_cases[0]
     return Draft(
-        reply=f"We reviewed similar case {best['id']} and opened a dispute.",
+        reply=result.text,
         confidence=float(best["score"]),
         cases=[str(c["id"]) for c in search_cases],
     )
@@ -86,8 +120,13 @@ def deliver(review: Draft) -> dict[str, str]:
 
 @pipeline.step(depends_on=[review])
 def escalate_to_human(review: Draft, ctx: StepContext) -> dict[str, str | list[str]]:
+    """Low confidence: a human gets the whole context transcript."""
     return {
         "path": "human",
-        "transcript": [ctx.request["text"], f"draft: {review.reply}"],
+        "transcript": [
+            f"customer {ctx.request['customer_id']}: {ctx.request['text']}",
+            f"similar cases: {', '.join(review.cases)}",
+            f"draft reply: {review.reply}",
+        ],
         "reason": f"confidence {review.confidence:.2f} < 0.8",
     }

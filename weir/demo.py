@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from decimal import Decimal
 
 from rich.console import Console
 
@@ -60,11 +61,13 @@ async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
         texts = {rid: p["text"] for rid, p in zip(ids, payloads, strict=True)}
         console.print("[bold]4.[/] results as they arrive:")
         seen: set[str] = set()
+        spent = Decimal(0)
         async with asyncio.timeout(120):
             async for result in client.results(pipeline.name, from_beginning=True):
                 if result.request_id not in texts or result.request_id in seen:
                     continue
                 seen.add(result.request_id)
+                spent += result.cost_usd
                 answer = (
                     json.dumps(result.value)
                     if result.status == "SUCCESS"
@@ -73,11 +76,11 @@ async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
                 console.print(
                     f"   {result.request_id[:8]}  {texts[result.request_id][:34]:34} "
                     f"-> {result.path[-1] if result.path else '-':17} {result.latency_ms:6.0f} ms"
-                    f"  {answer[:70]}",
+                    f"  ${result.cost_usd:<10}  {answer[:60]}",
                     highlight=False,
                     soft_wrap=True,
                 )
                 if len(seen) == len(ids):
                     break
         elapsed = time.perf_counter() - started
-        console.print(f"   {len(seen)} results in {elapsed:.2f}s")
+        console.print(f"   {len(seen)} results in {elapsed:.2f}s; cost ${spent}")
