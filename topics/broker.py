@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -399,6 +400,7 @@ class LocalBroker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_raise_file_limit,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
 
@@ -435,6 +437,18 @@ class LocalBroker:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _raise_file_limit() -> None:
+    """In the broker's process: open files up to the hard limit.
+
+    Every partition holds files open; a development broker that has seen many
+    pipelines' topics otherwise dies of "Too many open files".
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _require_tool(name: str, why: str) -> str:
