@@ -166,15 +166,17 @@ class StepRunner:
         output: Any = None
         encoded: str | None = None
         targets: tuple[str, ...] | None = None
-        attributes = {
-            "weir.pipeline": rt.pipeline.name,
-            "weir.step": self.name,
-            "weir.request_id": base.request_id,
-            "weir.attempt": base.attempt,
-            "messaging.system": "kafka",
-            "messaging.destination.name": record.topic,
-            "messaging.kafka.message.offset": record.offset,
-        }
+        attributes: dict[str, Any] = {}
+        if rt.tracing.recording:
+            attributes = {
+                "weir.pipeline": rt.pipeline.name,
+                "weir.step": self.name,
+                "weir.request_id": base.request_id,
+                "weir.attempt": base.attempt,
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.message.offset": record.offset,
+            }
         t0 = time.perf_counter()
         with rt.tracing.span(
             f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
