@@ -1,11 +1,16 @@
 """Linear-pipeline benchmark: weir beside a plain aiokafka loop with the same hops.
 
-Both systems move each request across five topics, produced with ``acks=all`` and
+Both systems move each request across six topics, produced with ``acks=all`` and
 idempotence, on topics of the same partition count:
 
-* raw:  ``t0 -> relay -> t1 -> relay -> t2 -> relay -> t3 -> relay -> results``
+* raw:  ``t0 -> relay -> t1 -> relay -> t2 -> relay -> t3 -> relay -> t4 -> relay -> results``
 * weir: ``requests -> ingress -> step.step1 -> step1 -> step.step2 -> step2
-  -> step.step3 -> step3 -> results``
+  -> step.step3 -> step3 -> answers -> answer stage -> results``
+
+weir does more per hop than the relay: envelope encoding, joins-ready bookkeeping,
+a trace event per step attempt, and results written in Kafka transactions with
+their "answered" markers (exactly-once answers).  ``benchmarks/traces.py``
+measures what the trace events cost.
 
 Each system runs two phases: a *probe* (one request at a time, so latency is the
 unloaded path) and a *burst* (N requests submitted at once, so throughput is the
@@ -44,7 +49,7 @@ from topics.admin import TopicAdmin
 from topics.names import TopicSpec
 from weir.config import BrokerSettings, WeirSettings, load_settings
 
-HOPS = 5
+HOPS = 6
 """Topics a request crosses, submit to result read, in both systems."""
 PARTITIONS = 4
 PHASE_TIMEOUT_S = 300.0
@@ -259,7 +264,7 @@ class RawLoop:
                 await producer.stop()
         return SystemResult(
             "raw aiokafka",
-            "measured: produce timestamp in the message to consume, over all 5 hops",
+            f"measured: produce timestamp in the message to consume, over all {HOPS} hops",
             probe,
             burst,
         )
@@ -325,7 +330,7 @@ async def run_weir(settings: WeirSettings, n: int, k: int, *, inline: bool) -> S
             )
     return SystemResult(
         f"weir ({'inline=True' if inline else 'thread pool'})",
-        "derived: (result read time - submitted_at) / 5 hops",
+        f"derived: (result read time - submitted_at) / {HOPS} hops",
         *phases,
     )
 

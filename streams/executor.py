@@ -118,14 +118,24 @@ class StepExecutor:
         """
         fn = self.step.fn if fn is None else fn
         is_async = self.step.is_async if fn is self.step.fn else _is_async(fn)
-        deadline = asyncio.timeout(self.timeout_s)
         token = enter_scope(scope)
+        if not is_async and self.step.inline:
+            # On the event loop nothing can interrupt it, so a deadline would only cost.
+            try:
+                return fn(**kwargs)
+            except WeirError:
+                raise
+            except Exception as exc:
+                raise StepError(
+                    f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"
+                ) from exc
+            finally:
+                leave_scope(token)
+        deadline = asyncio.timeout(self.timeout_s)
         try:
             async with deadline:
                 if is_async:
                     return await fn(**kwargs)
-                if self.step.inline:
-                    return fn(**kwargs)
                 loop = asyncio.get_running_loop()
                 call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
                 return await loop.run_in_executor(self._threads, call)

@@ -73,7 +73,8 @@ class Outbox:
                     )
                     for m in messages
                 ]
-                await asyncio.gather(*futures)
+                for future in futures:  # all were sent; the acks come back together
+                    await future
                 return
             except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
                 sizes = ", ".join(f"{m.topic}: {len(m.value or b'')} bytes" for m in messages)

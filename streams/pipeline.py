@@ -154,7 +154,8 @@ class Pipeline:
         the worker's ``step_timeout_s``).  ``retry`` overrides the pipeline's
         retry policy; ``fallback`` is output once attempts are exhausted instead
         of dead-lettering.  ``inline=True`` runs a cheap sync function on the
-        event loop rather than in the step thread pool.  ``log_io=True`` puts the
+        event loop rather than in the step thread pool (nothing can interrupt it
+        there, so no timeout applies).  ``log_io=True`` puts the
         step's PII-redacted inputs and output on its trace events.
         """
 

@@ -45,7 +45,7 @@ from streams.pipeline import Pipeline
 from streams.redaction import Redactor
 from streams.runner import NOT_BEFORE_HEADER, StepRunner
 from streams.tracing import Tracing
-from topics._aiokafka import place
+from topics._aiokafka import KeyPartitioner, place
 from topics.admin import TopicAdmin
 from topics.names import ANSWER, INGRESS, PipelineTopics, topic_specs
 from weir.config import WeirSettings
@@ -177,6 +177,7 @@ class Worker:
             enable_idempotence=True,
             linger_ms=2,
             request_timeout_ms=30000,
+            partitioner=KeyPartitioner(),
         )
         await self._producer.start()
         self._runtime.outbox.attach(self._producer)
