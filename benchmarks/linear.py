@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -352,23 +351,6 @@ async def _background(*coros: Awaitable[None]) -> AsyncIterator[None]:
 # -- broker and report -----------------------------------------------------------------
 
 
-def _free_port_pair() -> int:
-    """A port p with p and p+1 free (client and controller listeners)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
 @contextlib.contextmanager
 def broker_settings(bootstrap: str | None) -> Iterator[WeirSettings]:
     """Settings for ``bootstrap``, or for a throw-away local broker started here."""
@@ -377,7 +359,7 @@ def broker_settings(bootstrap: str | None) -> Iterator[WeirSettings]:
         return
     from topics.broker import LocalBroker
 
-    settings = load_settings(broker=BrokerSettings(port=_free_port_pair()), partitions=PARTITIONS)
+    settings = load_settings(broker=BrokerSettings(port=free_port_pair()), partitions=PARTITIONS)
     with tempfile.TemporaryDirectory(prefix="weir-bench-") as state:
         broker = LocalBroker(settings, state_dir=Path(state))
         broker.start()

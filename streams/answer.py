@@ -136,16 +136,8 @@ class AnswerStage:
                 raise SchemaInvalidError(f"envelope of pipeline {env.pipeline!r} on {record.topic}")
         except MessageError as exc:
             rt.stats.dead_lettered += 1
-            dead, _ = rt.dead_letters.message(
-                rt.topics.dead_letter(ANSWER),
-                step=ANSWER,
-                error=exc,
-                key=record.key,
-                value=record.value,
-                headers=list(record.headers or ()),
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
+            dead = rt.dead_letters.message(
+                rt.topics.dead_letter(ANSWER), record, step=ANSWER, error=exc
             )
             await rt.outbox.send_all([dead], owned=owned)
             return

@@ -10,7 +10,8 @@ connector = pipeline, task = worker, stage = step), ``weir.*`` for the rest
 from __future__ import annotations
 
 import traceback
-from collections.abc import Sequence
+
+from aiokafka.structs import ConsumerRecord
 
 from schemas.messages import DeadLetter, now_ms
 from streams.outbox import OutMessage
@@ -20,8 +21,6 @@ __all__ = ["MAX_STACKTRACE_CHARS", "DeadLetters", "error_type_of"]
 
 MAX_STACKTRACE_CHARS = 8192
 """Stack traces are cut to their last this-many characters: the end says where it failed."""
-
-Headers = Sequence[tuple[str, bytes]]
 
 
 def error_type_of(error: BaseException) -> str:
@@ -39,23 +38,23 @@ class DeadLetters:
     def message(
         self,
         topic: str,
+        record: ConsumerRecord[bytes, bytes],
         *,
         step: str,
         error: BaseException,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Headers,
-        source_topic: str,
-        source_partition: int,
-        source_offset: int,
+        value: bytes | None = None,
         request_id: str | None = None,
         attempt: int = 1,
         first_failed_at: int | None = None,
-    ) -> tuple[OutMessage, DeadLetter]:
-        """The message to send (await its ack before acknowledging the source) and its record."""
+    ) -> OutMessage:
+        """The dead letter of ``record``; await its ack before acknowledging ``record``.
+
+        It keeps the record's key, value and headers (``value`` replaces the value
+        where the record alone could not be replayed: a fan-in's inputs).
+        """
         failed_at = now_ms()
         stack = "".join(traceback.format_exception(error))[-MAX_STACKTRACE_CHARS:]
-        record = DeadLetter(
+        letter = DeadLetter(
             pipeline=self._pipeline,
             step=step,
             error_type=error_type_of(error),
@@ -65,12 +64,14 @@ class DeadLetters:
             first_failed_at=first_failed_at or failed_at,
             last_failed_at=failed_at,
             worker_id=self._worker_id,
-            source_topic=source_topic,
-            source_partition=source_partition,
-            source_offset=source_offset,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
             request_id=request_id,
         )
         # Headers of an earlier dead-lettering are replaced, not repeated, on a second failure.
-        own = {name for name, _ in record.headers()}
-        kept = [(n, v) for n, v in headers if n not in own]
-        return OutMessage(topic, key, value, kept + record.headers()), record
+        added = letter.headers()
+        own = {name for name, _ in added}
+        kept = [(n, v) for n, v in record.headers or () if n not in own]
+        body = record.value if value is None else value
+        return OutMessage(topic, record.key, body, kept + added)

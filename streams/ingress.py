@@ -128,17 +128,8 @@ class Ingress:
         error_type = error_type_of(error)
         rt.stats.dead_lettered += 1
         rt.stats.failed(error_type)
-        dead, _ = rt.dead_letters.message(
-            rt.topics.dead_letter(INGRESS),
-            step=INGRESS,
-            error=error,
-            key=record.key,
-            value=record.value,
-            headers=list(record.headers or ()),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            request_id=request_id,
+        dead = rt.dead_letters.message(
+            rt.topics.dead_letter(INGRESS), record, step=INGRESS, error=error, request_id=request_id
         )
         out = [dead]
         created = now_us()

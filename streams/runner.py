@@ -118,7 +118,10 @@ class StepRunner:
             assert attempt is not None and event is not None  # only attempts send outputs
             event.status, event.disposition = "FAILURE", "dead_lettered"
             event.error_type, event.error_message = exc.error_type, str(exc)
-            out = self._too_large(record, attempt, exc) + rt.trace(event)
+            # The attempt worked but its output cannot travel: the request fails here.
+            rt.stats.failed(exc.error_type)
+            out = self._fail_request(record, attempt, exc, attempt.base.traceparent)
+            out += rt.trace(event)
             await rt.outbox.send_all(out, owned=owned)
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
@@ -296,8 +299,21 @@ class StepRunner:
                 event.disposition = "fallback"
                 a.calls = merge_calls(a.calls, scope.calls)
                 return self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
-        rt.stats.dead_lettered += 1
         event.disposition = "dead_lettered"
+        return self._fail_request(record, a, error, traceparent, first_failed)
+
+    def _fail_request(
+        self,
+        record: Record,
+        a: _Attempt,
+        error: WeirError,
+        traceparent: str | None,
+        first_failed_at: int | None = None,
+    ) -> list[OutMessage]:
+        """Dead-letter the attempt's input and tell the answer stage the request failed here."""
+        rt = self._rt
+        base = a.base
+        rt.stats.dead_lettered += 1
         log.warning(
             "dead-lettering %s at step %s after %d attempt(s): %s",
             base.request_id,
@@ -307,27 +323,20 @@ class StepRunner:
         )
         # The dead letter must replay this attempt on its own: a join's completing input
         # alone would wait for inputs that were consumed, so joins store all of them.
-        value = record.value
-        if a.completed_join:
-            value = self._as_replayable(a, traceparent).encode()
-        dead, _ = rt.dead_letters.message(
+        dead = rt.dead_letters.message(
             rt.topics.dead_letter(self.name),
+            record,
             step=self.name,
             error=error,
-            key=record.key,
-            value=value,
-            headers=list(record.headers or ()),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
+            value=self._as_replayable(a, traceparent).encode() if a.completed_join else None,
             request_id=base.request_id,
             attempt=base.attempt,
-            first_failed_at=first_failed,
+            first_failed_at=first_failed_at,
         )
         failure = rt.failure_envelope(
             request_id=base.request_id,
             step=self.name,
-            error_type=error_type_of(error),
+            error_type=error.error_type,
             error_message=str(error),
             base=dataclasses.replace(base, path=a.path),
             calls=a.calls,
@@ -404,61 +413,16 @@ class StepRunner:
             for dep in self._dependents
         ]
 
-    def _too_large(
-        self, record: Record, a: _Attempt, error: OutputTooLargeError
-    ) -> list[OutMessage]:
-        """The attempt succeeded but its output cannot be sent: fail the request here."""
-        rt = self._rt
-        rt.stats.dead_lettered += 1
-        rt.stats.failed(error.error_type)
-        log.warning("dead-lettering %s at step %s: %s", a.base.request_id, self.name, error)
-        value = (
-            self._as_replayable(a, a.base.traceparent).encode()
-            if a.completed_join
-            else (record.value)
-        )
-        dead, _ = rt.dead_letters.message(
-            rt.topics.dead_letter(self.name),
-            step=self.name,
-            error=error,
-            key=record.key,
-            value=value,
-            headers=list(record.headers or ()),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            request_id=a.base.request_id,
-            attempt=a.base.attempt,
-        )
-        failure = rt.failure_envelope(
-            request_id=a.base.request_id,
-            step=self.name,
-            error_type=error.error_type,
-            error_message=str(error),
-            base=dataclasses.replace(a.base, path=a.path),
-            calls=a.calls,
-            traceparent=a.base.traceparent,
-            created_at=now_us(),
-        )
-        return [dead, failure]
-
     def _undecodable(self, record: Record, error: MessageError) -> list[OutMessage]:
         rt = self._rt
         rt.stats.dead_lettered += 1
         rt.stats.failed(error_type_of(error))
         log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, error)
-        dead, _ = rt.dead_letters.message(
-            rt.topics.dead_letter(self.name),
-            step=self.name,
-            error=error,
-            key=record.key,
-            value=record.value,
-            headers=list(record.headers or ()),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-        )
-        return [dead]
+        return [
+            rt.dead_letters.message(
+                rt.topics.dead_letter(self.name), record, step=self.name, error=error
+            )
+        ]
 
     async def _publish(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]

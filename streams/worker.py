@@ -352,16 +352,8 @@ class Worker:
         """Dead-letter a record whose handling raised unexpectedly (``internal_error``)."""
         self.stats.dead_lettered += 1
         self.stats.failed("internal_error")
-        dead, _ = self._runtime.dead_letters.message(
-            self.topics.dead_letter(stage),
-            step=stage,
-            error=error,
-            key=record.key,
-            value=record.value,
-            headers=list(record.headers or ()),
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
+        dead = self._runtime.dead_letters.message(
+            self.topics.dead_letter(stage), record, step=stage, error=error
         )
         await self._runtime.outbox.send_all([dead], owned=owned)
 

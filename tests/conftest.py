@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from topics.broker import free_port_pair
 from weir.config import BrokerSettings, WeirSettings, load_settings
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+1 free (client and controller listeners)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +30,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeirSettings]:
         return
     from topics.broker import LocalBroker
 
-    port = _free_port_pair()
+    port = free_port_pair()
     local = load_settings(broker=BrokerSettings(port=port), **base)
     broker = LocalBroker(local, state_dir=tmp_path_factory.mktemp("broker"))
     broker.start()

@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
 import re
 import resource
 import shutil
@@ -39,7 +40,7 @@ from pathlib import Path
 from weir.config import WeirSettings
 from weir.errors import BrokerError
 
-__all__ = ["BrokerStatus", "LocalBroker"]
+__all__ = ["BrokerStatus", "LocalBroker", "free_port_pair"]
 
 _HOST = "127.0.0.1"
 _NODE_ID = 1
@@ -437,6 +438,20 @@ class LocalBroker:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def free_port_pair() -> int:
+    """A port p on 127.0.0.1 with p and p + 1 free (a broker's client and controller ports).
+
+    Chosen below Linux's ephemeral range, so outgoing client connections cannot take
+    them between this check and a broker's start, or its restart.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000, 2)
+        if _port_free(port) and _port_free(port + 1):
+            return port
+    raise BrokerError(f"no free pair of adjacent ports on {_HOST} in 20000-32000")
 
 
 def _raise_file_limit() -> None:

@@ -17,10 +17,10 @@ from schemas.messages import Result
 from streams import WeirClient, Worker
 from tests._kafka import read_results
 from tests._pipelines import diamond
-from tests.conftest import _free_port_pair, worker_env
+from tests.conftest import worker_env
 from topics._aiokafka import rewind, stop_consumer
 from topics.admin import TopicAdmin
-from topics.broker import LocalBroker
+from topics.broker import LocalBroker, free_port_pair
 from topics.names import PipelineTopics, topic_specs
 from weir.config import BrokerSettings, WeirSettings, load_settings
 
@@ -122,7 +122,7 @@ async def test_three_sigkills_during_5000_requests_lose_and_duplicate_nothing(
 @pytest.fixture
 def own_broker(tmp_path: Path) -> LocalBroker:
     """A broker of this test's own: it is restarted mid-test."""
-    port = _free_port_pair()
+    port = free_port_pair()
     settings = load_settings(broker=BrokerSettings(port=port), partitions=4)
     broker = LocalBroker(settings, state_dir=tmp_path / "broker")
     broker.start()

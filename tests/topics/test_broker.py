@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 import socket
 import time
@@ -15,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from topics.broker import LocalBroker
+from topics.broker import LocalBroker, free_port_pair
 from weir.config import BrokerSettings, WeirSettings
 from weir.errors import BrokerError
 
@@ -35,24 +34,13 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _free_port_pair() -> int:
-    """A port that is free together with port + 1, away from 19092 and ephemeral ports."""
-    # Below Linux's ephemeral range, so client connections cannot grab the ports between
-    # this check and the broker's (re)start.
-    for _ in range(200):
-        port = random.randrange(20000, 32000, 2)
-        if _bindable(port) and _bindable(port + 1):
-            return port
-    raise RuntimeError("no free port pair found")
-
-
 def _settings(port: int) -> WeirSettings:
     return WeirSettings(broker=BrokerSettings(port=port, start_timeout_s=120))
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    local = LocalBroker(_settings(_free_port_pair()), state_dir=tmp_path_factory.mktemp("broker"))
+    local = LocalBroker(_settings(free_port_pair()), state_dir=tmp_path_factory.mktemp("broker"))
     local.start()
     yield local
     local.stop()
@@ -163,7 +151,7 @@ def test_stop_leaves_broker_not_running_and_second_stop_is_noop(broker: LocalBro
 
 
 def test_port_in_use_gives_clear_broker_error(tmp_path: Path) -> None:
-    port = _free_port_pair()
+    port = free_port_pair()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -173,7 +161,7 @@ def test_port_in_use_gives_clear_broker_error(tmp_path: Path) -> None:
 
 
 def test_never_started_broker_is_not_running_and_stop_is_noop(tmp_path: Path) -> None:
-    local = LocalBroker(_settings(_free_port_pair()), state_dir=tmp_path)
+    local = LocalBroker(_settings(free_port_pair()), state_dir=tmp_path)
     status = local.status()
     assert not status.running
     assert status.pid is None
@@ -181,7 +169,7 @@ def test_never_started_broker_is_not_running_and_stop_is_noop(tmp_path: Path) ->
 
 
 def test_stale_pid_file_of_another_process_is_ignored(tmp_path: Path) -> None:
-    local = LocalBroker(_settings(_free_port_pair()), state_dir=tmp_path)
+    local = LocalBroker(_settings(free_port_pair()), state_dir=tmp_path)
     # Our own pid stands in for an unrelated process that reused a crashed broker's pid.
     local.pid_file.write_text(f"{os.getpid()}\n")
     assert local.status().pid is None
