@@ -357,7 +357,7 @@ def broker_settings(bootstrap: str | None) -> Iterator[WeirSettings]:
     if bootstrap:
         yield load_settings(kafka_bootstrap=bootstrap, partitions=PARTITIONS)
         return
-    from topics.broker import LocalBroker
+    from topics.broker import LocalBroker, free_port_pair
 
     settings = load_settings(broker=BrokerSettings(port=free_port_pair()), partitions=PARTITIONS)
     with tempfile.TemporaryDirectory(prefix="weir-bench-") as state:
