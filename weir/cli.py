@@ -149,22 +149,32 @@ def worker(
     only = [s.strip() for s in steps.split(",")] if steps else None
 
     async def run() -> None:
+        from processors import aclose_model_layer
         from weir.web import WebServer
 
         w = Worker(pipe, settings, steps=only)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
-        from processors import aclose_model_layer
-
+        web = WebServer(settings, w) if settings.web_port else None
+        if web is not None:
+            try:
+                await web.start()
+                logging.getLogger("weir.web").info("serving on %s", web.url)
+            except OSError as exc:
+                # A second worker on the same machine: it still works, without HTTP.
+                logging.getLogger("weir.web").warning(
+                    "no HTTP server: %s:%d is taken (%s); set WEIR_WEB_PORT to another port",
+                    settings.web_host,
+                    settings.web_port,
+                    exc.strerror or exc,
+                )
+                web = None
         try:
-            if settings.web_port:
-                async with WebServer(settings, w) as web:
-                    logging.getLogger("weir.web").info("serving on %s", web.url)
-                    await w.run()
-            else:
-                await w.run()
+            await w.run()
         finally:
+            if web is not None:
+                await web.stop()
             await aclose_model_layer()
 
     _run(run())
