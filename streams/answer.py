@@ -7,7 +7,12 @@ ids it has answered, in a compacted changelog; each result and its
 "answered" marker are written in one Kafka transaction, so after any crash
 either both exist or neither does.  A duplicate that arrives later finds the
 marker and is dropped.  Each answers partition has its own transactional id,
-so a worker that takes a partition over fences the one that had it.
+so a worker that takes a partition over fences the one that had it; taking
+it over also settles any transaction the old owner left open, which is why
+the answered ids are read back only after that.  Answered ids are remembered
+for ``answer_dedup_window_s``: the guarantee holds for duplicates that arrive
+within that window (redeliveries after a crash or rebalance arrive within
+seconds to minutes).
 
 Replays: a request that was answered with a FAILURE may be answered once more
 by a dead-letter replay (its envelopes carry the replay id); a SUCCESS is final.
@@ -17,20 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
 from streams._runtime import Record, Runtime, merge_calls
 from streams.join import JoinTable
 from streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
 from streams.table import ChangelogTable
+from topics._aiokafka import retrying, started_consumer, stop_consumer
 from topics.names import ANSWER
 from weir.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 
@@ -68,8 +75,9 @@ def _admits(previous: _Answered | None, result: Result) -> bool:
 class AnswerStage:
     """Joins the final steps' outputs (when there are several), dedups, writes results."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, owns: Callable[[int], bool]) -> None:
         self._rt = runtime
+        self._owns = owns
         topics = runtime.topics
         self.topic = topics.answers
         self._finals = runtime.pipeline.final_steps
@@ -91,18 +99,23 @@ class AnswerStage:
 
     async def assigned(self, partitions: Iterable[int]) -> None:
         partitions = list(partitions)
+        # Writers first: registering the transactional ids settles whatever the previous
+        # owner left open (committed or aborted), so the restore below sees all of it.
+        for p in partitions:
+            if p not in self._writers:
+                writer = _Writer(self._rt, p, self._answered, functools.partial(self._owns, p))
+                await writer.start()
+                self._writers[p] = writer
         window = self._rt.settings.answer_dedup_window_s
         now = time.time()
         remembered = await self._answered.restore(
             self._rt.settings.bootstrap_servers, partitions, keep=lambda a: now - a.at < window
         )
+        for p in partitions:
+            self._writers[p].known_until = self._answered.ends.get(p, 0)
         waiting = 0
         if self.join is not None:
             waiting = await self.join.restore(self._rt.settings.bootstrap_servers, partitions)
-        for p in partitions:
-            writer = _Writer(self._rt, p)
-            await writer.start()
-            self._writers[p] = writer
         log.info(
             "answer stage took partitions %s (%d answered ids remembered, %d joins waiting)",
             sorted(partitions),
@@ -227,6 +240,7 @@ class AnswerStage:
         self._answered.put(p, result.request_id, claim)
         try:
             await writer.write(
+                result.request_id,
                 [
                     OutMessage(
                         rt.topics.results,
@@ -242,7 +256,7 @@ class AnswerStage:
                         None,
                         p,
                     ),
-                ]
+                ],
             )
         except BaseException:
             if previous is None:
@@ -257,25 +271,44 @@ class AnswerStage:
 
 @dataclass
 class _Pending:
+    request_id: str
     messages: list[OutMessage]
     done: asyncio.Future[None]
 
 
 class _Writer:
-    """A transactional producer for one answers partition; batches concurrent answers."""
+    """A transactional producer for one answers partition; batches concurrent answers.
 
-    def __init__(self, runtime: Runtime, partition: int) -> None:
+    After a failed transaction it cannot know whether the broker committed it
+    (a commit whose response was lost still commits), so before writing the
+    batch again it reconnects — which settles that transaction — and reads the
+    answered changelog written since the last commit it saw: answers found
+    there are done, not written twice.  Fenced by a new owner, it gives the
+    batch back unless its consumer still owns the partition.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        partition: int,
+        answered: ChangelogTable[_Answered],
+        owned: Callable[[], bool],
+    ) -> None:
         self._rt = runtime
         self.partition = partition
+        self._answered = answered
+        self._owned = owned
         self._tid = runtime.topics.answers_transactional_id(partition)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
         self._tombstones: list[OutMessage] = []
         self._closing = False
+        self.known_until = 0
+        """Changelog offset up to which every committed marker is in ``answered``."""
 
     async def start(self) -> None:
-        await self._connect()
+        await retrying(self._connect, what=f"registering {self._tid}")
         self._task = asyncio.create_task(self._loop(), name=f"weir-answers-{self.partition}")
 
     async def _connect(self) -> None:
@@ -288,9 +321,14 @@ class _Writer:
             linger_ms=1,
             request_timeout_ms=15000,
         )
-        # Starting registers the transactional id: any earlier holder is fenced and its
-        # open transaction aborted.
-        await producer.start()
+        # Starting registers the transactional id: an earlier holder is fenced, and the
+        # transaction it left open is completed or aborted before this returns.
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         self._producer = producer
 
     async def _disconnect(self) -> None:
@@ -321,12 +359,12 @@ class _Writer:
                 )
             )
 
-    async def write(self, messages: list[OutMessage]) -> None:
+    async def write(self, request_id: str, messages: list[OutMessage]) -> None:
         """Write ``messages`` in a committed transaction (batched with concurrent writes)."""
         if self._closing:
             raise Abandoned("answer writer stopped")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(messages, done))
+        self._queue.put_nowait(_Pending(request_id, messages, done))
         await done
 
     async def _loop(self) -> None:
@@ -336,57 +374,123 @@ class _Writer:
             await asyncio.sleep(0.002)
             while not self._queue.empty() and len(batch) < 500:
                 batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: never leave callers waiting
+                log.exception("answers writer of partition %d failed", self.partition)
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         backoff = 0.2
+        uncertain = False
         while True:
-            tombstones, self._tombstones = self._tombstones, []
             try:
                 if self._producer is None:
                     await self._connect()
-                producer = self._producer
-                assert producer is not None
-                async with asyncio.timeout(30):
-                    await producer.begin_transaction()
-                    futures = [
-                        await producer.send(
-                            m.topic,
-                            value=m.value,
-                            key=m.key,
-                            headers=m.headers,
-                            partition=m.partition,
-                        )
-                        for pending in batch
-                        for m in pending.messages
-                    ]
-                    futures += [
-                        await producer.send(m.topic, value=None, key=m.key, partition=m.partition)
-                        for m in tombstones
-                    ]
-                    await asyncio.gather(*futures)
-                    await producer.commit_transaction()
-            except (KafkaError, TimeoutError, OSError) as exc:
-                self._tombstones = tombstones + self._tombstones
+                if uncertain:
+                    batch = await self._settle(batch)
+                    uncertain = False
+                    if not batch:
+                        return
+                await self._transaction(batch)
+            except (ProducerFenced, InvalidProducerEpoch) as exc:
+                await self._disconnect()
+                # Expelled while busy (a long drain, a blocked loop): another worker may
+                # own this partition now.  Ask the group, after a heartbeat, before taking
+                # the transactional id back.
+                await asyncio.sleep(3.0)
+                if self._closing or not self._owned():
+                    self._fail(batch, Abandoned(f"answers partition {self.partition}: {exc}"))
+                    return
+                uncertain = True
+                continue
+            except Exception as exc:
                 log.warning(
-                    "answers transaction on partition %d failed (%s: %s); reconnecting in %.1fs",
+                    "answers transaction on partition %d failed (%s: %s); retrying in %.1fs",
                     self.partition,
                     type(exc).__name__,
                     exc,
                     backoff,
                 )
-                # A failed transaction leaves the producer in a state that is not worth
-                # untangling: a new one re-registers the id, which aborts the open transaction.
                 await self._disconnect()
                 if self._closing:
-                    for pending in batch:
-                        if not pending.done.done():
-                            pending.done.set_exception(Abandoned("answer writer stopped"))
+                    self._fail(batch, Abandoned("answer writer stopped"))
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
+                uncertain = True
                 continue
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_result(None)
             return
+
+    async def _transaction(self, batch: list[_Pending]) -> None:
+        producer = self._producer
+        assert producer is not None
+        tombstones, self._tombstones = self._tombstones, []
+        try:
+            async with asyncio.timeout(30):
+                await producer.begin_transaction()
+                futures = [
+                    await producer.send(
+                        m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition
+                    )
+                    for pending in batch
+                    for m in pending.messages
+                ]
+                futures += [
+                    await producer.send(m.topic, value=None, key=m.key, partition=m.partition)
+                    for m in tombstones
+                ]
+                sent = await asyncio.gather(*futures)
+                await producer.commit_transaction()
+        except BaseException:
+            self._tombstones = tombstones + self._tombstones
+            raise
+        changelog = self._rt.topics.answered_changelog
+        offsets = [r.offset for r in sent if r.topic == changelog]
+        if offsets:
+            self.known_until = max(self.known_until, max(offsets) + 1)
+
+    async def _settle(self, batch: list[_Pending]) -> list[_Pending]:
+        """Drop from ``batch`` the answers a transaction whose outcome we missed committed."""
+        tp = TopicPartition(self._rt.topics.answered_changelog, self.partition)
+        consumer = await started_consumer(
+            what="reading the answered changelog",
+            bootstrap_servers=self._rt.settings.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        committed: set[str] = set()
+        try:
+            consumer.assign([tp])
+            end = (await retrying(lambda: consumer.end_offsets([tp]), what="changelog end"))[tp]
+            consumer.seek(tp, self.known_until)
+            while await consumer.position(tp) < end:
+                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    if record.offset < end and record.key is not None and record.value:
+                        committed.add(record.key.decode())
+            self.known_until = end
+        finally:
+            await stop_consumer(consumer)
+        left = []
+        for pending in batch:
+            if pending.request_id in committed:
+                log.info(
+                    "answer to %s was committed after all; not written twice", pending.request_id
+                )
+                if not pending.done.done():
+                    pending.done.set_result(None)
+            else:
+                left.append(pending)
+        return left
+
+    def _fail(self, batch: list[_Pending], error: BaseException) -> None:
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_exception(error)

@@ -17,7 +17,7 @@ from topics._aiokafka import retrying, rewind, stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
-from weir.errors import BrokerError, UnknownPipelineError, WeirError
+from weir.errors import BrokerError, ResultTimeoutError, UnknownPipelineError, WeirError
 
 if TYPE_CHECKING:
     from processors.streaming import TokenStream
@@ -258,7 +258,7 @@ class WeirClient:
         Reads from where the results topic ended before this client first
         submitted to ``pipeline``, or from its beginning if it never did.
 
-        Raises ``TimeoutError`` naming how many are missing.
+        Raises ``ResultTimeoutError`` (a ``TimeoutError``) naming how many are missing.
         """
         wanted = set(request_ids)
         found: dict[str, Result] = {}
@@ -272,8 +272,8 @@ class WeirClient:
                         if len(found) == len(wanted):
                             break
         except TimeoutError:
-            raise TimeoutError(
+            raise ResultTimeoutError(
                 f"{len(wanted) - len(found)} of {len(wanted)} results of {pipeline!r} did not"
-                f" arrive within {timeout:g}s"
+                f" arrive within {timeout:g}s; is a worker for it running ('weir worker')?"
             ) from None
         return found

@@ -73,8 +73,10 @@ class Outbox:
                     )
                     for m in messages
                 ]
-                for future in futures:  # all were sent; the acks come back together
-                    await future
+                acks = await asyncio.gather(*futures, return_exceptions=True)
+                for ack in acks:  # every ack was collected; the first failure decides
+                    if isinstance(ack, BaseException):
+                        raise ack
                 return
             except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
                 sizes = ", ".join(f"{m.topic}: {len(m.value or b'')} bytes" for m in messages)

@@ -115,13 +115,16 @@ class StepRunner:
         try:
             await rt.outbox.send_all(out + trace, owned=owned)
         except OutputTooLargeError as exc:
-            assert attempt is not None and event is not None  # only attempts send outputs
-            event.status, event.disposition = "FAILURE", "dead_lettered"
-            event.error_type, event.error_message = exc.error_type, str(exc)
-            # The attempt worked but its output cannot travel: the request fails here.
+            # The attempt worked (or a join waits) but what it must write cannot travel:
+            # the request fails here.
             rt.stats.failed(exc.error_type)
+            if attempt is None:  # a waiting join's inputs outgrew one message
+                attempt = _Attempt(env, {}, list(env.path), env.calls, False, False)
             out = self._fail_request(record, attempt, exc, attempt.base.traceparent)
-            out += rt.trace(event)
+            if event is not None:
+                event.status, event.disposition = "FAILURE", "dead_lettered"
+                event.error_type, event.error_message = exc.error_type, str(exc)
+                out += rt.trace(event)
             await rt.outbox.send_all(out, owned=owned)
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from topics._aiokafka import retrying, rewind, stop_consumer
+from topics._aiokafka import retrying, rewind, started_consumer, stop_consumer
 
 __all__ = ["ChangelogTable"]
 
@@ -33,6 +33,8 @@ class ChangelogTable(Generic[V]):
         self.encode = encode
         self._decode = decode
         self._parts: dict[int, dict[str, V]] = {}
+        self.ends: dict[int, int] = {}
+        """Per partition, the changelog offset up to which the last restore read."""
 
     def get(self, partition: int, key: str) -> V | None:
         part = self._parts.get(partition)
@@ -88,13 +90,13 @@ class ChangelogTable(Generic[V]):
         if not partitions:
             return 0
         tps = [TopicPartition(self.changelog, p) for p in partitions]
-        consumer = AIOKafkaConsumer(
+        consumer = await started_consumer(
+            what=f"connecting to restore {self.changelog}",
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
         )
-        await consumer.start()
         try:
             consumer.assign(tps)
             # read_committed: the end is the last stable offset, so an open transaction of a
@@ -104,6 +106,7 @@ class ChangelogTable(Generic[V]):
             for tp in tps:
                 table: dict[str, V] = {}
                 self._parts[tp.partition] = table
+                self.ends[tp.partition] = end[tp]
                 while await consumer.position(tp) < end[tp]:
                     batch = await consumer.getmany(tp, timeout_ms=1000)
                     for record in batch.get(tp, []):

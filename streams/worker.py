@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.messages import now_ms
-from streams._runtime import Record, Runtime, WorkerStats
+from schemas.messages import now_ms, now_us
+from streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from streams.answer import AnswerStage
 from streams.dead_letter import DeadLetters
 from streams.executor import StepExecutor
@@ -58,6 +58,7 @@ log = logging.getLogger("weir.worker")
 Handler = Callable[[Record, Owned], Awaitable[None]]
 
 _MAINTENANCE_S = 30.0
+_ASSIGN_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Worker:
         self._committed: dict[TopicPartition, int] = {}
         self._inflight: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._assigned: set[TopicPartition] = set()
+        self._revoking: set[TopicPartition] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -151,7 +153,9 @@ class Worker:
             for topic in retries:
                 self._routes[topic] = _Route(name, runner.handle, delayed=True)
         if only is None or ANSWER in only or any(s in p.final_steps for s in steps):
-            self.answers = AnswerStage(rt)
+            self.answers = AnswerStage(
+                rt, owns=lambda p: TopicPartition(self.topics.answers, p) in self._assigned
+            )
             self._routes[self.answers.topic] = _Route(ANSWER, self.answers.handle)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -193,6 +197,9 @@ class Worker:
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
+            # A revocation waits up to shutdown_timeout_s for in-flight work; the group must
+            # wait longer than that, or it expels this member while it still writes answers.
+            rebalance_timeout_ms=int((self.settings.shutdown_timeout_s + 30) * 1000),
             isolation_level="read_committed",
         )
         await self._consumer.start()
@@ -202,6 +209,8 @@ class Worker:
             asyncio.create_task(self._commit_loop(), name="weir-commit"),
             asyncio.create_task(self._maintenance_loop(), name="weir-maintenance"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._loop_ended)
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
             self.settings.worker_id,
@@ -209,6 +218,16 @@ class Worker:
             self.settings.bootstrap_servers,
             len(self._routes),
         )
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop that ends on its own is a bug: say so and stop, rather than idle as healthy."""
+        if task.cancelled() or self._stopping.is_set():
+            return
+        error = task.exception()
+        log.critical(
+            "worker loop %s ended (%r); stopping the worker", task.get_name(), error, exc_info=error
+        )
+        self.request_stop()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -299,6 +318,11 @@ class Worker:
     def assigned(self) -> set[TopicPartition]:
         return set(self._assigned)
 
+    @property
+    def stopping(self) -> bool:
+        """Asked to stop, or stopped (a loop that died stops the worker too)."""
+        return self._stopping.is_set()
+
     # -- the loops -----------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
@@ -311,18 +335,28 @@ class Worker:
             for tp, records in batches.items():
                 route = self._routes[tp.topic]
                 for record in records:
+                    if not self._takes(tp):
+                        self._unfetch(tp, record.offset)
+                        break
                     if route.delayed and (due := _not_before(record)) > now_ms():
                         self._defer(tp, record.offset, due)
                         break
                     # Back-pressure: wait for a free slot before taking more work.
                     await self._slots.acquire()
-                    if tp not in self._assigned:
+                    if not self._takes(tp):
                         self._slots.release()
                         self._unfetch(tp, record.offset)
                         break
-                    self._offsets[tp].track(record.offset)
-                    task = asyncio.create_task(self._process(tp, record, route.handle, route.stage))
+                    tracker = self._offsets[tp]
+                    tracker.track(record.offset)
+                    task = asyncio.create_task(
+                        self._process(tp, record, route.handle, route.stage, tracker)
+                    )
                     self._inflight[tp].add(task)
+
+    def _takes(self, tp: TopicPartition) -> bool:
+        """Whether new records of ``tp`` may start (assigned, and not being revoked)."""
+        return tp in self._assigned and tp not in self._revoking
 
     def _unfetch(self, tp: TopicPartition, offset: int) -> None:
         """Give back records of a partition that is not (or no longer) ours to process.
@@ -332,7 +366,7 @@ class Worker:
         """
         consumer = self._consumer
         assert consumer is not None
-        if tp in consumer.assignment():
+        if tp in consumer.assignment() and tp not in self._revoking:
             consumer.seek(tp, offset)
 
     def _defer(self, tp: TopicPartition, offset: int, due: int) -> None:
@@ -349,16 +383,42 @@ class Worker:
             self._consumer.resume(tp)
 
     async def _park(self, stage: str, record: Record, error: Exception, owned: Owned) -> None:
-        """Dead-letter a record whose handling raised unexpectedly (``internal_error``)."""
+        """Dead-letter a record whose handling raised unexpectedly (``internal_error``).
+
+        Its request is answered with a FAILURE when its id can be read, so the
+        client is not left waiting (not from the answer stage itself, which
+        would only be handed the failure again).
+        """
         self.stats.dead_lettered += 1
         self.stats.failed("internal_error")
-        dead = self._runtime.dead_letters.message(
-            self.topics.dead_letter(stage), record, step=stage, error=error
-        )
-        await self._runtime.outbox.send_all([dead], owned=owned)
+        out = [
+            self._runtime.dead_letters.message(
+                self.topics.dead_letter(stage), record, step=stage, error=error
+            )
+        ]
+        request_id = guess_request_id(record)
+        if stage != ANSWER and request_id is not None:
+            out.append(
+                self._runtime.failure_envelope(
+                    request_id=request_id,
+                    step=stage,
+                    error_type="internal_error",
+                    error_message=f"weir failed handling the message: {type(error).__name__}",
+                    base=None,
+                    calls=[],
+                    traceparent=None,
+                    created_at=now_us(),
+                )
+            )
+        await self._runtime.outbox.send_all(out, owned=owned)
 
     async def _process(
-        self, tp: TopicPartition, record: Record, handle: Handler, stage: str
+        self,
+        tp: TopicPartition,
+        record: Record,
+        handle: Handler,
+        stage: str,
+        tracker: PartitionOffsets,
     ) -> None:
         self.stats.received += 1
 
@@ -376,8 +436,9 @@ class Worker:
                 log.exception("unexpected error handling %s@%d", tp, record.offset)
                 await self._park(stage, record, exc, owned)
             self.stats.completed += 1
-            if (offsets := self._offsets.get(tp)) is not None:
-                offsets.finish(record.offset)
+            # The tracker this record was taken under: after a re-assignment the partition
+            # has a new one, which this record must not advance.
+            tracker.finish(record.offset)
         except (asyncio.CancelledError, Abandoned):
             pass  # not finished: the offset stays uncommitted and is redelivered
         except Exception:
@@ -425,14 +486,19 @@ class Worker:
     # -- rebalance -------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._drain([t for tp in revoked for t in self._inflight.get(tp, ())])
-        with contextlib.suppress(KafkaError):
-            await self._commit(revoked)
-        for tp in revoked:
-            self._assigned.discard(tp)
-            self._offsets.pop(tp, None)
-            self._committed.pop(tp, None)
-            self._inflight.pop(tp, None)
+        # No new work on them from here on; what is in flight may finish and send.
+        self._revoking |= revoked
+        try:
+            await self._drain([t for tp in revoked for t in self._inflight.get(tp, ())])
+            with contextlib.suppress(KafkaError):
+                await self._commit(revoked)
+        finally:
+            for tp in revoked:
+                self._assigned.discard(tp)
+                self._offsets.pop(tp, None)
+                self._committed.pop(tp, None)
+                self._inflight.pop(tp, None)
+            self._revoking -= revoked
         by_stage = self._by_stage(revoked)
         for stage, partitions in by_stage.items():
             if stage == ANSWER and self.answers is not None:
@@ -446,6 +512,28 @@ class Worker:
         # aiokafka starts fetching new partitions while this callback still runs; hold
         # them until their tables are restored, so no record is handled (or skipped) early.
         consumer.pause(*assigned)
+        backoff = 1.0
+        for attempt in range(1, _ASSIGN_ATTEMPTS + 1):
+            try:
+                await self._take(assigned)
+                return
+            except Exception:
+                # aiokafka would log and swallow this, leaving the partitions paused for good.
+                log.exception(
+                    "taking %d partitions failed (attempt %d of %d)",
+                    len(assigned),
+                    attempt,
+                    _ASSIGN_ATTEMPTS,
+                )
+                await asyncio.sleep(backoff)
+                backoff *= 2
+        log.critical("could not take the assigned partitions; stopping the worker")
+        self.request_stop()
+
+    async def _take(self, assigned: set[TopicPartition]) -> None:
+        """Place, restore the tables of, and resume newly assigned partitions."""
+        consumer = self._consumer
+        assert consumer is not None
         await place(consumer, assigned)
         for tp in assigned:
             self._offsets[tp] = PartitionOffsets()
@@ -493,6 +581,10 @@ def _not_before(record: Record) -> int:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel and await ``task``; an error it already ended with was logged when it ended."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        try:
+            await task
+        except Exception:
+            log.debug("task %s had ended with an error", task.get_name(), exc_info=True)

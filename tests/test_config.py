@@ -180,3 +180,14 @@ def test_configured_bootstrap_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> 
 def test_settings_object_reads_the_environment_directly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEIR_MAX_IN_FLIGHT", "7")
     assert WeirSettings().max_in_flight == 7
+
+
+def test_an_aliased_environment_variable_beats_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "weir.toml"
+    config.write_text('vault_addr = "http://file:8200"\notel_service_name = "from-file"\n')
+    monkeypatch.setenv("VAULT_ADDR", "http://env:8200")
+    settings = load_settings(config)
+    assert settings.vault_addr == "http://env:8200"
+    assert settings.otel_service_name == "from-file"

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
-__all__ = ["KeyPartitioner", "place", "retrying", "rewind", "stop_consumer"]
+__all__ = ["KeyPartitioner", "place", "retrying", "rewind", "started_consumer", "stop_consumer"]
 
 log = logging.getLogger("weir.kafka")
 
@@ -51,6 +52,25 @@ async def retrying(op: Callable[[], Awaitable[T]], *, what: str, timeout: float 
             log.info("%s failed (%s); retrying in %.1fs", what, exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(1.0, backoff * 2)
+
+
+async def started_consumer(*, what: str, **config: Any) -> AIOKafkaConsumer:
+    """A started consumer; connection failures (a restarting broker) are retried.
+
+    A consumer whose ``start()`` failed is not started again; a new one is made.
+    """
+
+    async def start() -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(**config)
+        try:
+            await consumer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await stop_consumer(consumer)
+            raise
+        return consumer
+
+    return await retrying(start, what=what)
 
 
 async def rewind(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:

@@ -220,8 +220,15 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> We
             raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
         file_values = file_values.get("weir", file_values)
     try:
-        # Environment beats the file: drop file keys that the environment sets.
-        env_keys = {k[len("WEIR_") :].lower() for k in os.environ if k.upper().startswith("WEIR_")}
+        # Environment beats the file: drop file keys that the environment sets, under
+        # their WEIR_ name or an alias (VAULT_ADDR, OTEL_EXPORTER_OTLP_ENDPOINT, ...).
+        env = {k.upper() for k in os.environ}
+        env_keys = {k[len("WEIR_") :].lower() for k in env if k.startswith("WEIR_")}
+        for name, info in WeirSettings.model_fields.items():
+            alias = info.validation_alias
+            choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+            if any(isinstance(c, str) and c.upper() in env for c in choices):
+                env_keys.add(name)
         merged = {k: v for k, v in file_values.items() if k not in env_keys}
         if isinstance(merged.get("broker"), dict):
             merged["broker"] = {

@@ -13,6 +13,7 @@ says whether trying the same input again can succeed.
     │   ├── CycleError              pipeline_cycle
     │   └── UnsatisfiedParameterError  unsatisfied_parameter
     ├── UnknownPipelineError        unknown_pipeline
+    ├── ResultTimeoutError          result_timeout       (also a TimeoutError)
     ├── MessageError                (bad input: never retried)
     │   ├── UndecodableError        undecodable
     │   ├── SchemaInvalidError      schema_invalid
@@ -61,6 +62,7 @@ __all__ = [
     "PipelineDefinitionError",
     "RateLimitedError",
     "RequestNotFoundError",
+    "ResultTimeoutError",
     "RoutingError",
     "SchemaInvalidError",
     "SecretError",
@@ -134,6 +136,13 @@ class UnknownPipelineError(WeirError):
     """A module path or name does not lead to a ``Pipeline``."""
 
     error_type = "unknown_pipeline"
+
+
+class ResultTimeoutError(WeirError, TimeoutError):
+    """Results a client waits for did not all arrive in time."""
+
+    error_type = "result_timeout"
+    retriable = True
 
 
 class MessageError(WeirError):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["SETTINGS_KEY", "WORKER_KEY", "WebServer", "create_app"]
 
 SETTINGS_KEY = web.AppKey("settings", WeirSettings)
-WORKER_KEY = web.AppKey("worker", object)
+WORKER_KEY: web.AppKey[Worker | None] = web.AppKey("worker")
 
 
 def create_app(
@@ -57,18 +57,20 @@ async def _health(request: web.Request) -> web.Response:
     # An open circuit is degraded service, not a dead worker: fallbacks may be serving.
     body: dict[str, object] = {"status": "degraded" if open_ else "ok", "circuits": circuits}
     if worker is not None:
-        body["pipeline"] = worker.pipeline.name  # type: ignore[attr-defined]
-        body["worker_id"] = worker.settings.worker_id  # type: ignore[attr-defined]
-        body["partitions"] = len(worker.assigned)  # type: ignore[attr-defined]
-    return web.json_response(body)
+        body["pipeline"] = worker.pipeline.name
+        body["worker_id"] = worker.settings.worker_id
+        body["partitions"] = len(worker.assigned)
+        if worker.stopping:
+            body["status"] = "stopping"
+    return web.json_response(body, status=503 if body["status"] == "stopping" else 200)
 
 
 async def _stats(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
     if worker is None:
         raise web.HTTPNotFound(text="no worker runs in this process")
-    stats = dataclasses.asdict(worker.stats)  # type: ignore[attr-defined]
-    stats["lag"] = {step: worker.lag(step) for step in worker.runners}  # type: ignore[attr-defined]
+    stats: dict[str, object] = dataclasses.asdict(worker.stats)
+    stats["lag"] = {step: worker.lag(step) for step in worker.runners}
     return web.json_response(stats)
 
 
