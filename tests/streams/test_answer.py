@@ -1,0 +1,47 @@
+"""The answer stage's writer: what it does when it cannot know if a transaction committed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from streams import Worker
+from streams.answer import _Pending
+from tests._pipelines import linear
+from topics.names import PipelineTopics
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_after_an_unclear_commit_answers_already_committed_are_not_written_again(
+    kafka, pipeline_name
+):
+    pipeline = linear(pipeline_name)
+    topics = PipelineTopics(pipeline.name)
+    async with Worker(pipeline, kafka) as worker:
+        async with asyncio.timeout(60):
+            while worker.answers is None or not worker.answers._writers:
+                await asyncio.sleep(0.1)
+        writer = worker.answers._writers[0]
+        # A transaction whose commit response was lost: the markers are on the changelog.
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        await producer.start()
+        try:
+            for rid in ("committed-1", "committed-2"):
+                marker = json.dumps({"s": "S", "r": None, "t": 0}).encode()
+                await producer.send_and_wait(
+                    topics.answered_changelog, marker, key=rid.encode(), partition=0
+                )
+        finally:
+            await producer.stop()
+        loop = asyncio.get_running_loop()
+        batch = [
+            _Pending(rid, [], loop.create_future())
+            for rid in ("committed-1", "not-yet", "committed-2")
+        ]
+        left = await writer._settle(batch)
+    assert [p.request_id for p in left] == ["not-yet"]
+    assert batch[0].done.done() and batch[2].done.done() and not batch[1].done.done()
