@@ -41,7 +41,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import SecretStr
 
 from processors._env import resolver_for, settings_now
-from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, counts_against_circuit
+from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
 from processors.cost import FREE, Price, price_of
 from processors.limits import LatencyStats, Limits, TokenBucket
 from processors.providers._base import Message, Provider, ProviderCall
@@ -324,7 +324,10 @@ class ModelEndpoint:
     ) -> tuple[Any, Usage, Decimal]:
         scope = current_scope()
         started_at, t0 = now_ms(), time.perf_counter()
-        with self._span(scope, operation, meta, fallback_from) as span:
+        with (
+            self._span(scope, operation, meta, fallback_from) as span,
+            Probe(self.breaker) as probe,
+        ):
             try:
                 call = await self._provider_call()
                 async with self._admitted(estimate):
@@ -336,7 +339,7 @@ class ModelEndpoint:
                             f"endpoint {self.name!r} did not answer within {self.timeout_s:g}s"
                         ) from None
             except ModelError as exc:
-                self._failed(exc)
+                probe.failure(exc)
                 self._record(
                     scope,
                     span,
@@ -351,12 +354,7 @@ class ModelEndpoint:
                     error_type=exc.error_type,
                 )
                 raise
-            except asyncio.CancelledError:
-                if self.breaker is not None:
-                    self.breaker.release_probe()
-                raise
-            if self.breaker is not None:
-                self.breaker.record_success()
+            probe.success()
             if self._tokens is not None:
                 self._tokens.debit(max(0, usage.input_tokens - estimate) + usage.output_tokens)
             cost = self.cost(usage)
@@ -430,13 +428,6 @@ class ModelEndpoint:
         if sem is None:
             sem = self._slots[loop] = asyncio.Semaphore(size)
         return sem
-
-    def _failed(self, error: ModelError) -> None:
-        if self.breaker is not None:
-            if counts_against_circuit(error):
-                self.breaker.record_failure()
-            else:
-                self.breaker.release_probe()
 
     def _refused(
         self, operation: Operation, meta: CallMeta, fallback_from: str | None, *, streamed: bool
@@ -754,7 +745,10 @@ async def _stream_tries(
             finish: str | None = None
             ttft: float | None = None
             started_at, t0 = now_ms(), time.perf_counter()
-            with ep._span(scope, "chat", meta, fallback_from, streamed=True) as span:
+            with (
+                ep._span(scope, "chat", meta, fallback_from, streamed=True) as span,
+                Probe(ep.breaker) as probe,
+            ):
                 try:
                     call = await ep._provider_call()
                     async with ep._admitted(estimate):
@@ -808,7 +802,7 @@ async def _stream_tries(
                             with contextlib.suppress(Exception):
                                 await pieces.aclose()  # type: ignore[attr-defined]
                 except ModelError as exc:
-                    ep._failed(exc)
+                    probe.failure(exc)
                     # A broken stream was still billed: count what was sent and received.
                     usage = (
                         _usage(got_in, None, estimate, "".join(text))
@@ -852,15 +846,10 @@ async def _stream_tries(
                     if isinstance(exc, StreamInterruptedError):
                         continue  # the same endpoint once more, then the fallbacks
                     break
-                except asyncio.CancelledError:
-                    if ep.breaker is not None:
-                        ep.breaker.release_probe()
-                    raise
                 full = "".join(text)
                 usage = _usage(got_in, got_out, estimate, full)
                 cost = ep.cost(usage)
-                if ep.breaker is not None:
-                    ep.breaker.record_success()
+                probe.success()
                 ep.latency.observe((time.perf_counter() - t0) * 1000)
                 ep._record(
                     scope,

@@ -32,7 +32,8 @@ says whether trying the same input again can succeed.
     ├── RoutingError                routing_invalid      (a rule set that does not parse)
     │   └── NoRouteError            no_route             (no rule matched, no default)
     ├── BudgetExceededError         budget_exceeded
-    ├── SecretError                 secret_unavailable
+    ├── SecretError                 secret_unavailable   (malformed, literal, missing: not retried)
+    │   └── SecretStoreError        secret_store_unreachable (Vault/AWS down or throttling)
     ├── TraceStoreError             trace_store_unavailable (ClickHouse down, store locked)
     └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
@@ -64,6 +65,7 @@ __all__ = [
     "RoutingError",
     "SchemaInvalidError",
     "SecretError",
+    "SecretStoreError",
     "StepError",
     "StepTimeoutError",
     "StreamInterruptedError",
@@ -258,6 +260,16 @@ class SecretError(WeirError):
     """
 
     error_type = "secret_unavailable"
+
+
+class SecretStoreError(SecretError):
+    """The secret store (Vault, AWS Secrets Manager) could not be reached or was overloaded.
+
+    Unlike a malformed or missing reference, trying again later can succeed.
+    """
+
+    error_type = "secret_store_unreachable"
+    retriable = True
 
 
 class TraceStoreError(WeirError):

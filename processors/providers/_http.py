@@ -144,7 +144,10 @@ class HttpProvider(Provider):
                 response = await self.client().send(request, stream=True)
             try:
                 if response.status_code >= 400:
-                    text = (await response.aread()).decode("utf-8", "replace")
+                    try:
+                        text = (await response.aread()).decode("utf-8", "replace")
+                    except httpx.HTTPError:
+                        text = ""  # the body broke off; the status still says what went wrong
                     raise status_error(call.endpoint, response.status_code, text, response)
                 started = True
                 event, data = "", list[str]()

@@ -405,3 +405,45 @@ def test_model_call_records_survive_the_wire():
         cost_usd=Decimal("0.0000123"),
     )
     assert ModelCall.from_record(call.to_record()) == call
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_secret_that_cannot_be_resolved_frees_the_half_open_probe(monkeypatch, streamed):
+    monkeypatch.delenv("WEIR_TEST_UNSET_KEY", raising=False)
+    llm = ModelEndpoint(
+        f"probe-secret-{streamed}",
+        provider=OpenAICompatible("http://127.0.0.1:1/v1"),
+        api_key="env:WEIR_TEST_UNSET_KEY",
+        breaker=BreakerPolicy(failure_threshold=1, cooldown_s=0),
+    )
+    assert llm.breaker is not None
+    llm.breaker.record_failure()  # open; with no cooldown the next call is the probe
+    with pytest.raises(SecretError, match="not set"):
+        if streamed:
+            await llm.stream_chat(MESSAGES).collect()
+        else:
+            await llm.chat(MESSAGES)
+    # The probe learnt nothing about the endpoint: the next call may probe again.
+    assert llm.breaker.allow()
+
+
+async def test_an_error_body_that_breaks_off_is_still_a_typed_model_error():
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the request's headers; the body does not matter
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000\r\n\r\noverlo")
+        await writer.drain()
+        writer.close()  # 6 of the promised 1000 bytes
+
+    server = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    llm = ModelEndpoint(
+        "half-body", provider=OpenAICompatible(f"http://127.0.0.1:{port}/v1"), breaker=None
+    )
+    try:
+        with pytest.raises(ModelUnavailableError, match="answered 503"):
+            await llm.stream_chat(MESSAGES).collect()
+    finally:
+        await llm.provider.aclose()
+        server.close()
+        await server.wait_closed()
