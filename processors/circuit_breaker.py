@@ -7,10 +7,12 @@
 
 Only failures that say the endpoint is unwell count (timeouts, 5xx, 429,
 broken streams, unreadable answers); a request the endpoint refuses as
-invalid (4xx) is the caller's fault and does not.  Breakers live in the worker
-process: each worker learns on its own, so one worker's network trouble does
-not stop the others.  ``circuit_states()`` reports every breaker of the process
-(the worker's ``/health`` route shows it).
+invalid (4xx) is the caller's fault and does not, nor does a call that never
+reached the endpoint (weir's own rate limits, a secret that cannot be
+resolved).  Breakers live in the worker process: each worker learns on its
+own, so one worker's network trouble does not stop the others.
+``circuit_states()`` reports every breaker of the process (the worker's
+``/health`` route shows it).
 
 >>> breaker = CircuitBreaker("emb", BreakerPolicy(failure_threshold=2, cooldown_s=60))
 >>> breaker.allow(), breaker.state

@@ -328,9 +328,11 @@ class ModelEndpoint:
             self._span(scope, operation, meta, fallback_from) as span,
             Probe(self.breaker) as probe,
         ):
+            admitted = False
             try:
                 call = await self._provider_call()
                 async with self._admitted(estimate):
+                    admitted = True
                     try:
                         async with asyncio.timeout(self.timeout_s):
                             done, usage, model = await once(self, call)
@@ -339,7 +341,8 @@ class ModelEndpoint:
                             f"endpoint {self.name!r} did not answer within {self.timeout_s:g}s"
                         ) from None
             except ModelError as exc:
-                probe.failure(exc)
+                if admitted:  # weir's own limits refusing the call say nothing of the endpoint
+                    probe.failure(exc)
                 self._record(
                     scope,
                     span,
@@ -749,9 +752,11 @@ async def _stream_tries(
                 ep._span(scope, "chat", meta, fallback_from, streamed=True) as span,
                 Probe(ep.breaker) as probe,
             ):
+                admitted = False
                 try:
                     call = await ep._provider_call()
                     async with ep._admitted(estimate):
+                        admitted = True
                         pieces = ep.provider.stream_chat(call, messages, params)
                         try:
                             complete = False
@@ -802,7 +807,8 @@ async def _stream_tries(
                             with contextlib.suppress(Exception):
                                 await pieces.aclose()  # type: ignore[attr-defined]
                 except ModelError as exc:
-                    probe.failure(exc)
+                    if admitted:  # weir's own limits refusing the call say nothing of the endpoint
+                        probe.failure(exc)
                     # A broken stream was still billed: count what was sent and received.
                     usage = (
                         _usage(got_in, None, estimate, "".join(text))

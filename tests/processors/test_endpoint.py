@@ -447,3 +447,27 @@ async def test_an_error_body_that_breaks_off_is_still_a_typed_model_error():
         await llm.provider.aclose()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_weirs_own_rate_limit_does_not_open_the_breaker(servers, streamed):
+    server = await servers("own-limit")
+    llm = openai(
+        server,
+        f"own-limit-{streamed}",
+        limits=Limits(requests_per_minute=1),
+        queue_timeout_s=0.1,
+        breaker=BreakerPolicy(failure_threshold=1, cooldown_s=60),
+    )
+
+    async def call() -> None:
+        if streamed:
+            await llm.stream_chat(MESSAGES).collect()
+        else:
+            await llm.chat(MESSAGES)
+
+    await call()  # takes the one request of this minute
+    with pytest.raises(RateLimitedError, match="weir's own limit"):
+        await call()
+    assert llm.breaker is not None and llm.breaker.state == "closed"
+    assert server.total == 1  # the refused call never reached the endpoint
