@@ -343,6 +343,7 @@ class ModelEndpoint:
             except ModelError as exc:
                 if admitted:  # weir's own limits refusing the call say nothing of the endpoint
                     probe.failure(exc)
+                self._key_refused(exc)
                 self._record(
                     scope,
                     span,
@@ -384,6 +385,11 @@ class ModelEndpoint:
         if self._key_ref is not None:
             key = await resolver_for(settings_now()).resolve(self._key_ref)
         return ProviderCall(endpoint=self.name, model=self.model, api_key=key)
+
+    def _key_refused(self, error: ModelError) -> None:
+        """After a 401/403 the key may have been rotated: resolve it afresh next time."""
+        if error.status in (401, 403) and self._key_ref is not None:
+            resolver_for(settings_now()).invalidate(self._key_ref)
 
     @contextlib.asynccontextmanager
     async def _admitted(self, tokens: int) -> AsyncIterator[None]:
@@ -809,6 +815,7 @@ async def _stream_tries(
                 except ModelError as exc:
                     if admitted:  # weir's own limits refusing the call say nothing of the endpoint
                         probe.failure(exc)
+                    ep._key_refused(exc)
                     # A broken stream was still billed: count what was sent and received.
                     usage = (
                         _usage(got_in, None, estimate, "".join(text))

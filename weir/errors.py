@@ -190,6 +190,8 @@ class ModelError(WeirError):
 
     error_type = "model_error"
     retriable = True
+    status: int | None = None
+    """The HTTP status the endpoint answered, when it answered one."""
 
 
 class ModelTimeoutError(ModelError):

@@ -471,3 +471,22 @@ async def test_weirs_own_rate_limit_does_not_open_the_breaker(servers, streamed)
         await call()
     assert llm.breaker is not None and llm.breaker.state == "closed"
     assert server.total == 1  # the refused call never reached the endpoint
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_is_resolved_again_on_the_next_call(servers, monkeypatch, status):
+    variable = f"WEIR_TEST_ROTATED_KEY_{status}"  # the secret cache is per process
+    monkeypatch.setenv(variable, "sk-old-key-0001")
+    server = await servers("rotate")
+    server.behaviour.fail_rate = 1.0
+    server.behaviour.fail_statuses = (status,)
+    llm = ModelEndpoint(
+        f"rotate-{status}",
+        provider=OpenAICompatible(server.url, api_key=f"env:{variable}"),
+    )
+    with pytest.raises(ModelRequestError):
+        await llm.chat(MESSAGES)
+    monkeypatch.setenv(variable, "sk-new-key-0002")  # the key was rotated
+    server.behaviour.fail_rate = 0.0
+    assert (await llm.chat(MESSAGES)).text
+    assert server.api_keys == ["sk-old-key-0001", "sk-new-key-0002"]
