@@ -630,11 +630,20 @@ class ChatStream:
         params: dict[str, Any],
         meta: CallMeta,
     ) -> None:
-        async def resolve() -> tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]:
+        async def resolve() -> _Resolved:
             return endpoint, meta, None
 
-        self._resolve: Callable[[], Awaitable[_Resolved]] = resolve
-        self._name = endpoint.name
+        self._setup(resolve, endpoint.name, messages, params)
+
+    def _setup(
+        self,
+        resolve: Callable[[], Awaitable[_Resolved]],
+        name: str,
+        messages: list[Message],
+        params: dict[str, Any],
+    ) -> None:
+        self._resolve = resolve
+        self._name = name
         self._messages = messages
         self._params = params
         self._queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
@@ -645,20 +654,13 @@ class ChatStream:
     @classmethod
     def routed(
         cls,
-        resolve: Callable[[], Awaitable[tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]]],
+        resolve: Callable[[], Awaitable[_Resolved]],
         messages: list[Message],
         params: dict[str, Any],
     ) -> ChatStream:
         """A stream whose endpoint is chosen (by a router) when it starts."""
         stream = cls.__new__(cls)
-        stream._resolve = resolve
-        stream._name = "routed"
-        stream._messages = messages
-        stream._params = params
-        stream._queue = asyncio.Queue()
-        stream._task = None
-        stream._finished = False
-        stream.result = None
+        stream._setup(resolve, "routed", messages, params)
         return stream
 
     def __aiter__(self) -> ChatStream:

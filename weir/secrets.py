@@ -143,11 +143,6 @@ class SecretResolver:
             value = await asyncio.to_thread(self._resolve_now, parsed)
         return value
 
-    def resolve_sync(self, ref: str | SecretRef) -> SecretStr:
-        parsed = SecretRef.parse(ref)
-        cached = self._cached(parsed)
-        return cached if cached is not None else self._resolve_now(parsed)
-
     def _cached(self, ref: SecretRef) -> SecretStr | None:
         hit = self._cache.get(ref)
         if hit is not None and time.monotonic() < hit[0]:
