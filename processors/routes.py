@@ -12,7 +12,11 @@ partition is one order):
 
 ``apply_rule_set`` validates before it writes (schema, conditions, and, when
 the routers are known, endpoint names), so a rule set that does not parse
-never reaches a worker.  The version is one more than the router's latest.
+never reaches a worker.  The version is one more than the router's latest;
+two applies racing may both take the same number, so a router compares the
+whole rule set, not only its version, when a record arrives: every worker
+reads the one partition in the same order and ends on the last record, and
+``weir routes history`` shows both (told apart by ``applied_at``).
 Workers check again on arrival (a worker whose code lacks an endpoint the new
 rules name keeps its current version and logs why).
 """
@@ -49,6 +53,7 @@ __all__ = [
     "RouteWatcher",
     "apply_rule_set",
     "follow",
+    "latest_rule_sets",
     "load_rule_sets",
     "read_history",
     "read_rule_sets",
@@ -110,12 +115,17 @@ async def _read_all(settings: WeirSettings, topic: str) -> list[tuple[str, bytes
 async def read_rule_sets(settings: WeirSettings) -> dict[str, RuleSet]:
     """The rule set in force per router (latest record per key on the routes topic)."""
     await _ensure_topics(settings)
+    return latest_rule_sets(await _read_all(settings, ROUTES_TOPIC))
+
+
+def latest_rule_sets(records: Iterable[tuple[str, bytes | None, int]]) -> dict[str, RuleSet]:
+    """The last rule set per router in routes-topic records; records that are none are skipped."""
     latest: dict[str, RuleSet] = {}
-    for key, value, _ in await _read_all(settings, ROUTES_TOPIC):
+    for key, value, _ in records:
         if value is None:
             latest.pop(key, None)
             continue
-        with contextlib.suppress(RoutingError):
+        with contextlib.suppress(RoutingError, json.JSONDecodeError, UnicodeDecodeError):
             latest[key] = RuleSet.parse(json.loads(value), source=f"{ROUTES_TOPIC}/{key}")
     return latest
 
@@ -130,7 +140,7 @@ async def read_history(settings: WeirSettings, router: str | None = None) -> lis
         if value is None:
             out.append(key)
             continue
-        with contextlib.suppress(RoutingError, json.JSONDecodeError):
+        with contextlib.suppress(RoutingError, json.JSONDecodeError, UnicodeDecodeError):
             out.append(RuleSet.parse(json.loads(value), source=f"{ROUTES_HISTORY_TOPIC}/{key}"))
     return out
 

@@ -10,7 +10,7 @@ import pytest
 from processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
 from processors.features import Features, document_type
 from processors.router import Router, Rule, RuleSet
-from processors.routes import load_rule_sets
+from processors.routes import latest_rule_sets, load_rule_sets
 from tests.processors.test_endpoint import MESSAGES, in_scope, scope
 from weir.errors import BudgetExceededError, NoRouteError, RoutingError
 
@@ -194,6 +194,27 @@ def test_a_rule_set_naming_an_unknown_endpoint_is_refused_and_the_old_one_kept()
     assert router.use(bad) is False and router.version == 0
     good = RuleSet(router="r9", version=4, default="r9-a")
     assert router.use(good) is True and router.version == 4
+
+
+def test_a_different_rule_set_under_the_same_version_is_still_applied():
+    a, b = local("r10-a"), local("r10-b")
+    router = Router("r10", default=a, endpoints=[b], watch=False)
+    first = RuleSet(router="r10", version=5, default="r10-a", applied_at=1)
+    raced = RuleSet(router="r10", version=5, default="r10-b", applied_at=2)  # a racing apply
+    assert router.use(first) and router.decide().endpoint is a
+    assert router.use(raced) and router.decide().endpoint is b
+    assert router.use(raced.model_copy()) and router.rule_set is raced  # same content: kept
+
+
+def test_reading_the_routes_topic_skips_records_that_are_not_rule_sets():
+    good = RuleSet(router="r11", version=2, default="r11-a").model_dump_json().encode()
+    records = [
+        ("r11", good, 1),
+        ("r11", b"{not json", 2),
+        ("r12", b"\xff\xfe", 3),
+        ("r12", b'{"router": "r12", "version": "x"}', 4),
+    ]
+    assert latest_rule_sets(records) == {"r11": RuleSet.model_validate_json(good)}
 
 
 async def test_routed_calls_record_rule_and_version_on_the_trace(servers):
