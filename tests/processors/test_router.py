@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import socket
 from decimal import Decimal
 
 import pytest
@@ -10,8 +12,9 @@ import pytest
 from processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
 from processors.features import Features, document_type
 from processors.router import Router, Rule, RuleSet
-from processors.routes import latest_rule_sets, load_rule_sets
+from processors.routes import RouteWatcher, latest_rule_sets, load_rule_sets
 from tests.processors.test_endpoint import MESSAGES, in_scope, scope
+from weir.config import load_settings
 from weir.errors import BudgetExceededError, NoRouteError, RoutingError
 
 LEGAL = (
@@ -229,3 +232,20 @@ async def test_routed_calls_record_rule_and_version_on_the_trace(servers):
     assert (result.rule, result.rules_version) == ("short", 0)
     assert streamed.rule == "short"
     assert [(c.rule, c.rules_version) for c in s.calls] == [("short", 0), ("short", 0)]
+
+
+async def test_the_route_watcher_keeps_trying_while_the_broker_is_away_and_stops_on_cancel():
+    with socket.socket() as sock:  # a port nobody listens on: no broker there
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{sock.getsockname()[1]}"
+    watcher = RouteWatcher(load_settings(kafka_bootstrap=nowhere))
+    watcher.max_backoff_s = 0.1
+    # A failed connection ends the first call's wait at once, without the rule sets.
+    assert await watcher.wait_ready(30) is False and watcher._failed
+    async with asyncio.timeout(10):
+        while watcher.failures < 3:
+            await asyncio.sleep(0.05)
+    task = watcher._task
+    assert task is not None and not task.done()  # still trying, not dead
+    await watcher.stop()
+    assert task.cancelled()
