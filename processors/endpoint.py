@@ -50,6 +50,7 @@ from processors.streaming import StreamPublisher
 from processors.tokens import estimate_messages, estimate_tokens
 from schemas.messages import ModelCall, now_ms
 from streams.context import AttemptScope, current_scope
+from streams.dead_letter import error_type_of
 from weir.errors import (
     CircuitOpenError,
     ConfigError,
@@ -712,10 +713,12 @@ class ChatStream:
             self._queue.put_nowait(_End(None))
         except asyncio.CancelledError:
             if publisher is not None:
-                await publisher.cancel()
+                await publisher.abandon()  # clients must not wait for a call that is gone
             raise
         except BaseException as exc:
             if publisher is not None:
+                if not publisher.ended:  # e.g. a secret that cannot be resolved
+                    publisher.abort(error_type=error_type_of(exc))
                 with contextlib.suppress(Exception):
                     await publisher.close()
             self._queue.put_nowait(_End(exc))

@@ -29,6 +29,7 @@ says whether trying the same input again can succeed.
     │   ├── ModelResponseError      model_response_invalid (unparseable answer)
     │   ├── StreamInterruptedError  stream_interrupted   (a stream broke mid-answer)
     │   └── CircuitOpenError        circuit_open         (the endpoint's breaker is open)
+    ├── StreamAbortedError          stream_aborted       (a request's token stream ended unfinished)
     ├── RoutingError                routing_invalid      (a rule set that does not parse)
     │   └── NoRouteError            no_route             (no rule matched, no default)
     ├── BudgetExceededError         budget_exceeded
@@ -68,6 +69,7 @@ __all__ = [
     "SecretStoreError",
     "StepError",
     "StepTimeoutError",
+    "StreamAbortedError",
     "StreamInterruptedError",
     "TraceStoreError",
     "UndecodableError",
@@ -235,6 +237,20 @@ class CircuitOpenError(ModelError):
     """The endpoint's circuit breaker is open and no fallback endpoint took the call."""
 
     error_type = "circuit_open"
+
+
+class StreamAbortedError(WeirError):
+    """A request's token stream was aborted and the request ended without a streamed answer.
+
+    ``reason`` is the request's error type (``None`` if it succeeded some other
+    way, e.g. with its step's fallback); its result says the rest.
+    """
+
+    error_type = "stream_aborted"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RoutingError(WeirError):

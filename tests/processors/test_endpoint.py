@@ -490,3 +490,47 @@ async def test_a_refused_key_is_resolved_again_on_the_next_call(servers, monkeyp
     server.behaviour.fail_rate = 0.0
     assert (await llm.chat(MESSAGES)).text
     assert server.api_keys == ["sk-old-key-0001", "sk-new-key-0002"]
+
+
+async def test_a_cancelled_stream_publishes_abort_so_clients_stop_waiting(servers):
+    server = await servers("slow-stream")
+    server.behaviour.reply = lambda text: "one two three four five six seven eight"
+    server.behaviour.chunk_delay_s = 0.2
+    llm = openai(server, "slow-stream", breaker=None)
+    s, published = scope()
+    seen: list[str] = []
+
+    async def step() -> None:  # as a step attempt would, until its timeout cancels it
+        async for event in llm.stream_chat(MESSAGES):
+            seen.append(event.text)
+
+    with in_scope(s):
+        task = asyncio.create_task(step())
+        async with asyncio.timeout(10):
+            while not seen:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with asyncio.timeout(10):  # written in the background, shielded and bounded
+        while not published.records or published.records[-1]["type"] != "abort":
+            await asyncio.sleep(0.01)
+    kinds = [r["type"] for r in published.records]
+    assert kinds[0] == "delta" and kinds[-1] == "abort" and "done" not in kinds
+    assert published.records[-1]["error_type"] == "cancelled"
+    assert published.records[-1]["endpoint"] == "slow-stream"
+
+
+async def test_a_stream_failing_before_any_token_publishes_abort(monkeypatch):
+    monkeypatch.delenv("WEIR_TEST_UNSET_KEY", raising=False)
+    llm = ModelEndpoint(
+        "abort-secret",
+        provider=OpenAICompatible("http://127.0.0.1:1/v1"),
+        api_key="env:WEIR_TEST_UNSET_KEY",
+    )
+    s, published = scope()
+    with in_scope(s), pytest.raises(SecretError):
+        await llm.stream_chat(MESSAGES).collect()
+    assert [(r["type"], r["error_type"]) for r in published.records] == [
+        ("abort", "secret_unavailable")
+    ]
