@@ -51,6 +51,7 @@ from processors.tokens import estimate_messages, estimate_tokens
 from schemas.messages import ModelCall, now_ms
 from streams.context import AttemptScope, current_scope
 from streams.dead_letter import error_type_of
+from weir.config import WeirSettings
 from weir.errors import (
     CircuitOpenError,
     ConfigError,
@@ -181,9 +182,12 @@ class ModelEndpoint:
 
     # -- prices -------------------------------------------------------------------------
 
-    def price(self) -> Price | None:
-        """The price in force: own, configured, or the default table's; ``None`` if unknown."""
-        return price_of(self.model, settings_now(), self._own_price)
+    def price(self, settings: WeirSettings | None = None) -> Price | None:
+        """The price in force: own, configured, or the default table's; ``None`` if unknown.
+
+        ``settings``: whose price table (default: the step's, else the environment's).
+        """
+        return price_of(self.model, settings or settings_now(), self._own_price)
 
     def cost(self, usage: Usage) -> Decimal:
         price = self.price()
@@ -554,9 +558,9 @@ class ModelEndpoint:
         scope.record(call, traced=span is not None)
         return call
 
-    def state(self) -> dict[str, Any]:
+    def state(self, settings: WeirSettings | None = None) -> dict[str, Any]:
         """Breaker, latency and load of this endpoint in this process (for ``/models``)."""
-        price = self.price()
+        price = self.price(settings)
         return {
             "model": self.model,
             "provider": self.provider.describe(),
@@ -574,9 +578,9 @@ class ModelEndpoint:
         }
 
 
-def endpoint_states() -> dict[str, dict[str, Any]]:
-    """Every endpoint defined in this process, by name."""
-    return {name: ep.state() for name, ep in sorted(_ENDPOINTS.items())}
+def endpoint_states(settings: WeirSettings | None = None) -> dict[str, dict[str, Any]]:
+    """Every endpoint defined in this process, by name (prices from ``settings``' table)."""
+    return {name: ep.state(settings) for name, ep in sorted(_ENDPOINTS.items())}
 
 
 def _check_messages(endpoint: str, messages: Sequence[Message]) -> None:

@@ -530,4 +530,5 @@ async def _sse(request: web.Request) -> web.StreamResponse:
 async def _models(request: web.Request) -> web.Response:
     from processors.endpoint import endpoint_states
 
-    return web.json_response(endpoint_states())
+    # The worker's settings (its --config), never ones re-read from the environment.
+    return web.json_response(endpoint_states(request.app[_SETTINGS]))

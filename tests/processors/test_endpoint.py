@@ -7,7 +7,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from processors import (
     Anthropic,
@@ -534,3 +536,26 @@ async def test_a_stream_failing_before_any_token_publishes_abort(monkeypatch):
     assert [(r["type"], r["error_type"]) for r in published.records] == [
         ("abort", "secret_unavailable")
     ]
+
+
+async def test_the_models_route_prices_with_the_apps_settings_not_the_environment():
+    from processors.streaming import add_routes
+
+    settings = load_settings(model_prices={"m-config-priced": {"input_per_1m": "3.5"}})
+    llm = ModelEndpoint(
+        "config-priced", provider=OpenAICompatible("http://127.0.0.1:1/v1"), model="m-config-priced"
+    )
+    app = web.Application()
+    add_routes(app, settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        url = f"http://127.0.0.1:{port}/models"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            states = await response.json()
+    finally:
+        await runner.cleanup()
+    assert states[llm.name]["price_per_1m"] == {"input": "3.5", "output": "0"}
