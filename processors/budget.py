@@ -446,14 +446,17 @@ class CostLedger:
             producer = self._producer
             if producer is None:
                 log.warning("cost ledger is not running; spend of %s counted locally only", key)
-                break
-            try:
-                await producer.send_and_wait(COSTS_TOPIC, value, key.encode())
+                self._own.discard(event_id)  # it will not come back from the topic
                 return
-            except KafkaError as exc:
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await producer.send_and_wait(COSTS_TOPIC, value, key.encode())
+                return
+            except (KafkaError, TimeoutError) as exc:
                 if time.monotonic() + backoff > deadline:
+                    # It may still arrive (so its id stays among ours, to count it once).
                     log.error("cost ledger: a cost event of %s was not written: %s", key, exc)
-                    break
+                    return
                 log.warning(
                     "cost ledger: the broker did not take a cost event (%s); again in %.1fs",
                     exc,
@@ -461,4 +464,3 @@ class CostLedger:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
-        self._own.discard(event_id)  # it will not come back from the topic

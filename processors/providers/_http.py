@@ -165,7 +165,8 @@ class HttpProvider(Provider):
                     if data:
                         yield SseEvent(event or "message", "\n".join(data))
             finally:
-                await response.aclose()
+                with contextlib.suppress(httpx.HTTPError):  # the answer is complete or lost
+                    await response.aclose()
         except StreamInterruptedError:
             raise
         except ModelUnavailableError as exc:
