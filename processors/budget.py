@@ -8,7 +8,8 @@ A ``Router`` with a budget checks it before each call.  Every budgeted model
 call puts a cost event on the ``weir.costs`` topic (key: the budget key); each
 worker's ``CostLedger`` reads that topic from the start of the longest window
 in use and keeps per-hour sums, so all workers see each other's spend within
-about a second, and a restarted worker recovers its windows from the topic.
+about a second, and a restarted worker recovers its windows from the topic
+(a call's cost event is acknowledged by the broker before the call returns).
 No Postgres, no Redis: the ledger is the event log.
 
 Why a topic of its own rather than the trace topic: trace events are written
@@ -34,6 +35,7 @@ matches, the call is rejected.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -194,9 +196,10 @@ class Reservation:
     _released: bool = False
 
     async def spend(self, cost: Decimal) -> None:
+        """Count ``cost`` and return once its event is on the costs topic (see ``record``)."""
         take = min(cost, max(Decimal(0), self.amount - self.spent))
         self.spent += cost
-        self.ledger.record(self.key, cost, reserved_part=take)
+        await self.ledger.record(self.key, cost, reserved_part=take)
 
     def release(self) -> None:
         if not self._released:
@@ -208,6 +211,10 @@ class CostLedger:
     """Per-hour spend by budget key, read from and written to the costs topic (one per broker)."""
 
     _instances: dict[str, CostLedger] = {}
+    send_patience_s = 30.0
+    """How long ``record`` keeps sending an event the broker does not take."""
+    _SEEN = 100_000
+    """Recent event ids remembered, so an event sent twice (a retried send) counts once."""
 
     @classmethod
     def for_settings(cls, settings: WeirSettings) -> CostLedger:
@@ -221,6 +228,8 @@ class CostLedger:
         self._hours: dict[str, dict[int, Decimal]] = {}
         self._reserved: dict[str, Decimal] = {}
         self._own: set[str] = set()
+        self._seen: set[str] = set()
+        self._seen_order: collections.deque[str] = collections.deque()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -237,7 +246,13 @@ class CostLedger:
             return
         if self._starting is None:
             self._starting = asyncio.create_task(self._start())
-        await asyncio.shield(self._starting)
+        starting = self._starting
+        try:
+            await asyncio.shield(starting)
+        except BaseException:
+            if starting.done() and self._starting is starting:
+                self._starting = None  # it failed: the next caller tries again
+            raise
 
     async def _start(self) -> None:
         settings = self._settings
@@ -255,25 +270,36 @@ class CostLedger:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await producer.start()
-        await consumer.start()
-        tps = [TopicPartition(COSTS_TOPIC, p) for p in range(count)]
-        consumer.assign(tps)
-        since = window_start("month", now_ms())
-        found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
-        for tp in tps:
-            at = found.get(tp)
-            if at is None:
-                await consumer.seek_to_end(tp)
-            else:
-                consumer.seek(tp, at.offset)
-        end = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + 60
-        while any([await consumer.position(tp) < end[tp] for tp in tps]):
-            if time.monotonic() > deadline:
-                log.warning("cost ledger: catching up took over 60s; going on with partial sums")
-                break
-            self._apply_batch(await consumer.getmany(timeout_ms=200))
+        started = False
+        try:
+            await producer.start()
+            await consumer.start()
+            tps = [TopicPartition(COSTS_TOPIC, p) for p in range(count)]
+            consumer.assign(tps)
+            since = window_start("month", now_ms())
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+            for tp in tps:
+                at = found.get(tp)
+                if at is None:
+                    await consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, at.offset)
+            end = await consumer.end_offsets(tps)
+            deadline = time.monotonic() + 60
+            while any([await consumer.position(tp) < end[tp] for tp in tps]):
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "cost ledger: catching up took over 60s; going on with partial sums"
+                    )
+                    break
+                self._apply_batch(await consumer.getmany(timeout_ms=200))
+            started = True
+        finally:
+            if not started:  # nothing may keep connections of a start that failed
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                with contextlib.suppress(Exception):
+                    await stop_consumer(consumer)
         self._producer, self._consumer = producer, consumer
         self._task = asyncio.create_task(self._follow(), name="weir-cost-ledger")
         register_closer(self.stop)
@@ -319,6 +345,12 @@ class CostLedger:
                     log.warning("cost ledger: skipping a malformed cost event at %s", record.offset)
                     continue
                 self.events_read += 1
+                if event_id in self._seen:
+                    continue
+                self._seen.add(event_id)
+                self._seen_order.append(event_id)
+                if len(self._seen_order) > self._SEEN:
+                    self._seen.discard(self._seen_order.popleft())
                 if event_id in self._own:
                     self._own.discard(event_id)  # counted when it was spent
                     continue
@@ -383,13 +415,19 @@ class CostLedger:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    def record(self, key: str, cost: Decimal, *, reserved_part: Decimal = Decimal(0)) -> None:
-        """Count ``cost`` now and put its event on the topic (acknowledged in the background)."""
+    async def record(self, key: str, cost: Decimal, *, reserved_part: Decimal = Decimal(0)) -> None:
+        """Count ``cost`` now, then put its event on the topic and wait for the broker's ack.
+
+        Broker errors are retried with back-off (as the worker's outbox does) for
+        up to ``send_patience_s``; the caller's cancellation (a step timeout, a
+        worker draining) ends the wait, and so does the ledger stopping.  An
+        event that is not written is logged: this worker still counts it, but
+        other workers and a restarted one do not see it.
+        """
         at = now_ms()
         self.unreserve(key, reserved_part)
         self._add(key, at, cost)
         event_id = uuid.uuid4().hex
-        self._own.add(event_id)
         scope = current_scope()
         event = {
             "event_id": event_id,
@@ -400,16 +438,29 @@ class CostLedger:
             "request_id": scope.context.request_id if scope else None,
             "step": scope.context.step if scope else None,
         }
-        if self._producer is None:
-            log.warning("cost ledger is not started; spend of %s counted locally only", key)
-            return
-        future = asyncio.ensure_future(
-            self._producer.send_and_wait(COSTS_TOPIC, json.dumps(event).encode(), key.encode())
-        )
-        self._pending.add(future)
-        future.add_done_callback(self._sent)
-
-    def _sent(self, future: asyncio.Future[Any]) -> None:
-        self._pending.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            log.error("cost ledger: a cost event was not written: %s", future.exception())
+        value = json.dumps(event).encode()
+        self._own.add(event_id)
+        deadline = time.monotonic() + self.send_patience_s
+        backoff = 0.2
+        while True:
+            producer = self._producer
+            if producer is None:
+                log.warning("cost ledger is not running; spend of %s counted locally only", key)
+                self._own.discard(event_id)  # it will not come back from the topic
+                return
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    await producer.send_and_wait(COSTS_TOPIC, value, key.encode())
+                return
+            except (KafkaError, TimeoutError) as exc:
+                if time.monotonic() + backoff > deadline:
+                    # It may still arrive (so its id stays among ours, to count it once).
+                    log.error("cost ledger: a cost event of %s was not written: %s", key, exc)
+                    return
+                log.warning(
+                    "cost ledger: the broker did not take a cost event (%s); again in %.1fs",
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)

@@ -7,10 +7,12 @@
 
 Only failures that say the endpoint is unwell count (timeouts, 5xx, 429,
 broken streams, unreadable answers); a request the endpoint refuses as
-invalid (4xx) is the caller's fault and does not.  Breakers live in the worker
-process: each worker learns on its own, so one worker's network trouble does
-not stop the others.  ``circuit_states()`` reports every breaker of the process
-(the worker's ``/health`` route shows it).
+invalid (4xx) is the caller's fault and does not, nor does a call that never
+reached the endpoint (weir's own rate limits, a secret that cannot be
+resolved).  Breakers live in the worker process: each worker learns on its
+own, so one worker's network trouble does not stop the others.
+``circuit_states()`` reports every breaker of the process (the worker's
+``/health`` route shows it).
 
 >>> breaker = CircuitBreaker("emb", BreakerPolicy(failure_threshold=2, cooldown_s=60))
 >>> breaker.allow(), breaker.state
@@ -30,7 +32,7 @@ from typing import Any, Literal
 
 from weir.errors import ConfigError, ModelError, ModelRequestError
 
-__all__ = ["BreakerPolicy", "CircuitBreaker", "circuit_states", "counts_against_circuit"]
+__all__ = ["BreakerPolicy", "CircuitBreaker", "Probe", "circuit_states", "counts_against_circuit"]
 
 State = Literal["closed", "open", "half_open"]
 
@@ -156,6 +158,42 @@ class CircuitBreaker:
                     max(0.0, self.policy.cooldown_s - (now - self._opened_at)), 3
                 )
             return out
+
+
+class Probe:
+    """What one call tells its endpoint's breaker (``with Probe(breaker) as probe:``).
+
+    ``success()`` or ``failure(error)`` reports the outcome; a call that leaves
+    the block without either (cancelled, or failed before it reached the
+    endpoint: a secret that cannot be resolved, weir's own limits) says nothing
+    about the endpoint, so a half-open probe it took is freed for the next call.
+    """
+
+    __slots__ = ("_breaker", "_told")
+
+    def __init__(self, breaker: CircuitBreaker | None) -> None:
+        self._breaker = breaker
+        self._told = False
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._told and self._breaker is not None:
+            self._breaker.release_probe()
+
+    def success(self) -> None:
+        self._told = True
+        if self._breaker is not None:
+            self._breaker.record_success()
+
+    def failure(self, error: BaseException) -> None:
+        self._told = True
+        if self._breaker is not None:
+            if counts_against_circuit(error):
+                self._breaker.record_failure()
+            else:
+                self._breaker.release_probe()
 
 
 _REGISTRY: dict[str, CircuitBreaker] = {}

@@ -41,7 +41,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import SecretStr
 
 from processors._env import resolver_for, settings_now
-from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, counts_against_circuit
+from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
 from processors.cost import FREE, Price, price_of
 from processors.limits import LatencyStats, Limits, TokenBucket
 from processors.providers._base import Message, Provider, ProviderCall
@@ -50,6 +50,8 @@ from processors.streaming import StreamPublisher
 from processors.tokens import estimate_messages, estimate_tokens
 from schemas.messages import ModelCall, now_ms
 from streams.context import AttemptScope, current_scope
+from streams.dead_letter import error_type_of
+from weir.config import WeirSettings
 from weir.errors import (
     CircuitOpenError,
     ConfigError,
@@ -180,9 +182,12 @@ class ModelEndpoint:
 
     # -- prices -------------------------------------------------------------------------
 
-    def price(self) -> Price | None:
-        """The price in force: own, configured, or the default table's; ``None`` if unknown."""
-        return price_of(self.model, settings_now(), self._own_price)
+    def price(self, settings: WeirSettings | None = None) -> Price | None:
+        """The price in force: own, configured, or the default table's; ``None`` if unknown.
+
+        ``settings``: whose price table (default: the step's, else the environment's).
+        """
+        return price_of(self.model, settings or settings_now(), self._own_price)
 
     def cost(self, usage: Usage) -> Decimal:
         price = self.price()
@@ -324,10 +329,15 @@ class ModelEndpoint:
     ) -> tuple[Any, Usage, Decimal]:
         scope = current_scope()
         started_at, t0 = now_ms(), time.perf_counter()
-        with self._span(scope, operation, meta, fallback_from) as span:
+        with (
+            self._span(scope, operation, meta, fallback_from) as span,
+            Probe(self.breaker) as probe,
+        ):
+            admitted = False
             try:
                 call = await self._provider_call()
                 async with self._admitted(estimate):
+                    admitted = True
                     try:
                         async with asyncio.timeout(self.timeout_s):
                             done, usage, model = await once(self, call)
@@ -336,7 +346,9 @@ class ModelEndpoint:
                             f"endpoint {self.name!r} did not answer within {self.timeout_s:g}s"
                         ) from None
             except ModelError as exc:
-                self._failed(exc)
+                if admitted:  # weir's own limits refusing the call say nothing of the endpoint
+                    probe.failure(exc)
+                self._key_refused(exc)
                 self._record(
                     scope,
                     span,
@@ -351,12 +363,7 @@ class ModelEndpoint:
                     error_type=exc.error_type,
                 )
                 raise
-            except asyncio.CancelledError:
-                if self.breaker is not None:
-                    self.breaker.release_probe()
-                raise
-            if self.breaker is not None:
-                self.breaker.record_success()
+            probe.success()
             if self._tokens is not None:
                 self._tokens.debit(max(0, usage.input_tokens - estimate) + usage.output_tokens)
             cost = self.cost(usage)
@@ -383,6 +390,11 @@ class ModelEndpoint:
         if self._key_ref is not None:
             key = await resolver_for(settings_now()).resolve(self._key_ref)
         return ProviderCall(endpoint=self.name, model=self.model, api_key=key)
+
+    def _key_refused(self, error: ModelError) -> None:
+        """After a 401/403 the key may have been rotated: resolve it afresh next time."""
+        if error.status in (401, 403) and self._key_ref is not None:
+            resolver_for(settings_now()).invalidate(self._key_ref)
 
     @contextlib.asynccontextmanager
     async def _admitted(self, tokens: int) -> AsyncIterator[None]:
@@ -430,13 +442,6 @@ class ModelEndpoint:
         if sem is None:
             sem = self._slots[loop] = asyncio.Semaphore(size)
         return sem
-
-    def _failed(self, error: ModelError) -> None:
-        if self.breaker is not None:
-            if counts_against_circuit(error):
-                self.breaker.record_failure()
-            else:
-                self.breaker.release_probe()
 
     def _refused(
         self, operation: Operation, meta: CallMeta, fallback_from: str | None, *, streamed: bool
@@ -553,9 +558,9 @@ class ModelEndpoint:
         scope.record(call, traced=span is not None)
         return call
 
-    def state(self) -> dict[str, Any]:
+    def state(self, settings: WeirSettings | None = None) -> dict[str, Any]:
         """Breaker, latency and load of this endpoint in this process (for ``/models``)."""
-        price = self.price()
+        price = self.price(settings)
         return {
             "model": self.model,
             "provider": self.provider.describe(),
@@ -573,9 +578,9 @@ class ModelEndpoint:
         }
 
 
-def endpoint_states() -> dict[str, dict[str, Any]]:
-    """Every endpoint defined in this process, by name."""
-    return {name: ep.state() for name, ep in sorted(_ENDPOINTS.items())}
+def endpoint_states(settings: WeirSettings | None = None) -> dict[str, dict[str, Any]]:
+    """Every endpoint defined in this process, by name (prices from ``settings``' table)."""
+    return {name: ep.state(settings) for name, ep in sorted(_ENDPOINTS.items())}
 
 
 def _check_messages(endpoint: str, messages: Sequence[Message]) -> None:
@@ -630,11 +635,20 @@ class ChatStream:
         params: dict[str, Any],
         meta: CallMeta,
     ) -> None:
-        async def resolve() -> tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]:
+        async def resolve() -> _Resolved:
             return endpoint, meta, None
 
-        self._resolve: Callable[[], Awaitable[_Resolved]] = resolve
-        self._name = endpoint.name
+        self._setup(resolve, endpoint.name, messages, params)
+
+    def _setup(
+        self,
+        resolve: Callable[[], Awaitable[_Resolved]],
+        name: str,
+        messages: list[Message],
+        params: dict[str, Any],
+    ) -> None:
+        self._resolve = resolve
+        self._name = name
         self._messages = messages
         self._params = params
         self._queue: asyncio.Queue[StreamEvent | _End] = asyncio.Queue()
@@ -645,20 +659,13 @@ class ChatStream:
     @classmethod
     def routed(
         cls,
-        resolve: Callable[[], Awaitable[tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]]],
+        resolve: Callable[[], Awaitable[_Resolved]],
         messages: list[Message],
         params: dict[str, Any],
     ) -> ChatStream:
         """A stream whose endpoint is chosen (by a router) when it starts."""
         stream = cls.__new__(cls)
-        stream._resolve = resolve
-        stream._name = "routed"
-        stream._messages = messages
-        stream._params = params
-        stream._queue = asyncio.Queue()
-        stream._task = None
-        stream._finished = False
-        stream.result = None
+        stream._setup(resolve, "routed", messages, params)
         return stream
 
     def __aiter__(self) -> ChatStream:
@@ -710,10 +717,12 @@ class ChatStream:
             self._queue.put_nowait(_End(None))
         except asyncio.CancelledError:
             if publisher is not None:
-                await publisher.cancel()
+                await publisher.abandon()  # clients must not wait for a call that is gone
             raise
         except BaseException as exc:
             if publisher is not None:
+                if not publisher.ended:  # e.g. a secret that cannot be resolved
+                    publisher.abort(error_type=error_type_of(exc))
                 with contextlib.suppress(Exception):
                     await publisher.close()
             self._queue.put_nowait(_End(exc))
@@ -754,10 +763,15 @@ async def _stream_tries(
             finish: str | None = None
             ttft: float | None = None
             started_at, t0 = now_ms(), time.perf_counter()
-            with ep._span(scope, "chat", meta, fallback_from, streamed=True) as span:
+            with (
+                ep._span(scope, "chat", meta, fallback_from, streamed=True) as span,
+                Probe(ep.breaker) as probe,
+            ):
+                admitted = False
                 try:
                     call = await ep._provider_call()
                     async with ep._admitted(estimate):
+                        admitted = True
                         pieces = ep.provider.stream_chat(call, messages, params)
                         try:
                             complete = False
@@ -808,7 +822,9 @@ async def _stream_tries(
                             with contextlib.suppress(Exception):
                                 await pieces.aclose()  # type: ignore[attr-defined]
                 except ModelError as exc:
-                    ep._failed(exc)
+                    if admitted:  # weir's own limits refusing the call say nothing of the endpoint
+                        probe.failure(exc)
+                    ep._key_refused(exc)
                     # A broken stream was still billed: count what was sent and received.
                     usage = (
                         _usage(got_in, None, estimate, "".join(text))
@@ -852,15 +868,10 @@ async def _stream_tries(
                     if isinstance(exc, StreamInterruptedError):
                         continue  # the same endpoint once more, then the fallbacks
                     break
-                except asyncio.CancelledError:
-                    if ep.breaker is not None:
-                        ep.breaker.release_probe()
-                    raise
                 full = "".join(text)
                 usage = _usage(got_in, got_out, estimate, full)
                 cost = ep.cost(usage)
-                if ep.breaker is not None:
-                    ep.breaker.record_success()
+                probe.success()
                 ep.latency.observe((time.perf_counter() - t0) * 1000)
                 ep._record(
                     scope,

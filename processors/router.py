@@ -430,7 +430,8 @@ class Router:
         self._code = self._code_rule_set()
         self._active = _Active(self._code, self._code.compile())
         self._held: set[str] = set()
-        self._rejected_versions: set[int] = set()
+        self._rejected: set[tuple[int, int | None]] = set()
+        """Refused rule sets, by version and apply time (each is logged once)."""
         _ROUTERS[name] = self
 
     def __repr__(self) -> str:
@@ -497,14 +498,18 @@ class Router:
                 self._active = _Active(self._code, self._code.compile())
                 self._held.clear()
             return True
-        if rule_set.version == self.version and rule_set.version != 0:
+        # The whole rule set is compared, not only its version: two racing applies can
+        # publish different rule sets under one number, and the last one must win.
+        active = self._active.rule_set
+        if rule_set is active or (rule_set.version == active.version and rule_set == active):
             return True
         try:
             self._check_endpoints(rule_set)
             compiled = rule_set.compile()
         except RoutingError as exc:
-            if rule_set.version not in self._rejected_versions:
-                self._rejected_versions.add(rule_set.version)
+            seen = (rule_set.version, rule_set.applied_at)
+            if seen not in self._rejected:
+                self._rejected.add(seen)
                 log.error("router %s: keeping version %d: %s", self.name, self.version, exc)
             return False
         log.info(

@@ -12,7 +12,11 @@ partition is one order):
 
 ``apply_rule_set`` validates before it writes (schema, conditions, and, when
 the routers are known, endpoint names), so a rule set that does not parse
-never reaches a worker.  The version is one more than the router's latest.
+never reaches a worker.  The version is one more than the router's latest;
+two applies racing may both take the same number, so a router compares the
+whole rule set, not only its version, when a record arrives: every worker
+reads the one partition in the same order and ends on the last record, and
+``weir routes history`` shows both (told apart by ``applied_at``).
 Workers check again on arrival (a worker whose code lacks an endpoint the new
 rules name keeps its current version and logs why).
 """
@@ -49,6 +53,7 @@ __all__ = [
     "RouteWatcher",
     "apply_rule_set",
     "follow",
+    "latest_rule_sets",
     "load_rule_sets",
     "read_history",
     "read_rule_sets",
@@ -110,12 +115,17 @@ async def _read_all(settings: WeirSettings, topic: str) -> list[tuple[str, bytes
 async def read_rule_sets(settings: WeirSettings) -> dict[str, RuleSet]:
     """The rule set in force per router (latest record per key on the routes topic)."""
     await _ensure_topics(settings)
+    return latest_rule_sets(await _read_all(settings, ROUTES_TOPIC))
+
+
+def latest_rule_sets(records: Iterable[tuple[str, bytes | None, int]]) -> dict[str, RuleSet]:
+    """The last rule set per router in routes-topic records; records that are none are skipped."""
     latest: dict[str, RuleSet] = {}
-    for key, value, _ in await _read_all(settings, ROUTES_TOPIC):
+    for key, value, _ in records:
         if value is None:
             latest.pop(key, None)
             continue
-        with contextlib.suppress(RoutingError):
+        with contextlib.suppress(RoutingError, json.JSONDecodeError, UnicodeDecodeError):
             latest[key] = RuleSet.parse(json.loads(value), source=f"{ROUTES_TOPIC}/{key}")
     return latest
 
@@ -130,7 +140,7 @@ async def read_history(settings: WeirSettings, router: str | None = None) -> lis
         if value is None:
             out.append(key)
             continue
-        with contextlib.suppress(RoutingError, json.JSONDecodeError):
+        with contextlib.suppress(RoutingError, json.JSONDecodeError, UnicodeDecodeError):
             out.append(RuleSet.parse(json.loads(value), source=f"{ROUTES_HISTORY_TOPIC}/{key}"))
     return out
 
@@ -200,9 +210,15 @@ async def _publish(settings: WeirSettings, records: Iterable[tuple[str, bytes | 
 
 
 class RouteWatcher:
-    """Follows the routes topic for this process and switches routers as rule sets arrive."""
+    """Follows the routes topic for this process and switches routers as rule sets arrive.
+
+    It never gives up: while the broker cannot be reached it tries again with
+    back-off (routers keep the rules they have), then goes on from the last
+    record it read.
+    """
 
     _instances: dict[str, RouteWatcher] = {}
+    max_backoff_s = 30.0
 
     @classmethod
     def for_settings(cls, settings: WeirSettings) -> RouteWatcher:
@@ -214,23 +230,32 @@ class RouteWatcher:
     def __init__(self, settings: WeirSettings) -> None:
         self._settings = settings
         self.latest: dict[str, RuleSet | None] = {}
-        self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        """Set once the topic has been read up to its end as of the first connection."""
+        self._settled = asyncio.Event()
+        """Set once ready, or once a connection attempt failed (first calls stop waiting)."""
         self._failed = False
+        self._next: int | None = None
+        """Offset after the last record read (a reconnection resumes there)."""
+        self._closer = False
         self.records = 0
+        self.failures = 0
+        """Connection attempts that failed (for health reports and tests)."""
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="weir-route-watcher")
-            register_closer(self.stop)
+            if not self._closer:
+                self._closer = True
+                register_closer(self.stop)
 
     async def wait_ready(self, timeout: float) -> bool:
         self.start()
-        if not self._ready.is_set() and not self._failed:
+        if not self._settled.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self._ready.wait()
+                    await self._settled.wait()
         return self._ready.is_set()
 
     async def stop(self) -> None:
@@ -242,28 +267,48 @@ class RouteWatcher:
         RouteWatcher._instances.pop(self._settings.bootstrap_servers, None)
 
     async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._follow()
+            except Exception as exc:  # the watcher must outlive any broker trouble
+                self.failures += 1
+                if not self._ready.is_set():
+                    self._failed = True
+                    self._settled.set()
+                log.warning(
+                    "routes: cannot follow %s (%s: %s); trying again in %.1fs%s",
+                    ROUTES_TOPIC,
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                    "" if self._ready.is_set() else "; routers keep their code rules",
+                )
+            await asyncio.sleep(backoff)
+            backoff = 0.5 if self._ready.is_set() else min(self.max_backoff_s, backoff * 2)
+
+    async def _follow(self) -> None:
+        """Connect and read the topic until an error (or cancellation) stops it."""
+        await _ensure_topics(self._settings)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        tp = _TPS[0]
         try:
-            await _ensure_topics(self._settings)
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._settings.bootstrap_servers,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-            )
             await consumer.start()
-        except (KafkaError, OSError) as exc:
-            self._failed = True
-            log.warning(
-                "routes: cannot follow %s (%s); routers keep their code rules", ROUTES_TOPIC, exc
-            )
-            return
-        self._consumer = consumer
-        try:
             consumer.assign(_TPS)
-            await consumer.seek_to_beginning(*_TPS)
-            end = (await consumer.end_offsets(_TPS))[_TPS[0]]
-            if end == 0:
-                self._ready.set()
+            if self._next is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, self._next)  # never back to versions already superseded
+            end = (await consumer.end_offsets(_TPS))[tp]
             while True:
+                if not self._ready.is_set() and await consumer.position(tp) >= end:
+                    self._ready.set()
+                    self._settled.set()
+                    self._failed = False
                 try:
                     batch = await consumer.getmany(timeout_ms=200)
                 except KafkaError as exc:
@@ -273,8 +318,7 @@ class RouteWatcher:
                 for records in batch.values():
                     for record in records:
                         self._apply(record.key, record.value)
-                if not self._ready.is_set() and await consumer.position(_TPS[0]) >= end:
-                    self._ready.set()
+                        self._next = record.offset + 1
         finally:
             with contextlib.suppress(KafkaError):
                 await stop_consumer(consumer)

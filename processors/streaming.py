@@ -8,18 +8,23 @@ of a request are on one partition, in order.  A record is one JSON object:
      "endpoint", "error_type", "usage", "cost_usd", "ts"}
 
 ``type`` is ``delta`` (more text), ``restart`` (the answer broke off and starts
-again: drop the text so far), ``abort`` (the step attempt failed; a retry may
-follow) or ``done`` (the answer is complete; ``usage`` and ``cost_usd`` are
-exact).  Deltas are sent as soon as they arrive; while the broker is still
+again: drop the text so far), ``abort`` (the call failed for good or was
+cancelled, e.g. by the step's timeout; a retry of the step may follow) or
+``done`` (the answer is complete; ``usage`` and ``cost_usd`` are exact).
+Deltas are sent as soon as they arrive; while the broker is still
 acknowledging one record, the deltas arriving meanwhile are merged into the
 next, so a slow broker costs records, not latency or memory.
 
 Clients read a request's stream with ``TokenStream`` (``WeirClient.stream``):
 it yields ``TokenChunk``s and turns any change of call or try after text was
 seen into a restart, so even a worker that died mid-answer (and never wrote
-``abort``) shows up as a restart, never as a silently spliced answer.  The
-worker's HTTP server serves the same as Server-Sent Events on
-``GET /streams/{pipeline}/{request_id}``.
+``abort``) shows up as a restart, never as a silently spliced answer.  After
+an ``abort`` it also watches the pipeline's results topic: a retry's records
+carry on as usual, but once the request has its result without a ``done``
+(it was dead-lettered, or its step's fallback answered), iteration ends with
+``StreamAbortedError`` (``reason``: the request's error type).  The worker's
+HTTP server serves the same as Server-Sent Events on
+``GET /streams/{pipeline}/{request_id}`` (an ``abort`` event ends that).
 """
 
 from __future__ import annotations
@@ -41,13 +46,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from processors.results import Usage
-from schemas.messages import now_ms
+from schemas.messages import Result, now_ms
 from streams.context import AttemptScope
 from topics._aiokafka import stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
-from weir.errors import StepError, UnknownPipelineError
+from weir.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
 
 __all__ = ["StreamPublisher", "TokenChunk", "TokenStream", "add_routes", "partition_of"]
 
@@ -64,6 +69,9 @@ def partition_of(key: bytes, partitions: int) -> int:
 class StreamPublisher:
     """Publishes one streamed model call of a step attempt, in order, with the worker's producer."""
 
+    abandon_wait_s = 2.0
+    """How long a cancelled call waits for its ``abort`` record to be acknowledged."""
+
     def __init__(self, scope: AttemptScope) -> None:
         ctx = scope.context
         self._publish = scope.publish
@@ -76,6 +84,10 @@ class StreamPublisher:
             "call": uuid.uuid4().hex[:12],
         }
         self._seq = 0
+        self._endpoint = ""
+        self._try = 0
+        self.ended = False
+        """A ``done`` or ``abort`` record was queued: the call's last word."""
         self._pending: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -85,6 +97,8 @@ class StreamPublisher:
         """Records acknowledged by the broker (merged deltas count once)."""
 
     def _add(self, record: dict[str, Any]) -> None:
+        self._endpoint, self._try = record["endpoint"], record["try"]
+        self.ended = self.ended or record["type"] in ("done", "abort")
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_loop(), name="weir-stream-publisher")
         last = self._pending[-1] if self._pending else None
@@ -129,13 +143,16 @@ class StreamPublisher:
             }
         )
 
-    def abort(self, *, endpoint: str, attempt: int, error_type: str) -> None:
+    def abort(
+        self, *, error_type: str, endpoint: str | None = None, attempt: int | None = None
+    ) -> None:
+        """The call failed for good (endpoint and try default to the last published)."""
         self._add(
             {
                 "type": "abort",
                 "text": "",
-                "endpoint": endpoint,
-                "try": attempt,
+                "endpoint": self._endpoint if endpoint is None else endpoint,
+                "try": self._try if attempt is None else attempt,
                 "error_type": error_type,
             }
         )
@@ -178,6 +195,21 @@ class StreamPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
 
+    async def abandon(self, error_type: str = "cancelled") -> None:
+        """The call was cancelled (step timeout, worker draining): publish ``abort`` if no
+        ``done``/``abort`` was, waiting at most ``abandon_wait_s`` for it, then stop."""
+        if not self.ended:
+            self.abort(error_type=error_type)
+        self._closed = True
+        self._wake.set()
+        try:
+            if self._sender is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.abandon_wait_s):
+                        await asyncio.shield(self._sender)
+        finally:
+            await self.cancel()
+
 
 # -- reading ---------------------------------------------------------------------------
 
@@ -208,8 +240,9 @@ class TokenStream:
     Open it before submitting the request to miss nothing, or give ``since_ms``
     (epoch milliseconds; default: ten minutes ago).  ``text`` is the answer so
     far (emptied on a restart).  Iteration ends after the first ``done`` chunk
-    (of ``step``, if given); ``TimeoutError`` after ``idle_timeout`` seconds
-    without a record.
+    (of ``step``, if given); with ``StreamAbortedError`` when the stream was
+    aborted and the request then got its result anyway (no retry followed);
+    ``TimeoutError`` after ``idle_timeout`` seconds without a record.
     """
 
     def __init__(
@@ -230,6 +263,8 @@ class TokenStream:
         self._since = since_ms if since_ms is not None else now_ms() - 600_000
         self._idle = idle_timeout
         self._consumer: AIOKafkaConsumer | None = None
+        self._results: AIOKafkaConsumer | None = None
+        """Follows the results topic once the stream was aborted."""
         self.text = ""
         self.restarts = 0
 
@@ -271,10 +306,63 @@ class TokenStream:
         self._consumer = consumer
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await stop_consumer(self._consumer)
-            self._consumer = None
+        for consumer in (self._consumer, self._results):
+            if consumer is not None:
+                with contextlib.suppress(KafkaError):
+                    await stop_consumer(consumer)
+        self._consumer = self._results = None
+
+    async def _watch_results(self) -> AIOKafkaConsumer:
+        """A reader of the pipeline's results (committed ones) since ``since_ms``."""
+        topic = PipelineTopics(self._pipeline).results
+        async with TopicAdmin(self._settings) as admin:
+            count = (await admin.partitions([topic])).get(topic, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="latest",
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(count)]
+            consumer.assign(tps)
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, self._since))
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:  # explicit offsets: a position reset could skip the result
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
+        except BaseException:
+            await stop_consumer(consumer)
+            raise
+        return consumer
+
+    async def _result(self) -> Result | None:
+        """The request's result, if the results topic has it by now."""
+        if self._results is None:
+            self._results = await self._watch_results()
+        for records in (await self._results.getmany(timeout_ms=100)).values():
+            for raw in records:
+                if raw.key != self._key or raw.value is None:
+                    continue
+                with contextlib.suppress(ValueError, WeirError):
+                    return Result.from_wire(raw.value)
+        return None
+
+    def _aborted(self, abort: dict[str, Any], result: Result) -> StreamAbortedError:
+        where = f"the token stream of request {self._key.decode()} was aborted"
+        if abort.get("error_type"):
+            where += f" ({abort['error_type']})"
+        if result.status == "FAILURE":
+            return StreamAbortedError(
+                f"{where} and the request failed at step {result.failed_step!r}"
+                f" ({result.error_type}): {result.error_message}",
+                reason=result.error_type,
+            )
+        return StreamAbortedError(
+            f"{where} and the request ended without a streamed answer (a step's fallback?):"
+            " read its result"
+        )
 
     def __aiter__(self) -> AsyncIterator[TokenChunk]:
         return self._chunks()
@@ -284,19 +372,18 @@ class TokenStream:
         await self.start()
         consumer = self._consumer
         assert consumer is not None
+        (tp,) = consumer.assignment()
         current: tuple[str, int, str, int] | None = None
+        aborted: dict[str, Any] | None = None  # the last record, while it is an abort
+        last_abort: dict[str, Any] = {}
+        finished: tuple[Result, int] | None = None
+        """The request's result, and where the stream ended when it was seen."""
         last = time.monotonic()
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=100)
-                if not batch:
-                    if time.monotonic() - last > self._idle:
-                        raise TimeoutError(
-                            f"no token of request {self._key.decode()} on {self._topic}"
-                            f" for {self._idle:g}s"
-                        )
-                    continue
-                last = time.monotonic()
+                if batch:
+                    last = time.monotonic()
                 for records in batch.values():
                     for raw in records:
                         if raw.key != self._key or raw.value is None:
@@ -324,12 +411,28 @@ class TokenStream:
                             self.restarts += 1
                             yield self._chunk("restart", rec)
                         current = ident
+                        aborted = rec if kind == "abort" else None
+                        last_abort = rec if kind == "abort" else last_abort
                         if kind == "delta":
                             self.text += str(rec.get("text", ""))
                             yield self._chunk("delta", rec)
                         elif kind == "done":
                             yield self._chunk("done", rec)
                             return
+                if aborted is not None and finished is None:
+                    # Nothing follows an abort once the request has its result; but what
+                    # was published before that result must still be read.
+                    result = await self._result()
+                    if result is not None:
+                        finished = (result, (await consumer.end_offsets([tp]))[tp])
+                if finished is not None:
+                    if await consumer.position(tp) >= finished[1]:
+                        raise self._aborted(last_abort, finished[0])
+                elif not batch and time.monotonic() - last > self._idle:
+                    raise TimeoutError(
+                        f"no token of request {self._key.decode()} on {self._topic}"
+                        f" for {self._idle:g}s"
+                    )
         finally:
             if owned:
                 await self.stop()
@@ -413,6 +516,9 @@ async def _sse(request: web.Request) -> web.StreamResponse:
             )
     except TimeoutError as exc:
         await response.write(f"event: timeout\ndata: {json.dumps(str(exc))}\n\n".encode())
+    except StreamAbortedError as exc:
+        aborted = json.dumps({"reason": exc.reason, "message": str(exc)})
+        await response.write(f"event: abort\ndata: {aborted}\n\n".encode())
     except ConnectionResetError:
         pass  # the client went away
     finally:
@@ -424,4 +530,5 @@ async def _sse(request: web.Request) -> web.StreamResponse:
 async def _models(request: web.Request) -> web.Response:
     from processors.endpoint import endpoint_states
 
-    return web.json_response(endpoint_states())
+    # The worker's settings (its --config), never ones re-read from the environment.
+    return web.json_response(endpoint_states(request.app[_SETTINGS]))

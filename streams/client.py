@@ -17,7 +17,13 @@ from topics._aiokafka import retrying, rewind, stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
-from weir.errors import BrokerError, ResultTimeoutError, UnknownPipelineError, WeirError
+from weir.errors import (
+    BrokerError,
+    ConfigError,
+    ResultTimeoutError,
+    UnknownPipelineError,
+    WeirError,
+)
 
 if TYPE_CHECKING:
     from processors.streaming import TokenStream
@@ -131,15 +137,22 @@ class WeirClient:
         """Submit many requests (pipelined); return their ids in order.
 
         ``on_sent(n)`` is called as acknowledgements arrive (for progress bars).
+        ``request_ids``, when given, must hold one id per payload.
         """
+        payloads = list(payloads)
+        given = list(request_ids) if request_ids is not None else None
+        if given is not None and len(given) != len(payloads):
+            raise ConfigError(
+                f"submit_many got {len(payloads)} payload(s) but {len(given)} request id(s);"
+                " give one id per payload, or none"
+            )
         if self._producer is None:
             raise WeirError("WeirClient is not started")
         topic = await self._requests_topic(pipeline)
-        id_iter = iter(request_ids) if request_ids is not None else None
         ids: list[str] = []
         futures = []
-        for payload in payloads:
-            rid = next(id_iter) if id_iter is not None else uuid.uuid4().hex
+        for n, payload in enumerate(payloads):
+            rid = given[n] if given is not None else uuid.uuid4().hex
             request = Request(
                 request_id=rid,
                 pipeline=pipeline,

@@ -7,6 +7,7 @@ reads; ``GetSecretValue``), so the real client libraries do the talking.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from weir.config import load_settings
-from weir.errors import SecretError
+from weir.errors import SecretError, SecretStoreError
 from weir.secrets import SecretRef, SecretResolver, scrub
 
 VAULT_TOKEN = "hvs.test-token-0123456789"
@@ -185,3 +186,21 @@ async def test_aws_secrets_manager_through_boto3(stores):
         await r.resolve("aws-sm:missing")
     with pytest.raises(SecretError, match="not JSON"):
         await r.resolve("aws-sm:plain#field")
+
+
+async def test_an_unreachable_vault_is_retriable_but_a_missing_secret_is_not(stores):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    down = SecretResolver(
+        load_settings(vault_addr=f"http://127.0.0.1:{closed}", vault_token=VAULT_TOKEN)
+    )
+    with pytest.raises(SecretStoreError, match="cannot reach") as raised:
+        await down.resolve("vault:secret/llm/openai#api_key")
+    assert raised.value.retriable and raised.value.error_type == "secret_store_unreachable"
+    with pytest.raises(SecretError) as missing:
+        await resolver(stores).resolve("vault:secret/llm/missing#api_key")
+    assert not isinstance(missing.value, SecretStoreError) and not missing.value.retriable
+    with pytest.raises(SecretError) as malformed:
+        SecretRef.parse("vault:nopath")
+    assert not malformed.value.retriable

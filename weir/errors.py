@@ -30,10 +30,12 @@ says whether trying the same input again can succeed.
     │   ├── ModelResponseError      model_response_invalid (unparseable answer)
     │   ├── StreamInterruptedError  stream_interrupted   (a stream broke mid-answer)
     │   └── CircuitOpenError        circuit_open         (the endpoint's breaker is open)
+    ├── StreamAbortedError          stream_aborted       (a request's token stream ended unfinished)
     ├── RoutingError                routing_invalid      (a rule set that does not parse)
     │   └── NoRouteError            no_route             (no rule matched, no default)
     ├── BudgetExceededError         budget_exceeded
-    ├── SecretError                 secret_unavailable
+    ├── SecretError                 secret_unavailable   (malformed, literal, missing: not retried)
+    │   └── SecretStoreError        secret_store_unreachable (Vault/AWS down or throttling)
     ├── TraceStoreError             trace_store_unavailable (ClickHouse down, store locked)
     └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
@@ -66,8 +68,10 @@ __all__ = [
     "RoutingError",
     "SchemaInvalidError",
     "SecretError",
+    "SecretStoreError",
     "StepError",
     "StepTimeoutError",
+    "StreamAbortedError",
     "StreamInterruptedError",
     "TraceStoreError",
     "UndecodableError",
@@ -197,6 +201,8 @@ class ModelError(WeirError):
 
     error_type = "model_error"
     retriable = True
+    status: int | None = None
+    """The HTTP status the endpoint answered, when it answered one."""
 
 
 class ModelTimeoutError(ModelError):
@@ -242,6 +248,20 @@ class CircuitOpenError(ModelError):
     error_type = "circuit_open"
 
 
+class StreamAbortedError(WeirError):
+    """A request's token stream was aborted and the request ended without a streamed answer.
+
+    ``reason`` is the request's error type (``None`` if it succeeded some other
+    way, e.g. with its step's fallback); its result says the rest.
+    """
+
+    error_type = "stream_aborted"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RoutingError(WeirError):
     """A routing rule set is invalid (it is refused before it reaches any worker)."""
 
@@ -267,6 +287,16 @@ class SecretError(WeirError):
     """
 
     error_type = "secret_unavailable"
+
+
+class SecretStoreError(SecretError):
+    """The secret store (Vault, AWS Secrets Manager) could not be reached or was overloaded.
+
+    Unlike a malformed or missing reference, trying again later can succeed.
+    """
+
+    error_type = "secret_store_unreachable"
+    retriable = True
 
 
 class TraceStoreError(WeirError):

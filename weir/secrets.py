@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from weir.config import WeirSettings
-from weir.errors import SecretError
+from weir.errors import SecretError, SecretStoreError
 
 __all__ = ["SecretRef", "SecretResolver", "scrub"]
 
@@ -47,6 +47,9 @@ Scheme = Literal["env", "file", "vault", "aws-sm"]
 _SCHEMES: tuple[Scheme, ...] = ("env", "file", "vault", "aws-sm")
 _MIN_SCRUB_LENGTH = 6
 """Shorter values are not scrubbed: they would mangle ordinary text and are no real key."""
+
+_AWS_TRANSIENT = frozenset({"ThrottlingException", "InternalServiceError", "ServiceUnavailable"})
+"""Secrets Manager error codes that say "try again later", not "this reference is wrong"."""
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
@@ -140,11 +143,6 @@ class SecretResolver:
             value = await asyncio.to_thread(self._resolve_now, parsed)
         return value
 
-    def resolve_sync(self, ref: str | SecretRef) -> SecretStr:
-        parsed = SecretRef.parse(ref)
-        cached = self._cached(parsed)
-        return cached if cached is not None else self._resolve_now(parsed)
-
     def _cached(self, ref: SecretRef) -> SecretStr | None:
         hit = self._cache.get(ref)
         if hit is not None and time.monotonic() < hit[0]:
@@ -164,6 +162,10 @@ class SecretResolver:
             raw = self._fetch(ref)
         except SecretError:
             raise
+        except OSError as exc:  # requests' (so hvac's) network errors are OSErrors
+            raise SecretStoreError(
+                f"cannot reach the secret store for {ref}: {type(exc).__name__}"
+            ) from None
         except Exception as exc:
             # The library's message may quote a response; keep only the type.
             raise SecretError(
@@ -223,6 +225,15 @@ class SecretResolver:
             raise SecretError(f"secret reference {ref}: no such path in Vault") from None
         except hvac.exceptions.Forbidden:
             raise SecretError(f"secret reference {ref}: Vault refused the token") from None
+        except (
+            hvac.exceptions.VaultDown,
+            hvac.exceptions.InternalServerError,
+            hvac.exceptions.BadGateway,
+            hvac.exceptions.RateLimitExceeded,
+        ) as exc:
+            raise SecretStoreError(
+                f"secret reference {ref}: Vault answered {type(exc).__name__}"
+            ) from None
         except hvac.exceptions.VaultError as exc:
             raise SecretError(
                 f"secret reference {ref}: Vault answered {type(exc).__name__}"
@@ -250,10 +261,18 @@ class SecretResolver:
             response = self._aws.get_secret_value(SecretId=ref.path)
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "error")
-            raise SecretError(f"secret reference {ref}: Secrets Manager answered {code}") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise SecretError(
+            kind = SecretStoreError if code in _AWS_TRANSIENT else SecretError
+            raise kind(f"secret reference {ref}: Secrets Manager answered {code}") from None
+        except (
+            botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError,
+        ) as exc:
+            raise SecretStoreError(
                 f"secret reference {ref}: Secrets Manager unreachable ({type(exc).__name__})"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:  # no credentials, bad region, ...
+            raise SecretError(
+                f"secret reference {ref}: Secrets Manager client failed ({type(exc).__name__})"
             ) from None
         raw = response.get("SecretString")
         if raw is None:

@@ -144,7 +144,10 @@ class HttpProvider(Provider):
                 response = await self.client().send(request, stream=True)
             try:
                 if response.status_code >= 400:
-                    text = (await response.aread()).decode("utf-8", "replace")
+                    try:
+                        text = (await response.aread()).decode("utf-8", "replace")
+                    except httpx.HTTPError:
+                        text = ""  # the body broke off; the status still says what went wrong
                     raise status_error(call.endpoint, response.status_code, text, response)
                 started = True
                 event, data = "", list[str]()
@@ -162,7 +165,8 @@ class HttpProvider(Provider):
                     if data:
                         yield SseEvent(event or "message", "\n".join(data))
             finally:
-                await response.aclose()
+                with contextlib.suppress(httpx.HTTPError):  # the answer is complete or lost
+                    await response.aclose()
         except StreamInterruptedError:
             raise
         except ModelUnavailableError as exc:
@@ -212,15 +216,18 @@ def status_error(
     """The model error for an HTTP error answer (the body quoted, short and scrubbed)."""
     where = f"endpoint {endpoint!r} answered {status}"
     detail = f"{where}: {_quote(body)}" if body.strip() else where
+    error: ModelError
     if status == 429:
-        error: ModelError = RateLimitedError(detail)
+        error = RateLimitedError(detail)
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after is not None:
             with contextlib.suppress(ValueError):
                 error.retry_after_s = float(retry_after)  # type: ignore[attr-defined]
-        return error
-    if status in (408, 504):
-        return ModelTimeoutError(detail)
-    if status >= 500 or status == 529:  # 529: Anthropic's "overloaded"
-        return ModelUnavailableError(detail)
-    return ModelRequestError(detail)
+    elif status in (408, 504):
+        error = ModelTimeoutError(detail)
+    elif status >= 500 or status == 529:  # 529: Anthropic's "overloaded"
+        error = ModelUnavailableError(detail)
+    else:
+        error = ModelRequestError(detail)
+    error.status = status
+    return error

@@ -7,7 +7,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from processors import (
     Anthropic,
@@ -405,3 +407,155 @@ def test_model_call_records_survive_the_wire():
         cost_usd=Decimal("0.0000123"),
     )
     assert ModelCall.from_record(call.to_record()) == call
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_secret_that_cannot_be_resolved_frees_the_half_open_probe(monkeypatch, streamed):
+    monkeypatch.delenv("WEIR_TEST_UNSET_KEY", raising=False)
+    llm = ModelEndpoint(
+        f"probe-secret-{streamed}",
+        provider=OpenAICompatible("http://127.0.0.1:1/v1"),
+        api_key="env:WEIR_TEST_UNSET_KEY",
+        breaker=BreakerPolicy(failure_threshold=1, cooldown_s=0),
+    )
+    assert llm.breaker is not None
+    llm.breaker.record_failure()  # open; with no cooldown the next call is the probe
+    with pytest.raises(SecretError, match="not set"):
+        if streamed:
+            await llm.stream_chat(MESSAGES).collect()
+        else:
+            await llm.chat(MESSAGES)
+    # The probe learnt nothing about the endpoint: the next call may probe again.
+    assert llm.breaker.allow()
+
+
+async def test_an_error_body_that_breaks_off_is_still_a_typed_model_error():
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the request's headers; the body does not matter
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 1000\r\n\r\noverlo")
+        await writer.drain()
+        writer.close()  # 6 of the promised 1000 bytes
+
+    server = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    llm = ModelEndpoint(
+        "half-body", provider=OpenAICompatible(f"http://127.0.0.1:{port}/v1"), breaker=None
+    )
+    try:
+        with pytest.raises(ModelUnavailableError, match="answered 503"):
+            await llm.stream_chat(MESSAGES).collect()
+    finally:
+        await llm.provider.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_weirs_own_rate_limit_does_not_open_the_breaker(servers, streamed):
+    server = await servers("own-limit")
+    llm = openai(
+        server,
+        f"own-limit-{streamed}",
+        limits=Limits(requests_per_minute=1),
+        queue_timeout_s=0.1,
+        breaker=BreakerPolicy(failure_threshold=1, cooldown_s=60),
+    )
+
+    async def call() -> None:
+        if streamed:
+            await llm.stream_chat(MESSAGES).collect()
+        else:
+            await llm.chat(MESSAGES)
+
+    await call()  # takes the one request of this minute
+    with pytest.raises(RateLimitedError, match="weir's own limit"):
+        await call()
+    assert llm.breaker is not None and llm.breaker.state == "closed"
+    assert server.total == 1  # the refused call never reached the endpoint
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_is_resolved_again_on_the_next_call(servers, monkeypatch, status):
+    variable = f"WEIR_TEST_ROTATED_KEY_{status}"  # the secret cache is per process
+    monkeypatch.setenv(variable, "sk-old-key-0001")
+    server = await servers("rotate")
+    server.behaviour.fail_rate = 1.0
+    server.behaviour.fail_statuses = (status,)
+    llm = ModelEndpoint(
+        f"rotate-{status}",
+        provider=OpenAICompatible(server.url, api_key=f"env:{variable}"),
+    )
+    with pytest.raises(ModelRequestError):
+        await llm.chat(MESSAGES)
+    monkeypatch.setenv(variable, "sk-new-key-0002")  # the key was rotated
+    server.behaviour.fail_rate = 0.0
+    assert (await llm.chat(MESSAGES)).text
+    assert server.api_keys == ["sk-old-key-0001", "sk-new-key-0002"]
+
+
+async def test_a_cancelled_stream_publishes_abort_so_clients_stop_waiting(servers):
+    server = await servers("slow-stream")
+    server.behaviour.reply = lambda text: "one two three four five six seven eight"
+    server.behaviour.chunk_delay_s = 0.2
+    llm = openai(server, "slow-stream", breaker=None)
+    s, published = scope()
+    seen: list[str] = []
+
+    async def step() -> None:  # as a step attempt would, until its timeout cancels it
+        async for event in llm.stream_chat(MESSAGES):
+            seen.append(event.text)
+
+    with in_scope(s):
+        task = asyncio.create_task(step())
+        async with asyncio.timeout(10):
+            while not seen:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with asyncio.timeout(10):  # written in the background, shielded and bounded
+        while not published.records or published.records[-1]["type"] != "abort":
+            await asyncio.sleep(0.01)
+    kinds = [r["type"] for r in published.records]
+    assert kinds[0] == "delta" and kinds[-1] == "abort" and "done" not in kinds
+    assert published.records[-1]["error_type"] == "cancelled"
+    assert published.records[-1]["endpoint"] == "slow-stream"
+
+
+async def test_a_stream_failing_before_any_token_publishes_abort(monkeypatch):
+    monkeypatch.delenv("WEIR_TEST_UNSET_KEY", raising=False)
+    llm = ModelEndpoint(
+        "abort-secret",
+        provider=OpenAICompatible("http://127.0.0.1:1/v1"),
+        api_key="env:WEIR_TEST_UNSET_KEY",
+    )
+    s, published = scope()
+    with in_scope(s), pytest.raises(SecretError):
+        await llm.stream_chat(MESSAGES).collect()
+    assert [(r["type"], r["error_type"]) for r in published.records] == [
+        ("abort", "secret_unavailable")
+    ]
+
+
+async def test_the_models_route_prices_with_the_apps_settings_not_the_environment():
+    from processors.streaming import add_routes
+
+    settings = load_settings(model_prices={"m-config-priced": {"input_per_1m": "3.5"}})
+    llm = ModelEndpoint(
+        "config-priced", provider=OpenAICompatible("http://127.0.0.1:1/v1"), model="m-config-priced"
+    )
+    app = web.Application()
+    add_routes(app, settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        url = f"http://127.0.0.1:{port}/models"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            states = await response.json()
+    finally:
+        await runner.cleanup()
+    assert states[llm.name]["price_per_1m"] == {"input": "3.5", "output": "0"}

@@ -14,11 +14,12 @@ import pytest
 
 from processors import Anthropic, ModelEndpoint, OpenAICompatible, Price, format_usd
 from schemas.messages import ModelCall
-from streams import Pipeline, WeirClient, Worker
+from streams import NO_RETRY, Pipeline, RetryPolicy, StepContext, WeirClient, Worker
 from tests._kafka import read_results
 from tests._model_servers import input_tokens
 from tests.conftest import worker_env
 from topics.names import PipelineTopics
+from weir.errors import StreamAbortedError
 from weir.web import WebServer
 
 pytestmark = pytest.mark.kafka
@@ -203,3 +204,64 @@ def test_trace_event_calls_roundtrip_keeps_exact_cost():
         usage_source="estimate",
     )
     assert json.loads(json.dumps(call.to_record()))["cost_usd"] == "0.00000123"
+
+
+async def test_a_dead_lettered_stream_ends_the_clients_stream_with_an_error(
+    kafka, pipeline_name, servers
+):
+    slow = await servers("slow")
+    slow.behaviour.reply = lambda text: " ".join(["word"] * 200)
+    slow.behaviour.chunk_delay_s = 0.1
+    llm = ModelEndpoint(f"{pipeline_name}-slow", provider=OpenAICompatible(slow.url), breaker=None)
+    p = Pipeline(pipeline_name)
+
+    @p.step(timeout=1.0, retry=NO_RETRY)
+    async def answer(text: str) -> str:
+        return (await llm.stream_chat([{"role": "user", "content": text}]).collect()).text
+
+    settings = kafka.model_copy(update={"web_port": 0})
+    async with Worker(p, settings) as worker, WeirClient(settings) as client:
+        rid = "dead-" + pipeline_name
+        seen = []
+        # A minute of idle patience: only the abort can end this stream quickly.
+        async with client.stream(rid, pipeline=p.name, idle_timeout=60) as chunks:
+            await client.submit(p.name, {"text": "refund?"}, request_id=rid)
+            with pytest.raises(StreamAbortedError) as raised:
+                async with asyncio.timeout(45):
+                    async for chunk in chunks:
+                        seen.append(chunk.kind)
+        result = (await client.wait_for(p.name, [rid], timeout=30))[rid]
+        async with WebServer(settings, worker) as web:  # the same, as Server-Sent Events
+            url = f"{web.url}/streams/{p.name}/{rid}?idle_timeout=60"
+            async with aiohttp.ClientSession() as http, http.get(url) as response:
+                async with asyncio.timeout(45):
+                    body = await response.text()
+    events = [line.removeprefix("event: ") for line in body.splitlines() if "event:" in line]
+    assert events[-1] == "abort" and '"reason": "step_timeout"' in body
+    assert result.status == "FAILURE" and result.error_type == "step_timeout"
+    assert raised.value.reason == "step_timeout" and raised.value.error_type == "stream_aborted"
+    assert seen[0] == "delta" and seen[-1] == "restart"  # the text so far was dropped
+
+
+async def test_an_aborted_stream_that_is_retried_goes_on_to_done(kafka, pipeline_name, servers):
+    slow, fast = await servers("slow"), await servers("fast")
+    slow.behaviour.reply = lambda text: " ".join(["word"] * 200)
+    slow.behaviour.chunk_delay_s = 0.1
+    fast.behaviour.reply = lambda text: "the full answer"
+    first = ModelEndpoint(f"{pipeline_name}-1", provider=OpenAICompatible(slow.url), breaker=None)
+    then = ModelEndpoint(f"{pipeline_name}-2", provider=OpenAICompatible(fast.url), breaker=None)
+    p = Pipeline(pipeline_name)
+
+    @p.step(timeout=1.0, retry=RetryPolicy(maximum_attempts=2, initial_interval=0.2))
+    async def answer(text: str, ctx: StepContext) -> str:
+        llm = first if ctx.attempt == 1 else then
+        return (await llm.stream_chat([{"role": "user", "content": text}]).collect()).text
+
+    async with Worker(p, kafka), WeirClient(kafka) as client:
+        rid = "retried-" + pipeline_name
+        async with client.stream(rid, pipeline=p.name, idle_timeout=30) as chunks:
+            await client.submit(p.name, {"text": "refund?"}, request_id=rid)
+            seen = [chunk async for chunk in chunks]
+            text = chunks.text
+    assert seen[-1].kind == "done" and text == "the full answer"
+    assert [c.attempt for c in seen if c.kind == "delta"][-1] == 2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import socket
 from decimal import Decimal
 
 import pytest
@@ -10,8 +12,9 @@ import pytest
 from processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
 from processors.features import Features, document_type
 from processors.router import Router, Rule, RuleSet
-from processors.routes import load_rule_sets
+from processors.routes import RouteWatcher, latest_rule_sets, load_rule_sets
 from tests.processors.test_endpoint import MESSAGES, in_scope, scope
+from weir.config import load_settings
 from weir.errors import BudgetExceededError, NoRouteError, RoutingError
 
 LEGAL = (
@@ -196,6 +199,27 @@ def test_a_rule_set_naming_an_unknown_endpoint_is_refused_and_the_old_one_kept()
     assert router.use(good) is True and router.version == 4
 
 
+def test_a_different_rule_set_under_the_same_version_is_still_applied():
+    a, b = local("r10-a"), local("r10-b")
+    router = Router("r10", default=a, endpoints=[b], watch=False)
+    first = RuleSet(router="r10", version=5, default="r10-a", applied_at=1)
+    raced = RuleSet(router="r10", version=5, default="r10-b", applied_at=2)  # a racing apply
+    assert router.use(first) and router.decide().endpoint is a
+    assert router.use(raced) and router.decide().endpoint is b
+    assert router.use(raced.model_copy()) and router.rule_set is raced  # same content: kept
+
+
+def test_reading_the_routes_topic_skips_records_that_are_not_rule_sets():
+    good = RuleSet(router="r11", version=2, default="r11-a").model_dump_json().encode()
+    records = [
+        ("r11", good, 1),
+        ("r11", b"{not json", 2),
+        ("r12", b"\xff\xfe", 3),
+        ("r12", b'{"router": "r12", "version": "x"}', 4),
+    ]
+    assert latest_rule_sets(records) == {"r11": RuleSet.model_validate_json(good)}
+
+
 async def test_routed_calls_record_rule_and_version_on_the_trace(servers):
     server = await servers("routed")
     mini = ModelEndpoint("r10-mini", provider=OpenAICompatible(server.url), model="gpt-4o-mini")
@@ -208,3 +232,20 @@ async def test_routed_calls_record_rule_and_version_on_the_trace(servers):
     assert (result.rule, result.rules_version) == ("short", 0)
     assert streamed.rule == "short"
     assert [(c.rule, c.rules_version) for c in s.calls] == [("short", 0), ("short", 0)]
+
+
+async def test_the_route_watcher_keeps_trying_while_the_broker_is_away_and_stops_on_cancel():
+    with socket.socket() as sock:  # a port nobody listens on: no broker there
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{sock.getsockname()[1]}"
+    watcher = RouteWatcher(load_settings(kafka_bootstrap=nowhere))
+    watcher.max_backoff_s = 0.1
+    # A failed connection ends the first call's wait at once, without the rule sets.
+    assert await watcher.wait_ready(30) is False and watcher._failed
+    async with asyncio.timeout(10):
+        while watcher.failures < 3:
+            await asyncio.sleep(0.05)
+    task = watcher._task
+    assert task is not None and not task.done()  # still trying, not dead
+    await watcher.stop()
+    assert task.cancelled()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
 import subprocess
 import sys
 import time
@@ -327,3 +329,44 @@ async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_rese
         assert await eventually(a.name) < 5 and router.version == 0
     finally:
         leave_scope(token)
+
+
+async def test_the_route_watcher_catches_up_once_the_broker_can_be_reached(kafka, pipeline_name):
+    """No broker at first (a closed port), then a TCP relay to the real one: a blip."""
+    from processors.router import RuleSet
+    from processors.routes import RouteWatcher, apply_rule_set
+    from weir.config import load_settings
+
+    host, port = kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        relay_port = sock.getsockname()[1]
+    watcher = RouteWatcher(load_settings(kafka_bootstrap=f"127.0.0.1:{relay_port}"))
+    watcher.max_backoff_s = 0.2
+    assert await watcher.wait_ready(30) is False  # the broker is away
+    server = await asyncio.start_server(relay, "127.0.0.1", relay_port)
+    try:
+        async with asyncio.timeout(60):
+            await watcher._ready.wait()
+        router = f"{pipeline_name}-watched"
+        applied = await apply_rule_set(kafka, RuleSet(router=router, default="x"))
+        async with asyncio.timeout(30):
+            while watcher.latest.get(router) != applied:
+                await asyncio.sleep(0.05)
+        assert watcher.failures >= 1
+    finally:
+        await watcher.stop()
+        server.close()
