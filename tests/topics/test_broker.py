@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -17,11 +16,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from topics.broker import LocalBroker, free_port_pair
 from weir.config import BrokerSettings, WeirSettings
 from weir.errors import BrokerError
-
-needs_jvm = pytest.mark.skipif(
-    shutil.which("java") is None or shutil.which("mvn") is None,
-    reason="the local broker needs java and mvn on PATH",
-)
 
 
 def _bindable(port: int) -> bool:
@@ -80,7 +74,6 @@ async def _consume(bootstrap: str, topic: str, count: int) -> list[bytes]:
     return values
 
 
-@needs_jvm
 @pytest.mark.kafka
 def test_started_broker_reports_running(broker: LocalBroker) -> None:
     status = broker.status()
@@ -93,7 +86,6 @@ def test_started_broker_reports_running(broker: LocalBroker) -> None:
     assert "Kafka Server started" in status.log_file.read_text()
 
 
-@needs_jvm
 @pytest.mark.kafka
 def test_start_when_running_returns_the_same_broker(broker: LocalBroker) -> None:
     before = broker.status()
@@ -102,7 +94,6 @@ def test_start_when_running_returns_the_same_broker(broker: LocalBroker) -> None
     assert again.pid == before.pid
 
 
-@needs_jvm
 @pytest.mark.kafka
 async def test_produce_and_consume_one_message(broker: LocalBroker) -> None:
     await _create_topic(broker.bootstrap, "weir.test.roundtrip")
@@ -110,7 +101,6 @@ async def test_produce_and_consume_one_message(broker: LocalBroker) -> None:
     assert await _consume(broker.bootstrap, "weir.test.roundtrip", 1) == [b"hello"]
 
 
-@needs_jvm
 @pytest.mark.kafka
 async def test_restart_keeps_topic_data(broker: LocalBroker) -> None:
     await _create_topic(broker.bootstrap, "weir.test.restart")
@@ -122,7 +112,6 @@ async def test_restart_keeps_topic_data(broker: LocalBroker) -> None:
     assert await _consume(broker.bootstrap, "weir.test.restart", 1) == [b"before restart"]
 
 
-@needs_jvm
 @pytest.mark.kafka
 async def test_start_after_kill_recovers_topic_data(broker: LocalBroker) -> None:
     await _create_topic(broker.bootstrap, "weir.test.crash")
@@ -137,7 +126,6 @@ async def test_start_after_kill_recovers_topic_data(broker: LocalBroker) -> None
     assert await _consume(broker.bootstrap, "weir.test.crash", 1) == [b"before crash"]
 
 
-@needs_jvm
 @pytest.mark.kafka
 def test_stop_leaves_broker_not_running_and_second_stop_is_noop(broker: LocalBroker) -> None:
     broker.stop()
