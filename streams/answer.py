@@ -37,7 +37,7 @@ from streams._runtime import Record, Runtime, merge_calls
 from streams.join import JoinTable
 from streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
 from streams.table import ChangelogTable
-from topics._aiokafka import retrying, started_consumer, stop_consumer
+from topics._aiokafka import read_until, retrying, started_consumer, stop_consumer
 from topics.names import ANSWER
 from weir.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 
@@ -471,10 +471,9 @@ class _Writer:
             consumer.assign([tp])
             end = (await retrying(lambda: consumer.end_offsets([tp]), what="changelog end"))[tp]
             consumer.seek(tp, self.known_until)
-            while await consumer.position(tp) < end:
-                for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    if record.offset < end and record.key is not None and record.value:
-                        committed.add(record.key.decode())
+            async for record in read_until(consumer, tp, end):
+                if record.key is not None and record.value:
+                    committed.add(record.key.decode())
             self.known_until = end
         finally:
             await stop_consumer(consumer)

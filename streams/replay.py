@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.messages import DeadLetter, Envelope, now_ms, now_us
 from streams._runtime import Record
 from streams.ingress import REPLAY_HEADER
-from topics._aiokafka import retrying, rewind, stop_consumer
+from topics._aiokafka import read_until, retrying, rewind, stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import ANSWER, INGRESS, PipelineTopics
 from weir.config import WeirSettings
@@ -290,14 +290,10 @@ class DeadLetterQueue:
                 consumer.seek(tps[0], only[1])
             records: list[Record] = []
             for tp in tps:
-                while await consumer.position(tp) < end[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=1000)
-                    for record in batch.get(tp, []):
-                        if record.offset >= end[tp]:
-                            continue
-                        if only is not None:
-                            return [record] if record.offset == only[1] else []
-                        records.append(record)
+                async for record in read_until(consumer, tp, end[tp]):
+                    if only is not None:
+                        return [record] if record.offset == only[1] else []
+                    records.append(record)
             return records
         finally:
             await stop_consumer(consumer)

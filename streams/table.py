@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 from aiokafka import TopicPartition
 
-from topics._aiokafka import retrying, rewind, started_consumer, stop_consumer
+from topics._aiokafka import read_until, retrying, rewind, started_consumer, stop_consumer
 
 __all__ = ["ChangelogTable"]
 
@@ -74,11 +74,6 @@ class ChangelogTable(Generic[V]):
         for p in partitions:
             self._parts.pop(p, None)
 
-    def size(self, partition: int | None = None) -> int:
-        if partition is not None:
-            return len(self._parts.get(partition, {}))
-        return sum(len(v) for v in self._parts.values())
-
     async def restore(
         self, bootstrap: str, partitions: Iterable[int], *, keep: Callable[[V], bool] | None = None
     ) -> int:
@@ -107,20 +102,17 @@ class ChangelogTable(Generic[V]):
                 table: dict[str, V] = {}
                 self._parts[tp.partition] = table
                 self.ends[tp.partition] = end[tp]
-                while await consumer.position(tp) < end[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=1000)
-                    for record in batch.get(tp, []):
-                        if record.offset >= end[tp] or record.key is None:
-                            continue
-                        key = record.key.decode()
-                        if record.value is None:
-                            table.pop(key, None)
-                            continue
-                        value = self._decode(record.value)
-                        # Re-insert so iteration order follows the latest write.
-                        table.pop(key, None)
-                        if keep is None or keep(value):
-                            table[key] = value
+                async for record in read_until(consumer, tp, end[tp]):
+                    if record.key is None:
+                        continue
+                    key = record.key.decode()
+                    # Re-insert so iteration order follows the latest write.
+                    table.pop(key, None)
+                    if record.value is None:
+                        continue
+                    value = self._decode(record.value)
+                    if keep is None or keep(value):
+                        table[key] = value
         finally:
             await stop_consumer(consumer)
         return sum(len(self._parts.get(p, {})) for p in partitions)

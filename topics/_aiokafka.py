@@ -6,14 +6,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.structs import ConsumerRecord
 
-__all__ = ["KeyPartitioner", "place", "retrying", "rewind", "started_consumer", "stop_consumer"]
+__all__ = [
+    "KeyPartitioner",
+    "place",
+    "read_until",
+    "retrying",
+    "rewind",
+    "started_consumer",
+    "stop_consumer",
+]
 
 log = logging.getLogger("weir.kafka")
 
@@ -71,6 +80,20 @@ async def started_consumer(*, what: str, **config: Any) -> AIOKafkaConsumer:
         return consumer
 
     return await retrying(start, what=what)
+
+
+async def read_until(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, end: int
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Records of ``tp`` from the consumer's position up to (not including) ``end``.
+
+    With ``read_committed``, positions jump over transaction markers, so the loop
+    tests the position rather than counting records.
+    """
+    while await consumer.position(tp) < end:
+        for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+            if record.offset < end:
+                yield record
 
 
 async def rewind(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:

@@ -23,8 +23,9 @@ async def test_after_an_unclear_commit_answers_already_committed_are_not_written
     topics = PipelineTopics(pipeline.name)
     async with Worker(pipeline, kafka) as worker:
         async with asyncio.timeout(60):
-            while worker.answers is None or not worker.answers._writers:
+            while not worker.assigned:  # assigned: writers registered and tables restored
                 await asyncio.sleep(0.1)
+        assert worker.answers is not None
         writer = worker.answers._writers[0]
         # A transaction whose commit response was lost: the markers are on the changelog.
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
