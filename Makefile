@@ -1,10 +1,17 @@
 # weir: everything a fresh machine needs goes through these targets.
-PYTHON ?= python3
+# Everything installs into this checkout's own venv (.venv), never the machine's interpreter:
+# several clones on one machine must not overwrite each other's editable install.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
 .PHONY: install deps test unit lint demo broker-start broker-stop bench bench-traces bench-ttft clean
 
-install:  ## install weir and its test tools (Java 17 and Maven must be on PATH for the broker)
+$(PYTHON):
+	$(BASE_PYTHON) -m venv $(VENV)
+
+install: $(PYTHON)  ## install weir and its test tools into .venv (Java 17 and Maven must be on PATH for the broker)
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
 
 deps:  ## system packages the tests need: Debian's chromium for the dashboard test (as root)
@@ -22,13 +29,13 @@ lint: install
 	$(PYTHON) -m mypy
 
 demo: install  ## local broker + worker + a batch of requests, then a clean stop
-	weir demo --requests 20
+	$(VENV)/bin/weir demo --requests 20
 
 broker-start: install
-	weir broker start
+	$(VENV)/bin/weir broker start
 
 broker-stop:
-	weir broker stop
+	$(VENV)/bin/weir broker stop
 
 bench: install  ## linear-pipeline throughput and per-hop latency, beside a raw aiokafka loop
 	$(PYTHON) benchmarks/linear.py
