@@ -397,6 +397,8 @@ _DLQ_HEADERS = {
     "first_failed_at": "weir.first_failed_at",
     "last_failed_at": "weir.last_failed_at",
     "request_id": "weir.request_id",
+    "payload_bytes": "weir.payload_bytes",
+    "original_error_type": "weir.original_error_type",
 }
 
 
@@ -421,8 +423,17 @@ class DeadLetter(BaseModel):
     source_partition: int
     source_offset: int
     request_id: str | None = None
+    payload_bytes: int | None = None
+    """Set on a bounded dead letter: the size of the record it stands for (no value)."""
+    original_error_type: str | None = None
+    """Set on a bounded dead letter: the error the record failed with."""
     key: bytes | None = None
     value: bytes | None = None
+
+    @property
+    def bounded(self) -> bool:
+        """Whether this letter only points at its record (too large to carry)."""
+        return self.payload_bytes is not None and self.value is None
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The error headers to add to the original message's own headers."""

@@ -21,6 +21,7 @@
 from streams.branch import Branch
 from streams.client import WeirClient
 from streams.context import StepContext
+from streams.dependencies import AnyOf, any_of
 from streams.local import run_local
 from streams.pipeline import Pipeline, Step
 from streams.retry import NO_RETRY, Fallback, RetryPolicy
@@ -28,6 +29,7 @@ from streams.worker import Worker, WorkerStats
 
 __all__ = [
     "NO_RETRY",
+    "AnyOf",
     "Branch",
     "Fallback",
     "Pipeline",
@@ -37,5 +39,6 @@ __all__ = [
     "WeirClient",
     "Worker",
     "WorkerStats",
+    "any_of",
     "run_local",
 ]

@@ -37,6 +37,8 @@ class WorkerStats:
     duplicates: int = 0
     """Inputs dropped because their request was already joined or answered."""
     results: int = 0
+    dead_letter_failures: int = 0
+    """Records that could not be dead-lettered at all (logged with their coordinates)."""
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
     def failed(self, error_type: str) -> None:

@@ -34,7 +34,7 @@ from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
 from streams._runtime import Record, Runtime, merge_calls
-from streams.join import JoinTable
+from streams.join import JoinTable, eviction_messages
 from streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
 from streams.table import ChangelogTable
 from topics._aiokafka import read_until, retrying, started_consumer, stop_consumer
@@ -89,6 +89,7 @@ class AnswerStage:
                 topics.join_changelog(ANSWER),
                 done_ttl_s=runtime.settings.answer_dedup_window_s,
                 waiting_ttl_s=runtime.settings.join_ttl_s,
+                max_waiting=runtime.settings.max_waiting_joins,
             )
         self._answered: ChangelogTable[_Answered] = ChangelogTable(
             topics.answered_changelog, _encode, _decode
@@ -137,7 +138,11 @@ class AnswerStage:
         await self.revoked(list(self._writers))
 
     def expire(self) -> list[OutMessage]:
-        return self.join.expire() if self.join is not None else []
+        """Tombstones of expired entries, and FAILUREs for evicted joins (via the answers
+        topic, so each is answered like any other)."""
+        if self.join is None:
+            return []
+        return self.join.expire() + eviction_messages(self._rt, self.join)
 
     # -- one record -----------------------------------------------------------------
 
@@ -159,6 +164,7 @@ class AnswerStage:
             await self._answer(record.partition, result)
         if self.join is not None and env.kind != "FAILURE":
             changes = self.join.changelog_message(record.partition, env.request_id)
+            changes += eviction_messages(rt, self.join)
             await rt.outbox.send_all(changes, owned=owned)
 
     def _result(self, record: Record, env: Envelope) -> Result | None:

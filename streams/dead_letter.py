@@ -14,13 +14,26 @@ import traceback
 from aiokafka.structs import ConsumerRecord
 
 from schemas.messages import DeadLetter, now_ms
-from streams.outbox import OutMessage
-from weir.errors import WeirError
+from streams.outbox import MAX_MESSAGE_BYTES, OutMessage
+from weir.errors import PayloadTooLargeError, WeirError
 
-__all__ = ["MAX_STACKTRACE_CHARS", "DeadLetters", "error_type_of"]
+__all__ = [
+    "HEAD_BYTES",
+    "MAX_STACKTRACE_CHARS",
+    "PAYLOAD_HEAD_HEADER",
+    "DeadLetters",
+    "error_type_of",
+]
 
 MAX_STACKTRACE_CHARS = 8192
 """Stack traces are cut to their last this-many characters: the end says where it failed."""
+
+HEAD_BYTES = 256
+"""How much of a record too large to dead-letter as is travels in its bounded form."""
+
+PAYLOAD_HEAD_HEADER = "weir.payload_head"
+_MAX_KEY_BYTES = 1024
+_MAX_MESSAGE_CHARS = 1000
 
 
 def error_type_of(error: BaseException) -> str:
@@ -50,7 +63,8 @@ class DeadLetters:
         """The dead letter of ``record``; await its ack before acknowledging ``record``.
 
         It keeps the record's key, value and headers (``value`` replaces the value
-        where the record alone could not be replayed: a fan-in's inputs).
+        where the record alone could not be replayed: a fan-in's inputs).  When
+        that would not fit in one Kafka message, the bounded form is returned.
         """
         failed_at = now_ms()
         stack = "".join(traceback.format_exception(error))[-MAX_STACKTRACE_CHARS:]
@@ -74,4 +88,63 @@ class DeadLetters:
         own = {name for name, _ in added}
         kept = [(n, v) for n, v in record.headers or () if n not in own]
         body = record.value if value is None else value
-        return OutMessage(topic, record.key, body, kept + added)
+        headers = kept + added
+        size = len(body or b"") + len(record.key or b"") + sum(len(n) + len(v) for n, v in headers)
+        if size > MAX_MESSAGE_BYTES:
+            return self.bounded(
+                topic,
+                record,
+                step=step,
+                error=error,
+                request_id=request_id,
+                attempt=attempt,
+                first_failed_at=first_failed_at,
+            )
+        return OutMessage(topic, record.key, body, headers)
+
+    def bounded(
+        self,
+        topic: str,
+        record: ConsumerRecord[bytes, bytes],
+        *,
+        step: str,
+        error: BaseException,
+        request_id: str | None = None,
+        attempt: int = 1,
+        first_failed_at: int | None = None,
+    ) -> OutMessage:
+        """A small dead letter that identifies ``record`` without carrying it.
+
+        For records that cannot go to the dead-letter topic as they are (too
+        large, or refused by the topic): no value, the record's coordinates
+        (source topic, partition, offset) to fetch it while retention keeps it,
+        its size, its first ``HEAD_BYTES`` bytes and the original error type.
+        Its own error type is ``payload_too_large``.
+        """
+        failed_at = now_ms()
+        size = len(record.value or b"")
+        original = error_type_of(error)
+        reason = (str(error) or type(error).__name__)[:_MAX_MESSAGE_CHARS]
+        letter = DeadLetter(
+            pipeline=self._pipeline,
+            step=step,
+            error_type=PayloadTooLargeError.error_type,
+            error_message=(
+                f"the record ({size} bytes) could not be dead-lettered as it is; fetch it from"
+                f" {record.topic} partition {record.partition} offset {record.offset} while"
+                f" retention keeps it. It failed with {original}: {reason}"
+            ),
+            attempt=attempt,
+            first_failed_at=first_failed_at or failed_at,
+            last_failed_at=failed_at,
+            worker_id=self._worker_id,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            request_id=request_id,
+            payload_bytes=size,
+            original_error_type=original,
+        )
+        headers = [*letter.headers(), (PAYLOAD_HEAD_HEADER, (record.value or b"")[:HEAD_BYTES])]
+        key = record.key[:_MAX_KEY_BYTES] if record.key is not None else None
+        return OutMessage(topic, key, None, headers)

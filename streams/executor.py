@@ -68,14 +68,19 @@ class StepExecutor:
     ) -> dict[str, Any]:
         """Keyword arguments for the step function; ``SchemaInvalidError`` if one does not fit.
 
-        ``inputs`` holds each dependency's output as JSON text, by step name.
+        ``inputs`` holds each dependency's output as JSON text, by step name; a
+        dependency missing from it was skipped (only an ``any_of`` step runs so).
         """
         request: dict[str, Any] | None = None
         kwargs: dict[str, Any] = {}
         for b in self.step.bindings:
             try:
-                if b.source == "dependency":
-                    raw = inputs[b.name] or "null"
+                if b.source in ("dependency", "any"):
+                    name = next((n for n in b.names if n in inputs), b.name)
+                    if name not in inputs:  # a skipped branch of an any_of rejoin
+                        kwargs[b.parameter] = None
+                        continue
+                    raw = inputs[name] or "null"
                     kwargs[b.parameter] = (
                         b.adapter.validate_json(raw) if b.adapter else json.loads(raw)
                     )

@@ -7,9 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from schemas.messages import Envelope, now_ms, now_us
+from streams.dependencies import join_skipped_message
 from streams.executor import StepExecutor, encode_output, split_branch
 from streams.pipeline import Pipeline
-from weir.errors import BranchError
+from weir.errors import BranchError, JoinInputSkippedError
 
 __all__ = ["run_local"]
 
@@ -25,7 +26,8 @@ async def run_local(
 
     Same injection, validation, branching and result rules as the worker, so
     a pipeline's logic can be tested without a broker.  Step errors propagate
-    (no retries, no fallbacks).
+    (no retries, no fallbacks), and so does ``JoinInputSkippedError`` where the
+    worker would answer a FAILURE.
 
     >>> from streams import Pipeline
     >>> import asyncio
@@ -55,13 +57,18 @@ async def run_local(
     with ThreadPoolExecutor(max_workers=4) as threads:
         for name in pipeline.order:
             step = pipeline.steps[name]
-            taken = all(
-                outputs[d] is not None and (routed[d] is None or name in routed[d])  # type: ignore[operator]
+            arrived = [
+                d
                 for d in step.depends_on
-            )
-            if not taken:
-                outputs[name], routed[name] = None, None
+                if outputs[d] is not None and (routed[d] is None or name in routed[d])  # type: ignore[operator]
+            ]
+            if step.depends_on and not arrived:
+                outputs[name], routed[name] = None, None  # the whole sub-path was skipped
                 continue
+            if step.joins == "all" and len(arrived) < len(step.depends_on):
+                raise JoinInputSkippedError(
+                    join_skipped_message(name, [d for d in step.depends_on if d not in arrived])
+                )
             executor = StepExecutor(
                 step,
                 pipeline=pipeline.name,
@@ -69,7 +76,7 @@ async def run_local(
                 default_timeout_s=pipeline.timeout_s or 60.0,
                 threads=threads,
             )
-            inputs = {d: outputs[d] for d in step.depends_on}
+            inputs = {d: outputs[d] for d in arrived}
             value, targets = split_branch(await executor.run(inputs, first))
             dependents = pipeline.dependents(name)
             if targets is not None and (bad := [t for t in targets if t not in dependents]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 __all__ = ["PartitionOffsets"]
@@ -22,18 +23,22 @@ class PartitionOffsets:
     7
     """
 
-    __slots__ = ("_done", "_pending", "_position")
+    __slots__ = ("_done", "_head_since", "_pending", "_position")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
         self._position: int | None = None
+        self._head_since = time.monotonic()
 
     def track(self, offset: int) -> None:
+        if not self._pending:
+            self._head_since = time.monotonic()
         self._pending.append(offset)
 
     def finish(self, offset: int) -> None:
         if self._pending and self._pending[0] == offset:
+            self._head_since = time.monotonic()
             self._pending.popleft()
             self._position = offset + 1
             while self._pending and self._pending[0] in self._done:
@@ -46,6 +51,13 @@ class PartitionOffsets:
     def committable(self) -> int | None:
         """The next offset to commit (one past the last contiguous finished one)."""
         return self._position
+
+    def stuck(self, after_s: float) -> tuple[int, float] | None:
+        """``(offset, seconds)`` of the unfinished head when it has held commits ``after_s``."""
+        if not self._pending:
+            return None
+        held = time.monotonic() - self._head_since
+        return (self._pending[0], held) if held >= after_s else None
 
     @property
     def in_flight(self) -> int:

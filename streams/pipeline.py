@@ -7,6 +7,8 @@ How a step's parameters are filled, checked when the step is declared:
 3. the remaining parameters receive the remaining dependencies' outputs, in
    ``depends_on`` order (so ``generate(context, history)`` may depend on
    ``[query_vector_db, fetch_user_messages]``);
+   (with ``depends_on=any_of(...)``: the first remaining parameter receives
+   the output of whichever dependency ran);
 4. a root step (no dependencies) reads request payload fields by parameter
    name, or the whole payload when its single parameter is annotated with a
    pydantic model or is named ``request``;
@@ -27,6 +29,7 @@ from typing import Any, Literal, TypeVar, get_type_hints
 from pydantic import BaseModel, TypeAdapter
 
 from streams.context import StepContext
+from streams.dependencies import AnyOf
 from streams.retry import Fallback, RetryPolicy
 from weir.errors import (
     CycleError,
@@ -42,7 +45,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 
-BindingSource = Literal["dependency", "field", "payload", "context"]
+BindingSource = Literal["dependency", "any", "field", "payload", "context"]
+JoinMode = Literal["all", "any"]
+Dependencies = Sequence[str | Callable[..., Any]] | AnyOf | str | Callable[..., Any]
+"""``depends_on``: steps (by name or function), one step alone, or ``any_of(...)``."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Binding:
     """Validates the value against the parameter's annotation; ``None`` when unannotated."""
     required: bool = True
     default: Any = None
+    names: tuple[str, ...] = ()
+    """``any``: the dependencies whose output (whichever ran) the parameter receives."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,9 @@ class Step:
     """Output once attempts are exhausted; ``None``: dead-letter the request."""
     log_io: bool = False
     """Put this step's (redacted) inputs and output on its trace events."""
+    joins: JoinMode = "all"
+    """``all``: runs once every dependency produced; ``any``: once each produced or was
+    skipped, if at least one produced (``depends_on=any_of(...)``)."""
 
     @property
     def is_root(self) -> bool:
@@ -139,7 +150,7 @@ class Pipeline:
 
     def step(
         self,
-        depends_on: Sequence[str | Callable[..., Any]] = (),
+        depends_on: Dependencies = (),
         *,
         name: str | None = None,
         timeout: float | None = None,
@@ -150,7 +161,9 @@ class Pipeline:
     ) -> Callable[[F], F]:
         """Declare the decorated function as a step; the function itself is returned unchanged.
 
-        ``timeout`` bounds one attempt (seconds; default: the pipeline's, else
+        ``depends_on`` lists the steps whose outputs this one needs, all of them;
+        ``any_of(a, b)`` instead runs it on whichever of them ran (a rejoin after a
+        ``Branch``).  ``timeout`` bounds one attempt (seconds; default: the pipeline's, else
         the worker's ``step_timeout_s``).  ``retry`` overrides the pipeline's
         retry policy; ``fallback`` is output once attempts are exhausted instead
         of dead-lettering.  ``inline=True`` runs a cheap sync function on the
@@ -182,7 +195,7 @@ class Pipeline:
         self,
         name: str,
         fn: Callable[..., Any],
-        depends_on: Sequence[str | Callable[..., Any]] = (),
+        depends_on: Dependencies = (),
         *,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
@@ -212,12 +225,24 @@ class Pipeline:
                 f"{where}: step {name!r} fallback must be a Fallback(value=...) or"
                 f" Fallback(function=...), got {fallback!r}"
             )
+        if isinstance(depends_on, str) or callable(depends_on):
+            depends_on = [depends_on]  # one dependency, written without the list
+        joins: JoinMode = "any" if isinstance(depends_on, AnyOf) else "all"
+        if isinstance(depends_on, AnyOf):
+            if not depends_on.steps:
+                raise PipelineDefinitionError(f"{where}: step {name!r} has an empty any_of()")
+            if any(isinstance(d, AnyOf) for d in depends_on):
+                raise PipelineDefinitionError(f"{where}: step {name!r}: any_of cannot nest")
+        elif any(isinstance(d, AnyOf) for d in depends_on):
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r}: write depends_on=any_of(a, b), not inside a list"
+            )
         deps = tuple(self._dependency_name(name, d) for d in depends_on)
         if len(set(deps)) != len(deps):
             raise PipelineDefinitionError(f"{where}: step {name!r} lists a dependency twice")
         if name in deps:
             raise CycleError(f"{where}: step {name!r} depends on itself")
-        bindings = self._bind(name, fn, deps)
+        bindings = self._bind(name, fn, deps, joins)
         if fallback is not None and fallback.function is not None:
             _check_fallback_signature(where, name, fallback.function, bindings)
         step = Step(
@@ -232,6 +257,7 @@ class Pipeline:
             retry=retry,
             fallback=fallback,
             log_io=log_io,
+            joins=joins,
         )
         self._steps[name] = step
         self._validated = False
@@ -256,7 +282,7 @@ class Pipeline:
         )
 
     def _bind(
-        self, step: str, fn: Callable[..., Any], deps: tuple[str, ...]
+        self, step: str, fn: Callable[..., Any], deps: tuple[str, ...], joins: JoinMode = "all"
     ) -> tuple[Binding, ...]:
         where = f"pipeline {self.name!r}, step {step!r}"
         try:
@@ -297,6 +323,14 @@ class Pipeline:
             else:
                 unbound.append(p)
 
+        if joins == "any" and remaining_deps and unbound:
+            # A rejoin: one parameter receives whichever of the remaining branches ran.
+            p = unbound.pop(0)
+            hint = hints.get(p.name)
+            bindings[p.name] = Binding(
+                p.name, "any", remaining_deps[0], _adapter(hint), names=deps
+            )
+            remaining_deps = []
         for p in list(unbound):
             if not remaining_deps:
                 break

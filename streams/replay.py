@@ -178,7 +178,10 @@ class DeadLetterQueue:
                 report.already += 1
                 continue
             try:
-                plan.append((entry, *self._target(entry, report.replay_id)))
+                value = entry.letter.value
+                if entry.letter.bounded:
+                    value = await self._original(entry.letter)
+                plan.append((entry, *self._target(entry, report.replay_id, value)))
             except (MessageError, _NotReplayable) as exc:
                 report.skipped[entry.id] = str(exc)
         if dry_run:
@@ -211,19 +214,32 @@ class DeadLetterQueue:
 
     # -- internals ------------------------------------------------------------------
 
+    async def _original(self, letter: DeadLetter) -> bytes:
+        """The record a bounded dead letter points at, read back from its source topic."""
+        where = f"{letter.source_topic} partition {letter.source_partition}"
+        found = await self._records(
+            letter.source_topic, only=(letter.source_partition, letter.source_offset)
+        )
+        if not found or found[0].value is None:
+            raise _NotReplayable(
+                f"the dead letter is bounded and its record ({where} offset"
+                f" {letter.source_offset}) is no longer there (retention)"
+            )
+        return bytes(found[0].value)
+
     def _target(
-        self, entry: DeadLetterEntry, replay_id: str
+        self, entry: DeadLetterEntry, replay_id: str, value: bytes | None
     ) -> tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]:
-        """``(topic, key, value, headers)`` that re-injects ``entry``."""
+        """``(topic, key, value, headers)`` that re-injects ``entry`` (``value``: its record)."""
         letter = entry.letter
-        if letter.value is None:
+        if value is None:
             raise _NotReplayable("the dead letter has no value")
         if entry.step == INGRESS:
             headers = [(REPLAY_HEADER, replay_id.encode())]
-            return self.topics.requests, letter.key, letter.value, headers
+            return self.topics.requests, letter.key, value, headers
         if entry.step == ANSWER:
             raise _NotReplayable("an undecodable answers-topic message cannot be replayed")
-        env = Envelope.decode(letter.value)
+        env = Envelope.decode(value)
         env = dataclasses.replace(
             env,
             attempt=1,

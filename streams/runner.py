@@ -24,13 +24,15 @@ from schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
 from streams._runtime import Record, Runtime, merge_calls
 from streams.context import AttemptScope, StepContext
 from streams.dead_letter import error_type_of
+from streams.dependencies import join_skipped_message
 from streams.executor import StepExecutor, encode_output, split_branch
-from streams.join import JoinTable
+from streams.join import JoinTable, eviction_messages
 from streams.outbox import OutMessage, Owned
 from streams.tracing import mark_failed, span_ids, trace_headers, traceparent_of
 from topics.names import ANSWER, retry_tiers
 from weir.errors import (
     BranchError,
+    JoinInputSkippedError,
     MessageError,
     OutputTooLargeError,
     SchemaInvalidError,
@@ -52,10 +54,14 @@ class _Attempt:
     base: Envelope
     """The envelope the attempt continues: request, options, trace context, attempt number."""
     inputs: dict[str, str | None]
+    """Outputs of the dependencies that produced, by step name (skipped ones are absent)."""
     path: list[str]
     calls: list[ModelCall]
     skipped: bool
+    """Every dependency was skipped: so is this step."""
     completed_join: bool
+    missing: tuple[str, ...] = ()
+    """Dependencies skipped for this request while others produced."""
 
 
 class StepRunner:
@@ -79,6 +85,7 @@ class StepRunner:
                 runtime.topics.join_changelog(step),
                 done_ttl_s=runtime.settings.answer_dedup_window_s,
                 waiting_ttl_s=runtime.settings.join_ttl_s,
+                max_waiting=runtime.settings.max_waiting_joins,
             )
 
     @property
@@ -109,8 +116,10 @@ class StepRunner:
         if attempt is not None:
             out, event = await self._run(record, attempt)
         if self.join is not None and env.kind != "JOINED":
-            # The partial inputs of a waiting join, or the done marker of a completed one.
+            # The partial inputs of a waiting join, or the done marker of a completed one;
+            # and the requests of joins this one pushed over the cap end here.
             out += self.join.changelog_message(record.partition, env.request_id)
+            out += eviction_messages(rt, self.join)
         trace = rt.trace(event) if event is not None else []
         try:
             await rt.outbox.send_all(out + trace, owned=owned)
@@ -128,8 +137,11 @@ class StepRunner:
             await rt.outbox.send_all(out, owned=owned)
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
-        if env.kind == "JOINED":
-            return _Attempt(env, dict(env.inputs), list(env.path), env.calls, False, False)
+        if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
+            inputs = dict(env.inputs)
+            return _Attempt(
+                env, inputs, list(env.path), env.calls, False, False, self._missing(inputs)
+            )
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
             return _Attempt(env, inputs, list(env.path), env.calls, env.kind == "SKIP", False)
@@ -140,14 +152,19 @@ class StepRunner:
         if state == "waiting":
             return None
         envelopes = list(got.values())
+        produced = {src: e.payload for src, e in got.items() if e.kind == "VALUE"}
         return _Attempt(
             base=env,
-            inputs={src: e.payload for src, e in got.items()},
+            inputs=produced,
             path=self._rt.merge_paths(e.path for e in envelopes),
             calls=merge_calls(*(e.calls for e in envelopes)),
-            skipped=any(e.kind == "SKIP" for e in envelopes),
+            skipped=not produced,
             completed_join=True,
+            missing=self._missing(produced),
         )
+
+    def _missing(self, inputs: dict[str, str | None]) -> tuple[str, ...]:
+        return tuple(d for d in self.step.depends_on if d not in inputs)
 
     # -- the attempt ----------------------------------------------------------------
 
@@ -188,6 +205,9 @@ class StepRunner:
             f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
         ) as span:
             try:
+                if a.missing and self.step.joins == "all":
+                    # Never a null answer: the join cannot run, so the request fails here.
+                    raise JoinInputSkippedError(join_skipped_message(self.name, list(a.missing)))
                 value = await self._executor.run(a.inputs, base, scope)
                 output, targets = self._check_branch(split_branch(value))
                 encoded = encode_output(output, step=self.name)

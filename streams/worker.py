@@ -36,9 +36,10 @@ from aiokafka.errors import KafkaError
 from schemas.messages import now_ms, now_us
 from streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from streams.answer import AnswerStage
-from streams.dead_letter import DeadLetters
+from streams.dead_letter import DeadLetters, error_type_of
 from streams.executor import StepExecutor
 from streams.ingress import Ingress
+from streams.join import eviction_messages
 from streams.offsets import PartitionOffsets
 from streams.outbox import Abandoned, Outbox, Owned
 from streams.pipeline import Pipeline
@@ -314,6 +315,23 @@ class Worker:
                 total += end - (self._committed.get(tp) or 0)
         return total
 
+    def stuck_records(self) -> list[dict[str, object]]:
+        """Records that have held their partition's commits for ``stuck_record_after_s``."""
+        after = self.settings.stuck_record_after_s
+        out: list[dict[str, object]] = []
+        for tp, tracker in list(self._offsets.items()):
+            if tp in self._assigned and (head := tracker.stuck(after)) is not None:
+                offset, seconds = head
+                out.append(
+                    {
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "offset": offset,
+                        "seconds": round(seconds, 1),
+                    }
+                )
+        return out
+
     @property
     def assigned(self) -> set[TopicPartition]:
         return set(self._assigned)
@@ -383,34 +401,67 @@ class Worker:
             self._consumer.resume(tp)
 
     async def _park(self, stage: str, record: Record, error: Exception, owned: Owned) -> None:
-        """Dead-letter a record whose handling raised unexpectedly (``internal_error``).
+        """Dead-letter a record whose handling raised unexpectedly.
 
         Its request is answered with a FAILURE when its id can be read, so the
         client is not left waiting (not from the answer stage itself, which
-        would only be handed the failure again).
+        would only be handed the failure again).  A record that cannot go to
+        the dead-letter topic as it is (too large, refused) goes in its bounded
+        form; one that cannot go at all is logged with its coordinates and let
+        go, so that no record holds its partition back for good.
         """
+        error_type = error_type_of(error)
         self.stats.dead_lettered += 1
-        self.stats.failed("internal_error")
-        out = [
-            self._runtime.dead_letters.message(
-                self.topics.dead_letter(stage), record, step=stage, error=error
-            )
-        ]
+        self.stats.failed(error_type)
+        letters = self._runtime.dead_letters
+        topic = self.topics.dead_letter(stage)
         request_id = guess_request_id(record)
+        failure = []
         if stage != ANSWER and request_id is not None:
-            out.append(
+            failure.append(
                 self._runtime.failure_envelope(
                     request_id=request_id,
                     step=stage,
-                    error_type="internal_error",
-                    error_message=f"weir failed handling the message: {type(error).__name__}",
+                    error_type=error_type,
+                    error_message=f"weir failed handling the message: {type(error).__name__}"
+                    if error_type == "internal_error"
+                    else str(error),
                     base=None,
                     calls=[],
                     traceparent=None,
                     created_at=now_us(),
                 )
             )
-        await self._runtime.outbox.send_all(out, owned=owned)
+        attempts = [
+            letters.message(topic, record, step=stage, error=error, request_id=request_id),
+            letters.bounded(topic, record, step=stage, error=error, request_id=request_id),
+        ]
+        patience = self.settings.dead_letter_patience_s
+        for letter in attempts:
+            try:
+                async with asyncio.timeout(patience):
+                    await self._runtime.outbox.send_all([letter, *failure], owned=owned)
+                return
+            except (asyncio.CancelledError, Abandoned):
+                raise
+            except TimeoutError:
+                log.error(
+                    "could not dead-letter %s@%d within %gs; letting it go (it stays on its"
+                    " topic until retention removes it)",
+                    record.topic,
+                    record.offset,
+                    patience,
+                )
+                break
+            except Exception as exc:
+                log.warning(
+                    "dead letter of %s@%d refused (%s)%s",
+                    record.topic,
+                    record.offset,
+                    exc,
+                    "; sending its bounded form" if letter is attempts[0] else "",
+                )
+        self.stats.dead_letter_failures += 1
 
     async def _process(
         self,
@@ -431,9 +482,13 @@ class Worker:
             except (asyncio.CancelledError, Abandoned):
                 raise
             except Exception as exc:
-                # A bug in weir itself.  Left unfinished, this record would hold back the
-                # partition's commits for good and fail again after every restart; park it.
-                log.exception("unexpected error handling %s@%d", tp, record.offset)
+                # A bug in weir itself, or a dead letter its handler could not write.  Left
+                # unfinished, this record would hold back the partition's commits for good
+                # and fail again after every restart; park it.
+                if isinstance(exc, WeirError):
+                    log.warning("could not finish %s@%d: %s", tp, record.offset, exc)
+                else:
+                    log.exception("unexpected error handling %s@%d", tp, record.offset)
                 await self._park(stage, record, exc, owned)
             self.stats.completed += 1
             # The tracker this record was taken under: after a re-assignment the partition
@@ -442,7 +497,10 @@ class Worker:
         except (asyncio.CancelledError, Abandoned):
             pass  # not finished: the offset stays uncommitted and is redelivered
         except Exception:
-            log.exception("could not dead-letter %s@%d; it will be redelivered", tp, record.offset)
+            # Redelivering would fail the same way after every restart: let it go, loudly.
+            log.exception("could not dead-letter %s@%d; letting it go", tp, record.offset)
+            self.stats.dead_letter_failures += 1
+            tracker.finish(record.offset)
         finally:
             self._slots.release()
             current = asyncio.current_task()
@@ -477,6 +535,7 @@ class Worker:
             await asyncio.sleep(_MAINTENANCE_S)
             tables = [r.join for r in self.runners.values() if r.join is not None]
             tombstones = [m for table in tables for m in table.expire()]
+            tombstones += [m for t in tables for m in eviction_messages(self._runtime, t)]
             if self.answers is not None:
                 tombstones += self.answers.expire()
             if tombstones:

@@ -11,7 +11,7 @@ import os
 
 from pydantic import BaseModel
 
-from streams import Branch, Pipeline
+from streams import Branch, Pipeline, any_of
 
 
 def linear(name: str) -> Pipeline:
@@ -93,6 +93,47 @@ def branching(name: str) -> Pipeline:
     @p.step(depends_on=[reply])
     def escalate(reply: dict[str, float], customer: str) -> dict[str, str]:
         return {"to": "human", "customer": customer, "why": f"score {reply['score']}"}
+
+    return p
+
+
+def rejoin(name: str, *, any_branch: bool = True) -> Pipeline:
+    """classify -> route --Branch--> path_a | path_b -> finish: the two-branch rejoin.
+
+    ``any_branch=False`` declares ``finish`` with plain ``depends_on`` (all of them), a
+    join that can never complete: one of its inputs is always skipped.
+    """
+    p = Pipeline(name)
+
+    @p.step()
+    def classify(n: int) -> dict[str, int | str]:
+        return {"n": n, "lane": "a" if n % 2 == 0 else "b"}
+
+    @p.step(depends_on=[classify], inline=True)
+    def route(classify: dict[str, int | str]) -> Branch:
+        return Branch(f"path_{classify['lane']}", {"n": classify["n"]})
+
+    @p.step(depends_on=[route])
+    def path_a(route: dict[str, int]) -> dict[str, object]:
+        return {"via": "a", "value": route["n"] * 10}
+
+    @p.step(depends_on=[route])
+    async def path_b(route: dict[str, int]) -> dict[str, object]:
+        return {"via": "b", "value": route["n"] + 1000}
+
+    if any_branch:
+
+        @p.step(depends_on=any_of(path_a, path_b), inline=True)
+        def finish(
+            answer: dict[str, object], path_a: dict[str, object] | None
+        ) -> dict[str, object]:
+            return {**answer, "took_a": path_a is not None}
+
+    else:
+
+        @p.step(depends_on=[path_a, path_b])
+        def finish(path_a: dict[str, object], path_b: dict[str, object]) -> dict[str, object]:
+            return {**path_a, **path_b}
 
     return p
 

@@ -9,6 +9,11 @@ if TYPE_CHECKING:
     from streams.pipeline import Pipeline
     from weir.config import WeirSettings
 
+DEAD_LETTER_TOPIC_MAX_BYTES = 1_048_588
+"""``max.message.bytes`` of dead-letter topics: Kafka's default, set explicitly so that a
+cluster with a lower broker default still takes every dead letter weir writes (at most
+about 1 MB, its headers included; larger records are dead-lettered in a bounded form)."""
+
 __all__ = [
     "ANSWER",
     "COSTS_TOPIC",
@@ -137,6 +142,9 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
     names = PipelineTopics(pipeline.name)
     events = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}
     state = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    # Dead letters carry the failed record as it is (up to MAX_MESSAGE_BYTES with headers);
+    # stated explicitly so a cluster whose default is lower still takes them.
+    dead = {**events, "max.message.bytes": str(DEAD_LETTER_TOPIC_MAX_BYTES)}
 
     def spec(name: str, config: dict[str, str]) -> TopicSpec:
         return TopicSpec(name, settings.partitions, settings.replication_factor, dict(config))
@@ -150,13 +158,13 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
         spec(names.results, events),
         spec(names.answers, events),
         spec(names.stream, events),
-        spec(names.dead_letter(INGRESS), events),
-        spec(names.dead_letter(ANSWER), events),
+        spec(names.dead_letter(INGRESS), dead),
+        spec(names.dead_letter(ANSWER), dead),
         spec(names.answered_changelog, state),
         spec(names.replays, state),
     ]
     specs += [spec(names.step(s), events) for s in steps]
-    specs += [spec(names.dead_letter(s), events) for s in steps]
+    specs += [spec(names.dead_letter(s), dead) for s in steps]
     for s in steps:
         tiers = retry_tiers(pipeline.retry_policy(s).maximum_attempts, settings)
         specs += [spec(names.retry(s, t), events) for t in range(1, tiers + 1)]

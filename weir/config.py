@@ -86,7 +86,14 @@ class WeirSettings(BaseSettings):
     answer_dedup_window_s: float = Field(default=900.0, ge=1.0)
     """How long an answered request id is remembered, so a redelivered duplicate is dropped."""
     join_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=1.0)
-    """A fan-in still missing an input after this long is dropped from its table."""
+    """A fan-in still missing an input after this long ends its request with a FAILURE."""
+    max_waiting_joins: int = Field(default=100_000, ge=1)
+    """Fan-ins waiting for inputs, per join step and worker; beyond it the oldest is evicted
+    and its request ends with a FAILURE (``join_evicted``)."""
+    dead_letter_patience_s: float = Field(default=120.0, gt=0)
+    """How long a worker keeps trying to dead-letter one record before letting it go."""
+    stuck_record_after_s: float = Field(default=300.0, gt=0)
+    """A record in flight this long is reported as stuck by ``/health`` and ``/stats``."""
     max_retry_topics: int = Field(default=5, ge=1, le=20)
     """Delayed retry topics per step (attempt n waits on ``retry.<step>.<min(n-1, this)>``)."""
 

@@ -21,6 +21,8 @@ says whether trying the same input again can succeed.
     ├── StepError                   step_error
     │   └── StepTimeoutError        step_timeout
     ├── BranchError                 branch_invalid
+    ├── JoinInputSkippedError       join_input_skipped   (all-of join, a branch skipped)
+    ├── JoinEvictedError            join_evicted         (a fan-in never completed)
     ├── OutputTooLargeError         output_too_large     (the broker refuses the message)
     ├── ModelError                  model_error          (a model call failed)
     │   ├── ModelTimeoutError       model_timeout
@@ -52,6 +54,8 @@ __all__ = [
     "ConfigError",
     "CycleError",
     "DuplicateStepError",
+    "JoinEvictedError",
+    "JoinInputSkippedError",
     "MessageError",
     "ModelError",
     "ModelRequestError",
@@ -188,6 +192,18 @@ class BranchError(WeirError):
     """A step returned a ``Branch`` to a step that does not depend on it."""
 
     error_type = "branch_invalid"
+
+
+class JoinInputSkippedError(WeirError):
+    """A step that needs all of its inputs got a skip for one of them (a ``Branch`` upstream)."""
+
+    error_type = "join_input_skipped"
+
+
+class JoinEvictedError(WeirError):
+    """A fan-in waited too long, or among too many others, for an input that never came."""
+
+    error_type = "join_evicted"
 
 
 class OutputTooLargeError(WeirError):

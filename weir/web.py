@@ -60,6 +60,11 @@ async def _health(request: web.Request) -> web.Response:
         body["pipeline"] = worker.pipeline.name
         body["worker_id"] = worker.settings.worker_id
         body["partitions"] = len(worker.assigned)
+        stuck = worker.stuck_records()
+        if stuck:
+            # A record holding its partition's commits: the partition's lag only grows.
+            body["status"] = "degraded"
+            body["stuck_records"] = stuck
         if worker.stopping:
             body["status"] = "stopping"
     return web.json_response(body, status=503 if body["status"] == "stopping" else 200)
@@ -71,6 +76,7 @@ async def _stats(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no worker runs in this process")
     stats: dict[str, object] = dataclasses.asdict(worker.stats)
     stats["lag"] = {step: worker.lag(step) for step in worker.runners}
+    stats["stuck_records"] = worker.stuck_records()
     return web.json_response(stats)
 
 

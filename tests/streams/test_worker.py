@@ -11,9 +11,10 @@ from schemas.messages import DeadLetter
 from streams import WeirClient, Worker, run_local
 from streams.pipeline import Pipeline
 from tests._kafka import read_results, read_topic
-from tests._pipelines import branching, diamond, linear
+from tests._pipelines import branching, diamond, linear, rejoin
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
+from weir.errors import JoinInputSkippedError
 
 pytestmark = pytest.mark.kafka
 
@@ -61,6 +62,38 @@ async def test_branching_sends_each_request_down_one_path(kafka, pipeline_name):
     await _answer_all(kafka, pipeline, payloads)
     ends = {(await run_local(pipeline, p))[1][-1] for p in payloads}
     assert ends == {"lookup", "deliver", "escalate"}  # every path was exercised
+
+
+async def test_rejoin_runs_on_whichever_branch_ran(kafka, pipeline_name):
+    pipeline = rejoin(pipeline_name)
+    payloads = [{"n": i} for i in range(N)]
+    await _answer_all(kafka, pipeline, payloads)
+    paths = [(await run_local(pipeline, p))[1] for p in payloads]
+    assert sum("path_a" in path for path in paths) == N // 2
+    assert all(path[-1] == "finish" for path in paths)
+
+
+async def test_all_of_join_over_exclusive_branches_fails_naming_the_skipped_input(
+    kafka, pipeline_name
+):
+    pipeline = rejoin(pipeline_name, any_branch=False)
+    async with Worker(pipeline, kafka), WeirClient(kafka) as client:
+        ids = await client.submit_many(pipeline.name, [{"n": i} for i in range(40)])
+        results, counts = await read_results(kafka, PipelineTopics(pipeline.name).results, 40)
+    assert set(results) == set(ids) and max(counts.values()) == 1
+    for i, rid in enumerate(ids):
+        result = results[rid]
+        skipped = "path_b" if i % 2 == 0 else "path_a"
+        assert (result.status, result.error_type, result.failed_step) == (
+            "FAILURE",
+            "join_input_skipped",
+            "finish",
+        ), result
+        assert repr(skipped) in (result.error_message or ""), result.error_message
+        assert "any_of" in (result.error_message or "")
+    # run_local agrees with the worker.
+    with pytest.raises(JoinInputSkippedError, match="'path_b' was skipped"):
+        await run_local(pipeline, {"n": 0})
 
 
 async def test_avro_and_json_requests_are_both_accepted(kafka, pipeline_name):
