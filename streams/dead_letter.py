@@ -90,17 +90,19 @@ class DeadLetters:
         body = record.value if value is None else value
         headers = kept + added
         size = len(body or b"") + len(record.key or b"") + sum(len(n) + len(v) for n, v in headers)
+        bounded = self.bounded(
+            topic,
+            record,
+            step=step,
+            error=error,
+            request_id=request_id,
+            attempt=attempt,
+            first_failed_at=first_failed_at,
+        )
         if size > MAX_MESSAGE_BYTES:
-            return self.bounded(
-                topic,
-                record,
-                step=step,
-                error=error,
-                request_id=request_id,
-                attempt=attempt,
-                first_failed_at=first_failed_at,
-            )
-        return OutMessage(topic, record.key, body, headers)
+            return bounded
+        # A topic configured for less than Kafka's default refuses it: then the bounded form.
+        return OutMessage(topic, record.key, body, headers, fallback=bounded)
 
     def bounded(
         self,

@@ -30,6 +30,12 @@ class OutMessage(NamedTuple):
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None
     """Explicit partition (changelogs); ``None``: by key."""
+    fallback: OutMessage | None = None
+    """Sent instead when the broker refuses this message as too large (a dead letter's
+    bounded form)."""
+
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
 class Abandoned(Exception):
@@ -74,11 +80,17 @@ class Outbox:
                     for m in messages
                 ]
                 acks = await asyncio.gather(*futures, return_exceptions=True)
-                for ack in acks:  # every ack was collected; the first failure decides
-                    if isinstance(ack, BaseException):
-                        raise ack
-                return
-            except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+                instead = []
+                for m, ack in zip(messages, acks, strict=True):
+                    if isinstance(ack, _TOO_LARGE) and m.fallback is not None:
+                        instead.append(m.fallback)
+                    elif isinstance(ack, BaseException):
+                        raise ack  # every ack was collected; the first failure decides
+                if not instead:
+                    return
+                # The others were taken; what was refused goes in its smaller form.
+                messages = instead
+            except _TOO_LARGE as exc:
                 sizes = ", ".join(f"{m.topic}: {len(m.value or b'')} bytes" for m in messages)
                 raise OutputTooLargeError(
                     f"Kafka refused a message as too large ({sizes}); keep step outputs"

@@ -24,6 +24,7 @@ DOCTEST_MODULES = [
     "streams.pipeline",
     "streams.offsets",
     "streams.branch",
+    "streams.dependencies",
     "topics.names",
     "schemas",
     "weir.config",

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         Router,
         Rule,
     )
-    from streams import Branch, Pipeline, StepContext, WeirClient, Worker
+    from streams import Branch, Pipeline, StepContext, WeirClient, Worker, any_of
     from streams.local import run_local
     from weir.config import WeirSettings, load_settings
     from weir.errors import WeirError
@@ -49,6 +49,7 @@ __all__ = [
     "WeirError",
     "WeirSettings",
     "Worker",
+    "any_of",
     "load_settings",
     "run_local",
 ]
@@ -61,6 +62,7 @@ _HOME = {
     "StepContext": "streams",
     "WeirClient": "streams",
     "Worker": "streams",
+    "any_of": "streams",
     "run_local": "streams.local",
     "WeirSettings": "weir.config",
     "load_settings": "weir.config",

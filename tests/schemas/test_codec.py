@@ -121,6 +121,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "source_partition": 3,
         "source_offset": 2**40,
         "request_id": None,
+        "payload_bytes": 2_000_000,
+        "original_error_type": "schema_invalid",
         "key": b"r-1",
         "value": b"\x00\xff garbage",
     },

@@ -126,3 +126,18 @@ def test_matches_the_reference_model_under_random_finish_order(seed: int) -> Non
         assert actual.committable() == reference.committable()
     assert actual.committable() == reference.tracked[-1] + 1
     assert actual.in_flight == 0
+
+
+def test_a_head_that_holds_commits_too_long_is_reported_stuck():
+    from streams.offsets import PartitionOffsets
+
+    p = PartitionOffsets()
+    assert p.stuck(0.0) is None
+    p.track(5)
+    p.track(6)
+    p.finish(6)
+    offset, seconds = p.stuck(0.0) or (None, None)
+    assert offset == 5 and seconds is not None and seconds >= 0
+    assert p.stuck(3600.0) is None
+    p.finish(5)
+    assert p.stuck(0.0) is None

@@ -7,11 +7,14 @@ from pydantic import BaseModel
 
 from streams.branch import Branch
 from streams.context import StepContext
+from streams.dependencies import any_of
+from streams.local import run_local
 from streams.pipeline import Binding, Pipeline
 from topics.names import ANSWER
 from weir.errors import (
     CycleError,
     DuplicateStepError,
+    JoinInputSkippedError,
     PipelineDefinitionError,
     UnknownDependencyError,
     UnsatisfiedParameterError,
@@ -789,3 +792,94 @@ def test_branch_to_a_function_that_is_not_a_step_raises_type_error() -> None:
 
     with pytest.raises(TypeError, match="not a weir step"):
         Branch(not_a_step)
+
+
+# -- joins: all of the dependencies, or any of them --------------------------------------
+
+
+def _two_branches(name: str) -> tuple[Pipeline, object, object]:
+    p = Pipeline(name)
+
+    @p.step(inline=True)
+    def route(lane: str) -> Branch:
+        return Branch(f"path_{lane}", lane)
+
+    @p.step(depends_on=[route])
+    def path_a(route: str) -> str:
+        return "A"
+
+    @p.step(depends_on=[route])
+    def path_b(route: str) -> str:
+        return "B"
+
+    return p, path_a, path_b
+
+
+async def test_any_of_rejoin_gets_the_branch_that_ran_and_none_for_the_other():
+    p, path_a, path_b = _two_branches("rejoin")
+
+    @p.step(depends_on=any_of(path_a, path_b))
+    def finish(answer: str, path_b: str | None) -> dict[str, object]:
+        return {"answer": answer, "b": path_b}
+
+    assert p.steps["finish"].joins == "any"
+    assert await run_local(p, {"lane": "a"}) == (
+        {"answer": "A", "b": None},
+        ["route", "path_a", "finish"],
+    )
+    assert await run_local(p, {"lane": "b"}) == (
+        {"answer": "B", "b": "B"},
+        ["route", "path_b", "finish"],
+    )
+
+
+async def test_any_of_step_is_skipped_when_none_of_its_inputs_ran():
+    p, path_a, path_b = _two_branches("rejoin-none")
+
+    @p.step(depends_on=any_of(path_a, path_b))
+    def finish(answer: str) -> str:
+        return answer
+
+    @p.step(depends_on=["route"])
+    def path_c(route: str) -> str:
+        return "C"
+
+    assert await run_local(p, {"lane": "c"}) == ("C", ["route", "path_c"])
+
+
+async def test_all_of_join_over_exclusive_branches_raises_in_run_local():
+    p, path_a, path_b = _two_branches("rejoin-all")
+
+    @p.step(depends_on=[path_a, path_b])
+    def finish(path_a: str, path_b: str) -> str:
+        return path_a + path_b
+
+    with pytest.raises(JoinInputSkippedError, match=r"'path_b' was skipped.*any_of"):
+        await run_local(p, {"lane": "a"})
+
+
+def test_depends_on_takes_one_step_without_a_list():
+    p = Pipeline("single")
+
+    @p.step()
+    def first(n: int) -> int:
+        return n
+
+    @p.step(depends_on=first)
+    def second(first: int) -> int:
+        return first
+
+    assert p.steps["second"].depends_on == ("first",)
+
+
+def test_any_of_must_not_hide_inside_a_list_or_be_empty():
+    p = Pipeline("bad-any")
+
+    @p.step()
+    def first(n: int) -> int:
+        return n
+
+    with pytest.raises(PipelineDefinitionError, match="not inside a list"):
+        p.add_step("x", lambda first: first, [any_of(first)])  # type: ignore[list-item]
+    with pytest.raises(PipelineDefinitionError, match="empty any_of"):
+        p.add_step("y", lambda: 1, any_of())
