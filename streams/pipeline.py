@@ -327,9 +327,7 @@ class Pipeline:
             # A rejoin: one parameter receives whichever of the remaining branches ran.
             p = unbound.pop(0)
             hint = hints.get(p.name)
-            bindings[p.name] = Binding(
-                p.name, "any", remaining_deps[0], _adapter(hint), names=deps
-            )
+            bindings[p.name] = Binding(p.name, "any", remaining_deps[0], _adapter(hint), names=deps)
             remaining_deps = []
         for p in list(unbound):
             if not remaining_deps:
