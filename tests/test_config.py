@@ -189,5 +189,6 @@ def test_an_aliased_environment_variable_beats_the_config_file(
     config.write_text('vault_addr = "http://file:8200"\notel_service_name = "from-file"\n')
     monkeypatch.setenv("VAULT_ADDR", "http://env:8200")
     settings = load_settings(config)
-    assert settings.vault_addr == "http://env:8200"
+    assert settings.vault_addr is not None
+    assert settings.vault_addr.get_secret_value() == "http://env:8200"
     assert settings.otel_service_name == "from-file"
