@@ -1,5 +1,8 @@
 """Dead-letter records: the failed message, unchanged, plus headers saying why.
 
+The value stays the original bytes (replay needs them); the headers this
+module adds (error message, stack trace) are redacted, as they quote user data.
+
 Header convention: Kafka Connect's ``__connect.errors.*`` names where Connect
 has one (topic, partition, offset, exception class/message/stacktrace,
 connector = pipeline, task = worker, stage = step), ``weir.*`` for the rest
@@ -15,12 +18,15 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas.messages import DeadLetter, now_ms
 from streams.outbox import OutMessage
+from streams.redaction import Redactor
 from weir.errors import WeirError
 
-__all__ = ["MAX_STACKTRACE_CHARS", "DeadLetters", "error_type_of"]
+__all__ = ["MAX_ERROR_MESSAGE_BYTES", "MAX_STACKTRACE_CHARS", "DeadLetters", "error_type_of"]
 
 MAX_STACKTRACE_CHARS = 8192
 """Stack traces are cut to their last this-many characters: the end says where it failed."""
+MAX_ERROR_MESSAGE_BYTES = 8192
+"""Error messages are cut to this many bytes (marked ``…[truncated N bytes]``)."""
 
 
 def error_type_of(error: BaseException) -> str:
@@ -31,9 +37,10 @@ def error_type_of(error: BaseException) -> str:
 class DeadLetters:
     """Builds dead-letter messages for one pipeline on one worker."""
 
-    def __init__(self, *, pipeline: str, worker_id: str) -> None:
+    def __init__(self, *, pipeline: str, worker_id: str, redactor: Redactor | None = None) -> None:
         self._pipeline = pipeline
         self._worker_id = worker_id
+        self._redactor = redactor or Redactor()
 
     def message(
         self,
@@ -53,12 +60,18 @@ class DeadLetters:
         where the record alone could not be replayed: a fan-in's inputs).
         """
         failed_at = now_ms()
-        stack = "".join(traceback.format_exception(error))[-MAX_STACKTRACE_CHARS:]
+        # Bounded before redaction, so this stays cheap on the event loop.
+        stack = self._redactor.redact_tail(
+            "".join(traceback.format_exception(error)), MAX_STACKTRACE_CHARS
+        )
+        message = self._redactor.redact(
+            str(error) or type(error).__name__, max_bytes=MAX_ERROR_MESSAGE_BYTES
+        )
         letter = DeadLetter(
             pipeline=self._pipeline,
             step=step,
             error_type=error_type_of(error),
-            error_message=str(error) or type(error).__name__,
+            error_message=message,
             stacktrace=stack,
             attempt=attempt,
             first_failed_at=first_failed_at or failed_at,
