@@ -108,14 +108,29 @@ def _canadian_sin(text: str) -> bool:
     return digits[0] not in "08" and luhn_valid(digits)
 
 
+_THIS_MACHINE = frozenset(
+    {ipaddress.ip_address(a) for a in ("127.0.0.1", "0.0.0.0", "::1", "::")}
+)
+"""Addresses that name this machine, never a person: logs are full of them
+(``127.0.0.1:9092``, ``0.0.0.0:6066``) and would be unreadable without them."""
+
+
+def _personal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return address not in _THIS_MACHINE
+
+
+def _ipv4(text: str) -> bool:
+    return _personal(ipaddress.IPv4Address(text))
+
+
 def _ipv6(text: str) -> bool:
     if text.count(":") < 2 or not any(c.isalnum() for c in text):
         return False
     try:
-        ipaddress.IPv6Address(text)
+        address = ipaddress.IPv6Address(text)
     except ValueError:
         return False
-    return True
+    return _personal(address)
 
 
 def _entropy(text: str) -> float:
@@ -153,6 +168,10 @@ def _phone(text: str) -> bool:
         and all(len(g) >= 3 for g in groups[1:])
         and len(groups[-1]) >= 4
     )
+
+
+def _unmasked(text: str) -> bool:
+    return text != "***"  # already masked by weir.urls.mask_url: leave it readable
 
 
 DEFAULT_PATTERNS: tuple[Pattern, ...] = (
@@ -199,6 +218,7 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
             r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
             r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)"
         ),
+        _ipv4,
         needs=".",
     ),
     # Bounded: unbounded runs backtrack quadratically on "a:a:a:...:g" (45 = the longest
@@ -224,6 +244,7 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
         re.compile(
             r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s/:@?#]*:(?P<secret>[^\s/?#]+)@"
         ),
+        _unmasked,
         group="secret",
         needs="://",
     ),

@@ -13,7 +13,8 @@ Built-in kinds (each replaced by ``[REDACTED:<kind>]``):
 * ``national_id``: US SSN (``123-45-6789``, impossible ranges excluded), UK
   National Insurance numbers, Spanish DNI/NIE (check letter verified),
   Canadian SIN (``123 456 782``, Luhn-checked);
-* ``ip``: IPv4 and IPv6 addresses (validated by ``ipaddress``);
+* ``ip``: IPv4 and IPv6 addresses (validated by ``ipaddress``), except
+  ``127.0.0.1``, ``0.0.0.0``, ``::1`` and ``::`` (this machine, no person);
 * ``api_key``: well-known key and token formats (OpenAI/Anthropic ``sk-``,
   GitHub, GitLab, Slack, AWS access key ids, Google API keys, JWTs, ``Bearer``
   tokens) and long random-looking tokens (24+ characters mixing upper case,
