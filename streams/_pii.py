@@ -108,9 +108,7 @@ def _canadian_sin(text: str) -> bool:
     return digits[0] not in "08" and luhn_valid(digits)
 
 
-_THIS_MACHINE = frozenset(
-    {ipaddress.ip_address(a) for a in ("127.0.0.1", "0.0.0.0", "::1", "::")}
-)
+_THIS_MACHINE = frozenset({ipaddress.ip_address(a) for a in ("127.0.0.1", "0.0.0.0", "::1", "::")})
 """Addresses that name this machine, never a person: logs are full of them
 (``127.0.0.1:9092``, ``0.0.0.0:6066``) and would be unreadable without them."""
 
