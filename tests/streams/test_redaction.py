@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import logging
 import random
 import re
 import string
+import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from streams.redaction import DEFAULT_PATTERNS, Finding, Pattern, Redactor, luhn_valid
+from streams.redaction import (
+    DEFAULT_PATTERNS,
+    Finding,
+    Pattern,
+    Redactor,
+    install_log_redaction,
+    luhn_valid,
+    truncate,
+)
 from weir.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -321,3 +334,147 @@ def test_settings_add_patterns_by_kind() -> None:
 def test_text_without_pii_is_returned_unchanged() -> None:
     text = "Dispute this transaction immediately please"
     assert Redactor().redact(text) is text
+
+
+# -- time, size, threads ---------------------------------------------------------------------
+
+
+def _emails(n: int) -> str:
+    rng = random.Random(n)
+    return " ".join(f"ticket {i}: write to {email(rng)} today" for i in range(n))
+
+
+def _best_of(redactor: Redactor, text: str, runs: int = 7) -> float:
+    # CPU time of this thread: the machine's other work does not count against it.
+    best = float("inf")
+    for _ in range(runs):
+        started = time.thread_time()
+        redactor.redact(text)
+        best = min(best, time.thread_time() - started)
+    return best
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(_emails, id="e-mail addresses"),
+        pytest.param(lambda n: "a:" * (4 * n) + "g", id="hex and colons"),
+        pytest.param(lambda n: "x " * n + "1-" * (2 * n), id="digit groups"),
+    ],
+)
+def test_redaction_time_grows_linearly_with_the_text(make: Callable[[int], str]) -> None:
+    # A ratio of two sizes measured in one run, best of several: quadratic time would
+    # make it about 4 (it was 3.5 for e-mail addresses), linear about 2.
+    redactor = Redactor(max_bytes=64 * 1024 * 1024)
+    small, large = make(4000), make(8000)
+    ratio = _best_of(redactor, large) / _best_of(redactor, small)
+    assert ratio < 2.6, f"doubling the text multiplied the time by {ratio:.2f}"
+
+
+def test_a_text_above_the_cap_is_cut_at_a_word_boundary_with_a_marker() -> None:
+    text = "write to ada@example.com now " * 100  # 2900 bytes
+    redacted = Redactor(max_bytes=1000).redact(text)
+    kept, _, marker = redacted.partition("…[truncated ")
+    assert marker.endswith(" bytes]")
+    dropped = int(marker.removesuffix(" bytes]"))
+    # Exactly what was cut is counted, and the cut fell between words: no value is half
+    # kept (every one left is redacted whole).
+    cut = truncate(text, 1000).partition("…")[0]
+    assert len(cut.encode()) <= 1000
+    assert len(text.encode()) - dropped == len(cut.encode())
+    assert cut.endswith(" ")
+    assert kept.count("[REDACTED:email]") == cut.count("@") > 30
+    assert "@" not in kept
+
+
+def test_the_cut_never_splits_a_character_and_counts_bytes() -> None:
+    text = "é" * 2000  # two bytes each: 4000 bytes, no separator at all
+    cut = truncate(text, 3001)
+    assert cut.endswith("…[truncated 4000 bytes]")  # the whole window goes: no boundary
+    assert truncate("short", 3001) == "short"
+    text = "日本 " * 1000  # 7 bytes a group
+    kept, _, marker = truncate(text, 700).partition("…")
+    assert len(kept.encode()) <= 700 and kept.endswith(" ")
+    assert marker == f"[truncated {len(text.encode()) - len(kept.encode())} bytes]"
+
+
+def test_settings_set_the_cap_and_the_off_loop_threshold() -> None:
+    settings = load_settings(redact_max_bytes=2048, redact_offload_chars=10)
+    redactor = Redactor.from_settings(settings)
+    assert (redactor.max_bytes, redactor.offload_chars) == (2048, 10)
+    assert "…[truncated " in redactor.redact("x " * 2000)
+
+
+class _Threads:
+    """A detector that notes the thread it runs in."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def find(self, text: str) -> list[Finding]:
+        self.seen.append(threading.get_ident())
+        return []
+
+
+async def test_large_texts_are_redacted_off_the_event_loop() -> None:
+    threads = _Threads()
+    redactor = Redactor(detectors=[threads], offload_chars=1000)
+    loop_thread = threading.get_ident()
+    assert await redactor.redact_async("ada@example.com " * 10) == "[REDACTED:email] " * 9 + (
+        "[REDACTED:email] "
+    )
+    assert await redactor.redact_async("ada@example.com " * 100) == "[REDACTED:email] " * 100
+    assert threads.seen[0] == loop_thread
+    assert threads.seen[1] != loop_thread
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "cannot reach http://weir:hunter2x@127.0.0.1:8123/weir",
+            "cannot reach http://weir:[REDACTED:password]@127.0.0.1:8123/weir",
+        ),
+        # Shaped like an e-mail address too: the longer finding wins, the password goes.
+        ("http://weir:hunter2x@db.internal:8123", "http://weir:[REDACTED:email]:8123"),
+        ("dsn=postgresql://app:p@ss@10.1.2.3/db", "dsn=postgresql://app:[REDACTED:password]@"),
+        ("password=correct-horse", "password=[REDACTED:password]"),
+        ('{"api_key": "abcdef123"}', '{"api_key": "[REDACTED:password]"}'),
+        ("shown masked: http://weir:***@db:8123", "shown masked: http://weir:***@db:8123"),
+        (
+            "serving on http://127.0.0.1:6066 and [::1]:9",
+            "serving on http://127.0.0.1:6066 and [::1]:9",
+        ),
+    ],
+)
+def test_passwords_in_urls_and_settings_are_redacted(text: str, expected: str) -> None:
+    assert Redactor().redact(text).startswith(expected)
+
+
+# -- log records -----------------------------------------------------------------------------
+
+
+def test_log_records_are_redacted_in_message_arguments_and_traceback() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(f"weir.test.redaction.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    install_log_redaction(Redactor(), logger=logger, scrub=lambda t: t.replace("hunter", "***"))
+    try:
+        raise ValueError("no account for ada.canary@example.com")
+    except ValueError:
+        logger.exception("lookup of %s failed", "bob.canary@example.com")
+    logger.warning("key %s, token %s", "sk-proj-" + "x1Y2" * 8, "hunter")
+    logger.warning("bad format %d", "not a number ada.canary@example.com")
+    out = stream.getvalue()
+    assert "canary@" not in out and "x1Y2" not in out and "hunter" not in out
+    assert "lookup of [REDACTED:email] failed" in out
+    assert 'raise ValueError("no account for [REDACTED:email]")' in out  # the source line
+    assert "ValueError: no account for [REDACTED:email]" in out
+    assert "key [REDACTED:api_key], token ***" in out
+    assert "arguments that did not format" in out
