@@ -172,6 +172,9 @@ def _unmasked(text: str) -> bool:
     return text != "***"  # already masked by weir.urls.mask_url: leave it readable
 
 
+# Patterns that start with a digit (or a few letters) test for it first, "(?=\d)": a
+# one-character test fails faster than the look-behind at most positions of a text
+# (about 2x for these patterns; same matches).
 DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "email",
@@ -197,10 +200,10 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
         ),
     ),
     Pattern("api_key", re.compile(r"(?<![\w-])[A-Za-z0-9_-]{24,}(?![\w-])"), _random_token),
-    Pattern("card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card),
+    Pattern("card", re.compile(r"(?=\d)(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card),
     Pattern(
         "national_id",
-        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),
+        re.compile(r"(?=\d)(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),
     ),
     Pattern(
         "national_id",
@@ -208,12 +211,14 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     ),
     Pattern("national_id", re.compile(r"\b[0-9XYZxyz]\d{7}[A-Za-z]\b"), _spanish_id),
     Pattern(
-        "national_id", re.compile(r"(?<![\d-])\d{3}[ -]\d{3}[ -]\d{3}(?![\d-])"), _canadian_sin
+        "national_id",
+        re.compile(r"(?=\d)(?<![\d-])\d{3}[ -]\d{3}[ -]\d{3}(?![\d-])"),
+        _canadian_sin,
     ),
     Pattern(
         "ip",
         re.compile(
-            r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
+            r"(?=\d)(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
             r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)"
         ),
         _ipv4,
@@ -230,7 +235,7 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "phone",
         re.compile(
-            r"(?<![\w+])(?:\+|00(?=[1-9]))?(?:\(\d{1,4}\)|\d{1,4})"
+            r"(?=[+(\d])(?<![\w+])(?:\+|00(?=[1-9]))?(?:\(\d{1,4}\)|\d{1,4})"
             r"(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?![\w])"
         ),
         _phone,
@@ -249,7 +254,7 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         "password",
         re.compile(
-            r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)"
+            r"(?i)(?=[psta])\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)"
             r"\b[\"']?\s*[=:]\s*[\"']?(?P<secret>[^\s\"',;&]{6,})"
         ),
         group="secret",
