@@ -40,3 +40,11 @@ def test_a_secret_url_is_masked_in_str_repr_and_format() -> None:
     assert repr(url) == "SecretUrl('http://weir:***@host:8123')"
     assert url.get_secret_value() == "http://weir:s3cret@host:8123"
     assert url.startswith("http://")
+
+
+def test_a_model_provider_names_its_base_url_masked() -> None:
+    from processors.providers.openai import OpenAICompatible
+
+    provider = OpenAICompatible("http://proxy:s3cret@127.0.0.1:11434/v1")
+    assert "s3cret" not in provider.describe()
+    assert "proxy:***@127.0.0.1:11434" in provider.describe()
