@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_OFFLOAD_CHARS",
     "DEFAULT_PATTERNS",
+    "LOG_MAX_BYTES",
     "Detector",
     "Finding",
     "Pattern",
@@ -67,6 +68,12 @@ DEFAULT_MAX_BYTES = 1_048_576
 """Texts are cut to this many UTF-8 bytes before redaction (``WEIR_REDACT_MAX_BYTES``)."""
 DEFAULT_OFFLOAD_CHARS = 65_536
 """``redact_async`` redacts longer texts in a thread (``WEIR_REDACT_OFFLOAD_CHARS``)."""
+LOG_MAX_BYTES = 65_536
+"""A log record's text (message, then exception) is cut to this before redaction.
+
+Logging runs in the caller's thread, often the event loop's: bounded, a record
+costs at most a few tens of milliseconds to redact.
+"""
 
 _SEPARATORS = " \t\r\n,;\"'()[]{}<>|"
 _BOUNDARY_WINDOW = 4096
@@ -203,15 +210,22 @@ class RedactingFilter(logging.Filter):
     ``scrub`` also takes out known secret values (``weir.secrets.scrub``).
     """
 
-    def __init__(self, redactor: Redactor, *, scrub: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        redactor: Redactor,
+        *,
+        scrub: Callable[[str], str] | None = None,
+        max_bytes: int = LOG_MAX_BYTES,
+    ) -> None:
         super().__init__()
         self._redactor = redactor
         self._scrub = scrub
+        self._max_bytes = max_bytes
 
     def _clean(self, text: str) -> str:
-        if self._scrub is not None:
-            text = self._scrub(text)
-        return self._redactor.redact(text)
+        # Cut and redacted first: scrub then works on a bounded text.
+        text = self._redactor.redact(text, max_bytes=self._max_bytes)
+        return self._scrub(text) if self._scrub is not None else text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "weir_redacted", False):  # a second handler: done already

@@ -19,6 +19,7 @@ import pytest
 
 from streams.redaction import (
     DEFAULT_PATTERNS,
+    LOG_MAX_BYTES,
     Finding,
     Pattern,
     Redactor,
@@ -367,7 +368,12 @@ def test_redaction_time_grows_linearly_with_the_text(make: Callable[[int], str])
     # make it about 4 (it was 3.5 for e-mail addresses), linear about 2.
     redactor = Redactor(max_bytes=64 * 1024 * 1024)
     small, large = make(4000), make(8000)
-    ratio = _best_of(redactor, large) / _best_of(redactor, small)
+    # Up to three tries: a shared machine can still slow one series down; quadratic time
+    # never dips below the bound, whatever the noise.
+    for _ in range(3):
+        ratio = _best_of(redactor, large) / _best_of(redactor, small)
+        if ratio < 2.6:
+            break
     assert ratio < 2.6, f"doubling the text multiplied the time by {ratio:.2f}"
 
 
@@ -478,3 +484,17 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback() -> None:
     assert "ValueError: no account for [REDACTED:email]" in out
     assert "key [REDACTED:api_key], token ***" in out
     assert "arguments that did not format" in out
+
+
+def test_a_huge_log_record_is_cut_before_it_is_redacted() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger(f"weir.test.redaction.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler(stream))
+    install_log_redaction(Redactor(), logger=logger)
+    logger.warning("payload: %s", "write to ada@example.com " * 20_000)  # 500 KB
+    out = stream.getvalue()
+    kept, _, marker = out.rstrip().partition("…[truncated ")
+    assert len(out.encode()) < 1.1 * LOG_MAX_BYTES  # each finding's marker adds a byte
+    assert int(marker.removesuffix(" bytes]")) > 400_000
+    assert "ada@" not in kept and kept.count("[REDACTED:email]") > 2500
