@@ -38,6 +38,7 @@ from schemas.messages import ModelCall, TraceEvent
 from topics.admin import TopicAdmin
 from topics.names import global_topic_specs
 from weir.config import WeirSettings
+from weir.urls import SecretUrl
 
 
 def _event(i: int, now: int) -> bytes:
@@ -143,7 +144,7 @@ async def sink_benchmark(settings: WeirSettings, n: int) -> dict[str, Any]:
             update={
                 "trace_topic": f"weir.traces.{name}",
                 "sink_group": name,
-                "clickhouse_dsn": f"chdb://{tmp}/sink",
+                "clickhouse_dsn": SecretUrl(f"chdb://{tmp}/sink"),
             }
         )
         async with TopicAdmin(cfg) as admin:
@@ -166,7 +167,9 @@ async def sink_benchmark(settings: WeirSettings, n: int) -> dict[str, Any]:
             sink_s = time.perf_counter() - start
         finally:
             await sink.stop()
-        store_settings = cfg.model_copy(update={"clickhouse_dsn": f"chdb://{tmp}/direct"})
+        store_settings = cfg.model_copy(
+            update={"clickhouse_dsn": SecretUrl(f"chdb://{tmp}/direct")}
+        )
         insert_s = await asyncio.to_thread(
             _insert_only, store_settings, values, cfg.sink_batch_size
         )

@@ -492,7 +492,8 @@ class ModelEndpoint:
             attributes["weir.fallback_from"] = fallback_from
         base_url = getattr(self.provider, "base_url", None)
         if isinstance(base_url, str):
-            host = base_url.split("://", 1)[-1].split("/", 1)[0]
+            # Without any user:password@ of the URL: span attributes are exported.
+            host = base_url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
             address, _, port = host.rpartition(":") if ":" in host else (host, "", "")
             attributes["server.address"] = address or host
             if port.isdigit():

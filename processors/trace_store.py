@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from weir.config import WeirSettings
 from weir.errors import RequestNotFoundError, TraceStoreError
+from weir.urls import mask_url
 
 __all__ = [
     "EVENTS_TABLE",
@@ -545,7 +546,8 @@ class TraceStore:
         self._client = client
         self.database = database
         self.ttl_days = ttl_days
-        self.dsn = dsn
+        self.dsn = mask_url(dsn)
+        """Where the store is, for messages: its DSN with any password masked."""
         self._lock = threading.Lock()
 
     # -- opening ---------------------------------------------------------------------------
@@ -559,7 +561,7 @@ class TraceStore:
         import clickhouse_connect
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
-        dsn = dsn or settings.trace_store_dsn
+        dsn = dsn or settings.trace_store_dsn.get_secret_value()
         if dsn.startswith("chdb://"):
             Path(dsn[len("chdb://") :]).mkdir(parents=True, exist_ok=True)
         try:
@@ -968,7 +970,11 @@ def _decimal_text(value: Any) -> str:
 
 
 def _unreachable(dsn: str, exc: BaseException) -> str:
+    # These messages reach logs and HTTP responses (the dashboard): the DSN, and any
+    # URL the client library quotes in its error, are shown without their passwords.
+    dsn = mask_url(dsn)
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = mask_url(text)
     if dsn.startswith("chdb://") and (
         "EmbeddedServer" in text or "Unable to open the chdb engine" in text
     ):
@@ -1070,7 +1076,7 @@ class RemoteTraceStore:
 
 def sink_file(settings: WeirSettings) -> Path | None:
     """Where a running sink announces itself (embedded stores only)."""
-    dsn = settings.trace_store_dsn
+    dsn = settings.trace_store_dsn.get_secret_value()
     if not dsn.startswith("chdb://"):
         return None
     return Path(dsn[len("chdb://") :]) / "weir-sink.json"

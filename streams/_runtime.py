@@ -19,9 +19,22 @@ from streams.tracing import Tracing
 from topics.names import PipelineTopics
 from weir.config import WeirSettings
 
-__all__ = ["Record", "Runtime", "WorkerStats", "guess_request_id", "merge_calls"]
+__all__ = [
+    "ERROR_MAX_BYTES",
+    "TRACE_ERROR_MAX_BYTES",
+    "Record",
+    "Runtime",
+    "WorkerStats",
+    "guess_request_id",
+    "merge_calls",
+]
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+ERROR_MAX_BYTES = 8192
+"""An error message in a FAILURE result or a dead letter is cut to this (it says what failed)."""
+TRACE_ERROR_MAX_BYTES = 2000
+"""An error message on a trace event or span: one row of the trace store."""
 
 
 @dataclass
@@ -70,14 +83,30 @@ class Runtime:
         return sorted(steps, key=lambda s: self.rank.get(s, len(self.rank)))
 
     def trace(self, event: TraceEvent) -> list[OutMessage]:
-        """The trace-topic message for ``event`` (none when trace events are off)."""
+        """The trace-topic message for ``event`` (none when trace events are off).
+
+        Its error message is redacted here, the one way out of every trace event;
+        its input and output were redacted when they were set (``redacted``).
+        """
         if not self.settings.trace_events:
             return []
+        if event.error_message:
+            event.error_message = self.redact_error(event.error_message, TRACE_ERROR_MAX_BYTES)
         return [OutMessage(self.settings.trace_topic, event.request_id.encode(), event.encode())]
 
-    def redacted(self, value: Any) -> str:
+    async def redacted(self, value: Any) -> str:
+        """A step's input or output as redacted text (large ones off the event loop)."""
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        return self.redactor.redact(text)
+        return await self.redactor.redact_async(text)
+
+    def redact_error(self, message: str, max_bytes: int = ERROR_MAX_BYTES) -> str:
+        """An error message fit to leave the worker: cut to ``max_bytes``, then redacted.
+
+        Exceptions quote their inputs (a validation error repeats the bad value, a
+        step's own message may name a customer), so every error text is redacted.
+        Bounded this small, it is cheap enough for the event loop.
+        """
+        return self.redactor.redact(message, max_bytes=max_bytes)
 
     def failure_envelope(
         self,
@@ -107,7 +136,7 @@ class Runtime:
             path=list(base.path) if base else [],
             calls=calls,
             error_type=error_type,
-            error_message=error_message,
+            error_message=self.redact_error(error_message),
             failed_step=step,
             replay=base.replay if base else None,
         )

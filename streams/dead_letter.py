@@ -1,5 +1,8 @@
 """Dead-letter records: the failed message, unchanged, plus headers saying why.
 
+The value stays the original bytes (replay needs them); the headers this
+module adds (error message, stack trace) are redacted, as they quote user data.
+
 Header convention: Kafka Connect's ``__connect.errors.*`` names where Connect
 has one (topic, partition, offset, exception class/message/stacktrace,
 connector = pipeline, task = worker, stage = step), ``weir.*`` for the rest
@@ -15,10 +18,12 @@ from aiokafka.structs import ConsumerRecord
 
 from schemas.messages import DeadLetter, now_ms
 from streams.outbox import MAX_MESSAGE_BYTES, OutMessage
+from streams.redaction import Redactor
 from weir.errors import PayloadTooLargeError, WeirError
 
 __all__ = [
     "HEAD_BYTES",
+    "MAX_ERROR_MESSAGE_BYTES",
     "MAX_STACKTRACE_CHARS",
     "PAYLOAD_HEAD_HEADER",
     "DeadLetters",
@@ -27,13 +32,15 @@ __all__ = [
 
 MAX_STACKTRACE_CHARS = 8192
 """Stack traces are cut to their last this-many characters: the end says where it failed."""
+MAX_ERROR_MESSAGE_BYTES = 8192
+"""Error messages are cut to this many bytes (marked ``…[truncated N bytes]``)."""
 
 HEAD_BYTES = 256
-"""How much of a record too large to dead-letter as is travels in its bounded form."""
+"""How much of a record too large to dead-letter as is travels (redacted) in its bounded form."""
 
 PAYLOAD_HEAD_HEADER = "weir.payload_head"
 _MAX_KEY_BYTES = 1024
-_MAX_MESSAGE_CHARS = 1000
+_BOUNDED_MESSAGE_BYTES = 1000
 
 
 def error_type_of(error: BaseException) -> str:
@@ -44,9 +51,10 @@ def error_type_of(error: BaseException) -> str:
 class DeadLetters:
     """Builds dead-letter messages for one pipeline on one worker."""
 
-    def __init__(self, *, pipeline: str, worker_id: str) -> None:
+    def __init__(self, *, pipeline: str, worker_id: str, redactor: Redactor | None = None) -> None:
         self._pipeline = pipeline
         self._worker_id = worker_id
+        self._redactor = redactor or Redactor()
 
     def message(
         self,
@@ -64,24 +72,25 @@ class DeadLetters:
 
         It keeps the record's key, value and headers (``value`` replaces the value
         where the record alone could not be replayed: a fan-in's inputs).  When
-        that would not fit in one Kafka message, the bounded form is returned.
+        that would not fit in one Kafka message, the bounded form is returned, and
+        it is also what goes if the topic refuses this one as too large.
         """
-        failed_at = now_ms()
-        stack = "".join(traceback.format_exception(error))[-MAX_STACKTRACE_CHARS:]
-        letter = DeadLetter(
-            pipeline=self._pipeline,
+        # Bounded before redaction, so this stays cheap on the event loop.
+        stack = self._redactor.redact_tail(
+            "".join(traceback.format_exception(error)), MAX_STACKTRACE_CHARS
+        )
+        message = self._redactor.redact(
+            str(error) or type(error).__name__, max_bytes=MAX_ERROR_MESSAGE_BYTES
+        )
+        letter = self._letter(
+            record,
             step=step,
             error_type=error_type_of(error),
-            error_message=str(error) or type(error).__name__,
+            error_message=message,
             stacktrace=stack,
-            attempt=attempt,
-            first_failed_at=first_failed_at or failed_at,
-            last_failed_at=failed_at,
-            worker_id=self._worker_id,
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
             request_id=request_id,
+            attempt=attempt,
+            first_failed_at=first_failed_at,
         )
         # Headers of an earlier dead-lettering are replaced, not repeated, on a second failure.
         added = letter.headers()
@@ -101,7 +110,6 @@ class DeadLetters:
         )
         if size > MAX_MESSAGE_BYTES:
             return bounded
-        # A topic configured for less than Kafka's default refuses it: then the bounded form.
         return OutMessage(topic, record.key, body, headers, fallback=bounded)
 
     def bounded(
@@ -120,15 +128,16 @@ class DeadLetters:
         For records that cannot go to the dead-letter topic as they are (too
         large, or refused by the topic): no value, the record's coordinates
         (source topic, partition, offset) to fetch it while retention keeps it,
-        its size, its first ``HEAD_BYTES`` bytes and the original error type.
-        Its own error type is ``payload_too_large``.
+        its size, its first ``HEAD_BYTES`` bytes (redacted) and the original
+        error type.  Its own error type is ``payload_too_large``.
         """
-        failed_at = now_ms()
         size = len(record.value or b"")
         original = error_type_of(error)
-        reason = (str(error) or type(error).__name__)[:_MAX_MESSAGE_CHARS]
-        letter = DeadLetter(
-            pipeline=self._pipeline,
+        reason = self._redactor.redact(
+            str(error) or type(error).__name__, max_bytes=_BOUNDED_MESSAGE_BYTES
+        )
+        letter = self._letter(
+            record,
             step=step,
             error_type=PayloadTooLargeError.error_type,
             error_message=(
@@ -136,6 +145,40 @@ class DeadLetters:
                 f" {record.topic} partition {record.partition} offset {record.offset} while"
                 f" retention keeps it. It failed with {original}: {reason}"
             ),
+            stacktrace=None,
+            request_id=request_id,
+            attempt=attempt,
+            first_failed_at=first_failed_at,
+            payload_bytes=size,
+            original_error_type=original,
+        )
+        head = (record.value or b"")[:HEAD_BYTES].decode("utf-8", "replace")
+        redacted_head = self._redactor.redact(head).encode()[:HEAD_BYTES]
+        headers = [*letter.headers(), (PAYLOAD_HEAD_HEADER, redacted_head)]
+        key = record.key[:_MAX_KEY_BYTES] if record.key is not None else None
+        return OutMessage(topic, key, None, headers)
+
+    def _letter(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        *,
+        step: str,
+        error_type: str,
+        error_message: str,
+        stacktrace: str | None,
+        request_id: str | None,
+        attempt: int,
+        first_failed_at: int | None,
+        payload_bytes: int | None = None,
+        original_error_type: str | None = None,
+    ) -> DeadLetter:
+        failed_at = now_ms()
+        return DeadLetter(
+            pipeline=self._pipeline,
+            step=step,
+            error_type=error_type,
+            error_message=error_message,
+            stacktrace=stacktrace,
             attempt=attempt,
             first_failed_at=first_failed_at or failed_at,
             last_failed_at=failed_at,
@@ -144,9 +187,6 @@ class DeadLetters:
             source_partition=record.partition,
             source_offset=record.offset,
             request_id=request_id,
-            payload_bytes=size,
-            original_error_type=original,
+            payload_bytes=payload_bytes,
+            original_error_type=original_error_type,
         )
-        headers = [*letter.headers(), (PAYLOAD_HEAD_HEADER, (record.value or b"")[:HEAD_BYTES])]
-        key = record.key[:_MAX_KEY_BYTES] if record.key is not None else None
-        return OutMessage(topic, key, None, headers)

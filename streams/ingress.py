@@ -165,7 +165,7 @@ class Ingress:
                 partition=record.partition,
                 offset=record.offset,
                 error_type=error_type,
-                error_message=str(error)[:1000],
+                error_message=str(error),  # cut and redacted by rt.trace
             )
         )
         return out

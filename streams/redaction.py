@@ -1,4 +1,9 @@
-"""PII redaction of step inputs and outputs before they leave the worker on trace events.
+"""PII redaction of everything user data can leave the worker in.
+
+Applied to step inputs and outputs on trace events (``log_io``), error
+messages on trace events, FAILURE results and OpenTelemetry spans, error
+messages and stack traces in dead-letter headers, and log records (through
+``RedactingFilter``, which ``weir worker`` and ``weir sink`` install).
 
 Built-in kinds (each replaced by ``[REDACTED:<kind>]``):
 
@@ -8,7 +13,8 @@ Built-in kinds (each replaced by ``[REDACTED:<kind>]``):
 * ``national_id``: US SSN (``123-45-6789``, impossible ranges excluded), UK
   National Insurance numbers, Spanish DNI/NIE (check letter verified),
   Canadian SIN (``123 456 782``, Luhn-checked);
-* ``ip``: IPv4 and IPv6 addresses (validated by ``ipaddress``);
+* ``ip``: IPv4 and IPv6 addresses (validated by ``ipaddress``), except
+  ``127.0.0.1``, ``0.0.0.0``, ``::1`` and ``::`` (this machine, no person);
 * ``api_key``: well-known key and token formats (OpenAI/Anthropic ``sk-``,
   GitHub, GitLab, Slack, AWS access key ids, Google API keys, JWTs, ``Bearer``
   tokens) and long random-looking tokens (24+ characters mixing upper case,
@@ -16,213 +22,98 @@ Built-in kinds (each replaced by ``[REDACTED:<kind>]``):
 * ``phone``: 7-15 digit numbers written as phone numbers: with a leading
   ``+``/``00`` or an area code in parentheses, or in three or more groups
   ending in at least four digits (``415-555-2671``, ``020 7946 0958``).  A bare
-  run of digits (``4155552671``) is not taken for a phone number.
+  run of digits (``4155552671``) is not taken for a phone number;
+* ``password``: the password of a URL (``http://user:***@host``) and values
+  of ``password=``, ``token:``, ``api_key=`` and the like.
 
 Where matches overlap the longer wins, then the kind listed first.  Plug in
 more with ``Pattern`` (a regex, optionally with a validator) or any
 ``Detector`` (an object with ``find(text)``, e.g. a wrapper around an NER
 library).
+
+Time is linear in the text: every pattern is linear, and choosing among
+overlapping findings marks the characters they cover instead of comparing
+each finding with every one taken before.  Texts longer than ``max_bytes``
+are cut first (``…[truncated N bytes]``), and ``redact_async`` moves long
+texts off the event loop.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
+import asyncio
+import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from operator import attrgetter, itemgetter
 
+from streams._pii import DEFAULT_PATTERNS, Detector, Finding, Pattern, luhn_valid
 from weir.config import WeirSettings
 
-__all__ = ["DEFAULT_PATTERNS", "Detector", "Finding", "Pattern", "Redactor", "luhn_valid"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_OFFLOAD_CHARS",
+    "DEFAULT_PATTERNS",
+    "LOG_MAX_BYTES",
+    "Detector",
+    "Finding",
+    "Pattern",
+    "RedactingFilter",
+    "Redactor",
+    "install_log_redaction",
+    "luhn_valid",
+    "truncate",
+]
+
+DEFAULT_MAX_BYTES = 1_048_576
+"""Texts are cut to this many UTF-8 bytes before redaction (``WEIR_REDACT_MAX_BYTES``)."""
+DEFAULT_OFFLOAD_CHARS = 65_536
+"""``redact_async`` redacts longer texts in a thread (``WEIR_REDACT_OFFLOAD_CHARS``)."""
+LOG_MAX_BYTES = 65_536
+"""A log record's text (message, then exception) is cut to this before redaction.
+
+Logging runs in the caller's thread, often the event loop's: bounded, a record
+costs at most a few tens of milliseconds to redact.
+"""
+
+_SEPARATORS = " \t\r\n,;\"'()[]{}<>|"
+_BOUNDARY_WINDOW = 4096
+"""How far back a cut looks for a word boundary before dropping the window whole."""
 
 
-@dataclass(frozen=True)
-class Finding:
-    """A piece of PII in a text: ``text[start:end]`` is of ``kind``."""
+def truncate(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, plus ``…[truncated N bytes]``.
 
-    kind: str
-    start: int
-    end: int
+    The cut falls on a separator (space, comma, quote, bracket) within the last
+    4 KiB kept, never inside a value: half an e-mail address or key would no
+    longer be recognised as one, and its first half would leave unredacted.
 
-
-class Detector(Protocol):
-    """Anything that finds PII: ``find(text)`` yields ``Finding``s."""
-
-    def find(self, text: str) -> Iterable[Finding]: ...
-
-
-@dataclass(frozen=True)
-class Pattern:
-    """A kind of PII, the regular expression that finds it, and an optional check.
-
-    ``validate`` receives the matched text; a match it rejects is not PII.
+    >>> truncate("call ada@example.com now " * 3, 40)
+    'call ada@example.com now call …[truncated 45 bytes]'
     """
-
-    kind: str
-    regex: re.Pattern[str]
-    validate: Callable[[str], bool] | None = None
-
-    def find(self, text: str) -> Iterable[Finding]:
-        for match in self.regex.finditer(text):
-            value = match.group(0)
-            if value and (self.validate is None or self.validate(value)):
-                yield Finding(self.kind, match.start(), match.end())
-
-
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum of a digit string (card numbers, Canadian SINs).
-
-    >>> luhn_valid("4111111111111111"), luhn_valid("4111111111111112")
-    (True, False)
-    """
-    if not digits.isdigit():
-        return False
-    total = 0
-    for i, char in enumerate(reversed(digits)):
-        d = int(char)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+    if len(text) * 4 <= max_bytes:  # no character takes more than 4 bytes
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    end = max_bytes
+    while end > 0 and data[end] & 0xC0 == 0x80:  # not inside a multi-byte character
+        end -= 1
+    kept = data[:end].decode("utf-8", "surrogatepass")
+    low = max(0, len(kept) - _BOUNDARY_WINDOW)
+    cut = max(kept.rfind(sep, low) for sep in _SEPARATORS) + 1
+    kept = kept[: cut or low]
+    dropped = len(data) - len(kept.encode("utf-8", "surrogatepass"))
+    return f"{kept}…[truncated {dropped} bytes]"
 
 
-def _digits(text: str) -> str:
-    return "".join(c for c in text if c.isdigit())
-
-
-def _card(text: str) -> bool:
-    digits = _digits(text)
-    if not (13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_valid(digits)):
-        return False
-    seps = {c for c in text if not c.isdigit()}
-    if not seps:
-        return True
-    if len(seps) > 1:  # 4111-1111 1111-1111 is not how cards are written
-        return False
-    # Grouped as printed on cards: fours (4-4-4-4, 4-4-4-4-3) or 4-6-x (Amex, Diners).
-    sizes = [len(g) for g in re.split(r"[ -]", text)]
-    fours = all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4
-    return fours or (len(sizes) == 3 and sizes[:2] == [4, 6])
-
-
-_DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
-
-
-def _spanish_id(text: str) -> bool:
-    value = text.upper()
-    if value[0] in "XYZ":  # NIE: the leading letter stands for a digit
-        value = str("XYZ".index(value[0])) + value[1:]
-    return _DNI_LETTERS[int(value[:8]) % 23] == value[8]
-
-
-def _canadian_sin(text: str) -> bool:
-    digits = _digits(text)
-    return digits[0] not in "08" and luhn_valid(digits)
-
-
-def _ipv6(text: str) -> bool:
-    if text.count(":") < 2 or not any(c.isalnum() for c in text):
-        return False
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _entropy(text: str) -> float:
-    counts: dict[str, int] = {}
-    for c in text:
-        counts[c] = counts.get(c, 0) + 1
-    n = len(text)
-    return -sum(k / n * math.log2(k / n) for k in counts.values())
-
-
-def _random_token(text: str) -> bool:
-    core = text.replace("-", "").replace("_", "")
-    return (
-        any(c.isupper() for c in core)
-        and any(c.islower() for c in core)
-        and sum(c.isdigit() for c in core) >= 2
-        and _entropy(core) >= 3.5
-    )
-
-
-_DATE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}$|^\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}$")
-
-
-def _phone(text: str) -> bool:
-    digits = _digits(text)
-    if not 7 <= len(digits) <= 15 or _DATE.match(text):
-        return False
-    if text.startswith("+") or re.match(r"00[1-9]", text) or "(" in text:
-        return True
-    # Separators only: shaped like 415-555-2671 or 020 7946 0958, not 100-200-300.
-    groups = re.split(r"[ .-]", text)
-    return (
-        len(groups) >= 3
-        and len(groups[0]) >= 2
-        and all(len(g) >= 3 for g in groups[1:])
-        and len(groups[-1]) >= 4
-    )
-
-
-DEFAULT_PATTERNS: tuple[Pattern, ...] = (
-    Pattern(
-        "email",
-        re.compile(
-            r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}(?![\w-])"
-        ),
-    ),
-    Pattern(
-        "api_key",
-        re.compile(
-            r"(?<![\w-])(?:"
-            r"sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}"
-            r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}"
-            r"|glpat-[A-Za-z0-9_-]{20,}"
-            r"|xox[abposr]-[A-Za-z0-9-]{10,}"
-            r"|(?:AKIA|ASIA)[0-9A-Z]{16}"
-            r"|AIza[0-9A-Za-z_-]{35}"
-            r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-            r")(?![\w-])"
-            r"|(?<=Bearer )[A-Za-z0-9._~+/-]{16,}=*"
-        ),
-    ),
-    Pattern("api_key", re.compile(r"(?<![\w-])[A-Za-z0-9_-]{24,}(?![\w-])"), _random_token),
-    Pattern("card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card),
-    Pattern(
-        "national_id",
-        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),
-    ),
-    Pattern(
-        "national_id",
-        re.compile(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
-    ),
-    Pattern("national_id", re.compile(r"\b[0-9XYZxyz]\d{7}[A-Za-z]\b"), _spanish_id),
-    Pattern(
-        "national_id", re.compile(r"(?<![\d-])\d{3}[ -]\d{3}[ -]\d{3}(?![\d-])"), _canadian_sin
-    ),
-    Pattern(
-        "ip",
-        re.compile(
-            r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
-            r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)"
-        ),
-    ),
-    Pattern("ip", re.compile(r"(?<![\w:.])[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*(?![\w:])"), _ipv6),
-    Pattern(
-        "phone",
-        re.compile(
-            r"(?<![\w+])(?:\+|00(?=[1-9]))?(?:\(\d{1,4}\)|\d{1,4})"
-            r"(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?![\w])"
-        ),
-        _phone,
-    ),
-)
+def _tail(text: str, max_chars: int) -> str:
+    """The last ``max_chars`` of ``text``, starting after a separator (see ``truncate``)."""
+    if len(text) <= max_chars:
+        return text
+    start = len(text) - max_chars
+    window = text[start : start + _BOUNDARY_WINDOW]
+    first = min((i for i in (window.find(sep) for sep in _SEPARATORS) if i >= 0), default=-1)
+    return text[start + (first + 1 if first >= 0 else len(window)) :]
 
 
 class Redactor:
@@ -237,32 +128,54 @@ class Redactor:
         patterns: Iterable[Pattern] = DEFAULT_PATTERNS,
         *,
         detectors: Iterable[Detector] = (),
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        offload_chars: int = DEFAULT_OFFLOAD_CHARS,
     ) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         self.patterns = tuple(patterns)
         self.detectors = tuple(detectors)
+        self.max_bytes = max_bytes
+        self.offload_chars = offload_chars
 
     @classmethod
     def from_settings(cls, settings: WeirSettings) -> Redactor:
-        """The built-in patterns plus ``settings.redact_patterns`` (kind -> regex)."""
+        """The built-in patterns plus ``settings.redact_patterns``, with the settings' limits."""
         extra = [Pattern(kind, re.compile(rx)) for kind, rx in settings.redact_patterns.items()]
-        return cls((*DEFAULT_PATTERNS, *extra))
+        return cls(
+            (*DEFAULT_PATTERNS, *extra),
+            max_bytes=settings.redact_max_bytes,
+            offload_chars=settings.redact_offload_chars,
+        )
 
     def find(self, text: str) -> list[Finding]:
-        """Non-overlapping findings in order: the longer wins, then the earlier-listed kind."""
+        """Non-overlapping findings in order: the longer wins, then the earlier-listed kind.
+
+        ``text`` is searched whole (no size cap: that is ``redact``'s).
+        """
         found: list[tuple[int, int, int, Finding]] = []
         sources: list[Detector] = [*self.patterns, *self.detectors]
         for rank, source in enumerate(sources):
             for f in source.find(text):
                 if 0 <= f.start < f.end <= len(text):
-                    found.append((-(f.end - f.start), rank, f.start, f))
-        found.sort(key=lambda t: (t[0], t[1], t[2]))
+                    found.append((f.start - f.end, rank, f.start, f))
+        if not found:
+            return []
+        found.sort(key=itemgetter(0, 1, 2))
+        # One mark per covered character: checking a finding costs its own length, so the
+        # whole choice is linear (each pattern's own matches never overlap).
+        covered = bytearray(len(text))
         taken: list[Finding] = []
         for *_, f in found:
-            if all(f.end <= t.start or f.start >= t.end for t in taken):
+            if covered.find(1, f.start, f.end) < 0:
+                covered[f.start : f.end] = b"\x01" * (f.end - f.start)
                 taken.append(f)
-        return sorted(taken, key=lambda f: f.start)
+        taken.sort(key=attrgetter("start"))
+        return taken
 
-    def redact(self, text: str) -> str:
+    def redact(self, text: str, *, max_bytes: int | None = None) -> str:
+        """``text`` cut to ``max_bytes`` (default: the redactor's) with every finding replaced."""
+        text = truncate(text, self.max_bytes if max_bytes is None else max_bytes)
         findings = self.find(text)
         if not findings:
             return text
@@ -273,3 +186,81 @@ class Redactor:
             pos = f.end
         parts.append(text[pos:])
         return "".join(parts)
+
+    def redact_tail(self, text: str, max_chars: int) -> str:
+        """The redacted end of ``text`` (at most ``max_chars`` of it): for stack traces."""
+        return self.redact(_tail(text, max_chars))
+
+    async def redact_async(self, text: str) -> str:
+        """``redact``, in a thread when ``text`` is longer than ``offload_chars``.
+
+        Redacting a megabyte takes tens of milliseconds; on the event loop that
+        would stall every other request of the worker (and its heartbeats).
+        """
+        if len(text) <= self.offload_chars:
+            return self.redact(text)
+        return await asyncio.to_thread(self.redact, text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a log record's message, arguments, exception and stack text in place.
+
+    Put it on handlers (``install_log_redaction``): a handler's filters see the
+    records of every logger that propagates to it, a logger's only its own.
+    ``scrub`` also takes out known secret values (``weir.secrets.scrub``).
+    """
+
+    def __init__(
+        self,
+        redactor: Redactor,
+        *,
+        scrub: Callable[[str], str] | None = None,
+        max_bytes: int = LOG_MAX_BYTES,
+    ) -> None:
+        super().__init__()
+        self._redactor = redactor
+        self._scrub = scrub
+        self._max_bytes = max_bytes
+
+    def _clean(self, text: str) -> str:
+        # Cut and redacted first: scrub then works on a bounded text.
+        text = self._redactor.redact(text, max_bytes=self._max_bytes)
+        return self._scrub(text) if self._scrub is not None else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "weir_redacted", False):  # a second handler: done already
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            # logging would print msg and args raw in its "--- Logging error ---" report.
+            message = f"{record.msg} (arguments that did not format: {record.args!r})"
+        record.msg, record.args = self._clean(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+            # Formatters print exc_text when set; without exc_info none renders it again raw.
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self._clean(record.stack_info)
+        record.weir_redacted = True
+        return True
+
+
+def install_log_redaction(
+    redactor: Redactor,
+    *,
+    logger: logging.Logger | None = None,
+    scrub: Callable[[str], str] | None = None,
+) -> RedactingFilter:
+    """Add a ``RedactingFilter`` to every handler of ``logger`` (default: the root logger).
+
+    Call it after the handlers are configured (``logging.basicConfig``).
+    """
+    target = logger or logging.getLogger()
+    filt = RedactingFilter(redactor, scrub=scrub)
+    for handler in target.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(filt)
+    return filt

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
-from streams._runtime import Record, Runtime, merge_calls
+from streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
 from streams.context import AttemptScope, StepContext
 from streams.dead_letter import error_type_of
 from streams.dependencies import join_skipped_message
@@ -213,7 +213,10 @@ class StepRunner:
                 encoded = encode_output(output, step=self.name)
             except WeirError as exc:
                 error = exc
-                mark_failed(span, exc.error_type, str(exc))
+                if span is not None:
+                    # The span's status leaves the worker over OTLP: redacted like the event.
+                    message = rt.redact_error(str(exc), TRACE_ERROR_MAX_BYTES)
+                    mark_failed(span, exc.error_type, message)
             traceparent = traceparent_of(span, base.traceparent)
             trace_id, span_id = span_ids(span, base.traceparent)
         duration = (time.perf_counter() - t0) * 1000
@@ -239,9 +242,9 @@ class StepRunner:
             span_id=span_id,
         )
         if self.step.log_io:
-            event.input = rt.redacted(a.inputs or ctx.request)
+            event.input = await rt.redacted(a.inputs or ctx.request)
             if encoded is not None:
-                event.output = rt.redacted(encoded)
+                event.output = await rt.redacted(encoded)
         a.calls = calls
         if error is None:
             out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
@@ -274,7 +277,7 @@ class StepRunner:
         base = a.base
         error_type = error_type_of(error)
         event.error_type = error_type
-        event.error_message = str(error)[:2000]
+        event.error_message = str(error)  # cut and redacted by rt.trace
         rt.stats.failed(error_type)
         first_failed = base.first_failed_at or now_ms()
         if self._policy.should_retry(error, base.attempt):

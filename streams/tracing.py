@@ -79,7 +79,7 @@ class Tracing:
                     OTLPSpanExporter,
                 )
 
-                endpoint = settings.otel_exporter_otlp_endpoint.rstrip("/")
+                endpoint = settings.otel_exporter_otlp_endpoint.get_secret_value().rstrip("/")
                 if not endpoint.endswith("/v1/traces"):
                     endpoint += "/v1/traces"
                 provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint)))

@@ -106,14 +106,17 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self.tracing = tracing or Tracing(settings)
+        redactor = redactor or Redactor.from_settings(settings)
         self._runtime = Runtime(
             pipeline=self.pipeline,
             settings=settings,
             topics=self.topics,
             outbox=Outbox(),
-            dead_letters=DeadLetters(pipeline=pipeline.name, worker_id=settings.worker_id),
+            dead_letters=DeadLetters(
+                pipeline=pipeline.name, worker_id=settings.worker_id, redactor=redactor
+            ),
             tracing=self.tracing,
-            redactor=redactor or Redactor.from_settings(settings),
+            redactor=redactor,
             stats=self.stats,
             lag=self.lag,
         )

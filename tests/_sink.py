@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.conftest import worker_env
 from weir.config import WeirSettings
+from weir.urls import SecretUrl
 
 
 def free_port() -> int:
@@ -25,7 +26,7 @@ def sink_settings(kafka: WeirSettings, name: str, dsn: str, **extra: object) -> 
     return kafka.model_copy(
         update={
             "trace_topic": f"weir.traces.{name}",
-            "clickhouse_dsn": dsn,
+            "clickhouse_dsn": SecretUrl(dsn),
             "sink_group": f"sink-{name}",
             "sink_batch_size": 500,
             "sink_flush_interval_s": 0.3,
@@ -46,7 +47,9 @@ class SinkProcess:
         env = worker_env(
             settings,
             WEIR_TRACE_TOPIC=settings.trace_topic,
-            WEIR_CLICKHOUSE_DSN=settings.clickhouse_dsn or "",
+            WEIR_CLICKHOUSE_DSN=(
+                settings.clickhouse_dsn.get_secret_value() if settings.clickhouse_dsn else ""
+            ),
             WEIR_SINK_GROUP=settings.sink_group,
             WEIR_SINK_BATCH_SIZE=str(settings.sink_batch_size),
             WEIR_SINK_FLUSH_INTERVAL_S=str(settings.sink_flush_interval_s),

@@ -189,5 +189,33 @@ def test_an_aliased_environment_variable_beats_the_config_file(
     config.write_text('vault_addr = "http://file:8200"\notel_service_name = "from-file"\n')
     monkeypatch.setenv("VAULT_ADDR", "http://env:8200")
     settings = load_settings(config)
-    assert settings.vault_addr == "http://env:8200"
+    assert settings.vault_addr is not None
+    assert settings.vault_addr.get_secret_value() == "http://env:8200"
     assert settings.otel_service_name == "from-file"
+
+
+def test_urls_with_credentials_are_shown_masked_and_given_whole_only_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEIR_CLICKHOUSE_DSN", "http://weir:dsn-canary-pw@ch.internal:8123/weir")
+    monkeypatch.setenv("VAULT_ADDR", "https://ops:vault-canary-pw@vault:8200")
+    settings = load_settings(otel_exporter_otlp_endpoint="http://u:otlp-canary-pw@otel:4318")
+    shown = [repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())]
+    assert not [s for s in shown if "canary-pw" in s]
+    assert "http://weir:***@ch.internal:8123/weir" in repr(settings)
+    assert f"{settings.trace_store_dsn}" == "http://weir:***@ch.internal:8123/weir"
+    assert settings.trace_store_dsn.get_secret_value().startswith("http://weir:dsn-canary-pw@")
+
+
+def test_a_bad_dsn_is_refused_without_repeating_its_password() -> None:
+    with pytest.raises(ConfigError, match=r"clickhouse_dsn") as info:
+        load_settings(clickhouse_dsn="tcp://weir:dsn-canary-pw@ch:9000")
+    assert "dsn-canary-pw" not in str(info.value)
+
+
+def test_redaction_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEIR_REDACT_MAX_BYTES", "4096")
+    settings = load_settings(redact_offload_chars=0)
+    assert (settings.redact_max_bytes, settings.redact_offload_chars) == (4096, 0)
+    with pytest.raises(ConfigError, match="redact_max_bytes"):
+        load_settings(redact_max_bytes=10)

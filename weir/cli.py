@@ -139,12 +139,10 @@ def worker(
     """Run a pipeline's steps until SIGTERM/SIGINT, then finish in-flight work and stop."""
     from streams.worker import Worker
     from weir.loader import load_pipeline
+    from weir.logs import configure_logging
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     settings = _settings(config, max_in_flight=max_in_flight)
+    configure_logging(settings, log_level)
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
     only = [s.strip() for s in steps.split(",")] if steps else None
 

@@ -19,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from weir.errors import ConfigError
+from weir.urls import SecretUrl, mask_url
 
 __all__ = ["BrokerSettings", "ModelPrice", "WeirSettings", "load_settings"]
 
@@ -103,7 +104,7 @@ class WeirSettings(BaseSettings):
     """The topic trace events go to and the ClickHouse sink reads."""
     otel_enabled: bool = True
     """Create OpenTelemetry spans (exported only when an OTLP endpoint is set)."""
-    otel_exporter_otlp_endpoint: str | None = Field(
+    otel_exporter_otlp_endpoint: SecretUrl | None = Field(
         default=None,
         validation_alias=AliasChoices(
             "otel_exporter_otlp_endpoint",
@@ -111,13 +112,24 @@ class WeirSettings(BaseSettings):
             "OTEL_EXPORTER_OTLP_ENDPOINT",
         ),
     )
-    """OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``); unset: spans are not exported."""
+    """OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``); unset: spans are not exported.
+
+    URLs that can carry credentials are ``SecretUrl``: shown with the password masked.
+    """
     otel_service_name: str = "weir"
 
     redact_patterns: dict[str, str] = Field(default_factory=dict)
-    """Extra PII patterns for logged step inputs/outputs: kind -> regular expression."""
+    """Extra PII patterns (kind -> regular expression) for everything the redactor covers."""
+    redact_max_bytes: int = Field(default=1_048_576, ge=1024)
+    """Longer texts are cut to this many UTF-8 bytes before redaction.
 
-    clickhouse_dsn: str | None = None
+    The cut is marked ``…[truncated N bytes]`` and made at a word boundary, so
+    no value is half kept (a half e-mail address would not be recognised).
+    """
+    redact_offload_chars: int = Field(default=65_536, ge=0)
+    """Async callers redact longer texts in a thread, so the event loop keeps serving."""
+
+    clickhouse_dsn: SecretUrl | None = None
     """Trace store: ``chdb:///path`` (embedded engine) or ``http(s)://host:8123``.
 
     Unset: the embedded engine with its data under ``<home>/clickhouse``.
@@ -146,7 +158,7 @@ class WeirSettings(BaseSettings):
     """Prices by model name; they override weir's default table (an endpoint's own price wins)."""
     secret_cache_ttl_s: float = Field(default=300.0, ge=0)
     """How long a resolved secret is reused before it is resolved again (0: every call)."""
-    vault_addr: str | None = Field(
+    vault_addr: SecretUrl | None = Field(
         default=None, validation_alias=AliasChoices("vault_addr", "WEIR_VAULT_ADDR", "VAULT_ADDR")
     )
     """HashiCorp Vault for ``vault:`` secret references (e.g. ``https://vault:8200``)."""
@@ -157,7 +169,7 @@ class WeirSettings(BaseSettings):
     vault_namespace: str | None = None
     aws_region: str | None = None
     """Region of AWS Secrets Manager for ``aws-sm:`` references (else boto3's default)."""
-    aws_endpoint_url: str | None = None
+    aws_endpoint_url: SecretUrl | None = None
     """A Secrets Manager endpoint other than AWS's own (a VPC endpoint, a local emulator)."""
     routes_wait_s: float = Field(default=5.0, ge=0)
     """How long a router's first call waits for the rule sets on the routes topic."""
@@ -169,15 +181,16 @@ class WeirSettings(BaseSettings):
             return None
         return value
 
-    @field_validator("clickhouse_dsn")
+    @field_validator("clickhouse_dsn", mode="before")
     @classmethod
-    def _dsn_scheme(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
+    def _dsn_scheme(cls, value: object) -> object:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is None or (isinstance(text, str) and not text.strip()):
             return None
-        if not value.startswith(("chdb://", "http://", "https://")):
+        if isinstance(text, str) and not text.startswith(("chdb://", "http://", "https://")):
             raise ValueError(
                 "must start with chdb:// (embedded engine) or http(s):// (a ClickHouse server),"
-                f" got {value!r}"
+                f" got {mask_url(text)!r}"
             )
         return value
 
@@ -194,9 +207,12 @@ class WeirSettings(BaseSettings):
         return value
 
     @property
-    def trace_store_dsn(self) -> str:
-        """Where trace events are stored: ``clickhouse_dsn``, else the embedded engine."""
-        return self.clickhouse_dsn or f"chdb://{self.home / 'clickhouse'}"
+    def trace_store_dsn(self) -> SecretUrl:
+        """Where trace events are stored: ``clickhouse_dsn``, else the embedded engine.
+
+        ``str()`` of it is safe to show; only the store's client gets ``get_secret_value()``.
+        """
+        return self.clickhouse_dsn or SecretUrl(f"chdb://{self.home / 'clickhouse'}")
 
     @property
     def bootstrap_servers(self) -> str:

@@ -214,7 +214,9 @@ class SecretResolver:
             if token:
                 _remember(token)
             self._vault = hvac.Client(
-                url=settings.vault_addr, token=token, namespace=settings.vault_namespace
+                url=settings.vault_addr.get_secret_value(),
+                token=token,
+                namespace=settings.vault_namespace,
             )
         mount, _, path = ref.path.strip("/").partition("/")
         try:
@@ -255,7 +257,11 @@ class SecretResolver:
             self._aws = boto3.client(
                 "secretsmanager",
                 region_name=self._settings.aws_region,
-                endpoint_url=self._settings.aws_endpoint_url,
+                endpoint_url=(
+                    self._settings.aws_endpoint_url.get_secret_value()
+                    if self._settings.aws_endpoint_url
+                    else None
+                ),
             )
         try:
             response = self._aws.get_secret_value(SecretId=ref.path)

@@ -30,6 +30,7 @@ from weir.errors import (
     StreamInterruptedError,
 )
 from weir.secrets import SecretRef, scrub
+from weir.urls import mask_url
 
 __all__ = ["HttpProvider", "SseEvent"]
 
@@ -79,7 +80,7 @@ class HttpProvider(Provider):
         )
 
     def describe(self) -> str:
-        return f"{self.name} at {self.base_url}"
+        return f"{self.name} at {mask_url(self.base_url)}"
 
     def client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()

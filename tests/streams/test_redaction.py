@@ -19,6 +19,7 @@ import pytest
 
 from streams.redaction import (
     DEFAULT_PATTERNS,
+    LOG_MAX_BYTES,
     Finding,
     Pattern,
     Redactor,
@@ -344,12 +345,13 @@ def _emails(n: int) -> str:
     return " ".join(f"ticket {i}: write to {email(rng)} today" for i in range(n))
 
 
-def _best_of(redactor: Redactor, text: str, runs: int = 5) -> float:
+def _best_of(redactor: Redactor, text: str, runs: int = 7) -> float:
+    # CPU time of this thread: the machine's other work does not count against it.
     best = float("inf")
     for _ in range(runs):
-        started = time.perf_counter()
+        started = time.thread_time()
         redactor.redact(text)
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
     return best
 
 
@@ -366,19 +368,28 @@ def test_redaction_time_grows_linearly_with_the_text(make: Callable[[int], str])
     # make it about 4 (it was 3.5 for e-mail addresses), linear about 2.
     redactor = Redactor(max_bytes=64 * 1024 * 1024)
     small, large = make(4000), make(8000)
-    ratio = _best_of(redactor, large) / _best_of(redactor, small)
+    # Up to three tries: a shared machine can still slow one series down; quadratic time
+    # never dips below the bound, whatever the noise.
+    for _ in range(3):
+        ratio = _best_of(redactor, large) / _best_of(redactor, small)
+        if ratio < 2.6:
+            break
     assert ratio < 2.6, f"doubling the text multiplied the time by {ratio:.2f}"
 
 
 def test_a_text_above_the_cap_is_cut_at_a_word_boundary_with_a_marker() -> None:
     text = "write to ada@example.com now " * 100  # 2900 bytes
     redacted = Redactor(max_bytes=1000).redact(text)
-    kept, marker, _ = redacted.rpartition("…[truncated ")
-    dropped = int(marker.removesuffix(" bytes]"))
+    kept, _, marker = redacted.partition("…[truncated ")
     assert marker.endswith(" bytes]")
-    # Exactly what was cut is counted; no value is half kept (each one is redacted).
-    assert len(text.encode()) - dropped == len(truncate(text, 1000).partition("…")[0].encode())
-    assert kept.count("[REDACTED:email]") == kept.count("write to")
+    dropped = int(marker.removesuffix(" bytes]"))
+    # Exactly what was cut is counted, and the cut fell between words: no value is half
+    # kept (every one left is redacted whole).
+    cut = truncate(text, 1000).partition("…")[0]
+    assert len(cut.encode()) <= 1000
+    assert len(text.encode()) - dropped == len(cut.encode())
+    assert cut.endswith(" ")
+    assert kept.count("[REDACTED:email]") == cut.count("@") > 30
     assert "@" not in kept
 
 
@@ -430,9 +441,11 @@ async def test_large_texts_are_redacted_off_the_event_loop() -> None:
     ("text", "expected"),
     [
         (
-            "cannot reach http://weir:hunter2x@db.internal:8123/weir",
-            "cannot reach http://weir:[REDACTED:password]@db.internal:8123/weir",
+            "cannot reach http://weir:hunter2x@127.0.0.1:8123/weir",
+            "cannot reach http://weir:[REDACTED:password]@127.0.0.1:8123/weir",
         ),
+        # Shaped like an e-mail address too: the longer finding wins, the password goes.
+        ("http://weir:hunter2x@db.internal:8123", "http://weir:[REDACTED:email]:8123"),
         ("dsn=postgresql://app:p@ss@10.1.2.3/db", "dsn=postgresql://app:[REDACTED:password]@"),
         ("password=correct-horse", "password=[REDACTED:password]"),
         ('{"api_key": "abcdef123"}', '{"api_key": "[REDACTED:password]"}'),
@@ -471,3 +484,17 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback() -> None:
     assert "ValueError: no account for [REDACTED:email]" in out
     assert "key [REDACTED:api_key], token ***" in out
     assert "arguments that did not format" in out
+
+
+def test_a_huge_log_record_is_cut_before_it_is_redacted() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger(f"weir.test.redaction.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler(stream))
+    install_log_redaction(Redactor(), logger=logger)
+    logger.warning("payload: %s", "write to ada@example.com " * 20_000)  # 500 KB
+    out = stream.getvalue()
+    kept, _, marker = out.rstrip().partition("…[truncated ")
+    assert len(out.encode()) < 1.1 * LOG_MAX_BYTES  # each finding's marker adds a byte
+    assert int(marker.removesuffix(" bytes]")) > 400_000
+    assert "ada@" not in kept and kept.count("[REDACTED:email]") > 2500

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.kafka
 def weir(repo, settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(
         settings,
-        WEIR_CLICKHOUSE_DSN=settings.clickhouse_dsn or "",
+        WEIR_CLICKHOUSE_DSN=(
+            settings.clickhouse_dsn.get_secret_value() if settings.clickhouse_dsn else ""
+        ),
         WEIR_TRACE_TOPIC=settings.trace_topic,
         COLUMNS="200",
     )

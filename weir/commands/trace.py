@@ -99,11 +99,10 @@ def sink(
     config: ConfigOption = None,
 ) -> None:
     """Consume the trace topic into ClickHouse until SIGTERM/SIGINT; serve the dashboard."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    from weir.logs import configure_logging
+
     settings = load_settings(config)
+    configure_logging(settings, log_level)
     asyncio.run(_run_sink(settings))
 
 
