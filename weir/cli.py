@@ -158,6 +158,7 @@ def worker(
             loop.add_signal_handler(sig, w.request_stop)
         web = WebServer(settings, w) if settings.web_port else None
         if web is not None:
+            await asyncio.to_thread(_prepare_trace_store, settings)
             try:
                 await web.start()
                 logging.getLogger("weir.web").info("serving on %s", web.url)
@@ -178,6 +179,27 @@ def worker(
             await aclose_model_layer()
 
     _run(run())
+
+
+def _prepare_trace_store(settings: WeirSettings) -> None:
+    """Create the trace store's tables now, so the dashboard's pages only ever read.
+
+    Best effort: the sink creates them too, and while it holds an embedded
+    store this worker cannot open it (nor needs to).
+    """
+    from processors.trace_store import TraceStore, running_sink_url
+    from weir.errors import TraceStoreError
+
+    if running_sink_url(settings) is not None:
+        return
+    try:
+        TraceStore.connect(settings, create_schema=True).close()
+    except TraceStoreError as exc:
+        logging.getLogger("weir.web").warning(
+            "the trace store's tables were not created (%s); `weir sink` creates them, and"
+            " until then the dashboard says so",
+            exc,
+        )
 
 
 # -- submit / results -------------------------------------------------------------------
