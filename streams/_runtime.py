@@ -37,6 +37,8 @@ class WorkerStats:
     duplicates: int = 0
     """Inputs dropped because their request was already joined or answered."""
     results: int = 0
+    answered_ids_forgotten: int = 0
+    """Answered ids dropped from memory early by ``answered_max_per_partition``."""
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
     def failed(self, error_type: str) -> None:
