@@ -292,3 +292,20 @@ async def test_bad_trace_parameters_are_400_naming_the_parameter(tmp_path: Path)
             response = await http.get("/api/traces/requests/r-1", params={"baseline": value})
             assert response.status_code == 400, value
             assert "baseline" in response.json()["error"]
+
+
+def test_a_starting_worker_creates_the_trace_schema_and_survives_a_store_it_cannot_reach(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from weir.cli import _prepare_trace_store
+
+    settings = _settings(tmp_path)
+    _prepare_trace_store(settings)  # what `weir worker` does before serving pages
+    assert {t[1] for t in _schema(tmp_path / "store") if t[0] == "weir"} >= {
+        "pipeline_events",
+        "pipeline_latency_1m",
+    }
+    unreachable = _settings(tmp_path, clickhouse_dsn=f"http://127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING, logger="weir.web"):
+        _prepare_trace_store(unreachable)
+    assert any("were not created" in r.getMessage() for r in caplog.records)
