@@ -9,7 +9,7 @@ nano-dollars, rounded up.  A counter only ever gains what other keys add to
 it, so the smallest of a key's counters is never below its own spend: an
 evicted key that comes back is counted *at least* what it spent — it may be
 refused a little early (when other keys share its counters), never allowed to
-overspend.  Memory is fixed: ``DEPTH × WIDTH`` counters per day, days older
+overspend.  Memory is fixed: ``DEPTH * WIDTH`` counters per day, days older
 than the longest window (a month) dropped.
 
 >>> import datetime as dt
