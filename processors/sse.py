@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from processors.streaming import TokenStream
-from weir._http import error_response, positive_seconds
+from weir._http import epoch_ms, error_response, positive_seconds
 from weir.config import WeirSettings
-from weir.errors import ParameterInvalidError, StreamAbortedError, UnknownPipelineError
+from weir.errors import StreamAbortedError, TooManyStreamsError, UnknownPipelineError
 
 __all__ = ["add_routes"]
 
@@ -48,31 +48,16 @@ def add_routes(app: web.Application, settings: WeirSettings) -> None:
 async def _sse(request: web.Request) -> web.StreamResponse:
     settings = request.app[_SETTINGS]
     step = request.query.get("step") or None
-    try:
-        since = int(request.query["since"]) if "since" in request.query else None
-    except ValueError:
-        since = -1
-    if since is not None and since < 0:
-        raise web.HTTPBadRequest(
-            text=json.dumps(
-                {
-                    "error": "query parameter since must be epoch milliseconds (an integer >= 0)",
-                    "error_type": ParameterInvalidError.error_type,
-                }
-            ),
-            content_type="application/json",
-        )
+    since = epoch_ms(request, "since")
     idle = positive_seconds(request, "idle_timeout", default=60.0)
     slots = request.app[_SLOTS]
     if slots.open >= slots.limit:
         # Each stream holds two Kafka consumers; past the cap, the client should come back.
-        return error_response(
-            503,
+        busy = TooManyStreamsError(
             f"this server already serves {slots.open} token streams (sse_max_streams ="
-            f" {slots.limit}); try again shortly",
-            "too_many_streams",
-            headers={"Retry-After": "5"},
+            f" {slots.limit}); try again shortly"
         )
+        return error_response(503, busy, headers={"Retry-After": "5"})
     slots.open += 1
     try:
         return await _serve_stream(request, settings, step, since, idle)

@@ -7,17 +7,25 @@ import math
 
 from aiohttp import web
 
-from weir.errors import ParameterInvalidError
+from weir.errors import ParameterInvalidError, WeirError
 
-__all__ = ["error_response", "positive_seconds"]
+__all__ = ["epoch_ms", "error_response", "positive_seconds"]
 
 
 def error_response(
-    status: int, message: str, error_type: str, *, headers: dict[str, str] | None = None
+    status: int, error: WeirError, *, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A JSON error body (``error``, ``error_type``) with ``status``."""
+    """``error`` as a JSON body (``error``, ``error_type``) with ``status``."""
     return web.json_response(
-        {"error": message, "error_type": error_type}, status=status, headers=headers
+        {"error": error.message, "error_type": error.error_type}, status=status, headers=headers
+    )
+
+
+def _bad(name: str, wanted: str, raw: str) -> web.HTTPBadRequest:
+    error = ParameterInvalidError(f"query parameter {name} must be {wanted}, got {raw[:40]!r}")
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": error.message, "error_type": error.error_type}),
+        content_type="application/json",
     )
 
 
@@ -35,11 +43,19 @@ def positive_seconds(request: web.Request, name: str, *, default: float) -> floa
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        error = ParameterInvalidError(
-            f"query parameter {name} must be a finite number of seconds above 0, got {raw[:40]!r}"
-        )
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": error.message, "error_type": error.error_type}),
-            content_type="application/json",
-        )
+        raise _bad(name, "a finite number of seconds above 0", raw)
+    return value
+
+
+def epoch_ms(request: web.Request, name: str) -> int | None:
+    """Query parameter ``name`` as epoch milliseconds (an integer >= 0), if given."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise _bad(name, "epoch milliseconds (an integer >= 0)", raw)
     return value

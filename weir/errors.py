@@ -41,6 +41,7 @@ says whether trying the same input again can succeed.
     │   └── TraceSchemaMissingError trace_schema_missing (nobody created the tables yet)
     ├── UnauthorizedError           unauthorized         (HTTP: missing or wrong bearer token)
     ├── ParameterInvalidError       parameter_invalid    (HTTP: a query parameter out of range)
+    ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
     └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
 
@@ -79,6 +80,7 @@ __all__ = [
     "StepTimeoutError",
     "StreamAbortedError",
     "StreamInterruptedError",
+    "TooManyStreamsError",
     "TraceSchemaMissingError",
     "TraceStoreError",
     "UnauthorizedError",
@@ -331,6 +333,13 @@ class ParameterInvalidError(WeirError):
     """An HTTP query parameter that is not a valid value (``idle_timeout=nan``, ``-1``)."""
 
     error_type = "parameter_invalid"
+
+
+class TooManyStreamsError(WeirError):
+    """An HTTP server already serves ``sse_max_streams`` token streams: come back later."""
+
+    error_type = "too_many_streams"
+    retriable = True
 
 
 class StepThreadsExhaustedError(StepError):

@@ -88,7 +88,7 @@ async def _require_token(
         expected = (await token()).get_secret_value().encode()
     except SecretError as exc:
         # Refuse rather than serve unauthenticated when the token cannot be known.
-        return error_response(503, str(exc), exc.error_type)
+        return error_response(503, exc)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # compare_digest: the time taken does not tell how much of a guess was right.
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
@@ -96,12 +96,7 @@ async def _require_token(
             "this server requires a bearer token: send 'Authorization: Bearer <token>'"
             " (the value web_token refers to)"
         )
-        return error_response(
-            401,
-            error.message,
-            error.error_type,
-            headers={"WWW-Authenticate": 'Bearer realm="weir"'},
-        )
+        return error_response(401, error, headers={"WWW-Authenticate": 'Bearer realm="weir"'})
     return await handler(request)
 
 
