@@ -108,6 +108,11 @@ class CostLedger:
             ledger = cls._instances[settings.bootstrap_servers] = cls(settings)
         return ledger
 
+    @classmethod
+    def existing(cls, settings: WeirSettings) -> CostLedger | None:
+        """This process's ledger for the settings' cluster, if a budget has made one."""
+        return cls._instances.get(settings.bootstrap_servers)
+
     def __init__(self, settings: WeirSettings) -> None:
         self._settings = settings
         self._hours: collections.OrderedDict[str, dict[int, Decimal]] = collections.OrderedDict()

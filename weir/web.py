@@ -150,6 +150,15 @@ async def _stats(request: web.Request) -> web.Response:
         "refused_total": threads.refused_total,
     }
     stats["stuck_steps"] = [s.to_dict() for s in threads.stuck()]
+    from processors.ledger import CostLedger
+
+    ledger = CostLedger.existing(worker.settings)
+    if ledger is not None:  # only pipelines with budgets have one
+        stats["budget_keys"] = {
+            "in_memory": ledger.keys_in_memory,
+            "evicted": ledger.evicted_keys,
+            "max": worker.settings.budget_max_keys,
+        }
     return web.json_response(stats)
 
 
