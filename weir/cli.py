@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -148,7 +149,7 @@ def worker(
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
     only = [s.strip() for s in steps.split(",")] if steps else None
 
-    async def run() -> None:
+    async def run() -> Worker:
         from processors import aclose_model_layer
         from weir.web import WebServer
 
@@ -177,8 +178,21 @@ def worker(
             if web is not None:
                 await web.stop()
             await aclose_model_layer()
+        return w
 
-    _run(run())
+    stopped = _run(run())
+    if stuck := stopped.threads.stuck():
+        # Python joins every pool thread at exit, so a step that never returns would keep
+        # the stopped worker alive forever; its work was handed back to the group already.
+        logging.getLogger("weir.worker").error(
+            "exiting with %d synchronous step call(s) still running past their timeout: %s",
+            len(stuck),
+            ", ".join(f"{s.step} (request {s.request_id})" for s in stuck),
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _prepare_trace_store(settings: WeirSettings) -> None:

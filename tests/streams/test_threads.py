@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,6 +17,7 @@ import pytest
 from streams import Pipeline, RetryPolicy, WeirClient, Worker
 from streams.executor import StepExecutor
 from streams.threads import StepThreads
+from tests.conftest import worker_env
 from weir.config import WeirSettings
 from weir.errors import StepThreadsExhaustedError, StepTimeoutError
 from weir.web import WebServer
@@ -145,3 +150,45 @@ async def test_a_stuck_step_shows_in_the_workers_stats_and_health(
                 assert (await response.json())["status"] == "ok"
     finally:
         release.set()
+
+
+def _worker_process(repo: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "weir", "worker", "tests._pipelines:hung_pipeline"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+@pytest.mark.kafka
+async def test_a_worker_process_with_a_step_that_never_returns_still_stops(
+    kafka: WeirSettings, pipeline_name: str, repo_root: Path, tmp_path: Path
+) -> None:
+    # Python joins pool threads at exit: without the worker's own exit it would never end.
+    log = tmp_path / "worker.log"
+    proc = _worker_process(repo_root, worker_env(kafka, WEIR_TEST_PIPELINE=pipeline_name), log)
+    try:
+        await _until(
+            lambda: "assigned" in log.read_text() or proc.poll() is not None,
+            "the worker took its partitions",
+            within_s=90,
+        )
+        async with WeirClient(kafka) as client:
+            [rid] = await client.submit_many(pipeline_name, [{"n": 1}])
+            result = (await client.wait_for(pipeline_name, [rid], timeout=60))[rid]
+        assert result.error_type == "step_timeout"
+        assert "still running" in (result.error_message or "")
+        assert _stop(proc, 90) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "still running past their timeout: wait_forever (request " + rid in text
