@@ -12,6 +12,7 @@ request that had failed be answered once more.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -172,16 +173,17 @@ class DeadLetterQueue:
             raise ConfigError("a page needs limit >= 1 and skip >= 0")
         out: list[DeadLetterEntry] = []
         more = False
+        # aclosing: leaving early stops the scan's consumer now, not whenever it is collected.
         scan = self.scan(step=step, error_type=error_type, since_ms=since_ms, after=after)
-        async for entry in scan:
-            if skip:
-                skip -= 1
-                continue
-            if len(out) == limit:
-                more = True
-                break
-            out.append(entry)
-        await scan.aclose()
+        async with contextlib.aclosing(scan):
+            async for entry in scan:
+                if skip:
+                    skip -= 1
+                    continue
+                if len(out) == limit:
+                    more = True
+                    break
+                out.append(entry)
         return DeadLetterPage(await self._with_markers(out), out[-1].id if more else None)
 
     async def scan(
@@ -305,11 +307,10 @@ class DeadLetterQueue:
         if step not in await self.steps():
             raise WeirError(f"pipeline {self.pipeline!r} has no dead-letter topic for {step!r}")
         scan = self._entries([step], None, None, (step, partition, offset - 1))
-        async for entry in scan:
-            await scan.aclose()
-            if (entry.partition, entry.offset) == (partition, offset):
-                return (await self._with_markers([entry]))[0]
-            break
+        async with contextlib.aclosing(scan):
+            found = await anext(scan, None)
+        if found is not None and (found.partition, found.offset) == (partition, offset):
+            return (await self._with_markers([found]))[0]
         raise WeirError(f"no dead letter {entry_id} (expired by retention, or a wrong offset?)")
 
     async def replay(
