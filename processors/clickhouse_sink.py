@@ -30,7 +30,6 @@ stay a prefix of the topic.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -44,6 +43,7 @@ from aiokafka.errors import KafkaError
 
 from processors.trace_store import TraceStore, event_row
 from schemas.messages import TraceEvent
+from streams._bounded import RecentSet
 from topics._aiokafka import retrying
 from topics.admin import TopicAdmin
 from topics.names import global_topic_specs
@@ -53,9 +53,6 @@ from weir.errors import TraceStoreError
 __all__ = ["ClickHouseSink", "SinkStats"]
 
 log = logging.getLogger("weir.sink")
-
-_RECENT_IDS = 200_000
-"""Event ids remembered to drop resent duplicates (a few minutes of heavy traffic)."""
 
 
 @dataclasses.dataclass
@@ -70,6 +67,9 @@ class SinkStats:
     """Resent events dropped by event id."""
     skipped: int = 0
     """Events not read again because the store already held them (after a crash)."""
+    ids_forgotten: int = 0
+    """Event ids dropped from the dedup memory (``sink_seen_max``); a resend of one would
+    be stored again, but resends come within seconds, far inside that many events."""
     store_failures: int = 0
     available: bool = False
     """Whether the last store operation succeeded."""
@@ -112,7 +112,9 @@ class ClickHouseSink:
         self.store: TraceStore | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._pending = _Pending()
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recent: RecentSet[str] = RecentSet(settings.sink_seen_max)
+        """Event ids remembered to drop resent duplicates (a few minutes of heavy traffic);
+        the oldest are forgotten first (``SinkStats.ids_forgotten``)."""
         self._assigned: set[TopicPartition] = set()
         self._unplaced: set[TopicPartition] = set()
         """Assigned partitions whose start offset still needs the store's progress."""
@@ -262,12 +264,10 @@ class ClickHouseSink:
             log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
             return
         event_id = event["event_id"]
-        if event_id in self._recent:
+        if not self._recent.add(event_id):
             self.stats.duplicates += 1
             return
-        self._recent[event_id] = None
-        if len(self._recent) > _RECENT_IDS:
-            self._recent.popitem(last=False)
+        self.stats.ids_forgotten = self._recent.evicted
         pending.rows.append(row)
 
     async def _flush(self, *, retry: bool) -> None:
@@ -313,7 +313,7 @@ class ClickHouseSink:
     def _drop_pending(self) -> None:
         """Forget the buffered batch (uncommitted: it is read again, so its ids are no dupes)."""
         for row in self._pending.rows:
-            self._recent.pop(row[0], None)
+            self._recent.discard(row[0])
         self._pending = _Pending()
 
     async def _wait_backoff(self) -> None:

@@ -24,7 +24,8 @@ carry on as usual, but once the request has its result without a ``done``
 (it was dead-lettered, or its step's fallback answered), iteration ends with
 ``StreamAbortedError`` (``reason``: the request's error type).  The worker's
 HTTP server serves the same as Server-Sent Events on
-``GET /streams/{pipeline}/{request_id}`` (an ``abort`` event ends that).
+``GET /streams/{pipeline}/{request_id}`` (an ``abort`` event ends that; see
+``processors.sse``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
@@ -54,7 +54,7 @@ from topics.names import PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
 
-__all__ = ["StreamPublisher", "TokenChunk", "TokenStream", "add_routes", "partition_of"]
+__all__ = ["StreamPublisher", "TokenChunk", "TokenStream", "partition_of"]
 
 log = logging.getLogger("weir.models")
 
@@ -453,82 +453,3 @@ class TokenStream:
             published_at=int(rec.get("ts", 0)),
             record=rec,
         )
-
-
-# -- Server-Sent Events ------------------------------------------------------------------
-
-_SETTINGS = web.AppKey("weir.models.settings", WeirSettings)
-
-
-def add_routes(app: web.Application, settings: WeirSettings) -> None:
-    """``GET /streams/{pipeline}/{request_id}`` (SSE) and ``GET /models`` (breakers, latency)."""
-    app[_SETTINGS] = settings
-    app.router.add_get("/streams/{pipeline}/{request_id}", _sse)
-    app.router.add_get("/models", _models)
-
-
-async def _sse(request: web.Request) -> web.StreamResponse:
-    settings = request.app[_SETTINGS]
-    step = request.query.get("step") or None
-    try:
-        since = int(request.query["since"]) if "since" in request.query else None
-        idle = float(request.query.get("idle_timeout", "60"))
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text="since must be epoch milliseconds, idle_timeout seconds"
-        ) from None
-    stream = TokenStream(
-        settings,
-        request.match_info["pipeline"],
-        request.match_info["request_id"],
-        step=step,
-        since_ms=since,
-        idle_timeout=idle,
-    )
-    try:
-        await stream.start()
-    except UnknownPipelineError as exc:
-        raise web.HTTPNotFound(text=str(exc)) from None
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    await response.prepare(request)
-    try:
-        async for chunk in stream:
-            data = {
-                "text": chunk.text,
-                "step": chunk.step,
-                "attempt": chunk.attempt,
-                "endpoint": chunk.endpoint,
-                "seq": chunk.seq,
-            }
-            if chunk.kind == "restart":
-                data["error_type"] = chunk.error_type
-            if chunk.kind == "done":
-                data["usage"] = chunk.usage
-                data["cost_usd"] = str(chunk.cost_usd) if chunk.cost_usd is not None else None
-            await response.write(
-                f"event: {chunk.kind}\nid: {chunk.seq}\ndata: {json.dumps(data)}\n\n".encode()
-            )
-    except TimeoutError as exc:
-        await response.write(f"event: timeout\ndata: {json.dumps(str(exc))}\n\n".encode())
-    except StreamAbortedError as exc:
-        aborted = json.dumps({"reason": exc.reason, "message": str(exc)})
-        await response.write(f"event: abort\ndata: {aborted}\n\n".encode())
-    except ConnectionResetError:
-        pass  # the client went away
-    finally:
-        await stream.stop()
-    await response.write_eof()
-    return response
-
-
-async def _models(request: web.Request) -> web.Response:
-    from processors.endpoint import endpoint_states
-
-    # The worker's settings (its --config), never ones re-read from the environment.
-    return web.json_response(endpoint_states(request.app[_SETTINGS]))

@@ -39,8 +39,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import SecretStr
+
 from weir.config import WeirSettings
-from weir.errors import RequestNotFoundError, TraceStoreError
+from weir.errors import RequestNotFoundError, TraceSchemaMissingError, TraceStoreError
 from weir.urls import mask_url
 
 __all__ = [
@@ -553,9 +555,14 @@ class TraceStore:
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, settings: WeirSettings, *, dsn: str | None = None) -> TraceStore:
+    def connect(
+        cls, settings: WeirSettings, *, dsn: str | None = None, create_schema: bool = True
+    ) -> TraceStore:
         """Open the store named by the settings (or ``dsn``) and create what is missing.
 
+        ``create_schema=False`` opens it for reading only: nothing is created or
+        altered (web pages and commands read; the sink and the worker create),
+        and a store without the tables raises ``TraceSchemaMissingError``.
         Raises ``TraceStoreError`` when it cannot be reached or opened.
         """
         import clickhouse_connect
@@ -572,11 +579,31 @@ class TraceStore:
             client, database=settings.clickhouse_database, ttl_days=settings.trace_ttl_days, dsn=dsn
         )
         try:
-            store.ensure_schema()
+            if create_schema:
+                store.ensure_schema()
+            else:
+                store.check_schema()
         except TraceStoreError:
             store.close()
             raise
         return store
+
+    def check_schema(self) -> None:
+        """``TraceSchemaMissingError`` unless the tables exist; reads ``system.tables`` only."""
+        found = {
+            str(row[0])
+            for row in self._query(
+                "SELECT name FROM system.tables WHERE database = {db:String}", db=self.database
+            )
+        }
+        missing = sorted({EVENTS_TABLE, LATENCY_TABLE} - found)
+        if missing:
+            raise TraceSchemaMissingError(
+                f"the trace store {self.dsn} has no {', '.join(missing)} in database"
+                f" {self.database!r} yet: `weir sink` (or a starting `weir worker`) creates it;"
+                " pages and queries never do"
+            )
+        self._client.database = self.database
 
     def ensure_schema(self) -> None:
         """Create the database, table, aggregate table and view if missing; apply the TTL."""
@@ -1023,12 +1050,16 @@ class TraceQueries(Protocol):
 class RemoteTraceStore:
     """The queries of a store held open by a running ``weir sink``, over its HTTP API."""
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 30.0, token: SecretStr | None = None
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.dsn = self.url
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        # The sink's server asks for the same bearer token as a worker's (``web_token``).
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
 
     def _get(self, path: str, **params: Any) -> Any:
         import httpx
@@ -1101,8 +1132,13 @@ def open_queries(settings: WeirSettings) -> TraceQueries:
     directly, or through the running sink that holds it open."""
     url = running_sink_url(settings)
     if url is not None:
-        return RemoteTraceStore(url)
-    return TraceStore.connect(settings)
+        token = None
+        if settings.web_token is not None:
+            from weir.secrets import SecretResolver
+
+            token = SecretResolver(settings).resolve_blocking(settings.web_token.get_secret_value())
+        return RemoteTraceStore(url, token=token)
+    return TraceStore.connect(settings, create_schema=False)
 
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")

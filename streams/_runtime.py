@@ -52,6 +52,8 @@ class WorkerStats:
     results: int = 0
     dead_letter_failures: int = 0
     """Records that could not be dead-lettered at all (logged with their coordinates)."""
+    answered_ids_forgotten: int = 0
+    """Answered ids dropped from memory early by ``answered_max_per_partition``."""
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
     def failed(self, error_type: str) -> None:

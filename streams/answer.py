@@ -91,8 +91,13 @@ class AnswerStage:
                 waiting_ttl_s=runtime.settings.join_ttl_s,
                 max_waiting=runtime.settings.max_waiting_joins,
             )
+        # Capped: past answered_max_per_partition the oldest ids are forgotten in memory
+        # (the changelog keeps their markers); see "Limits" in the README.
         self._answered: ChangelogTable[_Answered] = ChangelogTable(
-            topics.answered_changelog, _encode, _decode
+            topics.answered_changelog,
+            _encode,
+            _decode,
+            max_per_partition=runtime.settings.answered_max_per_partition,
         )
         self._writers: dict[int, _Writer] = {}
 
@@ -117,12 +122,29 @@ class AnswerStage:
         waiting = 0
         if self.join is not None:
             waiting = await self.join.restore(self._rt.settings.bootstrap_servers, partitions)
+        self._report_evictions()
         log.info(
             "answer stage took partitions %s (%d answered ids remembered, %d joins waiting)",
             sorted(partitions),
             remembered,
             waiting,
         )
+
+    def remembered(self) -> dict[int, int]:
+        """Answered ids held in memory, per answers partition owned."""
+        return {p: self._answered.size(p) for p in self._answered.partitions()}
+
+    def _report_evictions(self) -> None:
+        evicted = self._answered.evicted
+        if evicted != self._rt.stats.answered_ids_forgotten:
+            if not self._rt.stats.answered_ids_forgotten:
+                log.warning(
+                    "more than %d answered ids on one answers partition within the dedup"
+                    " window (answered_max_per_partition): the oldest are forgotten early; a"
+                    " duplicate of one of them arriving now would be answered again",
+                    self._answered.max_per_partition,
+                )
+            self._rt.stats.answered_ids_forgotten = evicted
 
     async def revoked(self, partitions: Iterable[int]) -> None:
         partitions = list(partitions)
@@ -271,6 +293,7 @@ class AnswerStage:
                 self._answered.put(p, result.request_id, previous)
             raise
         rt.stats.results += 1
+        self._report_evictions()
         cutoff = time.time() - rt.settings.answer_dedup_window_s
         writer.forget(self._answered.oldest(p, lambda a: a.at < cutoff, limit=100), self._answered)
 

@@ -7,8 +7,9 @@ import contextvars
 import functools
 import inspect
 import json
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pydantic_core
@@ -18,6 +19,7 @@ from schemas.messages import Envelope
 from streams.branch import Branch
 from streams.context import AttemptScope, StepContext, enter_scope, leave_scope
 from streams.pipeline import Step
+from streams.threads import StepThreads
 from weir.errors import SchemaInvalidError, StepError, StepTimeoutError, WeirError
 
 __all__ = ["StepExecutor", "encode_output", "split_branch"]
@@ -43,12 +45,15 @@ class StepExecutor:
         pipeline: str,
         worker_id: str,
         default_timeout_s: float,
-        threads: ThreadPoolExecutor,
+        threads: StepThreads | ThreadPoolExecutor,
     ) -> None:
         self.step = step
         self._pipeline = pipeline
         self._worker_id = worker_id
         self.timeout_s = step.timeout_s or default_timeout_s
+        if isinstance(threads, ThreadPoolExecutor):
+            # A bare pool (run_local, tests): any stuck thread is one too many to hide.
+            threads = StepThreads(threads, stuck_max=threads._max_workers)
         self._threads = threads
 
     def context(self, first: Envelope, request: dict[str, Any] | None = None) -> StepContext:
@@ -137,18 +142,39 @@ class StepExecutor:
             finally:
                 leave_scope(token)
         deadline = asyncio.timeout(self.timeout_s)
+        abandoned = False
         try:
             async with deadline:
                 if is_async:
                     return await fn(**kwargs)
-                loop = asyncio.get_running_loop()
                 call = functools.partial(contextvars.copy_context().run, fn, **kwargs)
-                return await loop.run_in_executor(self._threads, call)
+                ctx = scope.context if scope is not None else None
+                rid = ctx.request_id if ctx is not None else "-"
+                attempt = ctx.attempt if ctx is not None else 0
+                name = self.step.name
+                future: Future[Any] = self._threads.submit(
+                    call, step=name, request_id=rid, attempt=attempt
+                )
+                started = time.monotonic()
+                try:
+                    return await asyncio.wrap_future(future)
+                finally:
+                    if not future.done():  # timed out or cancelled while it runs
+                        abandoned = self._threads.abandon(
+                            future, step=name, request_id=rid, attempt=attempt, started=started
+                        )
         except TimeoutError as exc:
             if not deadline.expired():  # the step's own TimeoutError, not our deadline
                 raise StepError(f"step {self.step.name!r} raised TimeoutError: {exc}") from exc
+            note = ""
+            if abandoned:
+                held = len(self._threads.stuck())
+                note = (
+                    f"; its thread is still running (stuck synchronous steps: {held} of at"
+                    f" most {self._threads.stuck_max})"
+                )
             raise StepTimeoutError(
-                f"step {self.step.name!r} did not finish within {self.timeout_s:g}s"
+                f"step {self.step.name!r} did not finish within {self.timeout_s:g}s{note}"
             ) from exc
         except WeirError:
             raise

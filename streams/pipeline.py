@@ -294,9 +294,13 @@ class Pipeline:
             target = type(target).__call__
         try:
             hints = get_type_hints(target)
-        except Exception:
-            # Unresolvable forward references: fall back to unvalidated values.
-            hints = {}
+        except Exception as exc:
+            # Without hints no parameter would be validated; say so now, not never.
+            raise PipelineDefinitionError(
+                f"{where}: its type hints cannot be resolved ({type(exc).__name__}: {exc});"
+                " define or import every name its annotations use at module level (under"
+                " `from __future__ import annotations` they are looked up there)"
+            ) from exc
 
         params = []
         for p in signature.parameters.values():

@@ -12,12 +12,13 @@ request that had failed be answered once more.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,13 +26,23 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from schemas.messages import DeadLetter, Envelope, now_ms, now_us
 from streams._runtime import Record
 from streams.ingress import REPLAY_HEADER
-from topics._aiokafka import read_until, retrying, rewind, stop_consumer
+from topics._aiokafka import read_until, retrying, stop_consumer
 from topics.admin import TopicAdmin
 from topics.names import ANSWER, INGRESS, PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import ConfigError, MessageError, WeirError
 
-__all__ = ["DeadLetterEntry", "DeadLetterQueue", "ReplayReport", "parse_since"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "DeadLetterEntry",
+    "DeadLetterPage",
+    "DeadLetterQueue",
+    "ReplayReport",
+    "parse_since",
+]
+
+DEFAULT_PAGE_SIZE = 100
+"""Entries ``weir dlq list`` shows when no ``--limit`` is given."""
 
 _ID = re.compile(r"^(?P<pipeline>[^/]+)/(?P<step>[^/]+)/(?P<partition>\d+)/(?P<offset>\d+)$")
 
@@ -58,6 +69,15 @@ class DeadLetterEntry:
     @property
     def marker_key(self) -> bytes:
         return f"{self.step}:{self.partition}:{self.offset}".encode()
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    """One page of ``DeadLetterQueue.page``."""
+
+    entries: list[DeadLetterEntry]
+    next_after: str | None
+    """Pass as ``after`` for the next page; ``None`` when this page is the last."""
 
 
 @dataclass
@@ -126,7 +146,55 @@ class DeadLetterQueue:
         error_type: str | None = None,
         since_ms: int | None = None,
     ) -> list[DeadLetterEntry]:
-        """Every dead letter matching the filters, oldest first per step."""
+        """Every dead letter matching the filters, oldest first per step (for replays)."""
+        out = [
+            entry async for entry in self.scan(step=step, error_type=error_type, since_ms=since_ms)
+        ]
+        return await self._with_markers(out)
+
+    async def page(
+        self,
+        *,
+        step: str | None = None,
+        error_type: str | None = None,
+        since_ms: int | None = None,
+        after: str | None = None,
+        skip: int = 0,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> DeadLetterPage:
+        """Up to ``limit`` dead letters in (step, partition, offset) order, read as a stream.
+
+        ``after`` (an entry id, e.g. the previous page's ``next_after``) starts
+        just past that entry by seeking, without reading what came before;
+        ``skip`` passes over that many matching entries first.  Memory holds one
+        page and the consumer's fetch buffer, however long the topics are.
+        """
+        if limit < 1 or skip < 0:
+            raise ConfigError("a page needs limit >= 1 and skip >= 0")
+        out: list[DeadLetterEntry] = []
+        more = False
+        # aclosing: leaving early stops the scan's consumer now, not whenever it is collected.
+        scan = self.scan(step=step, error_type=error_type, since_ms=since_ms, after=after)
+        async with contextlib.aclosing(scan):
+            async for entry in scan:
+                if skip:
+                    skip -= 1
+                    continue
+                if len(out) == limit:
+                    more = True
+                    break
+                out.append(entry)
+        return DeadLetterPage(await self._with_markers(out), out[-1].id if more else None)
+
+    async def scan(
+        self,
+        *,
+        step: str | None = None,
+        error_type: str | None = None,
+        since_ms: int | None = None,
+        after: str | None = None,
+    ) -> AsyncGenerator[DeadLetterEntry]:
+        """Matching dead letters one at a time (``replayed_by`` not filled in)."""
         steps = await self.steps()
         if step is not None:
             if step not in steps:
@@ -135,16 +203,94 @@ class DeadLetterQueue:
                     f" (it has: {', '.join(steps)})"
                 )
             steps = [step]
-        replayed = await self._replayed()
-        out = []
+        start = self._position(after) if after is not None else None
+        async for entry in self._entries(steps, error_type, since_ms, start):
+            yield entry
+
+    async def _entries(
+        self,
+        steps: list[str],
+        error_type: str | None,
+        since_ms: int | None,
+        start: tuple[str, int, int] | None,
+    ) -> AsyncGenerator[DeadLetterEntry]:
         for s in steps:
-            for entry in await self._read(s, replayed):
-                if error_type is not None and entry.letter.error_type != error_type:
+            if start is not None and s < start[0]:
+                continue
+            topic = self.topics.dead_letter(s)
+            async for record in self._stream(topic, since_ms=since_ms, after=start, step=s):
+                letter = DeadLetter.from_message(
+                    record.key, record.value, list(record.headers or ())
+                )
+                if error_type is not None and letter.error_type != error_type:
                     continue
-                if since_ms is not None and entry.timestamp < since_ms:
+                yield DeadLetterEntry(
+                    pipeline=self.pipeline,
+                    step=s,
+                    partition=record.partition,
+                    offset=record.offset,
+                    timestamp=record.timestamp,
+                    letter=letter,
+                )
+
+    def _position(self, entry_id: str) -> tuple[str, int, int]:
+        match = _ID.match(entry_id)
+        if match is None or match.group("pipeline") != self.pipeline:
+            raise WeirError(
+                f"--after {entry_id!r} is not a dead-letter id of pipeline {self.pipeline!r};"
+                " ids look like <pipeline>/<step>/<partition>/<offset>"
+            )
+        return match.group("step"), int(match.group("partition")), int(match.group("offset"))
+
+    async def _stream(
+        self,
+        topic: str,
+        *,
+        since_ms: int | None,
+        after: tuple[str, int, int] | None,
+        step: str,
+    ) -> AsyncIterator[Record]:
+        """``topic``'s records partition by partition, from where the filters say."""
+        async with TopicAdmin(self._settings) as admin:
+            count = (await admin.partitions([topic])).get(topic, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            for partition in range(count):
+                first = 0
+                if after is not None and after[0] == step:
+                    if partition < after[1]:
+                        continue
+                    if partition == after[1]:
+                        first = after[2] + 1
+                tp = TopicPartition(topic, partition)
+                # One partition at a time: the fetch buffer is the only read-ahead.
+                consumer.assign([tp])
+                begin, end = await _bounds(consumer, tp)
+                first = max(first, begin)
+                if since_ms is not None:
+                    found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
+                    first = max(first, found.offset if found is not None else end)
+                if first >= end:
                     continue
-                out.append(entry)
-        return out
+                consumer.seek(tp, first)
+                async for record in read_until(consumer, tp, end):
+                    if since_ms is None or record.timestamp >= since_ms:
+                        yield record
+        finally:
+            await stop_consumer(consumer)
+
+    async def _with_markers(self, entries: list[DeadLetterEntry]) -> list[DeadLetterEntry]:
+        """``entries`` with ``replayed_by`` filled in from the replays topic."""
+        if not entries:
+            return entries
+        replayed = await self._replayed({e.marker_key for e in entries})
+        return [dataclasses.replace(e, replayed_by=replayed.get(e.marker_key)) for e in entries]
 
     async def get(self, entry_id: str) -> DeadLetterEntry:
         match = _ID.match(entry_id)
@@ -158,8 +304,13 @@ class DeadLetterQueue:
             int(match.group("partition")),
             int(match.group("offset")),
         )
-        for entry in await self._read(step, await self._replayed(), only=(partition, offset)):
-            return entry
+        if step not in await self.steps():
+            raise WeirError(f"pipeline {self.pipeline!r} has no dead-letter topic for {step!r}")
+        scan = self._entries([step], None, None, (step, partition, offset - 1))
+        async with contextlib.aclosing(scan):
+            found = await anext(scan, None)
+        if found is not None and (found.partition, found.offset) == (partition, offset):
+            return (await self._with_markers([found]))[0]
         raise WeirError(f"no dead letter {entry_id} (expired by retention, or a wrong offset?)")
 
     async def replay(
@@ -217,15 +368,29 @@ class DeadLetterQueue:
     async def _original(self, letter: DeadLetter) -> bytes:
         """The record a bounded dead letter points at, read back from its source topic."""
         where = f"{letter.source_topic} partition {letter.source_partition}"
-        found = await self._records(
-            letter.source_topic, only=(letter.source_partition, letter.source_offset)
+        tp = TopicPartition(letter.source_topic, letter.source_partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
         )
-        if not found or found[0].value is None:
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            begin, end = await _bounds(consumer, tp)
+            value = None
+            if begin <= letter.source_offset < end:
+                consumer.seek(tp, letter.source_offset)
+                async for record in read_until(consumer, tp, letter.source_offset + 1):
+                    value = record.value
+        finally:
+            await stop_consumer(consumer)
+        if value is None:
             raise _NotReplayable(
                 f"the dead letter is bounded and its record ({where} offset"
                 f" {letter.source_offset}) is no longer there (retention)"
             )
-        return bytes(found[0].value)
+        return bytes(value)
 
     def _target(
         self, entry: DeadLetterEntry, replay_id: str, value: bytes | None
@@ -250,11 +415,13 @@ class DeadLetterQueue:
         )
         return self.topics.step(entry.step), env.request_id.encode(), env.encode(), []
 
-    async def _replayed(self) -> dict[bytes, str]:
-        """Marker key -> replay id, from the compacted replays topic."""
+    async def _replayed(self, keys: set[bytes] | None = None) -> dict[bytes, str]:
+        """Marker key -> replay id, from the compacted replays topic (only ``keys``, if given)."""
         out: dict[bytes, str] = {}
-        for record in await self._records(self.topics.replays):
-            if record.key is None:
+        async for record in self._stream(
+            self.topics.replays, since_ms=None, after=None, step=self.topics.replays
+        ):
+            if record.key is None or (keys is not None and record.key not in keys):
                 continue
             if record.value is None:
                 out.pop(record.key, None)
@@ -262,57 +429,12 @@ class DeadLetterQueue:
                 out[record.key] = json.loads(record.value).get("replay", "?")
         return out
 
-    async def _read(
-        self,
-        step: str,
-        replayed: dict[bytes, str],
-        only: tuple[int, int] | None = None,
-    ) -> list[DeadLetterEntry]:
-        out = []
-        for record in await self._records(self.topics.dead_letter(step), only=only):
-            letter = DeadLetter.from_message(record.key, record.value, list(record.headers or ()))
-            entry = DeadLetterEntry(
-                pipeline=self.pipeline,
-                step=step,
-                partition=record.partition,
-                offset=record.offset,
-                timestamp=record.timestamp,
-                letter=letter,
-            )
-            out.append(dataclasses.replace(entry, replayed_by=replayed.get(entry.marker_key)))
-        return out
 
-    async def _records(self, topic: str, only: tuple[int, int] | None = None) -> list[Record]:
-        """Everything on ``topic`` up to its current end (or the one record ``only``)."""
-        async with TopicAdmin(self._settings) as admin:
-            count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(count)]
-            if only is not None:
-                tps = [tp for tp in tps if tp.partition == only[0]]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            end = await retrying(lambda: consumer.end_offsets(tps), what=f"reading {topic}")
-            await rewind(consumer, tps)
-            if only is not None:
-                consumer.seek(tps[0], only[1])
-            records: list[Record] = []
-            for tp in tps:
-                async for record in read_until(consumer, tp, end[tp]):
-                    if only is not None:
-                        return [record] if record.offset == only[1] else []
-                    records.append(record)
-            return records
-        finally:
-            await stop_consumer(consumer)
+async def _bounds(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int, int]:
+    """``(first offset, end offset)`` of ``tp``."""
+    begin = await retrying(lambda: consumer.beginning_offsets([tp]), what=f"starts of {tp}")
+    end = await retrying(lambda: consumer.end_offsets([tp]), what=f"ends of {tp}")
+    return int(begin[tp]), int(end[tp])
 
 
 class _NotReplayable(Exception):

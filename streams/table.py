@@ -28,6 +28,8 @@ class ChangelogTable(Generic[V]):
         changelog: str,
         encode: Callable[[V], bytes],
         decode: Callable[[bytes], V],
+        *,
+        max_per_partition: int | None = None,
     ) -> None:
         self.changelog = changelog
         self.encode = encode
@@ -35,6 +37,11 @@ class ChangelogTable(Generic[V]):
         self._parts: dict[int, dict[str, V]] = {}
         self.ends: dict[int, int] = {}
         """Per partition, the changelog offset up to which the last restore read."""
+        self.max_per_partition = max_per_partition
+        """Entries kept in memory per partition; past it the oldest are forgotten (in memory
+        only: the changelog keeps them, and what forgetting means is the owner's to say)."""
+        self.evicted = 0
+        """Entries forgotten because of ``max_per_partition`` since start."""
 
     def get(self, partition: int, key: str) -> V | None:
         part = self._parts.get(partition)
@@ -45,6 +52,17 @@ class ChangelogTable(Generic[V]):
         part = self._parts.setdefault(partition, {})
         part.pop(key, None)
         part[key] = value
+        self._trim(part)
+
+    def _trim(self, part: dict[str, V]) -> None:
+        if self.max_per_partition is not None:
+            while len(part) > self.max_per_partition:
+                del part[next(iter(part))]  # the oldest write
+                self.evicted += 1
+
+    def size(self, partition: int) -> int:
+        """Entries held in memory for ``partition``."""
+        return len(self._parts.get(partition, {}))
 
     def pop(self, partition: int, key: str) -> V | None:
         part = self._parts.get(partition)
@@ -113,6 +131,7 @@ class ChangelogTable(Generic[V]):
                     value = self._decode(record.value)
                     if keep is None or keep(value):
                         table[key] = value
+                        self._trim(table)
         finally:
             await stop_consumer(consumer)
         return sum(len(self._parts.get(p, {})) for p in partitions)

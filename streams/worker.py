@@ -45,6 +45,7 @@ from streams.outbox import Abandoned, Outbox, Owned
 from streams.pipeline import Pipeline
 from streams.redaction import Redactor
 from streams.runner import NOT_BEFORE_HEADER, StepRunner
+from streams.threads import StepThreads
 from streams.tracing import Tracing
 from topics._aiokafka import KeyPartitioner, place
 from topics.admin import TopicAdmin
@@ -102,7 +103,11 @@ class Worker:
                 f"pipeline {pipeline.name!r} has no step(s) {sorted(unknown)}"
                 f" (its steps: {list(pipeline.order)})"
             )
-        self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="weir-step")
+        self.threads = StepThreads(
+            ThreadPoolExecutor(max_workers=settings.step_threads, thread_name_prefix="weir-step"),
+            stuck_max=settings.step_stuck_threads_max,
+        )
+        """Runs synchronous steps; ``threads.stuck()`` lists steps stuck past their timeout."""
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self.tracing = tracing or Tracing(settings)
@@ -148,7 +153,7 @@ class Worker:
                 pipeline=p.name,
                 worker_id=self.settings.worker_id,
                 default_timeout_s=p.timeout_s or self.settings.step_timeout_s,
-                threads=self._threads,
+                threads=self.threads,
             )
             runner = StepRunner(rt, name, executor)
             self.runners[name] = runner
@@ -270,7 +275,7 @@ class Worker:
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
         self.tracing.shutdown()
         self._stopped.set()
         s = self.stats

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
 from pydantic import BaseModel
 
-from streams import Branch, Pipeline, any_of
+from streams import Branch, Pipeline, RetryPolicy, any_of
 
 
 def linear(name: str) -> Pipeline:
@@ -135,9 +136,20 @@ def rejoin(name: str, *, any_branch: bool = True) -> Pipeline:
         def finish(path_a: dict[str, object], path_b: dict[str, object]) -> dict[str, object]:
             return {**path_a, **path_b}
 
+
+def hung(name: str) -> Pipeline:
+    """A synchronous step that never returns (as a hung client library does), 0.5 s timeout."""
+    p = Pipeline(name, retry=RetryPolicy(maximum_attempts=1))
+
+    @p.step(timeout=0.5)
+    def wait_forever(n: int) -> int:
+        threading.Event().wait()
+        return n
+
     return p
 
 
 _NAME = os.environ.get("WEIR_TEST_PIPELINE", "test-pipeline")
 _SLOW = float(os.environ.get("WEIR_TEST_SLOW_S", "0"))
 diamond_pipeline = diamond(_NAME, _SLOW)
+hung_pipeline = hung(_NAME)

@@ -219,3 +219,36 @@ def test_redaction_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.redact_max_bytes, settings.redact_offload_chars) == (4096, 0)
     with pytest.raises(ConfigError, match="redact_max_bytes"):
         load_settings(redact_max_bytes=10)
+
+
+def test_the_web_token_is_a_secret_reference_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WEIR_WEB_TOKEN", "env:MY_WEB_TOKEN")
+    settings = load_settings()
+    assert settings.web_token is not None
+    assert settings.web_token.get_secret_value() == "env:MY_WEB_TOKEN"
+    assert "MY_WEB_TOKEN" not in repr(settings)  # even the reference stays out of logs
+    monkeypatch.setenv("WEIR_WEB_TOKEN", "")
+    assert load_settings().web_token is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("sse_max_lifetime_s", float("nan")),
+        ("sse_max_lifetime_s", float("inf")),
+        ("sse_max_lifetime_s", 0),
+        ("sse_max_streams", 0),
+        ("step_threads", 0),
+        ("step_stuck_threads_max", 0),
+        ("budget_max_keys", 0),
+        ("cost_events_seen_max", 0),
+        ("answered_max_per_partition", 0),
+        ("sink_seen_max", 0),
+    ],
+)
+def test_limits_must_be_positive_and_finite(name: str, value: float) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**{name: value})
+    assert name in str(caught.value)

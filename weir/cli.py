@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -146,7 +147,7 @@ def worker(
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
     only = [s.strip() for s in steps.split(",")] if steps else None
 
-    async def run() -> None:
+    async def run() -> Worker:
         from processors import aclose_model_layer
         from weir.web import WebServer
 
@@ -156,6 +157,7 @@ def worker(
             loop.add_signal_handler(sig, w.request_stop)
         web = WebServer(settings, w) if settings.web_port else None
         if web is not None:
+            await asyncio.to_thread(_prepare_trace_store, settings)
             try:
                 await web.start()
                 logging.getLogger("weir.web").info("serving on %s", web.url)
@@ -174,8 +176,42 @@ def worker(
             if web is not None:
                 await web.stop()
             await aclose_model_layer()
+        return w
 
-    _run(run())
+    stopped = _run(run())
+    if stuck := stopped.threads.stuck():
+        # Python joins every pool thread at exit, so a step that never returns would keep
+        # the stopped worker alive forever; its work was handed back to the group already.
+        logging.getLogger("weir.worker").error(
+            "exiting with %d synchronous step call(s) still running past their timeout: %s",
+            len(stuck),
+            ", ".join(f"{s.step} (request {s.request_id})" for s in stuck),
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _prepare_trace_store(settings: WeirSettings) -> None:
+    """Create the trace store's tables now, so the dashboard's pages only ever read.
+
+    Best effort: the sink creates them too, and while it holds an embedded
+    store this worker cannot open it (nor needs to).
+    """
+    from processors.trace_store import TraceStore, running_sink_url
+    from weir.errors import TraceStoreError
+
+    if running_sink_url(settings) is not None:
+        return
+    try:
+        TraceStore.connect(settings, create_schema=True).close()
+    except TraceStoreError as exc:
+        logging.getLogger("weir.web").warning(
+            "the trace store's tables were not created (%s); `weir sink` creates them, and"
+            " until then the dashboard says so",
+            exc,
+        )
 
 
 # -- submit / results -------------------------------------------------------------------

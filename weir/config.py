@@ -153,6 +153,27 @@ class WeirSettings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
     """The worker's HTTP server (health, stats, token streams, dashboard); 0 turns it off."""
+    web_token: SecretStr | None = None
+    """A secret reference (``env:NAME``, ``file:/path``, ``vault:...``, ``aws-sm:...``) to
+    the bearer token every HTTP route but ``/health`` then requires; unset: no token."""
+    sse_max_streams: int = Field(default=64, ge=1)
+    """Server-Sent Event streams one HTTP server serves at once; more are refused with 503."""
+    sse_max_lifetime_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    """Longest life of one SSE stream; then it ends with a ``timeout`` event."""
+
+    step_threads: int = Field(default=64, ge=1, le=4096)
+    """Threads that run synchronous steps (per worker)."""
+    step_stuck_threads_max: int = Field(default=16, ge=1)
+    """Threads a timed-out synchronous step may hold before sync steps fail fast
+    (``step_threads_exhausted``, retriable); see "Limits" in the README."""
+    budget_max_keys: int = Field(default=100_000, ge=1)
+    """Budget keys (tenants, API keys, ...) whose spend a worker keeps in memory."""
+    cost_events_seen_max: int = Field(default=100_000, ge=1)
+    """Cost-event ids the ledger remembers to count an event sent twice once."""
+    answered_max_per_partition: int = Field(default=200_000, ge=1)
+    """Answered request ids remembered per answers partition (within the dedup window)."""
+    sink_seen_max: int = Field(default=200_000, ge=1)
+    """Trace-event ids the ClickHouse sink remembers to drop redelivered events."""
 
     model_prices: dict[str, ModelPrice] = Field(default_factory=dict)
     """Prices by model name; they override weir's default table (an endpoint's own price wins)."""
@@ -204,6 +225,20 @@ class WeirSettings(BaseSettings):
                 raise ValueError(
                     f"pattern {kind!r} is not a valid regular expression: {exc}"
                 ) from exc
+        return value
+
+    @field_validator("web_token")
+    @classmethod
+    def _token_is_a_reference(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from weir.errors import SecretError
+        from weir.secrets import SecretRef  # weir.secrets imports this module
+
+        try:
+            SecretRef.parse(value.get_secret_value())
+        except SecretError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @property

@@ -19,7 +19,8 @@ says whether trying the same input again can succeed.
     │   ├── SchemaInvalidError      schema_invalid
     │   └── PayloadTooLargeError    payload_too_large
     ├── StepError                   step_error
-    │   └── StepTimeoutError        step_timeout
+    │   ├── StepTimeoutError        step_timeout
+    │   └── StepThreadsExhaustedError step_threads_exhausted (stuck sync steps hold the budget)
     ├── BranchError                 branch_invalid
     ├── JoinInputSkippedError       join_input_skipped   (all-of join, a branch skipped)
     ├── JoinEvictedError            join_evicted         (a fan-in never completed)
@@ -39,6 +40,10 @@ says whether trying the same input again can succeed.
     ├── SecretError                 secret_unavailable   (malformed, literal, missing: not retried)
     │   └── SecretStoreError        secret_store_unreachable (Vault/AWS down or throttling)
     ├── TraceStoreError             trace_store_unavailable (ClickHouse down, store locked)
+    │   └── TraceSchemaMissingError trace_schema_missing (nobody created the tables yet)
+    ├── UnauthorizedError           unauthorized         (HTTP: missing or wrong bearer token)
+    ├── ParameterInvalidError       parameter_invalid    (HTTP: a query parameter out of range)
+    ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
     └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
 
@@ -64,6 +69,7 @@ __all__ = [
     "ModelUnavailableError",
     "NoRouteError",
     "OutputTooLargeError",
+    "ParameterInvalidError",
     "PayloadTooLargeError",
     "PipelineDefinitionError",
     "RateLimitedError",
@@ -74,10 +80,14 @@ __all__ = [
     "SecretError",
     "SecretStoreError",
     "StepError",
+    "StepThreadsExhaustedError",
     "StepTimeoutError",
     "StreamAbortedError",
     "StreamInterruptedError",
+    "TooManyStreamsError",
+    "TraceSchemaMissingError",
     "TraceStoreError",
+    "UnauthorizedError",
     "UndecodableError",
     "UnknownDependencyError",
     "UnknownPipelineError",
@@ -319,6 +329,39 @@ class TraceStoreError(WeirError):
     """The trace store (ClickHouse or the embedded engine) cannot be reached or opened."""
 
     error_type = "trace_store_unavailable"
+    retriable = True
+
+
+class TraceSchemaMissingError(TraceStoreError):
+    """The trace store has no ``pipeline_events`` yet: ``weir sink`` or a worker creates it."""
+
+    error_type = "trace_schema_missing"
+    retriable = True
+
+
+class UnauthorizedError(WeirError):
+    """An HTTP request without the configured bearer token (or with a wrong one)."""
+
+    error_type = "unauthorized"
+
+
+class ParameterInvalidError(WeirError):
+    """An HTTP query parameter that is not a valid value (``idle_timeout=nan``, ``-1``)."""
+
+    error_type = "parameter_invalid"
+
+
+class TooManyStreamsError(WeirError):
+    """An HTTP server already serves ``sse_max_streams`` token streams: come back later."""
+
+    error_type = "too_many_streams"
+    retriable = True
+
+
+class StepThreadsExhaustedError(StepError):
+    """Too many timed-out synchronous steps still hold threads: sync steps fail fast."""
+
+    error_type = "step_threads_exhausted"
     retriable = True
 
 

@@ -143,6 +143,11 @@ class SecretResolver:
             value = await asyncio.to_thread(self._resolve_now, parsed)
         return value
 
+    def resolve_blocking(self, ref: str | SecretRef) -> SecretStr:
+        """``resolve`` for synchronous callers (commands), never on an event loop."""
+        parsed = SecretRef.parse(ref)
+        return self._cached(parsed) or self._resolve_now(parsed)
+
     def _cached(self, ref: SecretRef) -> SecretStr | None:
         hit = self._cache.get(ref)
         if hit is not None and time.monotonic() < hit[0]:

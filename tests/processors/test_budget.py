@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-import processors.budget
+import processors.ledger
 from processors.budget import CostLedger, Reservation
 from schemas.messages import now_ms
 from topics._aiokafka import stop_consumer
@@ -107,7 +107,7 @@ async def test_a_failed_start_leaves_no_client_running(kafka, monkeypatch):
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise KafkaConnectionError("lost the broker while catching up")
 
-    monkeypatch.setattr(processors.budget, "AIOKafkaProducer", Recorded)
+    monkeypatch.setattr(processors.ledger, "AIOKafkaProducer", Recorded)
     monkeypatch.setattr(AIOKafkaConsumer, "offsets_for_times", refuse)
     ledger = CostLedger(kafka)
     with pytest.raises(KafkaConnectionError):
@@ -119,3 +119,40 @@ async def test_a_failed_start_leaves_no_client_running(kafka, monkeypatch):
     await asyncio.wait_for(ledger.start(), 60)  # and the next start succeeds
     assert ledger._task is not None and time.monotonic() - started < 60
     await ledger.stop()
+
+
+@pytest.mark.kafka
+async def test_a_flood_of_budget_keys_stays_under_the_cap_and_an_evicted_key_cannot_overspend(
+    kafka, pipeline_name, caplog
+):
+    settings = kafka.model_copy(update={"budget_max_keys": 50, "cost_events_seen_max": 200})
+    ledger = CostLedger(settings)
+    await ledger.start()
+    try:
+        limit = Decimal("1.00")
+        spender = f"{pipeline_name}/spender"
+        assert await ledger.reserve(spender, "day", limit, limit)
+        await Reservation(ledger, spender, limit).spend(limit)
+        assert ledger.spent(spender, "day") == limit
+        most = 0
+        for i in range(600):  # tenants made up by requests, one cent each
+            key = f"{pipeline_name}/flood-{i}"
+            assert await ledger.reserve(key, "day", limit, Decimal("0.01"))
+            reservation = Reservation(ledger, key, Decimal("0.01"))
+            await reservation.spend(Decimal("0.01"))
+            reservation.release()
+            most = max(most, ledger.keys_in_memory)
+        assert most <= 50
+        assert ledger.evicted_keys >= 600 + 1 - 50
+        assert any("budget_max_keys" in r.getMessage() for r in caplog.records)
+        assert ledger.event_ids_remembered <= 200
+        # The spender was evicted long ago; its spend is still at least its limit.
+        assert ledger.spent(spender, "day") >= limit
+        assert ledger.status(spender, "day", limit).exceeded
+        assert not await ledger.reserve(spender, "day", limit, Decimal("0.01"), wait_s=0)
+        # A key that never spent is not refused because of the others.
+        fresh = f"{pipeline_name}/fresh"
+        assert ledger.spent(fresh, "day") < Decimal("0.5")
+        assert await ledger.reserve(fresh, "day", limit, Decimal("0.01"))
+    finally:
+        await ledger.stop()

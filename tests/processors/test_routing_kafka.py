@@ -12,6 +12,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from processors import Budget, ModelEndpoint, OpenAICompatible, Price, Router, Rule
@@ -20,6 +21,7 @@ from streams import Pipeline, WeirClient, Worker
 from tests._kafka import read_results
 from tests.conftest import worker_env
 from topics.names import PipelineTopics
+from weir.web import WebServer
 
 pytestmark = pytest.mark.kafka
 
@@ -266,9 +268,18 @@ async def test_a_one_dollar_budget_stops_spending_at_one_dollar(
     if mode == "downgrade":
         router.add_rule(Rule("budget_exceeded", endpoint=cheap, name="downgrade"))
     p = routed_pipeline(pipeline_name, router)
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    settings = kafka.model_copy(update={"web_port": 0})
+    async with (
+        Worker(p, settings) as worker,
+        WeirClient(settings) as client,
+        WebServer(settings, worker) as web,
+    ):
         ids = await client.submit_many(p.name, [{"text": f"request {i} text"} for i in range(120)])
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(f"{web.url}/stats")).json()
+    # The ledger's keys are on /stats (one key here: per pipeline), none evicted.
+    assert stats["budget_keys"]["in_memory"] >= 1 and stats["budget_keys"]["evicted"] == 0
     assert len(results) == 120
     calls = [c for r in results.values() for c in r.model_calls()]
     pricey_spend = sum((c.cost_usd for c in calls if c.endpoint == pricey.name), Decimal(0))

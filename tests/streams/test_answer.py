@@ -46,3 +46,34 @@ async def test_after_an_unclear_commit_answers_already_committed_are_not_written
         left = await writer._settle(batch)
     assert [p.request_id for p in left] == ["not-yet"]
     assert batch[0].done.done() and batch[2].done.done() and not batch[1].done.done()
+
+
+async def test_answered_ids_stay_under_the_cap_and_every_request_is_answered_once(
+    kafka, pipeline_name
+):
+    from streams import WeirClient
+    from tests._kafka import read_results
+
+    cap = 40
+    settings = kafka.model_copy(update={"answered_max_per_partition": cap})
+    pipeline = linear(pipeline_name)
+    topics = PipelineTopics(pipeline.name)
+    async with Worker(pipeline, settings) as worker, WeirClient(settings) as client:
+        ids = await client.submit_many(
+            pipeline.name, [{"text": f"flood {i}", "n": i} for i in range(600)]
+        )
+        done = await client.wait_for(pipeline.name, ids, timeout=120)
+        assert len(done) == 600 and all(r.status == "SUCCESS" for r in done.values())
+        assert worker.answers is not None
+        remembered = worker.answers.remembered()
+        assert remembered and max(remembered.values()) <= cap
+        assert worker.stats.answered_ids_forgotten >= 600 - cap * settings.partitions
+    results, counts = await read_results(settings, topics.results, 600)
+    assert set(results) == set(ids) and set(counts.values()) == {1}
+    # A worker taking the partitions over restores at most the cap per partition too.
+    async with Worker(pipeline, settings) as again:
+        async with asyncio.timeout(60):
+            while not again.assigned:
+                await asyncio.sleep(0.1)
+        assert again.answers is not None
+        assert max(again.answers.remembered().values(), default=0) <= cap

@@ -14,6 +14,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from schemas.messages import DeadLetter
 from streams import Pipeline, WeirClient, Worker
 from streams.dead_letter import HEAD_BYTES, PAYLOAD_HEAD_HEADER
+from streams.ingress import REPLAY_HEADER
+from streams.replay import DeadLetterQueue
 from tests._kafka import read_results, read_topic
 from topics._aiokafka import stop_consumer
 from topics.names import INGRESS, PipelineTopics
@@ -155,6 +157,13 @@ async def test_a_dead_letter_the_topic_refuses_goes_bounded_and_the_partition_mo
     assert [(x.bounded, x.original_error_type) for x in letters] == [(True, "schema_invalid")]
     assert letters[0].payload_bytes == len(bad)
     assert worker.stats.dead_letter_failures == 0
+    # A replay reads the record back from its source topic and re-injects it as it was.
+    queue = DeadLetterQueue(kafka, pipeline.name)
+    report = await queue.replay(await queue.entries(step=INGRESS))
+    assert len(report.replayed) == 1, report
+    requests = await read_topic(kafka, topics.requests, until=BEHIND + 2)
+    replayed = [r for r in requests if REPLAY_HEADER in dict(r.headers or ())]
+    assert [r.value for r in replayed] == [bad.encode()]
 
 
 def _never_joined(name: str) -> Pipeline:

@@ -571,15 +571,20 @@ def test_step_context_parameter_is_injected_anywhere_in_the_signature() -> None:
     ]
 
 
-def test_step_context_is_injected_when_another_annotation_cannot_be_resolved() -> None:
+def test_unresolvable_type_hints_fail_at_definition_naming_pipeline_step_and_reason() -> None:
+    # Before, validation switched itself off silently for such a step.
     p = Pipeline("shop")
 
     def lookup(ctx: "StepContext", item: "NotDefinedAnywhere") -> str:  # type: ignore[name-defined] # noqa: F821
         return ""
 
-    p.add_step("lookup", lookup)
-    by_param = {b.parameter: b for b in p.steps["lookup"].bindings}
-    assert by_param["ctx"].source == "context"
+    with pytest.raises(PipelineDefinitionError) as caught:
+        p.add_step("lookup", lookup)
+    message = str(caught.value)
+    assert "pipeline 'shop'" in message and "step 'lookup'" in message
+    assert "NotDefinedAnywhere" in message and "NameError" in message
+    assert caught.value.error_type == "pipeline_invalid"
+    assert "lookup" not in p.steps
 
 
 def test_root_parameters_are_payload_fields_with_required_flag_and_default() -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from streams.replay import DEFAULT_PAGE_SIZE
 from weir.config import load_settings
 from weir.errors import WeirError
 
@@ -41,18 +42,45 @@ def list_(
     step: Step = None,
     error_type: ErrorType = None,
     since: Since = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="Entries per page.")
+    ] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, help="Skip this many matching entries first.")
+    ] = 0,
+    after: Annotated[
+        str | None,
+        typer.Option(help="Start after this entry id (the 'next page' hint prints it)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     config: Config = None,
 ) -> None:
-    """List dead letters, newest last, with their error type and whether they were replayed."""
+    """List dead letters a page at a time, oldest first per step, with whether they were replayed.
+
+    Topics are read as a stream: memory holds one page, however many dead letters there are.
+    """
     from streams.replay import DeadLetterQueue, parse_since
 
     settings = load_settings(config)
     since_ms = parse_since(since) if since else None
-    entries = asyncio.run(
-        DeadLetterQueue(settings, pipeline).entries(
-            step=step, error_type=error_type, since_ms=since_ms
+    page = asyncio.run(
+        DeadLetterQueue(settings, pipeline).page(
+            step=step,
+            error_type=error_type,
+            since_ms=since_ms,
+            after=after,
+            skip=offset,
+            limit=limit,
         )
+    )
+    entries = page.entries
+    more = (
+        f"more: weir dlq list {pipeline} --after {page.next_after}"
+        + (f" --step {step}" if step else "")
+        + (f" --error-type {error_type}" if error_type else "")
+        + (f" --limit {limit}" if limit != DEFAULT_PAGE_SIZE else "")
+        if page.next_after
+        else None
     )
     if as_json:
         for e in entries:
@@ -67,6 +95,8 @@ def list_(
                 "replayed_by": e.replayed_by,
             }
             out.print(json.dumps(row), highlight=False, soft_wrap=True)
+        if more:
+            err.print(more, highlight=False, soft_wrap=True)  # stdout stays one object a line
         return
     table = Table("id", "error type", "attempts", "request id", "when (UTC)", "message", "replayed")
     for e in entries:
@@ -84,7 +114,12 @@ def list_(
     for e in entries:
         counts[e.letter.error_type] = counts.get(e.letter.error_type, 0) + 1
     summary = ", ".join(f"{n} {t}" for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-    out.print(f"{len(entries)} dead letter(s)" + (f": {summary}" if summary else ""))
+    out.print(
+        f"{len(entries)} dead letter(s) on this page" + (f": {summary}" if summary else ""),
+        highlight=False,
+    )
+    if more:
+        out.print(more, highlight=False, soft_wrap=True)
 
 
 @app.command("show")

@@ -18,9 +18,10 @@ from processors.trace_store import (
     open_queries,
     parse_window,
 )
+from weir._http import positive_seconds
 from weir.config import WeirSettings
 from weir.dashboard._charts import bar_chart, gantt, line_chart
-from weir.errors import RequestNotFoundError, TraceStoreError
+from weir.errors import RequestNotFoundError, TraceSchemaMissingError, TraceStoreError
 
 T = TypeVar("T")
 
@@ -94,7 +95,12 @@ async def store_errors(
     except TraceStoreError as exc:
         if api:
             return _json({"error": str(exc), "error_type": exc.error_type}, 503)
-        return _page("store unavailable", f"<p class=error>{html.escape(str(exc))}</p>", 503)
+        title = (
+            "no trace schema yet"
+            if isinstance(exc, TraceSchemaMissingError)
+            else "store unavailable"
+        )
+        return _page(title, f"<h1>{title}</h1><p class=error>{html.escape(str(exc))}</p>", 503)
 
 
 # -- JSON API --------------------------------------------------------------------------------
@@ -102,10 +108,7 @@ async def store_errors(
 
 async def api_timeline(request: web.Request) -> web.Response:
     request_id = request.match_info["request_id"]
-    try:
-        baseline = float(request.query.get("baseline", 86400))
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text="baseline must be seconds") from exc
+    baseline = positive_seconds(request, "baseline", default=86400.0)
     timeline = await _ask(request, lambda q: q.timeline(request_id, baseline_s=baseline))
     return _json(timeline.to_dict())
 
