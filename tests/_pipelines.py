@@ -136,6 +136,8 @@ def rejoin(name: str, *, any_branch: bool = True) -> Pipeline:
         def finish(path_a: dict[str, object], path_b: dict[str, object]) -> dict[str, object]:
             return {**path_a, **path_b}
 
+    return p
+
 
 def hung(name: str) -> Pipeline:
     """A synchronous step that never returns (as a hung client library does), 0.5 s timeout."""
