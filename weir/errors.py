@@ -39,6 +39,7 @@ says whether trying the same input again can succeed.
     ├── SecretError                 secret_unavailable   (malformed, literal, missing: not retried)
     │   └── SecretStoreError        secret_store_unreachable (Vault/AWS down or throttling)
     ├── TraceStoreError             trace_store_unavailable (ClickHouse down, store locked)
+    ├── TraceQueryError             trace_query_invalid  (weir sql: ClickHouse refused the query)
     └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
 
@@ -77,6 +78,7 @@ __all__ = [
     "StepTimeoutError",
     "StreamAbortedError",
     "StreamInterruptedError",
+    "TraceQueryError",
     "TraceStoreError",
     "UndecodableError",
     "UnknownDependencyError",
@@ -320,6 +322,12 @@ class TraceStoreError(WeirError):
 
     error_type = "trace_store_unavailable"
     retriable = True
+
+
+class TraceQueryError(WeirError):
+    """``weir sql``: the trace store refused the statement (syntax, unknown column, a write)."""
+
+    error_type = "trace_query_invalid"
 
 
 class RequestNotFoundError(WeirError):
