@@ -65,8 +65,8 @@ def _register_commands() -> None:
 
 _register_commands()
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")

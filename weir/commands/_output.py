@@ -58,13 +58,15 @@ def print_json(value: Any) -> None:
 
 def print_table(console: Console, table: Table) -> None:
     """Print ``table`` whole: wrapped to a terminal's width, else at its natural width."""
+    # soft_wrap=False: the commands' consoles soft-wrap text lines, which would keep the
+    # table's cells from wrapping to the width.
     if console.is_terminal:
-        console.print(table)
+        console.print(table, soft_wrap=False)
         return
     natural = Measurement.get(console, console.options.update_width(_MAX_WIDTH), table).maximum
     width = console.width
     console.width = max(width, min(natural, _MAX_WIDTH))
     try:
-        console.print(table)
+        console.print(table, soft_wrap=False)
     finally:
         console.width = width

@@ -17,8 +17,8 @@ from weir.config import load_settings
 
 __all__ = ["results", "submit"]
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")

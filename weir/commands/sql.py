@@ -25,8 +25,8 @@ from weir.config import load_settings
 
 __all__ = ["render", "sql"]
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 Format = Literal["table", "json", "csv"]
 

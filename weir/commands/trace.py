@@ -41,8 +41,8 @@ from weir.errors import RequestNotFoundError
 
 __all__ = ["render_stats", "render_timeline", "sink", "stats", "trace"]
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
