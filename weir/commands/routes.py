@@ -13,7 +13,7 @@ from rich.console import Console
 
 from weir.commands._output import JsonOption, print_json
 from weir.config import WeirSettings, load_settings
-from weir.errors import RoutingError
+from weir.errors import BrokerError, RoutingError
 
 if TYPE_CHECKING:
     from processors.announcements import RouterAnnouncement
@@ -89,7 +89,7 @@ def _check_announced(settings: WeirSettings, rule_sets: list[RuleSet]) -> None:
 
     try:
         announced = asyncio.run(read())
-    except (KafkaError, OSError, TimeoutError) as exc:
+    except (BrokerError, KafkaError, OSError, TimeoutError) as exc:
         why = str(exc) or type(exc).__name__
         err.print(
             f"note: endpoint names not checked: the routes topic cannot be read ({why});"
