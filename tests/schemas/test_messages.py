@@ -246,6 +246,7 @@ def test_json_result_carries_the_output_as_a_json_value(value: object) -> None:
     result = _SUCCESS.model_copy(update={"output": json.dumps(value)})
     body = json.loads(result.to_wire("json"))
     assert body["output"] == value and body["schema_version"] == RESULT_JSON_VERSION == 2
+    assert body == result.to_json()  # the wire and the CLI's --json say the same
     assert Result.from_wire(result.to_wire("json")).value == value
 
 
