@@ -445,6 +445,8 @@ class Router:
         self._held: set[str] = set()
         self._rejected: set[tuple[int, int | None]] = set()
         """Refused rule sets, by version and apply time (each is logged once)."""
+        self.refused: tuple[int, str] | None = None
+        """The newest rule-set version this router refused, and why (``None`` if none)."""
         self._option_warnings: set[tuple[str, int]] = set()
         """Rules (and versions) that met an option they cannot compare (logged once each)."""
         _ROUTERS[name] = self
@@ -508,6 +510,7 @@ class Router:
     def use(self, rule_set: RuleSet | None) -> bool:
         """Switch to ``rule_set`` (``None``: back to the rules in code); ``False`` if refused."""
         if rule_set is None:
+            self.refused = None
             if self._active.rule_set is not self._code:
                 log.info("router %s: back to the rules in code", self.name)
                 self._active = _Active(self._code, self._code.compile())
@@ -522,6 +525,7 @@ class Router:
             self._check_endpoints(rule_set)
             compiled = rule_set.compile()
         except RoutingError as exc:
+            self.refused = (rule_set.version, str(exc))
             seen = (rule_set.version, rule_set.applied_at)
             if seen not in self._rejected:
                 self._rejected.add(seen)
@@ -535,6 +539,7 @@ class Router:
         )
         self._active = _Active(rule_set, compiled)
         self._held.clear()
+        self.refused = None
         return True
 
     # -- deciding ------------------------------------------------------------------------

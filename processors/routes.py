@@ -38,7 +38,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from processors._env import register_closer, settings_now
-from processors.router import RuleSet
+from processors.router import RuleSet, registered_routers
+from processors.router_status import StatusReporter
 from processors.rules_file import load_rule_sets
 from schemas.messages import now_ms
 from topics._aiokafka import stop_consumer
@@ -72,13 +73,14 @@ async def _ensure_topics(settings: WeirSettings) -> None:
 
 
 ANNOUNCEMENT_HEADER = "weir.record"
-"""Header marking a worker's router announcement on the routes topic (not a rule set)."""
+"""Header marking a worker's note on the routes topic (not a rule set): a router
+announcement (``processors.announcements``) or a status (``processors.router_status``)."""
 ANNOUNCEMENT_KIND = b"router-announcement"
 
 
 def is_announcement(headers: Iterable[tuple[str, bytes]] | None) -> bool:
-    """Whether a routes-topic record is an announcement (``processors.announcements``)."""
-    return any(k == ANNOUNCEMENT_HEADER and v == ANNOUNCEMENT_KIND for k, v in headers or ())
+    """Whether a routes-topic record is a worker's note rather than a rule set."""
+    return any(k == ANNOUNCEMENT_HEADER for k, _ in headers or ())
 
 
 async def _read_all(
@@ -245,6 +247,7 @@ class RouteWatcher:
         self._next: int | None = None
         """Offset after the last record read (a reconnection resumes there)."""
         self._closer = False
+        self.reporter = StatusReporter(settings)
         self.records = 0
         self.failures = 0
         """Connection attempts that failed (for health reports and tests)."""
@@ -270,6 +273,7 @@ class RouteWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.reporter.close()
         RouteWatcher._instances.pop(self._settings.bootstrap_servers, None)
 
     async def _run(self) -> None:
@@ -315,6 +319,8 @@ class RouteWatcher:
                     self._ready.set()
                     self._settled.set()
                     self._failed = False
+                    for router in registered_routers().values():
+                        self.settle(router)
                 try:
                     batch = await consumer.getmany(timeout_ms=200)
                 except KafkaError as exc:
@@ -337,12 +343,26 @@ class RouteWatcher:
         name = key.decode()
         if value is None:
             self.latest[name] = None
+        else:
+            try:
+                self.latest[name] = RuleSet.parse(
+                    json.loads(value), source=f"{ROUTES_TOPIC}/{name}"
+                )
+            except (RoutingError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                # apply_rule_set never writes such a record; someone wrote the topic by hand.
+                log.error("routes: ignoring an invalid rule set for %s: %s", name, exc)
+                return
+        router = registered_routers().get(name)
+        if router is not None and self._ready.is_set():
+            self.settle(router)  # on arrival, so its status is reported without a call
+
+    def settle(self, router: Router) -> None:
+        """Bring a watching ``router`` to the latest rule set read; report its status."""
+        if not router.watch:
             return
-        try:
-            self.latest[name] = RuleSet.parse(json.loads(value), source=f"{ROUTES_TOPIC}/{name}")
-        except (RoutingError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            # apply_rule_set never writes such a record; someone wrote the topic by hand.
-            log.error("routes: ignoring an invalid rule set for %s: %s", name, exc)
+        if router.name in self.latest:
+            router.use(self.latest[router.name])
+        self.reporter.report(router)
 
 
 async def follow(router: Router) -> None:
@@ -359,7 +379,9 @@ async def follow(router: Router) -> None:
                 router.name,
                 router.version,
             )
-    if router.name in watcher.latest:
+    if watcher._ready.is_set():
+        watcher.settle(router)
+    elif router.name in watcher.latest:
         router.use(watcher.latest[router.name])
 
 

@@ -215,6 +215,7 @@ def worker(
         finally:
             if web is not None:
                 await web.stop()
+            await _withdraw_router_statuses(settings)
             await aclose_model_layer()
 
     _run(run())
@@ -238,6 +239,26 @@ async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
         return
     if sent:
         log.info("routes: announced router(s) %s", ", ".join(a.router for a in sent))
+        from processors.routes import RouteWatcher
+
+        # Follow the routes topic from the start (not from the first model call), so each
+        # router's status is on the topic before any request arrives.
+        RouteWatcher.for_settings(settings).start()
+
+
+async def _withdraw_router_statuses(settings: WeirSettings) -> None:
+    """A stopping worker runs no version any more: take its statuses off the routes topic."""
+    if "processors.router" not in sys.modules:
+        return
+    from processors.router import registered_routers
+    from processors.router_status import withdraw_statuses
+
+    names = [name for name, r in registered_routers().items() if r.watch]
+    try:
+        async with asyncio.timeout(10):
+            await withdraw_statuses(settings, names)
+    except Exception as exc:  # stopping goes on; `weir routes show` keeps a stale line
+        logging.getLogger("weir.models").warning("routes: statuses not withdrawn: %s", exc)
 
 
 # -- topics / schemas ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Workers announce their routers; rules are checked against them without ``--pipeline``.
+"""Workers announce their routers and report what they run; rules are checked against them.
 
 A real ``weir worker`` process runs a routed pipeline; ``weir routes apply`` and
 ``weir submit --option`` run as real commands against the test broker.
@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from processors.announcements import read_announcements
+from processors.router import RuleSet
+from processors.router_status import read_statuses
+from processors.routes import apply_rule_set
 from tests.conftest import worker_env
 
 pytestmark = pytest.mark.kafka
@@ -131,8 +134,29 @@ async def test_rules_are_checked_against_announced_routers_and_options_route_as_
                 await asyncio.sleep(0.5)
         assert await answer("-o", "latency_sla=800") == f"{name}-big"
         assert await answer() == f"{name}-big"
+
+        # What each worker runs is on the topic; a version a worker refuses says why.
+        async def workers() -> list[dict[str, object]]:
+            shown = await weir(tmp_path, env, "routes", "show", f"{name}-router", "--json")
+            assert shown.returncode == 0, shown.stderr
+            return list(json.loads(shown.stdout)[0]["workers"])
+
+        async with asyncio.timeout(60):
+            while [w["version"] for w in await workers()] != [1]:
+                await asyncio.sleep(0.5)
+        # A tool that skips the checks publishes a rule set naming an endpoint no worker has.
+        ghost = RuleSet(router=f"{name}-router", default=f"{name}-ghost")
+        await apply_rule_set(kafka, ghost, comment="skips the checks")
+        async with asyncio.timeout(60):
+            while (status := (await workers())[0])["refused_version"] != 2:
+                await asyncio.sleep(0.5)
+        assert status["version"] == 1 and f"{name}-ghost" in str(status["refused_reason"])
+        shown = await weir(tmp_path, env, "routes", "show", f"{name}-router")
+        assert "version 1 in force; refused version 2: " in shown.stdout, shown.stdout
     finally:
         assert worker.stop() == 0, worker.log.read_text()[-3000:]
+    # A worker that stopped runs nothing: its status is withdrawn.
+    assert (await read_statuses(kafka)).get(f"{name}-router", []) == []
 
 
 async def test_a_router_no_worker_announced_is_noted_not_refused(kafka, tmp_path):

@@ -18,6 +18,7 @@ from weir.errors import BrokerError, RoutingError
 if TYPE_CHECKING:
     from processors.announcements import RouterAnnouncement
     from processors.router import RuleSet
+    from processors.router_status import RouterStatus
 
 app = typer.Typer(
     help="Routing rules on the routes topic: workers switch within seconds.", no_args_is_help=True
@@ -113,13 +114,26 @@ def show(
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print the rule set in force (YAML) for each router on the routes topic."""
+    """Print the rule set in force (YAML) for each router on the routes topic, and which
+    version each running worker has in force (and any version it refused, and why)."""
+    from processors.router_status import read_statuses
     from processors.routes import dump_rule_set, read_rule_sets
 
-    latest = asyncio.run(read_rule_sets(load_settings(config)))
+    settings = load_settings(config)
+
+    async def read() -> tuple[dict[str, RuleSet], dict[str, list[RouterStatus]]]:
+        return await read_rule_sets(settings), await read_statuses(settings)
+
+    latest, statuses = asyncio.run(read())
     wanted = {k: v for k, v in latest.items() if router is None or k == router}
     if as_json:
-        print_json([r.model_dump(mode="json") for r in wanted.values()])
+        print_json(
+            [
+                r.model_dump(mode="json")
+                | {"workers": [s.model_dump(mode="json") for s in statuses.get(name, [])]}
+                for name, r in wanted.items()
+            ]
+        )
         if router and not wanted:
             raise typer.Exit(1)
         return
@@ -129,10 +143,17 @@ def show(
             if router
             else "no rule sets on the routes topic (routers use the rules in their code)"
         )
+        for status in statuses.get(router or "", []):
+            out.print(f"  {status.describe()}", highlight=False)
         raise typer.Exit(1 if router else 0)
-    for rule_set in wanted.values():
+    for name, rule_set in wanted.items():
         out.print(f"# router {rule_set.router}, version {rule_set.version}", highlight=False)
         out.print(dump_rule_set(rule_set), highlight=False)
+        workers = statuses.get(name, [])
+        if not workers:
+            out.print("# no running worker has reported this router", highlight=False)
+        for status in workers:
+            out.print(f"# {status.describe()}", highlight=False)
 
 
 @app.command("history")
