@@ -20,7 +20,8 @@ over these names:
 
     input.<feature>   derived features (``processors.features``) and caller-given ones
     request.<field>   the request payload
-    options.<name>    the request options (strings)
+    options.<name>    the request options: text that compares with numbers as the number it
+                      spells (``options.latency_sla < 500`` works; ``processors.options``)
     latency_sla       ``options['latency_sla']`` in ms as a number (infinity when unset)
     lag               unprocessed messages of the calling step on this worker
     budget_exceeded   the router's budget is used up for its window (see ``Budget``)
@@ -58,8 +59,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from simpleeval import InvalidExpression, SimpleEval
 
+from processors.condition_check import type_mismatch, units_hint
 from processors.endpoint import CallMeta, ChatStream, ModelEndpoint
 from processors.features import DERIVED_FEATURES, Features
+from processors.options import OptionTypeError, typed_options
 from processors.providers._base import Message
 from processors.results import ChatResult, Classification, Embeddings
 from streams.context import current_scope
@@ -155,7 +158,14 @@ def compile_condition(text: str, *, rule: str, features: frozenset[str] = frozen
     try:
         module = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise RoutingError(f"{where}: the condition is not a valid expression: {exc.msg}") from None
+        hint = units_hint(text)
+        if hint is not None:
+            raise RoutingError(f"{where}: {hint}") from None
+        raise RoutingError(
+            f"{where}: the condition is not a valid expression ({exc.msg} in {text.strip()!r});"
+            " expected a Python-like expression such as"
+            " input.token_count < 500 and input.language == 'en'"
+        ) from None
     known = DERIVED_FEATURES | features
     names: set[str] = set()
     for node in ast.walk(module):
@@ -179,6 +189,9 @@ def compile_condition(text: str, *, rule: str, features: frozenset[str] = frozen
                     f"{where}: input.{node.attr} is not a feature"
                     f" (known: {', '.join(sorted(known))})"
                 )
+    mismatch = type_mismatch(module.body)
+    if mismatch is not None:
+        raise RoutingError(f"{where}: {mismatch}")
     condition = Condition(text.strip(), module.body, frozenset(names))
     sample = {
         "input": Features("sample text", extra={name: _Anything() for name in features}),
@@ -432,6 +445,10 @@ class Router:
         self._held: set[str] = set()
         self._rejected: set[tuple[int, int | None]] = set()
         """Refused rule sets, by version and apply time (each is logged once)."""
+        self.refused: tuple[int, str] | None = None
+        """The newest rule-set version this router refused, and why (``None`` if none)."""
+        self._option_warnings: set[tuple[str, int]] = set()
+        """Rules (and versions) that met an option they cannot compare (logged once each)."""
         _ROUTERS[name] = self
 
     def __repr__(self) -> str:
@@ -493,6 +510,7 @@ class Router:
     def use(self, rule_set: RuleSet | None) -> bool:
         """Switch to ``rule_set`` (``None``: back to the rules in code); ``False`` if refused."""
         if rule_set is None:
+            self.refused = None
             if self._active.rule_set is not self._code:
                 log.info("router %s: back to the rules in code", self.name)
                 self._active = _Active(self._code, self._code.compile())
@@ -507,6 +525,7 @@ class Router:
             self._check_endpoints(rule_set)
             compiled = rule_set.compile()
         except RoutingError as exc:
+            self.refused = (rule_set.version, str(exc))
             seen = (rule_set.version, rule_set.applied_at)
             if seen not in self._rejected:
                 self._rejected.add(seen)
@@ -520,6 +539,7 @@ class Router:
         )
         self._active = _Active(rule_set, compiled)
         self._held.clear()
+        self.refused = None
         return True
 
     # -- deciding ------------------------------------------------------------------------
@@ -556,7 +576,7 @@ class Router:
         namespace = {
             "input": feats,
             "request": dict(request or {}),
-            "options": dict(options or {}),
+            "options": typed_options(options),
             "latency_sla": _latency_sla(options, features),
             "lag": lag or 0,
             "budget_exceeded": exceeded,
@@ -613,6 +633,14 @@ class Router:
                     return False
                 return True
             hit = rule.condition.evaluate(namespace)
+        except OptionTypeError as exc:
+            # The caller sent an option the rule cannot read: say so (once per rule and
+            # version), since the request silently takes another route.
+            seen = (name, self.version)
+            if seen not in self._option_warnings:
+                self._option_warnings.add(seen)
+                log.warning("router %s rule %s does not apply: %s", self.name, name, exc)
+            return False
         except (InvalidExpression, TypeError, ValueError, KeyError, ZeroDivisionError) as exc:
             # A request without a field the rule reads does not match it.
             log.debug("router %s rule %s does not apply: %s", self.name, name, exc)

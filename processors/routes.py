@@ -38,7 +38,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from processors._env import register_closer, settings_now
-from processors.router import RuleSet
+from processors.router import RuleSet, registered_routers
+from processors.router_status import StatusReporter
+from processors.rules_file import load_rule_sets
 from schemas.messages import now_ms
 from topics._aiokafka import stop_consumer
 from topics.admin import TopicAdmin
@@ -64,32 +66,30 @@ log = logging.getLogger("weir.models")
 _TPS = [TopicPartition(ROUTES_TOPIC, 0)]
 
 
-def load_rule_sets(text: str, *, source: str = "rules file") -> list[RuleSet]:
-    """Rule sets from YAML (or JSON): one mapping, a list, or ``{routers: [...]}``."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RoutingError(f"{source} is not valid YAML: {exc}") from None
-    if isinstance(data, Mapping) and "routers" in data:
-        data = data["routers"]
-    items = data if isinstance(data, list) else [data]
-    if not items or not all(isinstance(i, Mapping) for i in items):
-        raise RoutingError(f"{source} must hold a rule set (a mapping) or a list of them")
-    sets = [RuleSet.parse(item, source=f"{source} [{n}]") for n, item in enumerate(items, 1)]
-    names = [s.router for s in sets]
-    if len(set(names)) != len(names):
-        raise RoutingError(f"{source} names a router twice: {names}")
-    return sets
-
-
 async def _ensure_topics(settings: WeirSettings) -> None:
     wanted = {ROUTES_TOPIC, ROUTES_HISTORY_TOPIC}
     async with TopicAdmin(settings) as admin:
         await admin.ensure([s for s in global_topic_specs(settings) if s.name in wanted])
 
 
-async def _read_all(settings: WeirSettings, topic: str) -> list[tuple[str, bytes | None, int]]:
-    """``(key, value, timestamp)`` of every record of one-partition ``topic`` as of now."""
+ANNOUNCEMENT_HEADER = "weir.record"
+"""Header marking a worker's note on the routes topic (not a rule set): a router
+announcement (``processors.announcements``) or a status (``processors.router_status``)."""
+ANNOUNCEMENT_KIND = b"router-announcement"
+
+
+def is_announcement(headers: Iterable[tuple[str, bytes]] | None) -> bool:
+    """Whether a routes-topic record is a worker's note rather than a rule set."""
+    return any(k == ANNOUNCEMENT_HEADER for k, _ in headers or ())
+
+
+async def _read_all(
+    settings: WeirSettings, topic: str, *, announcements: bool = False
+) -> list[tuple[str, bytes | None, int]]:
+    """``(key, value, timestamp)`` of every record of one-partition ``topic`` as of now.
+
+    Rule sets only, or with ``announcements`` the workers' router announcements only.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
@@ -105,7 +105,7 @@ async def _read_all(settings: WeirSettings, topic: str) -> list[tuple[str, bytes
         while await consumer.position(tp) < end:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for r in records:
-                    if r.key is not None:
+                    if r.key is not None and is_announcement(r.headers) == announcements:
                         out.append((r.key.decode(), r.value, r.timestamp))
     finally:
         await stop_consumer(consumer)
@@ -195,7 +195,14 @@ async def reset_rule_set(settings: WeirSettings, router: str) -> None:
     await _publish(settings, [(router, None)])
 
 
-async def _publish(settings: WeirSettings, records: Iterable[tuple[str, bytes | None]]) -> None:
+async def _publish(
+    settings: WeirSettings,
+    records: Iterable[tuple[str, bytes | None]],
+    *,
+    history: bool = True,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Write ``records`` to the routes topic (and, with ``history``, to its history first)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
     )
@@ -203,8 +210,9 @@ async def _publish(settings: WeirSettings, records: Iterable[tuple[str, bytes | 
     try:
         for key, value in records:
             # History first: a version in force is always in the history.
-            await producer.send_and_wait(ROUTES_HISTORY_TOPIC, value, key=key.encode())
-            await producer.send_and_wait(ROUTES_TOPIC, value, key=key.encode())
+            if history:
+                await producer.send_and_wait(ROUTES_HISTORY_TOPIC, value, key=key.encode())
+            await producer.send_and_wait(ROUTES_TOPIC, value, key=key.encode(), headers=headers)
     finally:
         await producer.stop()
 
@@ -239,6 +247,7 @@ class RouteWatcher:
         self._next: int | None = None
         """Offset after the last record read (a reconnection resumes there)."""
         self._closer = False
+        self.reporter = StatusReporter(settings)
         self.records = 0
         self.failures = 0
         """Connection attempts that failed (for health reports and tests)."""
@@ -264,6 +273,7 @@ class RouteWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.reporter.close()
         RouteWatcher._instances.pop(self._settings.bootstrap_servers, None)
 
     async def _run(self) -> None:
@@ -309,6 +319,8 @@ class RouteWatcher:
                     self._ready.set()
                     self._settled.set()
                     self._failed = False
+                    for router in registered_routers().values():
+                        self.settle(router)
                 try:
                     batch = await consumer.getmany(timeout_ms=200)
                 except KafkaError as exc:
@@ -317,7 +329,8 @@ class RouteWatcher:
                     continue
                 for records in batch.values():
                     for record in records:
-                        self._apply(record.key, record.value)
+                        if not is_announcement(record.headers):
+                            self._apply(record.key, record.value)
                         self._next = record.offset + 1
         finally:
             with contextlib.suppress(KafkaError):
@@ -330,12 +343,26 @@ class RouteWatcher:
         name = key.decode()
         if value is None:
             self.latest[name] = None
+        else:
+            try:
+                self.latest[name] = RuleSet.parse(
+                    json.loads(value), source=f"{ROUTES_TOPIC}/{name}"
+                )
+            except (RoutingError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                # apply_rule_set never writes such a record; someone wrote the topic by hand.
+                log.error("routes: ignoring an invalid rule set for %s: %s", name, exc)
+                return
+        router = registered_routers().get(name)
+        if router is not None and self._ready.is_set():
+            self.settle(router)  # on arrival, so its status is reported without a call
+
+    def settle(self, router: Router) -> None:
+        """Bring a watching ``router`` to the latest rule set read; report its status."""
+        if not router.watch:
             return
-        try:
-            self.latest[name] = RuleSet.parse(json.loads(value), source=f"{ROUTES_TOPIC}/{name}")
-        except (RoutingError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            # apply_rule_set never writes such a record; someone wrote the topic by hand.
-            log.error("routes: ignoring an invalid rule set for %s: %s", name, exc)
+        if router.name in self.latest:
+            router.use(self.latest[router.name])
+        self.reporter.report(router)
 
 
 async def follow(router: Router) -> None:
@@ -352,7 +379,9 @@ async def follow(router: Router) -> None:
                 router.name,
                 router.version,
             )
-    if router.name in watcher.latest:
+    if watcher._ready.is_set():
+        watcher.settle(router)
+    elif router.name in watcher.latest:
         router.use(watcher.latest[router.name])
 
 

@@ -31,7 +31,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,8 +40,14 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from processors.sink_status import check_store_free, running_sink_url, sink_file, sink_status
 from weir.config import WeirSettings
-from weir.errors import RequestNotFoundError, TraceSchemaMissingError, TraceStoreError
+from weir.errors import (
+    RequestNotFoundError,
+    TraceQueryError,
+    TraceSchemaMissingError,
+    TraceStoreError,
+)
 from weir.urls import mask_url
 
 __all__ = [
@@ -663,6 +668,24 @@ class TraceStore:
         """Run any SELECT in the store's database (``{name:Type}`` parameters)."""
         return self._query(sql, **params)
 
+    def select(self, sql: str) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement as given (``weir sql``): column names, types, rows.
+
+        ``readonly=2`` refuses writes and DDL, so the sink's HTTP API can serve
+        it; a statement ClickHouse rejects is a ``TraceQueryError``.
+        """
+        from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError
+
+        with self._lock:
+            try:
+                result = self._client.query(sql, settings={"readonly": 2})
+            except DatabaseError as exc:
+                raise TraceQueryError(_refused(exc)) from exc
+            except (ClickHouseError, OSError) as exc:
+                raise TraceStoreError(_unreachable(self.dsn, exc)) from exc
+        types = [getattr(t, "name", str(t)) for t in result.column_types]
+        return list(result.column_names), types, list(result.result_rows)
+
     def ping(self) -> None:
         """Raise ``TraceStoreError`` unless the store answers."""
         self._query("SELECT 1")
@@ -996,6 +1019,16 @@ def _decimal_text(value: Any) -> str:
     return "0" if number == 0 else text
 
 
+def _refused(exc: BaseException) -> str:
+    """ClickHouse's reason for refusing a statement, without the driver's additions."""
+    text = str(exc).strip()
+    code = re.search(r"\(([A-Z_]+)\)\s*$", text)
+    if code and code[1] == "READONLY":
+        return "weir sql only reads: the trace store is written by `weir sink` alone"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"the query failed: {first[:500]}" + (f" ({code[1]})" if code else "")
+
+
 def _unreachable(dsn: str, exc: BaseException) -> str:
     # These messages reach logs and HTTP responses (the dashboard): the DSN, and any
     # URL the client library quotes in its error, are shown without their passwords.
@@ -1006,9 +1039,10 @@ def _unreachable(dsn: str, exc: BaseException) -> str:
         "EmbeddedServer" in text or "Unable to open the chdb engine" in text
     ):
         return (
-            f"the embedded trace store {dsn} cannot be opened: {text[:300]}. A data directory"
-            " can be open in one process at a time: if `weir sink` runs, ask it (weir trace"
-            " and weir stats do so by themselves), or stop it first"
+            f"the embedded trace store {dsn} cannot be opened: another process holds it (a"
+            " data directory can be open in one process at a time). If it is a `weir sink`"
+            " started before this one announced itself, restart it; otherwise wait for the"
+            " other weir command to finish"
         )
     return f"trace store {dsn} is unavailable: {text[:500]}"
 
@@ -1105,39 +1139,18 @@ class RemoteTraceStore:
         self._http.close()
 
 
-def sink_file(settings: WeirSettings) -> Path | None:
-    """Where a running sink announces itself (embedded stores only)."""
-    dsn = settings.trace_store_dsn.get_secret_value()
-    if not dsn.startswith("chdb://"):
-        return None
-    return Path(dsn[len("chdb://") :]) / "weir-sink.json"
-
-
-def running_sink_url(settings: WeirSettings) -> str | None:
-    """The HTTP address of the ``weir sink`` holding the embedded store, if one runs."""
-    path = sink_file(settings)
-    if path is None or not path.exists():
-        return None
-    try:
-        info = json.loads(path.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # stale: the sink is gone
-    url = info.get("url")
-    return url if isinstance(url, str) else None
-
-
 def open_queries(settings: WeirSettings) -> TraceQueries:
     """The trace store for reading: a ClickHouse server directly; an embedded store
     directly, or through the running sink that holds it open."""
-    url = running_sink_url(settings)
-    if url is not None:
+    status = sink_status(settings)
+    if status.url is not None:
         token = None
         if settings.web_token is not None:
             from weir.secrets import SecretResolver
 
             token = SecretResolver(settings).resolve_blocking(settings.web_token.get_secret_value())
-        return RemoteTraceStore(url, token=token)
+        return RemoteTraceStore(status.url, token=token)
+    check_store_free(settings, status)
     return TraceStore.connect(settings, create_schema=False)
 
 

@@ -9,19 +9,29 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from weir.commands import dlq
+from weir.commands import requests as request_commands
+from weir.commands import sql as sql_commands
 from weir.commands import trace as trace_commands
+from weir.commands._output import JsonOption, print_json, print_table
 from weir.config import WeirSettings, load_settings
-from weir.errors import ConfigError, WeirError
+from weir.errors import (
+    ConfigError,
+    MessageError,
+    PipelineDefinitionError,
+    RoutingError,
+    TraceQueryError,
+    UnknownPipelineError,
+    WeirError,
+)
 
 T = TypeVar("T")
 
@@ -42,6 +52,9 @@ app.add_typer(dlq.app, name="dlq")
 app.command("trace")(trace_commands.trace)
 app.command("stats")(trace_commands.stats)
 app.command("sink")(trace_commands.sink)
+app.command("sql")(sql_commands.sql)
+app.command("submit")(request_commands.submit)
+app.command("results")(request_commands.results)
 
 
 def _register_commands() -> None:
@@ -53,8 +66,8 @@ def _register_commands() -> None:
 
 _register_commands()
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
@@ -69,13 +82,33 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+EXIT_FAILURE = 1
+"""The command ran and could not do what it was asked (broker down, nothing found, ...)."""
+EXIT_USAGE = 2
+"""The command was given something wrong: arguments, settings, a pipeline or rules file."""
+
+_USAGE_ERRORS = (
+    ConfigError,
+    PipelineDefinitionError,
+    UnknownPipelineError,
+    RoutingError,
+    MessageError,
+    TraceQueryError,
+)
+"""Errors in what the user gave, fixed by changing the command (exit 2, as click's usage
+errors); every other weir error is a failure (exit 1)."""
+
+
 def main() -> None:
-    """Entry point: every weir error becomes one readable line and exit code 2."""
+    """Entry point: every weir error becomes one readable line; exit 0 ok, 1 failure, 2 usage."""
     try:
         app()
     except WeirError as exc:
-        err.print(f"[bold red]error[/] ({exc.error_type}): {exc}")
-        sys.exit(2)
+        err.print(
+            f"[bold red]error[/] ({exc.error_type}): ", end="", highlight=False, soft_wrap=True
+        )
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILURE)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -114,9 +147,15 @@ def broker_stop(config: ConfigOption = None) -> None:
 
 
 @broker_app.command("status")
-def broker_status(config: ConfigOption = None) -> None:
-    """Say whether the local broker runs, where, and where its data and logs are."""
+def broker_status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Say whether the local broker runs, where, and where its data and logs are (exit 1 if
+    it does not run)."""
     status = _broker(config).status()
+    if as_json:
+        print_json(status)
+        if not status.running:
+            raise typer.Exit(EXIT_FAILURE)
+        return
     state = "[green]running[/]" if status.running else "[red]stopped[/]"
     out.print(f"kafka {status.version}: {state} pid={status.pid} bootstrap={status.bootstrap}")
     out.print(f"data: {status.data_dir}\nlogs: {status.log_file}")
@@ -170,11 +209,13 @@ def worker(
                     exc.strerror or exc,
                 )
                 web = None
+        await _announce_routers(settings, pipe.name)
         try:
             await w.run()
         finally:
             if web is not None:
                 await web.stop()
+            await _withdraw_router_statuses(settings)
             await aclose_model_layer()
         return w
 
@@ -214,122 +255,51 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
         )
 
 
-# -- submit / results -------------------------------------------------------------------
+async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
+    """Tell ``weir routes apply`` which endpoints this worker's routers know."""
+    if "processors.router" not in sys.modules:
+        return  # the pipeline defines no router (importing one would register it)
+    from processors.announcements import announce_routers
+    from processors.router import registered_routers
+
+    log = logging.getLogger("weir.models")
+    try:
+        async with asyncio.timeout(30):
+            sent = await announce_routers(
+                settings, registered_routers().values(), pipeline=pipeline
+            )
+    except Exception as exc:  # a help for rule checks: the worker runs without it
+        log.warning("routes: could not announce the routers (%s: %s)", type(exc).__name__, exc)
+        return
+    if sent:
+        log.info("routes: announced router(s) %s", ", ".join(a.router for a in sent))
+        from processors.routes import RouteWatcher
+
+        # Follow the routes topic from the start (not from the first model call), so each
+        # router's status is on the topic before any request arrives.
+        RouteWatcher.for_settings(settings).start()
 
 
-def _read_payloads(json_text: str | None, file: Path | None) -> list[dict[str, Any]]:
-    if (json_text is None) == (file is None):
-        raise typer.BadParameter("give exactly one of --json or --file")
-    lines = [json_text] if json_text is not None else _lines(file)  # type: ignore[arg-type]
-    payloads = []
-    for number, line in enumerate(lines, 1):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            where = "--json" if file is None else f"{file}:{number}"
-            raise typer.BadParameter(f"{where} is not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise typer.BadParameter(f"request {number} must be a JSON object")
-        payloads.append(value)
-    return payloads
+async def _withdraw_router_statuses(settings: WeirSettings) -> None:
+    """A stopping worker runs no version any more: take its statuses off the routes topic."""
+    if "processors.router" not in sys.modules:
+        return
+    from processors.router import registered_routers
+    from processors.router_status import withdraw_statuses
 
-
-def _lines(path: Path) -> Iterator[str]:
-    if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
-    with path.open() as fh:
-        for line in fh:
-            if line.strip():
-                yield line
-
-
-@app.command()
-def submit(
-    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
-    json_text: Annotated[
-        str | None, typer.Option("--json", help="One request payload (a JSON object).")
-    ] = None,
-    file: Annotated[
-        Path | None, typer.Option("--file", help="JSON Lines file: one payload per line.")
-    ] = None,
-    avro: Annotated[bool, typer.Option(help="Send Avro (Confluent framing), not JSON.")] = False,
-    wait: Annotated[bool, typer.Option(help="Wait for the results and print them.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
-    config: ConfigOption = None,
-) -> None:
-    """Submit requests to a pipeline's requests topic; print their request ids."""
-    from streams.client import WeirClient
-
-    payloads = _read_payloads(json_text, file)
-    settings = _settings(config)
-
-    async def run() -> None:
-        async with WeirClient(settings) as client:
-            with Progress(
-                TextColumn("submitting"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                disable=len(payloads) < 100,
-            ) as progress:
-                task = progress.add_task("submit", total=len(payloads))
-                ids = await client.submit_many(
-                    pipeline,
-                    payloads,
-                    fmt="avro" if avro else "json",
-                    on_sent=lambda n: progress.advance(task, n),
-                )
-            if not wait:
-                for rid in ids:
-                    out.print(rid, highlight=False)
-                return
-            results = await client.wait_for(pipeline, ids, timeout=timeout)
-            for rid in ids:
-                out.print(results[rid].model_dump_json(), highlight=False, soft_wrap=True)
-
-    _run(run())
-
-
-@app.command()
-def results(
-    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep waiting for new ones.")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    config: ConfigOption = None,
-) -> None:
-    """Print a pipeline's results from the beginning of its results topic."""
-    from streams.client import WeirClient
-
-    settings = _settings(config)
-
-    async def run() -> None:
-        async with WeirClient(settings) as client:
-            async for result in client.results(pipeline, follow=follow):
-                if as_json:
-                    out.print(result.model_dump_json(), highlight=False, soft_wrap=True)
-                else:
-                    out.print(_result_line(result), highlight=False, soft_wrap=True)
-
-    _run(run())
-
-
-def _result_line(result: Any) -> str:
-    if result.status == "SUCCESS":
-        return f"{result.request_id} {result.latency_ms:8.1f} ms  {result.output}"
-    return (
-        f"{result.request_id} FAILURE at {result.failed_step}: "
-        f"{result.error_type}: {result.error_message}"
-    )
+    names = [name for name, r in registered_routers().items() if r.watch]
+    try:
+        async with asyncio.timeout(10):
+            await withdraw_statuses(settings, names)
+    except Exception as exc:  # stopping goes on; `weir routes show` keeps a stale line
+        logging.getLogger("weir.models").warning("routes: statuses not withdrawn: %s", exc)
 
 
 # -- topics / schemas ---------------------------------------------------------------------
 
 
 @topics_app.command("list")
-def topics_list(config: ConfigOption = None) -> None:
+def topics_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List the cluster's topics with their partition counts."""
     from topics.admin import TopicAdmin
 
@@ -337,10 +307,14 @@ def topics_list(config: ConfigOption = None) -> None:
         async with TopicAdmin(_settings(config)) as admin:
             return await admin.list()
 
+    listed = _run(run())
+    if as_json:
+        print_json([{"topic": name, "partitions": n} for name, n in listed.items()])
+        return
     table = Table("topic", "partitions")
-    for name, partitions in _run(run()).items():
+    for name, partitions in listed.items():
         table.add_row(name, str(partitions))
-    out.print(table)
+    print_table(out, table)
 
 
 @topics_app.command("create")
@@ -365,7 +339,7 @@ def topics_create(
 
 
 @schemas_app.command("list")
-def schemas_list() -> None:
+def schemas_list(as_json: JsonOption = False) -> None:
     """Each schema with its wire id (the Confluent header's schema id)."""
     from schemas import (
         DEAD_LETTER_SCHEMA,
@@ -375,16 +349,28 @@ def schemas_list() -> None:
         TRACE_EVENT_SCHEMA,
     )
 
+    rows = [
+        {
+            "schema": s.name,
+            "record": s.definition["name"],
+            "schema_id": s.schema_id,
+            "file": f"schemas/{s.name}.avsc",
+        }
+        for s in (
+            REQUEST_SCHEMA,
+            ENVELOPE_SCHEMA,
+            RESULT_SCHEMA,
+            DEAD_LETTER_SCHEMA,
+            TRACE_EVENT_SCHEMA,
+        )
+    ]
+    if as_json:
+        print_json(rows)
+        return
     table = Table("schema", "record", "schema id", "file")
-    for s in (
-        REQUEST_SCHEMA,
-        ENVELOPE_SCHEMA,
-        RESULT_SCHEMA,
-        DEAD_LETTER_SCHEMA,
-        TRACE_EVENT_SCHEMA,
-    ):
-        table.add_row(s.name, s.definition["name"], str(s.schema_id), f"schemas/{s.name}.avsc")
-    out.print(table)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    print_table(out, table)
 
 
 @schemas_app.command("show")

@@ -44,6 +44,7 @@ says whether trying the same input again can succeed.
     ├── UnauthorizedError           unauthorized         (HTTP: missing or wrong bearer token)
     ├── ParameterInvalidError       parameter_invalid    (HTTP: a query parameter out of range)
     ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
+    ├── TraceQueryError             trace_query_invalid  (weir sql: ClickHouse refused the query)
     └── RequestNotFoundError        request_not_found    (no trace events for that id)
 """
 
@@ -85,6 +86,7 @@ __all__ = [
     "StreamAbortedError",
     "StreamInterruptedError",
     "TooManyStreamsError",
+    "TraceQueryError",
     "TraceSchemaMissingError",
     "TraceStoreError",
     "UnauthorizedError",
@@ -363,6 +365,12 @@ class StepThreadsExhaustedError(StepError):
 
     error_type = "step_threads_exhausted"
     retriable = True
+
+
+class TraceQueryError(WeirError):
+    """``weir sql``: the trace store refused the statement (syntax, unknown column, a write)."""
+
+    error_type = "trace_query_invalid"
 
 
 class RequestNotFoundError(WeirError):

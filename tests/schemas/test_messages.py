@@ -8,6 +8,7 @@ import pytest
 from schemas.messages import (
     DEAD_LETTER_SCHEMA,
     ENVELOPE_SCHEMA,
+    RESULT_JSON_VERSION,
     RESULT_SCHEMA,
     DeadLetter,
     Envelope,
@@ -200,7 +201,8 @@ _SUCCESS = Result(
     request_id="r-1",
     pipeline="support",
     status="SUCCESS",
-    output=json.dumps({"answer": "42", "sources": ["a"]}),
+    # Compact, as steps encode their output: the JSON form re-encodes the value so.
+    output=json.dumps({"answer": "42", "sources": ["a"]}, separators=(",", ":")),
     path=["classify", "answer"],
     submitted_at=1_000,
     completed_at=1_250,
@@ -232,9 +234,53 @@ def test_result_value_decodes_the_output() -> None:
     assert _FAILURE.value is None
 
 
-def test_json_result_follows_the_avro_schema_field_names() -> None:
+def test_json_result_follows_the_avro_schema_field_names_then_its_version() -> None:
     fields = [f["name"] for f in RESULT_SCHEMA.definition["fields"]]
-    assert list(json.loads(_SUCCESS.to_wire("json"))) == fields
+    assert list(json.loads(_SUCCESS.to_wire("json"))) == [*fields, "schema_version"]
+
+
+@pytest.mark.parametrize(
+    "value", [{"total": 28.5, "available": True}, [1, "a"], 3, 2.5, "plain text", True]
+)
+def test_json_result_carries_the_output_as_a_json_value(value: object) -> None:
+    result = _SUCCESS.model_copy(update={"output": json.dumps(value)})
+    body = json.loads(result.to_wire("json"))
+    assert body["output"] == value and body["schema_version"] == RESULT_JSON_VERSION == 2
+    assert body == result.to_json()  # the wire and the CLI's --json say the same
+    assert Result.from_wire(result.to_wire("json")).value == value
+
+
+def test_avro_result_keeps_the_output_as_json_text() -> None:
+    decoded = RESULT_SCHEMA.decode(_SUCCESS.to_wire("avro"))
+    assert decoded["output"] == _SUCCESS.output and isinstance(decoded["output"], str)
+
+
+def test_version_1_json_results_still_read() -> None:
+    # Written before schema_version 2: output is JSON text, and there is no version field.
+    old = json.loads(_SUCCESS.model_dump_json())
+    assert isinstance(old["output"], str) and "schema_version" not in old
+    assert Result.from_wire(json.dumps(old).encode()).value == {"answer": "42", "sources": ["a"]}
+    # A string that is itself JSON text stays a string in version 2.
+    text = json.dumps({"output": '{"a": 1}', "schema_version": 2} | _minimal())
+    assert Result.from_wire(text.encode()).value == '{"a": 1}'
+
+
+def _minimal() -> dict[str, object]:
+    return {
+        "request_id": "r",
+        "pipeline": "p",
+        "status": "SUCCESS",
+        "submitted_at": 1,
+        "completed_at": 2,
+        "latency_ms": 1.0,
+    }
+
+
+@pytest.mark.parametrize("version", [3, 0, "2", None])
+def test_unknown_result_versions_are_refused(version: object) -> None:
+    raw = json.dumps({**_minimal(), "output": 1, "schema_version": version}).encode()
+    with pytest.raises(SchemaInvalidError, match="schema_version"):
+        Result.from_wire(raw)
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"{}", b'{"request_id": "r"}'])

@@ -11,10 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weir.commands._output import JsonOption, print_json, print_table
 from weir.config import WeirSettings, load_settings
 from weir.errors import WeirError
 
-out = Console()
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 
 
 async def request_calls(
@@ -89,10 +90,25 @@ def cost(
     since_hours: Annotated[
         float, typer.Option(help="How far back to look on the trace topic.")
     ] = 24.0,
+    as_json: JsonOption = False,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings.")] = None,
 ) -> None:
     """Tokens and cost of one request: a summary line and every model call."""
     calls = asyncio.run(request_calls(load_settings(config), request_id, since_hours=since_hours))
+    if as_json:
+        print_json(
+            {
+                "request_id": request_id,
+                "input_tokens": sum(c["input_tokens"] for c in calls),
+                "output_tokens": sum(c["output_tokens"] for c in calls),
+                "cost_usd": str(sum((Decimal(c["cost_usd"]) for c in calls), Decimal(0))),
+                "summary": summary(request_id, calls) if calls else None,
+                "calls": calls,
+            }
+        )
+        if not calls:
+            raise typer.Exit(1)
+        return
     if not calls:
         out.print(f"no model calls of request {request_id} in the last {since_hours:g}h")
         raise typer.Exit(1)
@@ -126,4 +142,4 @@ def cost(
             f"{c['duration_ms']:.0f}",
             rule,
         )
-    out.print(table)
+    print_table(out, table)

@@ -14,12 +14,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from streams.replay import DEFAULT_PAGE_SIZE
+from weir.commands._output import JsonOption, print_json, print_table
 from weir.config import load_settings
 from weir.errors import WeirError
 
 app = typer.Typer(help="Inspect and replay dead-letter topics.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 Step = Annotated[str | None, typer.Option("--step", "-s", help="Only this step's dead letters.")]
 ErrorType = Annotated[
@@ -109,7 +110,7 @@ def list_(
             e.letter.error_message[:60],
             e.replayed_by or "",
         )
-    out.print(table)
+    print_table(out, table)
     counts: dict[str, int] = {}
     for e in entries:
         counts[e.letter.error_type] = counts.get(e.letter.error_type, 0) + 1
@@ -125,6 +126,7 @@ def list_(
 @app.command("show")
 def show(
     entry_id: Annotated[str, typer.Argument(help="<pipeline>/<step>/<partition>/<offset>.")],
+    as_json: JsonOption = False,
     config: Config = None,
 ) -> None:
     """Print one dead letter: why it failed, where it came from, and the original message."""
@@ -149,6 +151,20 @@ def show(
         "key": _text(letter.key),
         "value": _text(letter.value, limit=2000),
     }
+    if as_json:
+        fields |= {
+            "first_failed_at": letter.first_failed_at,
+            "last_failed_at": letter.last_failed_at,
+            "source": {
+                "topic": letter.source_topic,
+                "partition": letter.source_partition,
+                "offset": letter.source_offset,
+            },
+            "value": _text(letter.value, limit=1 << 20),
+            "stacktrace": letter.stacktrace,
+        }
+        print_json(fields)
+        return
     for name, value in fields.items():
         out.print(f"[bold]{name:>16}[/]: {value}", highlight=False, soft_wrap=True)
     if letter.stacktrace:

@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 
-from weir.config import load_settings
-from weir.errors import RoutingError
+from weir.commands._output import JsonOption, print_json
+from weir.config import WeirSettings, load_settings
+from weir.errors import BrokerError, RoutingError
+
+if TYPE_CHECKING:
+    from processors.announcements import RouterAnnouncement
+    from processors.router import RuleSet
+    from processors.router_status import RouterStatus
 
 app = typer.Typer(
     help="Routing rules on the routes topic: workers switch within seconds.", no_args_is_help=True
 )
-out = Console()
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
@@ -30,7 +38,8 @@ def apply(
         str | None,
         typer.Option(
             help="module:attribute of the pipeline whose routers the rules are for; checks that"
-            " every endpoint the rules name exists."
+            " every endpoint the rules name exists. Without it, endpoint names are checked"
+            " against the routers running workers announced on the routes topic."
         ),
     ] = None,
     comment: Annotated[str | None, typer.Option(help="Why; kept in the history.")] = None,
@@ -52,11 +61,13 @@ def apply(
         routers = registered_routers()
         for rule_set in rule_sets:
             check_against_routers(rule_set, routers)
+    settings = load_settings(config)
+    if routers is None:
+        _check_announced(settings, rule_sets)
     if dry_run:
         for rule_set in rule_sets:
             out.print(f"{rule_set.router}: {len(rule_set.rules)} rule(s) valid (not published)")
         return
-    settings = load_settings(config)
 
     async def run() -> None:
         for rule_set in rule_sets:
@@ -69,31 +80,86 @@ def apply(
     asyncio.run(run())
 
 
+def _check_announced(settings: WeirSettings, rule_sets: list[RuleSet]) -> None:
+    """Endpoint names against the routers workers announced; a note where none did."""
+    from processors.announcements import check_against_announced, read_announcements
+
+    async def read() -> dict[str, RouterAnnouncement]:
+        async with asyncio.timeout(settings.routes_wait_s + 10):
+            return await read_announcements(settings)
+
+    try:
+        announced = asyncio.run(read())
+    except (BrokerError, KafkaError, OSError, TimeoutError) as exc:
+        why = str(exc) or type(exc).__name__
+        err.print(
+            f"note: endpoint names not checked: the routes topic cannot be read ({why});"
+            " give --pipeline module:attribute to check against the code",
+            highlight=False,
+        )
+        return
+    for rule_set in rule_sets:
+        if check_against_announced(rule_set, announced) is None:
+            err.print(
+                f"note: router {rule_set.router!r}: no worker has announced it on the routes"
+                " topic, so its endpoint names are not checked (start a worker first, or give"
+                " --pipeline module:attribute)",
+                highlight=False,
+            )
+
+
 @app.command("show")
 def show(
     router: Annotated[str | None, typer.Argument(help="One router (default: all).")] = None,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Print the rule set in force (YAML) for each router on the routes topic."""
+    """Print the rule set in force (YAML) for each router on the routes topic, and which
+    version each running worker has in force (and any version it refused, and why)."""
+    from processors.router_status import read_statuses
     from processors.routes import dump_rule_set, read_rule_sets
 
-    latest = asyncio.run(read_rule_sets(load_settings(config)))
+    settings = load_settings(config)
+
+    async def read() -> tuple[dict[str, RuleSet], dict[str, list[RouterStatus]]]:
+        return await read_rule_sets(settings), await read_statuses(settings)
+
+    latest, statuses = asyncio.run(read())
     wanted = {k: v for k, v in latest.items() if router is None or k == router}
+    if as_json:
+        print_json(
+            [
+                r.model_dump(mode="json")
+                | {"workers": [s.model_dump(mode="json") for s in statuses.get(name, [])]}
+                for name, r in wanted.items()
+            ]
+        )
+        if router and not wanted:
+            raise typer.Exit(1)
+        return
     if not wanted:
         out.print(
             f"no rule set for router {router!r} on the routes topic (its code rules apply)"
             if router
             else "no rule sets on the routes topic (routers use the rules in their code)"
         )
+        for status in statuses.get(router or "", []):
+            out.print(f"  {status.describe()}", highlight=False)
         raise typer.Exit(1 if router else 0)
-    for rule_set in wanted.values():
+    for name, rule_set in wanted.items():
         out.print(f"# router {rule_set.router}, version {rule_set.version}", highlight=False)
         out.print(dump_rule_set(rule_set), highlight=False)
+        workers = statuses.get(name, [])
+        if not workers:
+            out.print("# no running worker has reported this router", highlight=False)
+        for status in workers:
+            out.print(f"# {status.describe()}", highlight=False)
 
 
 @app.command("history")
 def history(
     router: Annotated[str | None, typer.Argument(help="One router (default: all).")] = None,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Every version applied, oldest first: when, by whom, why, and its rules."""
@@ -101,6 +167,16 @@ def history(
     from processors.routes import read_history
 
     entries = asyncio.run(read_history(load_settings(config), router))
+    if as_json:
+        print_json(
+            [
+                e.model_dump(mode="json")
+                if isinstance(e, RuleSet)
+                else {"router": e, "reset": True}
+                for e in entries
+            ]
+        )
+        return
     if not entries:
         out.print("no rule set was ever applied" + (f" to router {router!r}" if router else ""))
         return

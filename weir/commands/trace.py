@@ -11,11 +11,13 @@ directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from processors.sink_status import empty_store_hint, sink_status
 from processors.trace_store import (
     Stats,
     Timeline,
@@ -32,16 +35,18 @@ from processors.trace_store import (
     parse_window,
     sink_file,
 )
+from weir.commands._output import JsonOption, print_table
 from weir.config import WeirSettings, load_settings
+from weir.errors import RequestNotFoundError
 
 __all__ = ["render_stats", "render_timeline", "sink", "stats", "trace"]
 
-out = Console()
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
 _BAR = 36
 
@@ -64,9 +69,14 @@ def trace(
     """One request's timeline: queue wait, processing, retries, model, tokens and cost per
     step, and the step that made it slow against that step's p50."""
     baseline_s = _window(baseline, "--baseline")
-    queries = open_queries(load_settings(config))
+    settings = load_settings(config)
+    queries = open_queries(settings)
     try:
         timeline = queries.timeline(request_id, baseline_s=baseline_s)
+    except RequestNotFoundError as exc:
+        if sink_status(settings).running:
+            raise
+        raise RequestNotFoundError(f"{exc}; {empty_store_hint(settings)}") from exc
     finally:
         queries.close()
     if as_json:
@@ -83,11 +93,20 @@ def stats(
 ) -> None:
     """p50/p95/p99 per step, failures by error type and cost by model over a window."""
     since_ms = int((time.time() - _window(since, "--since")) * 1000)
-    queries = open_queries(load_settings(config))
+    settings = load_settings(config)
+    queries = open_queries(settings)
     try:
         result = queries.stats(since_ms=since_ms, pipeline=pipeline)
     finally:
         queries.close()
+    if not result.steps:
+        # stderr, so --json output stays one JSON document.
+        scope = f" of pipeline {pipeline}" if pipeline else ""
+        err.print(
+            f"no trace events{scope} in the last {since}: {empty_store_hint(settings)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if as_json:
         print(dumps(result.to_dict()))
         return
@@ -123,20 +142,30 @@ async def _run_sink(settings: WeirSettings) -> None:
         return runner.store
 
     if not settings.sink_web_port:
-        await runner.run()
+        # Announced even without HTTP: readers then say the store is held, and by whom,
+        # instead of failing to lock its files.
+        with _announced(settings, url=None):
+            await runner.run()
         return
     web_settings = settings.model_copy(update={"web_port": settings.sink_web_port})
-    announce = sink_file(settings)
     async with WebServer(web_settings, trace_queries=queries) as web:
         logging.getLogger("weir.web").info("sink serving the dashboard on %s/dashboard", web.url)
-        if announce is not None:
-            announce.parent.mkdir(parents=True, exist_ok=True)
-            announce.write_text(json.dumps({"pid": os.getpid(), "url": web.url}))
-        try:
+        with _announced(settings, url=web.url):
             await runner.run()
-        finally:
-            if announce is not None:
-                announce.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _announced(settings: WeirSettings, *, url: str | None) -> Iterator[None]:
+    """While the sink runs, ``sink_file`` says where (embedded stores only)."""
+    announce = sink_file(settings)
+    if announce is not None:
+        announce.parent.mkdir(parents=True, exist_ok=True)
+        announce.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+    try:
+        yield
+    finally:
+        if announce is not None:
+            announce.unlink(missing_ok=True)
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -198,7 +227,7 @@ def render_timeline(timeline: Timeline, console: Console, *, baseline: str = "24
             s.cost_usd,
             _bar(s.start_ms, s.retry_ms, s.queue_wait_ms, s.processing_ms, timeline.total_ms),
         )
-    console.print(table)
+    print_table(console, table)
     console.print("bars: ▒ retries  ░ queue wait  █ processing", style="dim")
     console.print(timeline.verdict(), highlight=False, soft_wrap=True)
 
@@ -232,13 +261,13 @@ def render_stats(result: Stats, console: Console, *, since: str = "1h") -> None:
             _ms(s.queue_wait_p95_ms),
             _ms(s.queue_wait_p99_ms),
         )
-    console.print(steps)
+    print_table(console, steps)
     failures = Table("pipeline", "step", "error type", "count", "avg ms", title="failures")
     for f in result.failures:
         failures.add_row(
             f.pipeline_id, f.step_name, f.error_type, str(f.count), f"{f.avg_duration_ms:,.1f}"
         )
-    console.print(failures)
+    print_table(console, failures)
     cost = Table(
         "pipeline",
         "model",
@@ -259,4 +288,4 @@ def render_stats(result: Stats, console: Console, *, since: str = "1h") -> None:
             str(c.output_tokens),
             c.cost_usd,
         )
-    console.print(cost)
+    print_table(console, cost)

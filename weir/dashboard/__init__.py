@@ -5,7 +5,8 @@ error type, cost by model and pipeline, the slowest requests) and
 ``/dashboard/requests/<id>`` (one request's timeline).  JSON:
 ``/api/traces/requests/<id>``, ``/api/traces/stats``, ``/api/traces/latency``,
 ``/api/traces/slowest`` (``weir trace``/``weir stats`` use them while a
-``weir sink`` holds the embedded store).  Charts are SVG drawn on the server.
+``weir sink`` holds the embedded store), and on the sink ``POST /api/traces/sql``
+(``weir sql``).  Charts are SVG drawn on the server.
 
 >>> from aiohttp import web
 >>> from weir.config import WeirSettings
@@ -26,6 +27,7 @@ from weir.dashboard._views import (
     QueriesProvider,
     api_latency,
     api_slowest,
+    api_sql,
     api_stats,
     api_timeline,
     dashboard,
@@ -47,6 +49,8 @@ def add_routes(
     app[SETTINGS] = settings
     if queries is not None:
         app[QUERIES] = queries
+        # Only the process holding the store answers SQL (``weir sql`` asks the sink).
+        app.router.add_post("/api/traces/sql", api_sql)
     app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/dashboard/requests/{request_id}", request_page)
     app.router.add_get("/api/traces/requests/{request_id}", api_timeline)

@@ -21,7 +21,12 @@ from processors.trace_store import (
 from weir._http import positive_seconds
 from weir.config import WeirSettings
 from weir.dashboard._charts import bar_chart, gantt, line_chart
-from weir.errors import RequestNotFoundError, TraceSchemaMissingError, TraceStoreError
+from weir.errors import (
+    RequestNotFoundError,
+    TraceQueryError,
+    TraceSchemaMissingError,
+    TraceStoreError,
+)
 
 T = TypeVar("T")
 
@@ -92,6 +97,8 @@ async def store_errors(
         if api:
             return _json({"error": str(exc), "error_type": exc.error_type}, 404)
         return _page("not found", f"<p class=error>{html.escape(str(exc))}</p>", status=404)
+    except TraceQueryError as exc:
+        return _json({"error": str(exc), "error_type": exc.error_type}, 400)
     except TraceStoreError as exc:
         if api:
             return _json({"error": str(exc), "error_type": exc.error_type}, 503)
@@ -137,6 +144,24 @@ async def api_slowest(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 20, 1, 1000)
     rows = await _ask(request, lambda q: q.slowest(since_ms=since, pipeline=pipeline, limit=limit))
     return _json(rows)
+
+
+async def api_sql(request: web.Request) -> web.Response:
+    """``POST {"query": "..."}``: one read-only statement (``weir sql`` while a sink runs)."""
+    from processors.trace_sql import select
+
+    provider: QueriesProvider | None = request.app.get(QUERIES)  # type: ignore[assignment]
+    if provider is None:
+        raise web.HTTPNotFound(text="only `weir sink` answers SQL")
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text='send {"query": "..."} as JSON') from exc
+    query = body.get("query") if isinstance(body, dict) else None
+    if not isinstance(query, str) or not query.strip():
+        raise web.HTTPBadRequest(text='send {"query": "..."} as JSON')
+    result = await asyncio.to_thread(lambda: select(provider(), query))
+    return _json(result.to_dict())
 
 
 # -- pages -----------------------------------------------------------------------------------

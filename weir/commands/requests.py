@@ -1,0 +1,155 @@
+"""``weir submit`` and ``weir results``: requests in, answers out, from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from weir.commands._output import print_json
+from weir.config import load_settings
+
+__all__ = ["results", "submit"]
+
+out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
+]
+
+
+def _read_payloads(json_text: str | None, file: Path | None) -> list[dict[str, Any]]:
+    if (json_text is None) == (file is None):
+        raise typer.BadParameter("give exactly one of --json or --file")
+    lines = [json_text] if json_text is not None else _lines(file)  # type: ignore[arg-type]
+    payloads = []
+    for number, line in enumerate(lines, 1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            where = "--json" if file is None else f"{file}:{number}"
+            raise typer.BadParameter(f"{where} is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise typer.BadParameter(f"request {number} must be a JSON object")
+        payloads.append(value)
+    return payloads
+
+
+def _read_options(given: list[str]) -> dict[str, str]:
+    """``key=value`` pairs into request options (values stay text, as on the wire)."""
+    options: dict[str, str] = {}
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not key=value", param_hint="--option")
+        options[key.strip()] = value
+    return options
+
+
+def _lines(path: Path) -> Iterator[str]:
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist")
+    with path.open() as fh:
+        for line in fh:
+            if line.strip():
+                yield line
+
+
+def submit(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    json_text: Annotated[
+        str | None, typer.Option("--json", help="One request payload (a JSON object).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="JSON Lines file: one payload per line.")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="A request option, key=value (repeatable), e.g. -o latency_sla=200;"
+            " routing rules read it as options.<key>.",
+        ),
+    ] = None,
+    avro: Annotated[bool, typer.Option(help="Send Avro (Confluent framing), not JSON.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the results and print them (JSON lines).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+    config: ConfigOption = None,
+) -> None:
+    """Submit requests to a pipeline's requests topic; print their request ids."""
+    from streams.client import WeirClient
+
+    payloads = _read_payloads(json_text, file)
+    options = _read_options(option or [])
+    settings = load_settings(config)
+
+    async def run() -> None:
+        async with WeirClient(settings) as client:
+            with Progress(
+                TextColumn("submitting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                disable=len(payloads) < 100,
+            ) as progress:
+                task = progress.add_task("submit", total=len(payloads))
+                ids = await client.submit_many(
+                    pipeline,
+                    payloads,
+                    options=options,
+                    fmt="avro" if avro else "json",
+                    on_sent=lambda n: progress.advance(task, n),
+                )
+            if not wait:
+                for rid in ids:
+                    out.print(rid, highlight=False)
+                return
+            results = await client.wait_for(pipeline, ids, timeout=timeout)
+            for rid in ids:
+                print_json(results[rid].to_json())
+
+    asyncio.run(run())
+
+
+def results(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new ones.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print a pipeline's results from the beginning of its results topic."""
+    from streams.client import WeirClient
+
+    settings = load_settings(config)
+
+    async def run() -> None:
+        async with WeirClient(settings) as client:
+            async for result in client.results(pipeline, follow=follow):
+                if as_json:
+                    print_json(result.to_json())
+                else:
+                    out.print(_result_line(result), highlight=False, soft_wrap=True)
+
+    asyncio.run(run())
+
+
+def _result_line(result: Any) -> str:
+    if result.status == "SUCCESS":
+        return f"{result.request_id} {result.latency_ms:8.1f} ms  {result.output}"
+    return (
+        f"{result.request_id} FAILURE at {result.failed_step}: "
+        f"{result.error_type}: {result.error_message}"
+    )
