@@ -40,7 +40,13 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from processors.sink_status import check_store_free, running_sink_url, sink_file, sink_status
+from processors.sink_status import (
+    check_store_free,
+    empty_store_hint,
+    running_sink_url,
+    sink_file,
+    sink_status,
+)
 from weir.config import WeirSettings
 from weir.errors import (
     RequestNotFoundError,
@@ -1151,7 +1157,10 @@ def open_queries(settings: WeirSettings) -> TraceQueries:
             token = SecretResolver(settings).resolve_blocking(settings.web_token.get_secret_value())
         return RemoteTraceStore(status.url, token=token)
     check_store_free(settings, status)
-    return TraceStore.connect(settings, create_schema=False)
+    try:
+        return TraceStore.connect(settings, create_schema=False)
+    except TraceSchemaMissingError as exc:
+        raise TraceSchemaMissingError(f"{exc}; {empty_store_hint(settings)}") from exc
 
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")

@@ -55,7 +55,7 @@ class World:
     def env(self) -> dict[str, str]:
         return worker_env(
             self.settings,
-            WEIR_CLICKHOUSE_DSN=self.settings.clickhouse_dsn or "",
+            WEIR_CLICKHOUSE_DSN=self.settings.trace_store_dsn.get_secret_value(),
             WEIR_TRACE_TOPIC=self.settings.trace_topic,
         )
 

@@ -41,7 +41,7 @@ N = 50
 def weir(repo: Path, settings: WeirSettings, *args: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(
         settings,
-        WEIR_CLICKHOUSE_DSN=settings.clickhouse_dsn or "",
+        WEIR_CLICKHOUSE_DSN=settings.trace_store_dsn.get_secret_value(),
         WEIR_TRACE_TOPIC=settings.trace_topic,
     )
     env.pop("COLUMNS", None)  # not a terminal: tables must still come out whole
@@ -134,18 +134,24 @@ def test_an_empty_store_says_whether_a_sink_runs_and_how_to_start_one(
     kafka, pipeline_name, repo_root, tmp_path
 ):
     settings = sink_settings(kafka, pipeline_name, f"chdb://{tmp_path / 'store'}")
-    stats = weir(repo_root, settings, "stats", "--json")
-    assert stats.returncode == 0, stats.stderr
-    assert json.loads(stats.stdout)["steps"] == []  # stdout stays JSON; the hint is on stderr
-    assert "no `weir sink` is running" in stats.stderr and "start one with `weir sink`" in (
-        stats.stderr
-    )
+    # No schema yet: reading commands never create it, and say who does.
+    absent = weir(repo_root, settings, "stats", "--json")
+    assert absent.returncode == 1, absent.stderr
+    assert "trace_schema_missing" in absent.stderr
+    assert "no `weir sink` is running" in absent.stderr
 
     empty = weir(repo_root, settings, "sql", SEED_QUERY)
     assert empty.returncode == 0, empty.stderr
     assert "0 row(s)" in empty.stdout
     assert "the trace store holds no events" in empty.stderr
     assert "no `weir sink` is running" in empty.stderr
+
+    stats = weir(repo_root, settings, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["steps"] == []  # stdout stays JSON; the hint is on stderr
+    assert "no `weir sink` is running" in stats.stderr and "start one with `weir sink`" in (
+        stats.stderr
+    )
 
     missing = weir(repo_root, settings, "trace", "no-such-request")
     assert missing.returncode == 1
