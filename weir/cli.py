@@ -44,10 +44,11 @@ app.command("sink")(trace_commands.sink)
 
 
 def _register_commands() -> None:
-    from weir.commands import cost, routes
+    from weir.commands import bench, cost, routes
 
     app.add_typer(routes.app, name="routes")
     app.command("cost")(cost.cost)
+    app.command("bench")(bench.bench)
 
 
 _register_commands()
