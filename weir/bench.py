@@ -56,6 +56,9 @@ class BenchConfig:
     two_workers: bool = False
     """Also run weir with two worker processes in one group (the scaling ratio)."""
     bootstrap: str | None = None
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)
+    """More weir runs, by name: environment overrides (``WEIR_GC_GEN0_THRESHOLD=0``...);
+    ``WEIR_BENCH_TREE=<dir>`` runs that worker from another checkout (a baseline)."""
     profile: str | None = None
     """Sample the (first) weir worker during each burst; write ``<profile>-r<round>.txt``."""
     timeout_s: float = 300.0
@@ -355,8 +358,12 @@ class _Reader:
             await stop_consumer(self._consumer)
 
 
-async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    env = dict(os.environ)
+async def _spawn(*args: str, env_extra: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    env = dict(os.environ) | (env_extra or {})
+    # WEIR_BENCH_TREE=<dir>: run this child from another checkout (a baseline, say).
+    tree = env.get("WEIR_BENCH_TREE")
+    if tree:
+        env["PYTHONPATH"] = tree
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -366,6 +373,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL if not os.environ.get("WEIR_BENCH_DEBUG") else None,
         env=env,
+        cwd=tree or None,
     )
     assert proc.stdout is not None
     async with asyncio.timeout(120):
@@ -425,9 +433,10 @@ async def _run_one(
         source, results = t.requests, t.results
         flags = [] if tracing else ["--no-tracing"]
         profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
-        procs.append(await _spawn("weir", name, bootstrap, *flags, *profiled))
+        extra = cfg.variants.get(system)
+        procs.append(await _spawn("weir", name, bootstrap, *flags, *profiled, env_extra=extra))
         for _ in range(count - 1):
-            procs.append(await _spawn("weir", name, bootstrap, *flags))
+            procs.append(await _spawn("weir", name, bootstrap, *flags, env_extra=extra))
 
         def encode(rid: str) -> bytes:
             return json.dumps({"request_id": rid, "payload": {"n": 0}}).encode()
@@ -522,7 +531,7 @@ def systems(cfg: BenchConfig) -> list[str]:
         out.append("weir-notrace")
     if cfg.two_workers:
         out.append("weir-2w")
-    return out
+    return out + list(cfg.variants)
 
 
 @contextlib.contextmanager

@@ -37,12 +37,24 @@ def bench(
         str | None,
         typer.Option(help="Sample weir's worker in the burst; writes PROFILE-<system>-r<n>.txt."),
     ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another weir run with environment overrides, alternated with the rest: "
+            "NAME:KEY=VALUE[,KEY=VALUE] (e.g. gc-default:WEIR_GC_GEN0_THRESHOLD=0)."
+        ),
+    ] = None,
     as_json_: Annotated[bool, typer.Option("--json", help="Print JSON, no table.")] = False,
 ) -> None:
     """3 inline steps (n+1 each) in weir vs. a hand-written 3-hop aiokafka chain."""
     if quick:
         requests, probe, rounds = min(requests, 3000), min(probe, 50), 1
+    variants = {}
+    for spec in variant or []:
+        name, _, pairs = spec.partition(":")
+        variants[name] = dict(p.split("=", 1) for p in pairs.split(",") if p)
     cfg = BenchConfig(
+        variants=variants,
         requests=requests,
         probe=probe,
         rounds=rounds,
