@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from schemas.messages import now_ms, now_us
+from streams._gc import tune_gc
 from streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from streams.answer import AnswerStage
 from streams.dead_letter import DeadLetters
@@ -179,7 +180,8 @@ class Worker:
             client_id=f"weir-{self.settings.worker_id}",
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=self.settings.producer_linger_ms,
+            max_batch_size=self.settings.producer_batch_bytes,
             request_timeout_ms=30000,
             partitioner=KeyPartitioner(),
         )
@@ -211,6 +213,7 @@ class Worker:
         ]
         for task in self._tasks:
             task.add_done_callback(self._loop_ended)
+        tune_gc(self.settings.gc_gen0_threshold)
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
             self.settings.worker_id,

@@ -69,6 +69,19 @@ class WeirSettings(BaseSettings):
     """Messages a worker processes concurrently (all steps together)."""
     max_poll_records: int = Field(default=500, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    producer_batch_bytes: int = Field(default=524_288, ge=16_384, le=1_000_000)
+    """The worker producer's batch per partition (aiokafka's ``max_batch_size``).
+
+    aiokafka keeps one open batch per partition; once it is full every further send
+    waits for it to drain, so small batches cap throughput (BENCHMARKS.md).
+    """
+    producer_linger_ms: int = Field(default=2, ge=0)
+    gc_gen0_threshold: int = Field(default=20_000, ge=0)
+    """The worker's generation-0 GC threshold (Python's default is 700; 0: leave the GC as is).
+
+    A started worker also freezes what it allocated while starting (``gc.freeze``),
+    so full collections stop walking long-lived objects (BENCHMARKS.md).
+    """
     max_payload_bytes: int = Field(default=262_144, ge=1024)
     """Larger requests are dead-lettered as ``payload_too_large``.
 
