@@ -12,7 +12,7 @@ from schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from streams._runtime import Runtime, guess_request_id
 from streams.dead_letter import error_type_of
 from streams.outbox import OutMessage, Owned
-from streams.tracing import TRACEPARENT_HEADER, trace_headers
+from streams.tracing import TRACEPARENT_HEADER
 from topics.names import INGRESS
 from weir.errors import (
     MessageError,
@@ -81,7 +81,7 @@ class Ingress:
                 replay=replay,
             )
             out.append(
-                OutMessage(rt.topics.step(root), key, env.encode(), trace_headers(traceparent))
+                OutMessage(rt.topics.step(root), key, env.encode())
             )
         try:
             await rt.outbox.send_all(out, owned=owned)
