@@ -39,7 +39,7 @@ from streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from streams.answer import AnswerStage
 from streams.dead_letter import DeadLetters
 from streams.executor import StepExecutor
-from streams.ingress import Ingress
+from streams.ingress import Ingress, RootHandler
 from streams.offsets import PartitionOffsets
 from streams.outbox import Abandoned, Outbox, Owned
 from streams.pipeline import Pipeline
@@ -137,8 +137,10 @@ class Worker:
     def _build(self, only: set[str] | None) -> None:
         p, rt = self.pipeline, self._runtime
         steps = [s for s in p.order if only is None or s in only]
+        # Root steps run in the ingress, on the request's record (filled in below).
+        roots: dict[str, RootHandler] = {}
         if only is None or INGRESS in only or any(s in p.root_steps for s in steps):
-            self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt).handle)
+            self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt, roots).handle)
         for name in steps:
             executor = StepExecutor(
                 p.steps[name],
@@ -149,6 +151,8 @@ class Worker:
             )
             runner = StepRunner(rt, name, executor)
             self.runners[name] = runner
+            if name in p.root_steps:
+                roots[name] = runner.handle
             first, *retries = runner.topics
             self._routes[first] = _Route(name, runner.handle)
             for topic in retries:
