@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -21,6 +21,9 @@ MAX_MESSAGE_BYTES = 1_000_000
 
 Owned = Callable[[], bool]
 """Whether the worker still owns the input being handled (its partition is assigned)."""
+
+Shortcut = Callable[["OutMessage"], Awaitable[bool]]
+"""Hands a message to its consumer in this very process; ``False``: send it to Kafka."""
 
 
 class OutMessage(NamedTuple):
@@ -81,6 +84,15 @@ class Outbox:
         self._max_backoff = max_backoff_s
         self._queue: list[tuple[Sequence[OutMessage], _Group]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._shortcuts: dict[str, Shortcut] = {}
+
+    def shortcut(self, topic: str, take: Shortcut) -> None:
+        """Offer messages for ``topic`` to ``take`` first (a stage of this worker reads it).
+
+        ``send_all`` awaits ``take`` for these before it sends the others; what ``take``
+        declines (not this worker's partition, or given up) goes to Kafka with them.
+        """
+        self._shortcuts[topic] = take
 
     def attach(self, producer: AIOKafkaProducer) -> None:
         """Use ``producer`` (started) from now on."""
@@ -99,6 +111,21 @@ class Outbox:
             return
         if self._producer is None:
             raise RuntimeError("Outbox has no producer yet")
+        if self._shortcuts and any(m.topic in self._shortcuts for m in messages):
+            # Taken first: what goes with it (a join's done marker, say) must not be
+            # written before it, or a crash in between would lose it on redelivery.
+            declined = [
+                m
+                for m in messages
+                if m.topic not in self._shortcuts or not await self._shortcuts[m.topic](m)
+            ]
+            await self._send(declined, owned=owned)
+            return
+        await self._send(messages, owned=owned)
+
+    async def _send(self, messages: Sequence[OutMessage], *, owned: Owned) -> None:
+        if not messages:
+            return
         backoff = 0.2
         while True:
             try:

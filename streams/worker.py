@@ -41,7 +41,7 @@ from streams.dead_letter import DeadLetters
 from streams.executor import StepExecutor
 from streams.ingress import Ingress, RootHandler
 from streams.offsets import PartitionOffsets
-from streams.outbox import Abandoned, Outbox, Owned
+from streams.outbox import Abandoned, Outbox, OutMessage, Owned
 from streams.pipeline import Pipeline
 from streams.redaction import Redactor
 from streams.runner import NOT_BEFORE_HEADER, StepRunner
@@ -104,6 +104,7 @@ class Worker:
             )
         self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="weir-step")
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = KeyPartitioner()
         self._consumer: AIOKafkaConsumer | None = None
         self.tracing = tracing or Tracing(settings)
         self._runtime = Runtime(
@@ -187,10 +188,14 @@ class Worker:
             linger_ms=self.settings.producer_linger_ms,
             max_batch_size=self.settings.producer_batch_bytes,
             request_timeout_ms=30000,
-            partitioner=KeyPartitioner(),
+            partitioner=self._partitioner,
         )
         await self._producer.start()
         self._runtime.outbox.attach(self._producer)
+        if self.answers is not None:
+            # A final step's output is answered here when this worker owns its answers
+            # partition: no answers-topic hop that only moves data.
+            self._runtime.outbox.shortcut(self.topics.answers, self._answer_here)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.topics.consumer_group,
@@ -225,6 +230,19 @@ class Worker:
             self.settings.bootstrap_servers,
             len(self._routes),
         )
+
+    async def _answer_here(self, message: OutMessage) -> bool:
+        producer = self._producer
+        if self.answers is None or producer is None or message.key is None:
+            return False
+        partitions = producer.client.cluster.partitions_for_topic(message.topic)
+        if not partitions:
+            return False
+        p = message.partition
+        if p is None:
+            ordered = sorted(partitions)
+            p = self._partitioner(message.key, ordered, ordered)
+        return await self.answers.take(message, p)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that ends on its own is a bug: say so and stop, rather than idle as healthy."""
