@@ -3,7 +3,8 @@
 Both systems run the same workload: a request carries ``{"n": 0}`` and three hops each
 add 1 to ``n``, on topics of 4 partitions, produced with ``acks=all`` and idempotence.
 
-* **chain**: one process, one consumer group on ``t0, t1, t2`` and one producer; each
+* **chain**: one process, one consumer group on ``t0, t1, t2`` and one producer (the
+  worker producer's ``linger_ms``); each
   record becomes ``n + 1`` on the next topic (``t3`` holds the results); each fetched
   batch's sends are gathered once; offsets committed every second.
 * **weir**: one ``Worker`` process running a 3-step pipeline of ``inline=True`` steps,
@@ -246,8 +247,12 @@ async def _chain_child(prefix: str, bootstrap: str) -> None:
 
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
+    from weir.config import load_settings
+
+    # The same linger as weir's worker producer, so only the work differs.
+    linger_ms = load_settings().producer_linger_ms
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
     )
     consumer = AIOKafkaConsumer(
         *topics[:-1],
