@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -119,6 +119,7 @@ class Worker:
             lag=self.lag,
         )
         self._routes: dict[str, _Route] = {}
+        self._roots_here: Collection[str] = ()
         self.runners: dict[str, StepRunner] = {}
         self.answers: AnswerStage | None = None
         self._build(only)
@@ -142,6 +143,7 @@ class Worker:
         roots: dict[str, RootHandler] = {}
         if only is None or INGRESS in only or any(s in p.root_steps for s in steps):
             self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt, roots).handle)
+            self._roots_here = roots.keys()
         for name in steps:
             executor = StepExecutor(
                 p.steps[name],
@@ -321,14 +323,19 @@ class Worker:
     # -- observation ---------------------------------------------------------------
 
     def lag(self, step: str) -> int:
-        """Messages not yet finished on this worker's partitions of ``step``'s input topic."""
+        """Messages not yet finished on this worker's partitions of ``step``'s input topic.
+
+        A root step run in the ingress counts the requests topic too (its input now).
+        """
         consumer = self._consumer
         if consumer is None:
             return 0
-        topic = self.topics.step(step)
+        topics = {self.topics.step(step)}
+        if step in self._roots_here:
+            topics.add(self.topics.requests)
         total = 0
         for tp in list(self._assigned):
-            if tp.topic != topic:
+            if tp.topic not in topics:
                 continue
             end = consumer.highwater(tp)
             tracker = self._offsets.get(tp)
