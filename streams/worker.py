@@ -237,7 +237,13 @@ class Worker:
         producer = self._producer
         if self.answers is None or producer is None or message.key is None:
             return False
-        partitions = producer.client.cluster.partitions_for_topic(message.topic)
+        # The consumer reads the answers topic, so it knows its partitions (the producer
+        # only learns of a topic once it has sent to it).
+        partitions = None
+        if self._consumer is not None:
+            partitions = self._consumer.partitions_for_topic(message.topic)
+        if not partitions:
+            partitions = producer.client.cluster.partitions_for_topic(message.topic)
         if not partitions:
             return False
         p = message.partition

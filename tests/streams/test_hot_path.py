@@ -47,6 +47,11 @@ async def test_a_mixed_burst_is_answered_once_and_committed(kafka, pipeline_name
     topics = PipelineTopics(pipeline.name)
     garbage = [b"\x00\x01 not a request", b'{"payload": 3}', b"", b"\xff" * 40]
     async with Worker(pipeline, kafka) as worker, WeirClient(kafka) as client:
+        # Answers go through the answers topic until this worker owns its partitions.
+        answers = {TopicPartition(topics.answers, p) for p in range(kafka.partitions)}
+        async with asyncio.timeout(60):
+            while not answers <= worker.assigned:
+                await asyncio.sleep(0.1)
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
         await producer.start()
         try:
