@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: install deps test unit lint demo broker-start broker-stop bench bench-traces bench-ttft bench-redaction clean
+.PHONY: install deps test unit lint demo broker-start broker-stop bench bench-linear bench-traces bench-ttft bench-redaction clean
 
 $(PYTHON):
 	$(BASE_PYTHON) -m venv $(VENV)
@@ -37,7 +37,10 @@ broker-start: install
 broker-stop:
 	$(VENV)/bin/weir broker stop
 
-bench: install  ## linear-pipeline throughput and per-hop latency, beside a raw aiokafka loop
+bench: install  ## weir's worker beside a hand-written 3-hop aiokafka chain, as separate processes
+	$(VENV)/bin/weir bench
+
+bench-linear: install  ## the older in-process linear benchmark, beside a raw aiokafka loop
 	$(PYTHON) benchmarks/linear.py
 
 bench-traces: install  ## sink events/s into the embedded engine; tracing on vs off on the linear pipeline

@@ -39,6 +39,11 @@ class AvroSchema:
         self.schema_id = rabin & 0x7FFFFFFF
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
 
+    @property
+    def header(self) -> bytes:
+        """The Confluent framing of this schema: magic byte and schema id."""
+        return self._header
+
     def encode(self, record: dict[str, Any]) -> bytes:
         """Avro body framed with the magic byte and this schema's id."""
         buf = io.BytesIO()

@@ -14,6 +14,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas._codec import MAGIC_BYTE, load_schema
+from schemas._envelope_codec import decode_fast, encode_fast, encode_trace_fast
 from weir.errors import (
     PayloadTooLargeError,
     SchemaInvalidError,
@@ -180,6 +181,10 @@ def total_usage(calls: Iterable[ModelCall]) -> tuple[int, int, Decimal]:
     return tokens_in, tokens_out, cost
 
 
+_NO_COST = str(total_usage(())[2])
+"""``cost_usd`` of a trace event without model calls."""
+
+
 EnvelopeKind = Literal["VALUE", "SKIP", "JOINED", "FAILURE"]
 
 
@@ -212,6 +217,9 @@ class Envelope:
     replay: str | None = None
 
     def encode(self) -> bytes:
+        fast = encode_fast(ENVELOPE_SCHEMA.header, self)
+        if fast is not None:
+            return fast
         return ENVELOPE_SCHEMA.encode(
             {
                 "request_id": self.request_id,
@@ -242,6 +250,8 @@ class Envelope:
     def decode(cls, raw: bytes | None) -> Envelope:
         if not raw:
             raise UndecodableError("empty step message")
+        if ENVELOPE_SCHEMA.is_framed(raw) and (fast := decode_fast(raw)) is not None:
+            return cls(**fast)
         record = ENVELOPE_SCHEMA.decode(raw)
         if record["calls"]:
             record["calls"] = [ModelCall.from_record(c) for c in record["calls"]]
@@ -414,6 +424,9 @@ class TraceEvent:
         }
 
     def encode(self) -> bytes:
+        fast = encode_trace_fast(TRACE_EVENT_SCHEMA.header, self, _NO_COST)
+        if fast is not None:
+            return fast
         return TRACE_EVENT_SCHEMA.encode(self.to_record())
 
     @staticmethod

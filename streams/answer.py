@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+from aiokafka.structs import ConsumerRecord
 
 from schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
 from streams._runtime import Record, Runtime, merge_calls
@@ -167,6 +168,36 @@ class AnswerStage:
         return self.join.expire() + eviction_messages(self._rt, self.join)
 
     # -- one record -----------------------------------------------------------------
+
+    async def take(self, message: OutMessage, partition: int) -> bool:
+        """Answer a final step's message of this worker without the answers-topic hop.
+
+        Only for a partition whose answered ids are restored here (``owns``) and whose
+        writer runs; the result and its marker go out in the same transaction as from
+        the topic, so a duplicate is dropped the same way.  ``False``: not taken (not
+        ours, or given up while it was written): send it to the answers topic.
+        """
+        if not self._owns(partition) or partition not in self._writers:
+            return False
+        value = message.value or b""
+        record: Record = ConsumerRecord(
+            topic=self.topic,
+            partition=partition,
+            offset=-1,
+            timestamp=now_ms(),
+            timestamp_type=0,
+            key=message.key,
+            value=value,
+            checksum=None,
+            serialized_key_size=len(message.key or b""),
+            serialized_value_size=len(value),
+            headers=list(message.headers or ()),
+        )
+        try:
+            await self.handle(record, lambda: self._owns(partition))
+        except Abandoned:
+            return False
+        return True
 
     async def handle(self, record: Record, owned: Owned) -> None:
         rt = self._rt

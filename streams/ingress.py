@@ -1,9 +1,18 @@
-"""The requests topic: validate each request, then hand it to the root steps."""
+"""The requests topic: validate each request, then hand it to the root steps.
+
+A root step this worker runs is run right here, on the request's record (as if its
+envelope had arrived on the step's input topic): no hop that only moves data.  Root
+steps run elsewhere get their envelope on their input topic, as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
@@ -11,8 +20,8 @@ from pydantic import ValidationError
 from schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from streams._runtime import Runtime, guess_request_id
 from streams.dead_letter import error_type_of
-from streams.outbox import OutMessage, Owned
-from streams.tracing import TRACEPARENT_HEADER, trace_headers
+from streams.outbox import MAX_MESSAGE_BYTES, OutMessage, Owned
+from streams.tracing import TRACEPARENT_HEADER
 from topics.names import INGRESS
 from weir.errors import (
     MessageError,
@@ -21,7 +30,10 @@ from weir.errors import (
     SchemaInvalidError,
 )
 
-__all__ = ["REPLAY_HEADER", "Ingress"]
+__all__ = ["REPLAY_HEADER", "Ingress", "RootHandler"]
+
+RootHandler = Callable[[ConsumerRecord[bytes, bytes], Owned], Coroutine[Any, Any, None]]
+"""A root step's runner, handed the step's input record."""
 
 REPLAY_HEADER = "weir.replay"
 """Set by ``weir dlq replay`` on re-injected messages: the replay's id."""
@@ -34,8 +46,14 @@ class Ingress:
     also answered with a FAILURE result, so a client waiting for it hears why.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        local: Mapping[str, RootHandler] | None = None,
+    ) -> None:
         self._rt = runtime
+        self._local = local if local is not None else {}
+        """Handlers of the root steps this worker runs (their runners' ``handle``), by step."""
         pipeline = runtime.pipeline
         self._roots = pipeline.root_steps
         self._fields = [
@@ -65,6 +83,7 @@ class Ingress:
         created = now_us()
         key = request.request_id.encode()
         out = []
+        here = []
         for root in self._roots:
             env = Envelope(
                 request_id=request.request_id,
@@ -80,17 +99,33 @@ class Ingress:
                 options=request.options,
                 replay=replay,
             )
-            out.append(
-                OutMessage(rt.topics.step(root), key, env.encode(), trace_headers(traceparent))
-            )
+            encoded = env.encode()
+            handle = self._local.get(root)
+            if handle is not None and len(encoded) <= MAX_MESSAGE_BYTES:
+                # The root step's input, as its runner would have read it from its topic;
+                # dead letters and trace events name that topic (and this record's offset).
+                step_record = dataclasses.replace(
+                    record, topic=rt.topics.step(root), key=key, value=encoded, headers=[]
+                )
+                here.append(handle(step_record, owned))
+            else:
+                out.append(OutMessage(rt.topics.step(root), key, encoded))
+        if len(here) == len(self._roots) and not out:
+            await (here[0] if len(here) == 1 else asyncio.gather(*here))
+            return
         try:
             await rt.outbox.send_all(out, owned=owned)
         except OutputTooLargeError as exc:
+            for coro in here:
+                coro.close()
             too_large = PayloadTooLargeError(
                 f"request is too large to travel between steps ({exc}); lower its size or"
                 " max_payload_bytes"
             )
             await rt.outbox.send_all(self._rejected(record, too_large), owned=owned)
+            return
+        if here:
+            await asyncio.gather(*here)
 
     def _check_fields(self, request: Request) -> None:
         """Reject at the door what a root step could not take.

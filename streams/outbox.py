@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -21,6 +21,9 @@ MAX_MESSAGE_BYTES = 1_000_000
 
 Owned = Callable[[], bool]
 """Whether the worker still owns the input being handled (its partition is assigned)."""
+
+Shortcut = Callable[["OutMessage"], Awaitable[bool]]
+"""Hands a message to its consumer in this very process; ``False``: send it to Kafka."""
 
 
 class OutMessage(NamedTuple):
@@ -45,12 +48,57 @@ class Abandoned(Exception):
     """
 
 
+class _Group:
+    """The messages of one ``send_all`` call: done when every ack (or the first error) is in."""
+
+    __slots__ = ("error", "future", "remaining")
+
+    def __init__(self, future: asyncio.Future[None], count: int) -> None:
+        self.future = future
+        self.remaining = count
+        self.error: BaseException | None = None
+
+    def acked(self, ack: asyncio.Future[object]) -> None:
+        if ack.cancelled():
+            self.settle(KafkaError("send cancelled"))
+        else:
+            self.settle(ack.exception())
+
+    def settle(self, error: BaseException | None, count: int = 1) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.remaining -= count
+        if self.remaining <= 0 and not self.future.done():
+            if self.error is None:
+                self.future.set_result(None)
+            else:
+                self.future.set_exception(self.error)
+
+
 class Outbox:
-    """The worker's non-transactional producer, behind one ``send_all``."""
+    """The worker's non-transactional producer, behind one ``send_all``.
+
+    Every ``send_all`` call queues its messages; one flusher hands the queue to the
+    producer in order.  When a partition's batch is full, only the flusher waits for
+    it to drain — not every caller (aiokafka wakes all waiters of a drained batch,
+    a herd that cost a quarter of the worker's CPU under load) — and a call's acks
+    are counted by one callback each, not gathered.
+    """
 
     def __init__(self, *, max_backoff_s: float = 5.0) -> None:
         self._producer: AIOKafkaProducer | None = None
         self._max_backoff = max_backoff_s
+        self._queue: list[tuple[Sequence[OutMessage], _Group]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._shortcuts: dict[str, Shortcut] = {}
+
+    def shortcut(self, topic: str, take: Shortcut) -> None:
+        """Offer messages for ``topic`` to ``take`` first (a stage of this worker reads it).
+
+        ``send_all`` awaits ``take`` for these before it sends the others; what ``take``
+        declines (not this worker's partition, or given up) goes to Kafka with them.
+        """
+        self._shortcuts[topic] = take
 
     def attach(self, producer: AIOKafkaProducer) -> None:
         """Use ``producer`` (started) from now on."""
@@ -69,28 +117,33 @@ class Outbox:
             return
         if self._producer is None:
             raise RuntimeError("Outbox has no producer yet")
-        producer = self._producer
+        if self._shortcuts and any(m.topic in self._shortcuts for m in messages):
+            # Taken first: what goes with it (a join's done marker, say) must not be
+            # written before it, or a crash in between would lose it on redelivery.
+            declined = [
+                m
+                for m in messages
+                if m.topic not in self._shortcuts or not await self._shortcuts[m.topic](m)
+            ]
+            await self._send(declined, owned=owned)
+            return
+        await self._send(messages, owned=owned)
+
+    async def _send(self, messages: Sequence[OutMessage], *, owned: Owned) -> None:
+        if not messages:
+            return
         backoff = 0.2
         while True:
             try:
-                futures = [
-                    await producer.send(
-                        m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition
-                    )
-                    for m in messages
-                ]
-                acks = await asyncio.gather(*futures, return_exceptions=True)
-                instead = []
-                for m, ack in zip(messages, acks, strict=True):
-                    if isinstance(ack, _TOO_LARGE) and m.fallback is not None:
-                        instead.append(m.fallback)
-                    elif isinstance(ack, BaseException):
-                        raise ack  # every ack was collected; the first failure decides
-                if not instead:
-                    return
-                # The others were taken; what was refused goes in its smaller form.
-                messages = instead
+                await self._enqueue(messages)
+                return
             except _TOO_LARGE as exc:
+                if any(m.fallback is not None for m in messages):
+                    # Which message was refused is not known: those with a smaller form
+                    # (dead letters) send it instead, the rest go again (a duplicate is
+                    # tolerated downstream); a refusal after that is final.
+                    messages = [m.fallback if m.fallback is not None else m for m in messages]
+                    continue
                 sizes = ", ".join(f"{m.topic}: {len(m.value or b'')} bytes" for m in messages)
                 raise OutputTooLargeError(
                     f"Kafka refused a message as too large ({sizes}); keep step outputs"
@@ -109,3 +162,40 @@ class Outbox:
                 backoff = min(self._max_backoff, backoff * 2)
                 if not owned():
                     raise Abandoned from exc
+
+    def _enqueue(self, messages: Sequence[OutMessage]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        group = _Group(loop.create_future(), len(messages))
+        self._queue.append((messages, group))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="weir-outbox")
+        return group.future
+
+    async def _flush(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while self._queue:
+            queue, self._queue = self._queue, []
+            for n, (messages, group) in enumerate(queue):
+                for i, m in enumerate(messages):
+                    try:
+                        ack = await producer.send(
+                            m.topic,
+                            value=m.value,
+                            key=m.key,
+                            headers=m.headers,
+                            partition=m.partition,
+                        )
+                    except asyncio.CancelledError:
+                        stopped = KafkaError("outbox stopped")
+                        group.settle(stopped, len(messages) - i)
+                        for _, rest in queue[n + 1 :] + self._queue:
+                            rest.settle(stopped, rest.remaining)
+                        self._queue = []
+                        raise
+                    except Exception as exc:
+                        # Not handed to the producer: neither this one nor the rest of the
+                        # call's messages (the caller sends them all again, or gives up).
+                        group.settle(exc, len(messages) - i)
+                        break
+                    ack.add_done_callback(group.acked)

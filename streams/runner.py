@@ -28,7 +28,7 @@ from streams.dependencies import join_skipped_message
 from streams.executor import StepExecutor, encode_output, split_branch
 from streams.join import JoinTable, eviction_messages
 from streams.outbox import OutMessage, Owned
-from streams.tracing import mark_failed, span_ids, trace_headers, traceparent_of
+from streams.tracing import mark_failed, span_ids, traceparent_of
 from topics.names import ANSWER, retry_tiers
 from weir.errors import (
     BranchError,
@@ -407,7 +407,7 @@ class StepRunner:
         path = a.path if skipped else [*a.path, self.name]
         key = base.request_id.encode()
         created = now_us()
-        headers = trace_headers(traceparent)
+        headers = None  # the envelope carries the traceparent: not a header too
 
         def envelope(to: str, take: bool) -> bytes:
             return Envelope(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,14 +34,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from schemas.messages import now_ms, now_us
+from streams._gc import tune_gc
 from streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from streams.answer import AnswerStage
 from streams.dead_letter import DeadLetters, error_type_of
 from streams.executor import StepExecutor
-from streams.ingress import Ingress
+from streams.ingress import Ingress, RootHandler
 from streams.join import eviction_messages
 from streams.offsets import PartitionOffsets
-from streams.outbox import Abandoned, Outbox, Owned
+from streams.outbox import Abandoned, Outbox, OutMessage, Owned
 from streams.pipeline import Pipeline
 from streams.redaction import Redactor
 from streams.runner import NOT_BEFORE_HEADER, StepRunner
@@ -109,6 +110,7 @@ class Worker:
         )
         """Runs synchronous steps; ``threads.stuck()`` lists steps stuck past their timeout."""
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = KeyPartitioner()
         self._consumer: AIOKafkaConsumer | None = None
         self.tracing = tracing or Tracing(settings)
         redactor = redactor or Redactor.from_settings(settings)
@@ -126,6 +128,7 @@ class Worker:
             lag=self.lag,
         )
         self._routes: dict[str, _Route] = {}
+        self._roots_here: Collection[str] = ()
         self.runners: dict[str, StepRunner] = {}
         self.answers: AnswerStage | None = None
         self._build(only)
@@ -145,8 +148,11 @@ class Worker:
     def _build(self, only: set[str] | None) -> None:
         p, rt = self.pipeline, self._runtime
         steps = [s for s in p.order if only is None or s in only]
+        # Root steps run in the ingress, on the request's record (filled in below).
+        roots: dict[str, RootHandler] = {}
         if only is None or INGRESS in only or any(s in p.root_steps for s in steps):
-            self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt).handle)
+            self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt, roots).handle)
+            self._roots_here = roots.keys()
         for name in steps:
             executor = StepExecutor(
                 p.steps[name],
@@ -157,6 +163,8 @@ class Worker:
             )
             runner = StepRunner(rt, name, executor)
             self.runners[name] = runner
+            if name in p.root_steps:
+                roots[name] = runner.handle
             first, *retries = runner.topics
             self._routes[first] = _Route(name, runner.handle)
             for topic in retries:
@@ -188,12 +196,17 @@ class Worker:
             client_id=f"weir-{self.settings.worker_id}",
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=self.settings.producer_linger_ms,
+            max_batch_size=self.settings.producer_batch_bytes,
             request_timeout_ms=30000,
-            partitioner=KeyPartitioner(),
+            partitioner=self._partitioner,
         )
         await self._producer.start()
         self._runtime.outbox.attach(self._producer)
+        if self.answers is not None:
+            # A final step's output is answered here when this worker owns its answers
+            # partition: no answers-topic hop that only moves data.
+            self._runtime.outbox.shortcut(self.topics.answers, self._answer_here)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.topics.consumer_group,
@@ -220,6 +233,7 @@ class Worker:
         ]
         for task in self._tasks:
             task.add_done_callback(self._loop_ended)
+        tune_gc(self.settings.gc_gen0_threshold)
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
             self.settings.worker_id,
@@ -227,6 +241,25 @@ class Worker:
             self.settings.bootstrap_servers,
             len(self._routes),
         )
+
+    async def _answer_here(self, message: OutMessage) -> bool:
+        producer = self._producer
+        if self.answers is None or producer is None or message.key is None:
+            return False
+        # The consumer reads the answers topic, so it knows its partitions (the producer
+        # only learns of a topic once it has sent to it).
+        partitions = None
+        if self._consumer is not None:
+            partitions = self._consumer.partitions_for_topic(message.topic)
+        if not partitions:
+            partitions = producer.client.cluster.partitions_for_topic(message.topic)
+        if not partitions:
+            return False
+        p = message.partition
+        if p is None:
+            ordered = sorted(partitions)
+            p = self._partitioner(message.key, ordered, ordered)
+        return await self.answers.take(message, p)
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that ends on its own is a bug: say so and stop, rather than idle as healthy."""
@@ -305,14 +338,19 @@ class Worker:
     # -- observation ---------------------------------------------------------------
 
     def lag(self, step: str) -> int:
-        """Messages not yet finished on this worker's partitions of ``step``'s input topic."""
+        """Messages not yet finished on this worker's partitions of ``step``'s input topic.
+
+        A root step run in the ingress counts the requests topic too (its input now).
+        """
         consumer = self._consumer
         if consumer is None:
             return 0
-        topic = self.topics.step(step)
+        topics = {self.topics.step(step)}
+        if step in self._roots_here:
+            topics.add(self.topics.requests)
         total = 0
         for tp in list(self._assigned):
-            if tp.topic != topic:
+            if tp.topic not in topics:
                 continue
             end = consumer.highwater(tp)
             tracker = self._offsets.get(tp)

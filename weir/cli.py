@@ -58,10 +58,11 @@ app.command("results")(request_commands.results)
 
 
 def _register_commands() -> None:
-    from weir.commands import cost, routes
+    from weir.commands import bench, cost, routes
 
     app.add_typer(routes.app, name="routes")
     app.command("cost")(cost.cost)
+    app.command("bench")(bench.bench)
 
 
 _register_commands()

@@ -70,6 +70,22 @@ class WeirSettings(BaseSettings):
     """Messages a worker processes concurrently (all steps together)."""
     max_poll_records: int = Field(default=500, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    producer_batch_bytes: int = Field(default=524_288, ge=16_384, le=1_000_000)
+    """The worker producer's batch per partition (aiokafka's ``max_batch_size``).
+
+    aiokafka keeps one open batch per partition; once it is full every further send
+    waits for it to drain, so small batches cap throughput (BENCHMARKS.md).
+    """
+    producer_linger_ms: int = Field(default=0, ge=0)
+    """How long the worker's producer waits to fill a batch; 0 measured best (BENCHMARKS.md):
+    under load batches fill anyway, unloaded every hop saves the wait."""
+    gc_gen0_threshold: int = Field(default=700, ge=0)
+    """The worker's generation-0 GC threshold (700 is Python's default; 0: leave the GC as is).
+
+    A started worker freezes what it allocated while starting (``gc.freeze``), so full
+    collections stop walking long-lived objects; with that, higher thresholds measured no
+    better (BENCHMARKS.md).
+    """
     max_payload_bytes: int = Field(default=262_144, ge=1024)
     """Larger requests are dead-lettered as ``payload_too_large``.
 
