@@ -103,10 +103,9 @@ class Ingress:
             handle = self._local.get(root)
             if handle is not None and len(encoded) <= MAX_MESSAGE_BYTES:
                 # The root step's input, as its runner would have read it from its topic;
-                # dead letters and trace events name that topic (and this record's offset).
-                step_record = dataclasses.replace(
-                    record, topic=rt.topics.step(root), key=key, value=encoded, headers=[]
-                )
+                # dead letters and trace events keep this record's real coordinates (the
+                # requests topic), so a bounded dead letter points at a record that exists.
+                step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
                 here.append(handle(step_record, owned))
             else:
                 out.append(OutMessage(rt.topics.step(root), key, encoded))

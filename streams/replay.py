@@ -399,7 +399,11 @@ class DeadLetterQueue:
         letter = entry.letter
         if value is None:
             raise _NotReplayable("the dead letter has no value")
-        if entry.step == INGRESS:
+        if entry.step == INGRESS or (
+            letter.bounded and letter.source_topic == self.topics.requests
+        ):
+            # A request (a root step ran on the requests topic's record): it goes through
+            # the ingress again.
             headers = [(REPLAY_HEADER, replay_id.encode())]
             return self.topics.requests, letter.key, value, headers
         if entry.step == ANSWER:

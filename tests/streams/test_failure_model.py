@@ -106,7 +106,8 @@ async def test_exhausted_and_non_retryable_failures_are_dead_lettered_with_conne
     assert "Traceback" in (exhausted.stacktrace or "")
     assert Envelope.decode(record.value).request_id == ids[1]  # the message, unchanged
     never, _ = by_request[ids[2]]
-    assert never.attempt == 1 and never.source_topic == topics.step("lookup")
+    # A root step runs on the request's own record: its first attempt's input is there.
+    assert never.attempt == 1 and never.source_topic == topics.requests
 
 
 async def test_a_step_timeout_is_an_error_type_and_a_fallback_answers(kafka, pipeline_name):
