@@ -478,35 +478,28 @@ class Worker:
                     created_at=now_us(),
                 )
             )
-        attempts = [
-            letters.message(topic, record, step=stage, error=error, request_id=request_id),
-            letters.bounded(topic, record, step=stage, error=error, request_id=request_id),
-        ]
+        # A letter the topic refuses as too large goes in its bounded form (the outbox
+        # sends its fallback); what cannot go at all is let go after the patience.
+        letter = letters.message(topic, record, step=stage, error=error, request_id=request_id)
         patience = self.settings.dead_letter_patience_s
-        for letter in attempts:
-            try:
-                async with asyncio.timeout(patience):
-                    await self._runtime.outbox.send_all([letter, *failure], owned=owned)
-                return
-            except (asyncio.CancelledError, Abandoned):
-                raise
-            except TimeoutError:
-                log.error(
-                    "could not dead-letter %s@%d within %gs; letting it go (it stays on its"
-                    " topic until retention removes it)",
-                    record.topic,
-                    record.offset,
-                    patience,
-                )
-                break
-            except Exception as exc:
-                log.warning(
-                    "dead letter of %s@%d refused (%s)%s",
-                    record.topic,
-                    record.offset,
-                    exc,
-                    "; sending its bounded form" if letter is attempts[0] else "",
-                )
+        try:
+            async with asyncio.timeout(patience):
+                await self._runtime.outbox.send_all([letter, *failure], owned=owned)
+            return
+        except (asyncio.CancelledError, Abandoned):
+            raise
+        except TimeoutError:
+            log.error(
+                "could not dead-letter %s@%d within %gs; letting it go (it stays on its"
+                " topic until retention removes it)",
+                record.topic,
+                record.offset,
+                patience,
+            )
+        except Exception as exc:
+            log.error(
+                "dead letter of %s@%d refused (%s); letting it go", record.topic, record.offset, exc
+            )
         self.stats.dead_letter_failures += 1
 
     async def _process(
