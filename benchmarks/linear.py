@@ -39,14 +39,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from schemas.messages import now_us
-from streams.client import WeirClient
-from streams.pipeline import Pipeline
-from streams.worker import Worker
-from topics._aiokafka import rewind, stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import TopicSpec
 from weir.config import BrokerSettings, WeirSettings, load_settings
+from weir.schemas.messages import now_us
+from weir.streams.client import WeirClient
+from weir.streams.pipeline import Pipeline
+from weir.streams.worker import Worker
+from weir.topics._aiokafka import rewind, stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import TopicSpec
 
 HOPS = 6
 """Topics a request crosses, submit to result read, in both systems."""
@@ -357,7 +357,7 @@ def broker_settings(bootstrap: str | None) -> Iterator[WeirSettings]:
     if bootstrap:
         yield load_settings(kafka_bootstrap=bootstrap, partitions=PARTITIONS)
         return
-    from topics.broker import LocalBroker, free_port_pair
+    from weir.topics.broker import LocalBroker, free_port_pair
 
     settings = load_settings(broker=BrokerSettings(port=free_port_pair()), partitions=PARTITIONS)
     with tempfile.TemporaryDirectory(prefix="weir-bench-") as state:

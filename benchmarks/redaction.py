@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' corpus
 
-from streams.redaction import Redactor
 from tests.streams.test_redaction import corpus, email
+from weir.streams.redaction import Redactor
 
 ONE_MB = 1_000_000
 

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from linear import PARTITIONS, _background, broker_settings
 
-from streams import Pipeline, WeirClient, Worker
-from topics._aiokafka import rewind, stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import TopicSpec
 from weir.config import WeirSettings
+from weir.streams import Pipeline, WeirClient, Worker
+from weir.topics._aiokafka import rewind, stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import TopicSpec
 
 
 async def run_raw(settings: WeirSettings, n: int, latency: float, in_flight: int) -> float:

@@ -32,12 +32,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.linear import broker_settings, percentile
-from processors import ModelEndpoint, OpenAICompatible, aclose_model_layer
-from streams.client import WeirClient
-from streams.pipeline import Pipeline
-from streams.worker import Worker
 from tests._model_servers import ModelServer
 from weir.config import WeirSettings
+from weir.processors import ModelEndpoint, OpenAICompatible, aclose_model_layer
+from weir.streams.client import WeirClient
+from weir.streams.pipeline import Pipeline
+from weir.streams.worker import Worker
 
 MESSAGES = [{"role": "user", "content": "tell me about my card"}]
 ANSWER = " ".join(f"word{i}" for i in range(30))

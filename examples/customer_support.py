@@ -10,9 +10,9 @@ its ``context`` comes from ``query_vector_db`` and its ``history`` from
 
 from __future__ import annotations
 
-from examples._local_models import POLICY_CASES, embed
-from processors import Transform
-from streams import Pipeline
+from weir.demo.models import POLICY_CASES, embed
+from weir.processors import Transform
+from weir.streams import Pipeline
 
 pipeline = Pipeline("customer_support_v3")
 

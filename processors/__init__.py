@@ -6,8 +6,8 @@ from a step (``ModelEndpoint``, ``Router``); ``ClickHouseSink`` and ``TraceStore
 move trace events into ClickHouse and read them back (``weir sink``, ``weir
 trace``, ``weir stats``, the dashboard).
 
->>> from streams import Pipeline
->>> from processors import Transform
+>>> from weir.streams import Pipeline
+>>> from weir.processors import Transform
 >>> p = Pipeline("words")
 >>> step = p.add_step("split", Transform(lambda text: text.split()))
 >>> step.inline
@@ -16,7 +16,7 @@ True
 A model endpoint is defined once and called from steps; its key is a secret
 reference, resolved at call time:
 
->>> from processors import ModelEndpoint, OpenAICompatible, Price
+>>> from weir.processors import ModelEndpoint, OpenAICompatible, Price
 >>> llm = ModelEndpoint(
 ...     "support-mini",
 ...     provider=OpenAICompatible("http://127.0.0.1:8000/v1", api_key="env:LLM_KEY"),
@@ -26,19 +26,19 @@ reference, resolved at call time:
 True
 """
 
-from processors._env import aclose_model_layer
-from processors.budget import Budget
-from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
-from processors.clickhouse_sink import ClickHouseSink
-from processors.cost import DEFAULT_PRICES, Price, format_usd
-from processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
-from processors.limits import Limits
-from processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
-from processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
-from processors.router import Router, Rule, RuleSet
-from processors.streaming import TokenChunk, TokenStream
-from processors.trace_store import TraceStore
-from processors.transform import Transform
+from weir.processors._env import aclose_model_layer
+from weir.processors.budget import Budget
+from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
+from weir.processors.clickhouse_sink import ClickHouseSink
+from weir.processors.cost import DEFAULT_PRICES, Price, format_usd
+from weir.processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
+from weir.processors.limits import Limits
+from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
+from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from weir.processors.router import Router, Rule, RuleSet
+from weir.processors.streaming import TokenChunk, TokenStream
+from weir.processors.trace_store import TraceStore
+from weir.processors.transform import Transform
 
 __all__ = [
     "DEFAULT_PRICES",

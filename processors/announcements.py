@@ -24,21 +24,21 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from processors.router import RuleSet
-from processors.routes import (
+from weir.config import WeirSettings
+from weir.errors import RoutingError
+from weir.processors.router import RuleSet
+from weir.processors.routes import (
     ANNOUNCEMENT_HEADER,
     ANNOUNCEMENT_KIND,
     _ensure_topics,
     _publish,
     _read_all,
 )
-from schemas.messages import now_ms
-from topics.names import ROUTES_TOPIC
-from weir.config import WeirSettings
-from weir.errors import RoutingError
+from weir.schemas.messages import now_ms
+from weir.topics.names import ROUTES_TOPIC
 
 if TYPE_CHECKING:
-    from processors.router import Router
+    from weir.processors.router import Router
 
 __all__ = [
     "RouterAnnouncement",

@@ -5,7 +5,7 @@
     ('day', Decimal('25.00'))
 
 A ``Router`` with a budget checks it before each call, against the worker's
-``CostLedger`` (``processors.ledger``: the ``weir.costs`` topic, reservations,
+``CostLedger`` (``weir.processors.ledger``: the ``weir.costs`` topic, reservations,
 and what happens past ``budget_max_keys``).
 
 Over budget, ``on_exceeded="reject"`` fails the call with ``budget_exceeded``
@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from processors._env import settings_now
-from processors.ledger import BudgetStatus, CostLedger, Window, window_start
-from streams.context import current_scope
 from weir.errors import ConfigError
+from weir.processors._env import settings_now
+from weir.processors.ledger import BudgetStatus, CostLedger, Window, window_start
+from weir.streams.context import current_scope
 
 __all__ = ["Budget", "BudgetStatus", "CostLedger", "Reservation", "window_start"]
 

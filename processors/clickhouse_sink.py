@@ -41,14 +41,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processors.trace_store import TraceStore, event_row
-from schemas.messages import TraceEvent
-from streams._bounded import RecentSet
-from topics._aiokafka import retrying
-from topics.admin import TopicAdmin
-from topics.names import global_topic_specs
 from weir.config import WeirSettings
 from weir.errors import TraceStoreError
+from weir.processors.trace_store import TraceStore, event_row
+from weir.schemas.messages import TraceEvent
+from weir.streams._bounded import RecentSet
+from weir.topics._aiokafka import retrying
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import global_topic_specs
 
 __all__ = ["ClickHouseSink", "SinkStats"]
 

@@ -9,7 +9,7 @@ instead.  The kinds of the names rules read are known:
     text     input.language, input.document_type
     bool     budget_exceeded
     option   options.<name>: text that compares with numbers as a number
-             (``processors.options``), so it goes with either
+             (``weir.processors.options``), so it goes with either
     unknown  request.<field>, caller-given input.<feature>
 
 Comparing a number with text (``input.language == 500``,

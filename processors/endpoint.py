@@ -40,17 +40,6 @@ from typing import Any, Literal
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import SecretStr
 
-from processors._env import resolver_for, settings_now
-from processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
-from processors.cost import FREE, Price, price_of
-from processors.limits import LatencyStats, Limits, TokenBucket
-from processors.providers._base import Message, Provider, ProviderCall
-from processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
-from processors.streaming import StreamPublisher
-from processors.tokens import estimate_messages, estimate_tokens
-from schemas.messages import ModelCall, now_ms
-from streams.context import AttemptScope, current_scope
-from streams.dead_letter import error_type_of
 from weir.config import WeirSettings
 from weir.errors import (
     CircuitOpenError,
@@ -61,7 +50,18 @@ from weir.errors import (
     SecretError,
     StreamInterruptedError,
 )
+from weir.processors._env import resolver_for, settings_now
+from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
+from weir.processors.cost import FREE, Price, price_of
+from weir.processors.limits import LatencyStats, Limits, TokenBucket
+from weir.processors.providers._base import Message, Provider, ProviderCall
+from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from weir.processors.streaming import StreamPublisher
+from weir.processors.tokens import estimate_messages, estimate_tokens
+from weir.schemas.messages import ModelCall, now_ms
 from weir.secrets import SecretRef
+from weir.streams.context import AttemptScope, current_scope
+from weir.streams.dead_letter import error_type_of
 
 __all__ = ["ChatStream", "ModelEndpoint", "endpoint_states"]
 

@@ -5,7 +5,7 @@ request: a rule set that never asks for ``language`` never runs the language
 identifier.  Features given by the caller (``features={...}``) win over derived
 ones and may add new names.
 
-    token_count     estimated tokens of the text (``processors.tokens``)
+    token_count     estimated tokens of the text (``weir.processors.tokens``)
     char_count      characters
     word_count      whitespace-separated words
     message_count   chat messages (1 for plain text)
@@ -26,7 +26,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from processors.tokens import estimate_messages, estimate_tokens, message_text
+from weir.processors.tokens import estimate_messages, estimate_tokens, message_text
 
 __all__ = ["DERIVED_FEATURES", "Features", "detect_language", "document_type"]
 

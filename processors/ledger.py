@@ -23,7 +23,7 @@ the calls they start within the ledger's propagation delay (about a second).
 Budget keys come from request fields, so their number is capped: past
 ``budget_max_keys`` the least recently used keys without a call in flight are
 evicted, and their spend moves into a fixed-size sketch that can only
-over-estimate it (``processors._spend_sketch``).  An evicted key that comes back
+over-estimate it (``weir.processors._spend_sketch``).  An evicted key that comes back
 is counted at least what it spent: it may be refused slightly early, it is
 never allowed past its limit.  Event ids remembered to count a re-sent event
 once are capped too (``cost_events_seen_max``, oldest forgotten first): a
@@ -48,15 +48,15 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processors._env import register_closer
-from processors._spend_sketch import SpendSketch
-from schemas.messages import now_ms
-from streams._bounded import RecentSet
-from streams.context import current_scope
-from topics._aiokafka import stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import COSTS_TOPIC, global_topic_specs
 from weir.config import WeirSettings
+from weir.processors._env import register_closer
+from weir.processors._spend_sketch import SpendSketch
+from weir.schemas.messages import now_ms
+from weir.streams._bounded import RecentSet
+from weir.streams.context import current_scope
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import COSTS_TOPIC, global_topic_specs
 
 __all__ = ["BudgetStatus", "CostLedger", "Window", "window_start"]
 

@@ -1,6 +1,6 @@
 """``Router`` and ``Rule``: pick the endpoint for each call at runtime, from safe conditions.
 
-    >>> from processors import ModelEndpoint, LocalModel
+    >>> from weir.processors import ModelEndpoint, LocalModel
     >>> small = ModelEndpoint("doc-small", provider=LocalModel(model=lambda m: "s"))
     >>> big = ModelEndpoint("doc-big", provider=LocalModel(model=lambda m: "b"))
     >>> router = Router("doc-router", default=big, watch=False)
@@ -18,10 +18,10 @@
 Conditions are Python-like expressions evaluated by simpleeval (never ``eval``)
 over these names:
 
-    input.<feature>   derived features (``processors.features``) and caller-given ones
+    input.<feature>   derived features (``weir.processors.features``) and caller-given ones
     request.<field>   the request payload
     options.<name>    the request options: text that compares with numbers as the number it
-                      spells (``options.latency_sla < 500`` works; ``processors.options``)
+                      spells (``options.latency_sla < 500`` works; ``weir.processors.options``)
     latency_sla       ``options['latency_sla']`` in ms as a number (infinity when unset)
     lag               unprocessed messages of the calling step on this worker
     budget_exceeded   the router's budget is used up for its window (see ``Budget``)
@@ -40,7 +40,7 @@ comes back once it has drained, without flapping at the threshold.
 
 Rule sets can be replaced while workers run: ``weir routes apply rules.yaml``
 puts a new version on the routes topic and every worker's router switches to
-it within seconds (``processors.routes``); the trace of each call records the
+it within seconds (``weir.processors.routes``); the trace of each call records the
 rule and the version that chose its endpoint.
 """
 
@@ -59,17 +59,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from simpleeval import InvalidExpression, SimpleEval
 
-from processors.condition_check import type_mismatch, units_hint
-from processors.endpoint import CallMeta, ChatStream, ModelEndpoint
-from processors.features import DERIVED_FEATURES, Features
-from processors.options import OptionTypeError, typed_options
-from processors.providers._base import Message
-from processors.results import ChatResult, Classification, Embeddings
-from streams.context import current_scope
 from weir.errors import BudgetExceededError, NoRouteError, RoutingError
+from weir.processors.condition_check import type_mismatch, units_hint
+from weir.processors.endpoint import CallMeta, ChatStream, ModelEndpoint
+from weir.processors.features import DERIVED_FEATURES, Features
+from weir.processors.options import OptionTypeError, typed_options
+from weir.processors.providers._base import Message
+from weir.processors.results import ChatResult, Classification, Embeddings
+from weir.streams.context import current_scope
 
 if TYPE_CHECKING:
-    from processors.budget import Budget, Reservation
+    from weir.processors.budget import Budget, Reservation
 
 __all__ = ["Decision", "Router", "Rule", "RuleSet", "RuleSpec", "Strategy", "compile_condition"]
 
@@ -681,7 +681,7 @@ class Router:
     ) -> tuple[Decision, Reservation | None]:
         """Pick up rule changes, check the budget, decide; the decision and its reservation."""
         if self.watch:
-            from processors.routes import follow
+            from weir.processors.routes import follow
 
             await follow(self)
         if self.budget is None:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from schemas.messages import now_ms
-from topics.names import ROUTES_TOPIC
 from weir.config import WeirSettings
+from weir.schemas.messages import now_ms
+from weir.topics.names import ROUTES_TOPIC
 
 if TYPE_CHECKING:
-    from processors.router import Router
+    from weir.processors.router import Router
 
 __all__ = ["RouterStatus", "StatusReporter", "read_statuses", "withdraw_statuses"]
 
@@ -90,7 +90,7 @@ class StatusReporter:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, status: RouterStatus) -> None:
-        from processors.routes import ANNOUNCEMENT_HEADER, _publish
+        from weir.processors.routes import ANNOUNCEMENT_HEADER, _publish
 
         try:
             await _publish(
@@ -111,7 +111,7 @@ class StatusReporter:
 
 async def withdraw_statuses(settings: WeirSettings, routers: Iterable[str]) -> None:
     """Tombstone this worker's statuses (a worker that stops no longer runs any version)."""
-    from processors.routes import ANNOUNCEMENT_HEADER, _publish
+    from weir.processors.routes import ANNOUNCEMENT_HEADER, _publish
 
     keys = [(_key(name, settings.worker_id), None) for name in routers]
     if keys:
@@ -122,7 +122,7 @@ async def read_statuses(settings: WeirSettings) -> dict[str, list[RouterStatus]]
     """The workers' statuses per router (latest per worker, withdrawn ones left out)."""
     import json
 
-    from processors.routes import _ensure_topics, _read_all
+    from weir.processors.routes import _ensure_topics, _read_all
 
     await _ensure_topics(settings)
     latest: dict[str, RouterStatus | None] = {}

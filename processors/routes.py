@@ -37,19 +37,19 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from processors._env import register_closer, settings_now
-from processors.router import RuleSet, registered_routers
-from processors.router_status import StatusReporter
-from processors.rules_file import load_rule_sets
-from schemas.messages import now_ms
-from topics._aiokafka import stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC, global_topic_specs
 from weir.config import WeirSettings
 from weir.errors import RoutingError
+from weir.processors._env import register_closer, settings_now
+from weir.processors.router import RuleSet, registered_routers
+from weir.processors.router_status import StatusReporter
+from weir.processors.rules_file import load_rule_sets
+from weir.schemas.messages import now_ms
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC, global_topic_specs
 
 if TYPE_CHECKING:
-    from processors.router import Router
+    from weir.processors.router import Router
 
 __all__ = [
     "RouteWatcher",
@@ -74,7 +74,7 @@ async def _ensure_topics(settings: WeirSettings) -> None:
 
 ANNOUNCEMENT_HEADER = "weir.record"
 """Header marking a worker's note on the routes topic (not a rule set): a router
-announcement (``processors.announcements``) or a status (``processors.router_status``)."""
+announcement (``weir.processors.announcements``) or a status (``weir.processors.router_status``)."""
 ANNOUNCEMENT_KIND = b"router-announcement"
 
 

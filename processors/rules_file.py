@@ -28,8 +28,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from processors.router import RuleSet, RuleSpec, compile_condition
 from weir.errors import RoutingError
+from weir.processors.router import RuleSet, RuleSpec, compile_condition
 
 __all__ = ["load_rule_sets"]
 

@@ -25,7 +25,7 @@ carry on as usual, but once the request has its result without a ``done``
 ``StreamAbortedError`` (``reason``: the request's error type).  The worker's
 HTTP server serves the same as Server-Sent Events on
 ``GET /streams/{pipeline}/{request_id}`` (an ``abort`` event ends that; see
-``processors.sse``).
+``weir.processors.sse``).
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from processors.results import Usage
-from schemas.messages import Result, now_ms
-from streams.context import AttemptScope
-from topics._aiokafka import stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
+from weir.processors.results import Usage
+from weir.schemas.messages import Result, now_ms
+from weir.streams.context import AttemptScope
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics
 
 __all__ = ["StreamPublisher", "TokenChunk", "TokenStream", "partition_of"]
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from processors.sink_status import check_store_free, sink_status
 from weir.config import WeirSettings
 from weir.errors import TraceQueryError, TraceStoreError
+from weir.processors.sink_status import check_store_free, sink_status
 
 __all__ = ["SqlResult", "plain_value", "run_sql", "run_sql_here"]
 
@@ -95,7 +95,7 @@ def plain_value(value: Any) -> Any:
 
 def run_sql_here(settings: WeirSettings, sql: str) -> SqlResult:
     """Open the store in this process, run ``sql``, close it (the sink's side of the API)."""
-    from processors.trace_store import TraceStore
+    from weir.processors.trace_store import TraceStore
 
     store = TraceStore.connect(settings)
     try:
@@ -106,7 +106,7 @@ def run_sql_here(settings: WeirSettings, sql: str) -> SqlResult:
 
 def select(store: Any, sql: str) -> SqlResult:
     """``sql`` on an open ``TraceStore``, as plain values."""
-    from processors.trace_store import EVENTS_TABLE
+    from weir.processors.trace_store import EVENTS_TABLE
 
     columns, types, rows = store.select(sql)
     empty = None

@@ -9,7 +9,7 @@ plain ``MergeTree`` so that ad-hoc SQL such as::
     GROUP BY step_name ORDER BY COUNT(*) DESC;
 
 returns exact numbers with no ``FINAL``: duplicates are kept out at insert time
-(see ``processors.clickhouse_sink``), not merged away later.  Design:
+(see ``weir.processors.clickhouse_sink``), not merged away later.  Design:
 
 * partitioned by day (``toDate(created_at)``), TTL ``trace_ttl_days``;
 * ordered by ``(pipeline_id, step_name, status, created_at)`` for per-step
@@ -40,19 +40,19 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from processors.sink_status import (
-    check_store_free,
-    empty_store_hint,
-    running_sink_url,
-    sink_file,
-    sink_status,
-)
 from weir.config import WeirSettings
 from weir.errors import (
     RequestNotFoundError,
     TraceQueryError,
     TraceSchemaMissingError,
     TraceStoreError,
+)
+from weir.processors.sink_status import (
+    check_store_free,
+    empty_store_hint,
+    running_sink_url,
+    sink_file,
+    sink_status,
 )
 from weir.urls import mask_url
 

@@ -96,5 +96,5 @@ def _first_problem(exc: Exception) -> str:
 
 def load_schema(name: str) -> AvroSchema:
     """Load ``schemas/<name>.avsc`` shipped with the package."""
-    text = resources.files("schemas").joinpath(f"{name}.avsc").read_text()
+    text = resources.files("weir.schemas").joinpath(f"{name}.avsc").read_text()
     return AvroSchema(name, json.loads(text))

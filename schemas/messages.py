@@ -13,13 +13,13 @@ from typing import Any, Literal
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas._codec import MAGIC_BYTE, load_schema
-from schemas._envelope_codec import decode_fast, encode_fast, encode_trace_fast
 from weir.errors import (
     PayloadTooLargeError,
     SchemaInvalidError,
     UndecodableError,
 )
+from weir.schemas._codec import MAGIC_BYTE, load_schema
+from weir.schemas._envelope_codec import decode_fast, encode_fast, encode_trace_fast
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",

@@ -1,6 +1,6 @@
 """The pipeline DSL and the runtime that runs it on Kafka.
 
->>> from streams import Pipeline, Branch
+>>> from weir.streams import Pipeline, Branch
 >>> support = Pipeline("support")
 >>> @support.step()
 ... def classify(text: str) -> str:
@@ -18,14 +18,14 @@
 ('balance', 'dispute')
 """
 
-from streams.branch import Branch
-from streams.client import WeirClient
-from streams.context import StepContext
-from streams.dependencies import AnyOf, any_of
-from streams.local import run_local
-from streams.pipeline import Pipeline, Step
-from streams.retry import NO_RETRY, Fallback, RetryPolicy
-from streams.worker import Worker, WorkerStats
+from weir.streams.branch import Branch
+from weir.streams.client import WeirClient
+from weir.streams.context import StepContext
+from weir.streams.dependencies import AnyOf, any_of
+from weir.streams.local import run_local
+from weir.streams.pipeline import Pipeline, Step
+from weir.streams.retry import NO_RETRY, Fallback, RetryPolicy
+from weir.streams.worker import Worker, WorkerStats
 
 __all__ = [
     "NO_RETRY",

@@ -1,4 +1,4 @@
-"""The PII kinds weir finds, as regular expressions with checks (see ``streams.redaction``).
+"""The PII kinds weir finds, as regular expressions with checks (see ``weir.streams.redaction``).
 
 Every pattern runs in time linear in the text: quantifiers that could
 backtrack over a long run are bounded (an IPv6 address is at most 45

@@ -10,14 +10,14 @@ from typing import Any, TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
-from schemas.messages import Envelope, ModelCall, TraceEvent
-from streams.dead_letter import DeadLetters
-from streams.outbox import Outbox, OutMessage
-from streams.pipeline import Pipeline
-from streams.redaction import Redactor
-from streams.tracing import Tracing
-from topics.names import PipelineTopics
 from weir.config import WeirSettings
+from weir.schemas.messages import Envelope, ModelCall, TraceEvent
+from weir.streams.dead_letter import DeadLetters
+from weir.streams.outbox import Outbox, OutMessage
+from weir.streams.pipeline import Pipeline
+from weir.streams.redaction import Redactor
+from weir.streams.tracing import Tracing
+from weir.topics.names import PipelineTopics
 
 __all__ = [
     "ERROR_MAX_BYTES",

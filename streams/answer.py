@@ -33,14 +33,14 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import ConsumerRecord
 
-from schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
-from streams._runtime import Record, Runtime, merge_calls
-from streams.join import JoinTable, eviction_messages
-from streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
-from streams.table import ChangelogTable
-from topics._aiokafka import read_until, retrying, started_consumer, stop_consumer
-from topics.names import ANSWER
 from weir.errors import MessageError, OutputTooLargeError, SchemaInvalidError
+from weir.schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
+from weir.streams._runtime import Record, Runtime, merge_calls
+from weir.streams.join import JoinTable, eviction_messages
+from weir.streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
+from weir.streams.table import ChangelogTable
+from weir.topics._aiokafka import read_until, retrying, started_consumer, stop_consumer
+from weir.topics.names import ANSWER
 
 __all__ = ["AnswerStage"]
 

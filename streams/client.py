@@ -12,10 +12,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from schemas.messages import Request, Result
-from topics._aiokafka import retrying, rewind, stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import (
     BrokerError,
@@ -24,9 +20,13 @@ from weir.errors import (
     UnknownPipelineError,
     WeirError,
 )
+from weir.schemas.messages import Request, Result
+from weir.topics._aiokafka import retrying, rewind, stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics
 
 if TYPE_CHECKING:
-    from processors.streaming import TokenStream
+    from weir.processors.streaming import TokenStream
 
 __all__ = ["WeirClient"]
 
@@ -252,7 +252,7 @@ class WeirClient:
         starts again (drop the text so far), and ends with ``done``.  Open it
         (``async with``) before submitting to be sure to miss nothing.
         """
-        from processors.streaming import TokenStream
+        from weir.processors.streaming import TokenStream
 
         return TokenStream(
             self.settings,

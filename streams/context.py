@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from schemas.messages import ModelCall
-    from streams.tracing import Tracing
     from weir.config import WeirSettings
+    from weir.schemas.messages import ModelCall
+    from weir.streams.tracing import Tracing
 
 __all__ = ["AttemptScope", "StepContext", "current_scope"]
 

@@ -16,10 +16,10 @@ import traceback
 
 from aiokafka.structs import ConsumerRecord
 
-from schemas.messages import DeadLetter, now_ms
-from streams.outbox import MAX_MESSAGE_BYTES, OutMessage
-from streams.redaction import Redactor
 from weir.errors import PayloadTooLargeError, WeirError
+from weir.schemas.messages import DeadLetter, now_ms
+from weir.streams.outbox import MAX_MESSAGE_BYTES, OutMessage
+from weir.streams.redaction import Redactor
 
 __all__ = [
     "HEAD_BYTES",

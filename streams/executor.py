@@ -15,12 +15,12 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
-from schemas.messages import Envelope
-from streams.branch import Branch
-from streams.context import AttemptScope, StepContext, enter_scope, leave_scope
-from streams.pipeline import Step
-from streams.threads import StepThreads
 from weir.errors import SchemaInvalidError, StepError, StepTimeoutError, WeirError
+from weir.schemas.messages import Envelope
+from weir.streams.branch import Branch
+from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope
+from weir.streams.pipeline import Step
+from weir.streams.threads import StepThreads
 
 __all__ = ["StepExecutor", "encode_output", "split_branch"]
 

@@ -17,18 +17,18 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
-from streams._runtime import Runtime, guess_request_id
-from streams.dead_letter import error_type_of
-from streams.outbox import MAX_MESSAGE_BYTES, OutMessage, Owned
-from streams.tracing import TRACEPARENT_HEADER
-from topics.names import INGRESS
 from weir.errors import (
     MessageError,
     OutputTooLargeError,
     PayloadTooLargeError,
     SchemaInvalidError,
 )
+from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
+from weir.streams._runtime import Runtime, guess_request_id
+from weir.streams.dead_letter import error_type_of
+from weir.streams.outbox import MAX_MESSAGE_BYTES, OutMessage, Owned
+from weir.streams.tracing import TRACEPARENT_HEADER
+from weir.topics.names import INGRESS
 
 __all__ = ["REPLAY_HEADER", "Ingress", "RootHandler"]
 

@@ -8,13 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from schemas.messages import Envelope, now_us
-from streams.outbox import OutMessage
-from streams.table import ChangelogTable
 from weir.errors import JoinEvictedError
+from weir.schemas.messages import Envelope, now_us
+from weir.streams.outbox import OutMessage
+from weir.streams.table import ChangelogTable
 
 if TYPE_CHECKING:
-    from streams._runtime import Runtime
+    from weir.streams._runtime import Runtime
 
 __all__ = ["Evicted", "JoinTable", "eviction_messages"]
 

@@ -6,11 +6,11 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from schemas.messages import Envelope, now_ms, now_us
-from streams.dependencies import join_skipped_message
-from streams.executor import StepExecutor, encode_output, split_branch
-from streams.pipeline import Pipeline
 from weir.errors import BranchError, JoinInputSkippedError
+from weir.schemas.messages import Envelope, now_ms, now_us
+from weir.streams.dependencies import join_skipped_message
+from weir.streams.executor import StepExecutor, encode_output, split_branch
+from weir.streams.pipeline import Pipeline
 
 __all__ = ["run_local"]
 
@@ -29,7 +29,7 @@ async def run_local(
     (no retries, no fallbacks), and so does ``JoinInputSkippedError`` where the
     worker would answer a FAILURE.
 
-    >>> from streams import Pipeline
+    >>> from weir.streams import Pipeline
     >>> import asyncio
     >>> p = Pipeline("double")
     >>> @p.step()

@@ -28,9 +28,6 @@ from typing import Any, Literal, TypeVar, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
-from streams.context import StepContext
-from streams.dependencies import AnyOf
-from streams.retry import Fallback, RetryPolicy
 from weir.errors import (
     CycleError,
     DuplicateStepError,
@@ -38,6 +35,9 @@ from weir.errors import (
     UnknownDependencyError,
     UnsatisfiedParameterError,
 )
+from weir.streams.context import StepContext
+from weir.streams.dependencies import AnyOf
+from weir.streams.retry import Fallback, RetryPolicy
 
 __all__ = ["Binding", "Pipeline", "Step"]
 
@@ -101,7 +101,7 @@ class Step:
 class Pipeline:
     """A named DAG of steps.
 
-    >>> from streams import Pipeline
+    >>> from weir.streams import Pipeline
     >>> p = Pipeline("greeter")
     >>> @p.step()
     ... def greet(name: str) -> str:

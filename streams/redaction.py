@@ -46,8 +46,8 @@ import re
 from collections.abc import Callable, Iterable
 from operator import attrgetter, itemgetter
 
-from streams._pii import DEFAULT_PATTERNS, Detector, Finding, Pattern, luhn_valid
 from weir.config import WeirSettings
+from weir.streams._pii import DEFAULT_PATTERNS, Detector, Finding, Pattern, luhn_valid
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.messages import DeadLetter, Envelope, now_ms, now_us
-from streams._runtime import Record
-from streams.ingress import REPLAY_HEADER
-from topics._aiokafka import read_until, retrying, stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import ANSWER, INGRESS, PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import ConfigError, MessageError, WeirError
+from weir.schemas.messages import DeadLetter, Envelope, now_ms, now_us
+from weir.streams._runtime import Record
+from weir.streams.ingress import REPLAY_HEADER
+from weir.topics._aiokafka import read_until, retrying, stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import ANSWER, INGRESS, PipelineTopics
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

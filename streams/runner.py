@@ -20,16 +20,6 @@ import random
 import time
 from typing import Any
 
-from schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
-from streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
-from streams.context import AttemptScope, StepContext
-from streams.dead_letter import error_type_of
-from streams.dependencies import join_skipped_message
-from streams.executor import StepExecutor, encode_output, split_branch
-from streams.join import JoinTable, eviction_messages
-from streams.outbox import OutMessage, Owned
-from streams.tracing import mark_failed, span_ids, traceparent_of
-from topics.names import ANSWER, retry_tiers
 from weir.errors import (
     BranchError,
     JoinInputSkippedError,
@@ -38,6 +28,16 @@ from weir.errors import (
     SchemaInvalidError,
     WeirError,
 )
+from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
+from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
+from weir.streams.context import AttemptScope, StepContext
+from weir.streams.dead_letter import error_type_of
+from weir.streams.dependencies import join_skipped_message
+from weir.streams.executor import StepExecutor, encode_output, split_branch
+from weir.streams.join import JoinTable, eviction_messages
+from weir.streams.outbox import OutMessage, Owned
+from weir.streams.tracing import mark_failed, span_ids, traceparent_of
+from weir.topics.names import ANSWER, retry_tiers
 
 __all__ = ["NOT_BEFORE_HEADER", "StepRunner"]
 

@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 from aiokafka import TopicPartition
 
-from topics._aiokafka import read_until, retrying, rewind, started_consumer, stop_consumer
+from weir.topics._aiokafka import read_until, retrying, rewind, started_consumer, stop_consumer
 
 __all__ = ["ChangelogTable"]
 

@@ -29,8 +29,8 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from schemas.messages import ModelCall
 from weir.config import WeirSettings
+from weir.schemas.messages import ModelCall
 
 __all__ = [
     "TRACEPARENT_HEADER",

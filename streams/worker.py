@@ -18,7 +18,7 @@ is written here on aiokafka's consumer and producers.
 
 Delivery: processing is at-least-once (an input offset is committed only after
 everything it caused was acknowledged by the broker; after a crash unfinished
-work is redelivered), and answers are exactly-once (see ``streams.answer``).
+work is redelivered), and answers are exactly-once (see ``weir.streams.answer``).
 """
 
 from __future__ import annotations
@@ -33,26 +33,26 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from schemas.messages import now_ms, now_us
-from streams._gc import tune_gc
-from streams._runtime import Record, Runtime, WorkerStats, guess_request_id
-from streams.answer import AnswerStage
-from streams.dead_letter import DeadLetters, error_type_of
-from streams.executor import StepExecutor
-from streams.ingress import Ingress, RootHandler
-from streams.join import eviction_messages
-from streams.offsets import PartitionOffsets
-from streams.outbox import Abandoned, Outbox, OutMessage, Owned
-from streams.pipeline import Pipeline
-from streams.redaction import Redactor
-from streams.runner import NOT_BEFORE_HEADER, StepRunner
-from streams.threads import StepThreads
-from streams.tracing import Tracing
-from topics._aiokafka import KeyPartitioner, place
-from topics.admin import TopicAdmin
-from topics.names import ANSWER, INGRESS, PipelineTopics, topic_specs
 from weir.config import WeirSettings
 from weir.errors import WeirError
+from weir.schemas.messages import now_ms, now_us
+from weir.streams._gc import tune_gc
+from weir.streams._runtime import Record, Runtime, WorkerStats, guess_request_id
+from weir.streams.answer import AnswerStage
+from weir.streams.dead_letter import DeadLetters, error_type_of
+from weir.streams.executor import StepExecutor
+from weir.streams.ingress import Ingress, RootHandler
+from weir.streams.join import eviction_messages
+from weir.streams.offsets import PartitionOffsets
+from weir.streams.outbox import Abandoned, Outbox, OutMessage, Owned
+from weir.streams.pipeline import Pipeline
+from weir.streams.redaction import Redactor
+from weir.streams.runner import NOT_BEFORE_HEADER, StepRunner
+from weir.streams.threads import StepThreads
+from weir.streams.tracing import Tracing
+from weir.topics._aiokafka import KeyPartitioner, place
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import ANSWER, INGRESS, PipelineTopics, topic_specs
 
 __all__ = ["Worker", "WorkerStats"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from streams import Pipeline, RetryPolicy
+from weir.streams import Pipeline, RetryPolicy
 
 CANARY_EMAIL = "zed.canary7@example.org"
 CANARY_KEY = "sk-canary-Q7w9E2r4T6y8U1i3O5p7A9s2"

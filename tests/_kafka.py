@@ -9,9 +9,9 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from schemas.messages import Result
-from topics._aiokafka import rewind, stop_consumer
 from weir.config import WeirSettings
+from weir.schemas.messages import Result
+from weir.topics._aiokafka import rewind, stop_consumer
 
 
 async def read_topic(

@@ -12,7 +12,7 @@ import threading
 
 from pydantic import BaseModel
 
-from streams import Branch, Pipeline, RetryPolicy, any_of
+from weir.streams import Branch, Pipeline, RetryPolicy, any_of
 
 
 def linear(name: str) -> Pipeline:

@@ -11,10 +11,10 @@ import os
 import time
 from decimal import Decimal
 
-from schemas.messages import ModelCall, now_ms
-from streams import Pipeline, RetryPolicy, StepContext
-from streams.context import current_scope
 from weir.errors import ModelTimeoutError, ModelUnavailableError
+from weir.schemas.messages import ModelCall, now_ms
+from weir.streams import Pipeline, RetryPolicy, StepContext
+from weir.streams.context import current_scope
 
 RETRY = RetryPolicy(initial_interval=0.05, maximum_attempts=3, jitter=0.0)
 MODELS = (

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from topics.broker import free_port_pair
 from weir.config import BrokerSettings, WeirSettings, load_settings
+from weir.topics.broker import free_port_pair
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeirSettings]:
     if external:
         yield load_settings(kafka_bootstrap=external, **base)
         return
-    from topics.broker import LocalBroker
+    from weir.topics.broker import LocalBroker
 
     port = free_port_pair()
     local = load_settings(broker=BrokerSettings(port=port), **base)

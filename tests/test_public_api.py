@@ -18,35 +18,42 @@ import weir
 
 ROOT = Path(__file__).resolve().parent.parent
 
-API_MODULES = ["streams", "schemas", "topics", "weir.errors", "processors", "processors.providers"]
+API_MODULES = [
+    "weir.streams",
+    "weir.schemas",
+    "weir.topics",
+    "weir.errors",
+    "weir.processors",
+    "weir.processors.providers",
+]
 DOCTEST_MODULES = [
-    "streams",
-    "streams.pipeline",
-    "streams.offsets",
-    "streams.branch",
-    "streams.dependencies",
-    "topics.names",
-    "schemas",
+    "weir.streams",
+    "weir.streams.pipeline",
+    "weir.streams.offsets",
+    "weir.streams.branch",
+    "weir.streams.dependencies",
+    "weir.topics.names",
+    "weir.schemas",
     "weir.config",
     "weir",
-    "streams.redaction",
-    "processors.trace_store",
+    "weir.streams.redaction",
+    "weir.processors.trace_store",
     "weir.dashboard",
     "weir.secrets",
-    "processors",
-    "processors.cost",
-    "processors.circuit_breaker",
-    "processors.features",
-    "processors.limits",
-    "processors.tokens",
-    "processors.router",
-    "processors.budget",
-    "processors._spend_sketch",
-    "streams._bounded",
-    "streams.threads",
-    "processors.providers.openai",
-    "processors.providers.anthropic",
-    "processors.providers.local",
+    "weir.processors",
+    "weir.processors.cost",
+    "weir.processors.circuit_breaker",
+    "weir.processors.features",
+    "weir.processors.limits",
+    "weir.processors.tokens",
+    "weir.processors.router",
+    "weir.processors.budget",
+    "weir.processors._spend_sketch",
+    "weir.streams._bounded",
+    "weir.streams.threads",
+    "weir.processors.providers.openai",
+    "weir.processors.providers.anthropic",
+    "weir.processors.providers.local",
 ]
 # Typing helpers a module imports for its own annotations are not part of its API.
 _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc", "__future__"}
@@ -109,9 +116,9 @@ def test_doctests(name: str) -> None:
 
 
 # -- each package imports on its own, in a fresh interpreter --------------------------------------
-# (regression: weir/__init__ once imported streams eagerly, so `import schemas` first was circular)
+# (regression: weir/__init__ once imported streams eagerly, so `import weir.schemas` first was circular)
 
-_STANDALONE = ["weir", "weir.errors", "weir.config", "streams", "schemas", "topics"]
+_STANDALONE = ["weir", "weir.errors", "weir.config", "weir.streams", "weir.schemas", "weir.topics"]
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +153,7 @@ def test_package_imports_standalone(
 
 
 def test_weir_reexports_the_same_objects() -> None:
-    import streams
-    from weir import config, errors
+    from weir import config, errors, streams
 
     assert weir.Pipeline is streams.Pipeline
     assert weir.Branch is streams.Branch

@@ -10,10 +10,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from topics._aiokafka import stop_consumer
-from topics.names import TopicSpec
 from weir.config import WeirSettings
 from weir.errors import BrokerError, ConfigError
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.names import TopicSpec
 
 __all__ = ["TopicAdmin"]
 

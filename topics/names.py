@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from streams.pipeline import Pipeline
     from weir.config import WeirSettings
+    from weir.streams.pipeline import Pipeline
 
 DEAD_LETTER_TOPIC_MAX_BYTES = 1_048_588
 """``max.message.bytes`` of dead-letter topics: Kafka's default, set explicitly so that a

@@ -18,7 +18,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from processors import (
+    from weir.config import WeirSettings, load_settings
+    from weir.errors import WeirError
+    from weir.processors import (
         Anthropic,
         Budget,
         LocalModel,
@@ -28,10 +30,8 @@ if TYPE_CHECKING:
         Router,
         Rule,
     )
-    from streams import Branch, Pipeline, StepContext, WeirClient, Worker, any_of
-    from streams.local import run_local
-    from weir.config import WeirSettings, load_settings
-    from weir.errors import WeirError
+    from weir.streams import Branch, Pipeline, StepContext, WeirClient, Worker, any_of
+    from weir.streams.local import run_local
 
 __all__ = [
     "Anthropic",
@@ -57,24 +57,24 @@ __all__ = [
 # Resolved on first use: the packages below import weir.errors and weir.config,
 # so importing them here eagerly would be circular.
 _HOME = {
-    "Branch": "streams",
-    "Pipeline": "streams",
-    "StepContext": "streams",
-    "WeirClient": "streams",
-    "Worker": "streams",
-    "any_of": "streams",
-    "run_local": "streams.local",
+    "Branch": "weir.streams",
+    "Pipeline": "weir.streams",
+    "StepContext": "weir.streams",
+    "WeirClient": "weir.streams",
+    "Worker": "weir.streams",
+    "any_of": "weir.streams",
+    "run_local": "weir.streams.local",
     "WeirSettings": "weir.config",
     "load_settings": "weir.config",
     "WeirError": "weir.errors",
-    "Anthropic": "processors",
-    "Budget": "processors",
-    "LocalModel": "processors",
-    "ModelEndpoint": "processors",
-    "OpenAICompatible": "processors",
-    "Price": "processors",
-    "Router": "processors",
-    "Rule": "processors",
+    "Anthropic": "weir.processors",
+    "Budget": "weir.processors",
+    "LocalModel": "weir.processors",
+    "ModelEndpoint": "weir.processors",
+    "OpenAICompatible": "weir.processors",
+    "Price": "weir.processors",
+    "Router": "weir.processors",
+    "Rule": "weir.processors",
 }
 
 

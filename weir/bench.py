@@ -120,7 +120,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def linear_pipeline(name: str) -> Any:
     """Three inline steps in a line, each adding 1 to ``n``."""
-    from streams.pipeline import Pipeline
+    from weir.streams.pipeline import Pipeline
 
     p = Pipeline(name)
 
@@ -216,8 +216,8 @@ class Sampler:
 
 
 async def _weir_child(name: str, bootstrap: str, tracing: bool, profile: str | None = None) -> None:
-    from streams.worker import Worker
     from weir.config import load_settings
+    from weir.streams.worker import Worker
 
     settings = load_settings(
         kafka_bootstrap=bootstrap,
@@ -313,7 +313,7 @@ class _Reader:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from topics._aiokafka import rewind
+        from weir.topics._aiokafka import rewind
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
@@ -353,7 +353,7 @@ class _Reader:
                     self.done.set()
 
     async def stop(self) -> None:
-        from topics._aiokafka import stop_consumer
+        from weir.topics._aiokafka import stop_consumer
 
         if self._task is not None:
             self._task.cancel()
@@ -411,9 +411,9 @@ async def _run_one(
 ) -> RunFigures:
     from aiokafka import AIOKafkaProducer
 
-    from topics.admin import TopicAdmin
-    from topics.names import PipelineTopics, TopicSpec
     from weir.config import load_settings
+    from weir.topics.admin import TopicAdmin
+    from weir.topics.names import PipelineTopics, TopicSpec
 
     tag = uuid.uuid4().hex[:8]
     procs: list[asyncio.subprocess.Process] = []
@@ -546,8 +546,8 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
         return
     import tempfile
 
-    from topics.broker import LocalBroker, free_port_pair
     from weir.config import BrokerSettings, load_settings
+    from weir.topics.broker import LocalBroker, free_port_pair
 
     settings = load_settings(broker=BrokerSettings(port=free_port_pair()), partitions=PARTITIONS)
     with tempfile.TemporaryDirectory(prefix="weir-bench-") as state:

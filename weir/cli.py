@@ -118,7 +118,7 @@ def main() -> None:
 
 
 def _broker(config: Path | None) -> Any:
-    from topics.broker import LocalBroker
+    from weir.topics.broker import LocalBroker
 
     settings = _settings(config)
     if not settings.uses_local_broker:
@@ -178,9 +178,9 @@ def worker(
     config: ConfigOption = None,
 ) -> None:
     """Run a pipeline's steps until SIGTERM/SIGINT, then finish in-flight work and stop."""
-    from streams.worker import Worker
     from weir.loader import load_pipeline
     from weir.logs import configure_logging
+    from weir.streams.worker import Worker
 
     settings = _settings(config, max_in_flight=max_in_flight)
     configure_logging(settings, log_level)
@@ -188,7 +188,7 @@ def worker(
     only = [s.strip() for s in steps.split(",")] if steps else None
 
     async def run() -> Worker:
-        from processors import aclose_model_layer
+        from weir.processors import aclose_model_layer
         from weir.web import WebServer
 
         w = Worker(pipe, settings, steps=only)
@@ -241,8 +241,8 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
     Best effort: the sink creates them too, and while it holds an embedded
     store this worker cannot open it (nor needs to).
     """
-    from processors.trace_store import TraceStore, running_sink_url
     from weir.errors import TraceStoreError
+    from weir.processors.trace_store import TraceStore, running_sink_url
 
     if running_sink_url(settings) is not None:
         return
@@ -258,10 +258,10 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
 
 async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
     """Tell ``weir routes apply`` which endpoints this worker's routers know."""
-    if "processors.router" not in sys.modules:
+    if "weir.processors.router" not in sys.modules:
         return  # the pipeline defines no router (importing one would register it)
-    from processors.announcements import announce_routers
-    from processors.router import registered_routers
+    from weir.processors.announcements import announce_routers
+    from weir.processors.router import registered_routers
 
     log = logging.getLogger("weir.models")
     try:
@@ -274,7 +274,7 @@ async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
         return
     if sent:
         log.info("routes: announced router(s) %s", ", ".join(a.router for a in sent))
-        from processors.routes import RouteWatcher
+        from weir.processors.routes import RouteWatcher
 
         # Follow the routes topic from the start (not from the first model call), so each
         # router's status is on the topic before any request arrives.
@@ -283,10 +283,10 @@ async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
 
 async def _withdraw_router_statuses(settings: WeirSettings) -> None:
     """A stopping worker runs no version any more: take its statuses off the routes topic."""
-    if "processors.router" not in sys.modules:
+    if "weir.processors.router" not in sys.modules:
         return
-    from processors.router import registered_routers
-    from processors.router_status import withdraw_statuses
+    from weir.processors.router import registered_routers
+    from weir.processors.router_status import withdraw_statuses
 
     names = [name for name, r in registered_routers().items() if r.watch]
     try:
@@ -302,7 +302,7 @@ async def _withdraw_router_statuses(settings: WeirSettings) -> None:
 @topics_app.command("list")
 def topics_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List the cluster's topics with their partition counts."""
-    from topics.admin import TopicAdmin
+    from weir.topics.admin import TopicAdmin
 
     async def run() -> dict[str, int]:
         async with TopicAdmin(_settings(config)) as admin:
@@ -324,9 +324,9 @@ def topics_create(
     config: ConfigOption = None,
 ) -> None:
     """Create every topic a pipeline needs (workers also do this when they start)."""
-    from topics.admin import TopicAdmin
-    from topics.names import topic_specs
     from weir.loader import load_pipeline
+    from weir.topics.admin import TopicAdmin
+    from weir.topics.names import topic_specs
 
     settings = _settings(config)
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
@@ -342,7 +342,7 @@ def topics_create(
 @schemas_app.command("list")
 def schemas_list(as_json: JsonOption = False) -> None:
     """Each schema with its wire id (the Confluent header's schema id)."""
-    from schemas import (
+    from weir.schemas import (
         DEAD_LETTER_SCHEMA,
         ENVELOPE_SCHEMA,
         REQUEST_SCHEMA,
@@ -381,7 +381,7 @@ def schemas_show(
     ],
 ) -> None:
     """Print one schema (the .avsc JSON)."""
-    from schemas import load_schema
+    from weir.schemas import load_schema
 
     try:
         schema = load_schema(name)

@@ -6,8 +6,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from streams.pipeline import Pipeline
 from weir.errors import UnknownPipelineError
+from weir.streams.pipeline import Pipeline
 
 __all__ = ["load_pipeline"]
 

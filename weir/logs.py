@@ -19,8 +19,8 @@ def configure_logging(settings: WeirSettings, level: str) -> None:
     in this process out of messages, arguments and tracebacks, whichever
     logger (weir's or a library's) wrote them.
     """
-    from streams.redaction import Redactor, install_log_redaction
     from weir.secrets import scrub
+    from weir.streams.redaction import Redactor, install_log_redaction
 
     logging.basicConfig(level=level.upper(), format=FORMAT)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -29,8 +29,8 @@ from weir.errors import SecretError, UnauthorizedError
 from weir.secrets import SecretResolver
 
 if TYPE_CHECKING:
-    from streams.worker import Worker
     from weir.dashboard import QueriesProvider
+    from weir.streams.worker import Worker
 
 __all__ = ["SETTINGS_KEY", "WORKER_KEY", "WebServer", "create_app"]
 
@@ -72,7 +72,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
     dashboard.add_routes(app, settings, trace_queries)
-    from processors.sse import add_routes as add_model_routes
+    from weir.processors.sse import add_routes as add_model_routes
 
     add_model_routes(app, settings)
     return app
@@ -116,7 +116,7 @@ def _is_loopback(host: str) -> bool:
 
 async def _health(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
-    from processors.circuit_breaker import circuit_states
+    from weir.processors.circuit_breaker import circuit_states
 
     circuits = circuit_states()
     open_ = sorted(name for name, c in circuits.items() if c["state"] != "closed")
@@ -156,7 +156,7 @@ async def _stats(request: web.Request) -> web.Response:
         "refused_total": threads.refused_total,
     }
     stats["stuck_steps"] = [s.to_dict() for s in threads.stuck()]
-    from processors.ledger import CostLedger
+    from weir.processors.ledger import CostLedger
 
     ledger = CostLedger.existing(worker.settings)
     if ledger is not None:  # only pipelines with budgets have one

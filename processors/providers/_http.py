@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from processors.providers._base import Provider, ProviderCall
 from weir.errors import (
     ModelError,
     ModelRequestError,
@@ -29,6 +28,7 @@ from weir.errors import (
     SecretError,
     StreamInterruptedError,
 )
+from weir.processors.providers._base import Provider, ProviderCall
 from weir.secrets import SecretRef, scrub
 from weir.urls import mask_url
 

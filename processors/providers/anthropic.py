@@ -12,10 +12,10 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from processors.providers._base import Completion, Message, Piece, ProviderCall
-from processors.providers._http import HttpProvider, status_error
-from processors.tokens import message_text
 from weir.errors import ModelResponseError, StreamInterruptedError
+from weir.processors.providers._base import Completion, Message, Piece, ProviderCall
+from weir.processors.providers._http import HttpProvider, status_error
+from weir.processors.tokens import message_text
 
 __all__ = ["Anthropic"]
 

@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from processors.providers._base import (
+from weir.errors import ModelError, ModelResponseError, ModelUnavailableError
+from weir.processors.providers._base import (
     Completion,
     Embedded,
     Labelled,
@@ -29,7 +30,6 @@ from processors.providers._base import (
     Provider,
     ProviderCall,
 )
-from weir.errors import ModelError, ModelResponseError, ModelUnavailableError
 
 __all__ = ["LocalModel"]
 

@@ -15,9 +15,9 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from processors.providers._base import Completion, Embedded, Message, Piece, ProviderCall
-from processors.providers._http import HttpProvider
 from weir.errors import ModelResponseError, StreamInterruptedError
+from weir.processors.providers._base import Completion, Embedded, Message, Piece, ProviderCall
+from weir.processors.providers._http import HttpProvider
 
 __all__ = ["OpenAICompatible"]
 

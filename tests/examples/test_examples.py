@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from examples.customer_support import pipeline as customer_support
-from examples.intent_support import pipeline as intent_support
-from streams import WeirClient, Worker, run_local
 from weir.demo import SAMPLE_MESSAGES
+from weir.demo.pipeline import pipeline as intent_support
+from weir.streams import WeirClient, Worker, run_local
 
 
 def test_customer_support_v3_joins_context_and_history() -> None:

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from processors import aclose_model_layer
 from tests._model_servers import ModelServer
+from weir.processors import aclose_model_layer
 
 
 @pytest.fixture

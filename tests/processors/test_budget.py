@@ -13,14 +13,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-import processors.ledger
-from processors.budget import CostLedger, Reservation
-from schemas.messages import now_ms
-from topics._aiokafka import stop_consumer
-from topics.admin import TopicAdmin
-from topics.names import COSTS_TOPIC
 from weir.config import WeirSettings, load_settings
 from weir.errors import BrokerError
+from weir.processors import ledger as ledger_module
+from weir.processors.budget import CostLedger, Reservation
+from weir.schemas.messages import now_ms
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import COSTS_TOPIC
 
 
 def nowhere() -> WeirSettings:
@@ -107,7 +107,7 @@ async def test_a_failed_start_leaves_no_client_running(kafka, monkeypatch):
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise KafkaConnectionError("lost the broker while catching up")
 
-    monkeypatch.setattr(processors.ledger, "AIOKafkaProducer", Recorded)
+    monkeypatch.setattr(ledger_module, "AIOKafkaProducer", Recorded)
     monkeypatch.setattr(AIOKafkaConsumer, "offsets_for_times", refuse)
     ledger = CostLedger(kafka)
     with pytest.raises(KafkaConnectionError):

@@ -12,14 +12,14 @@ from decimal import Decimal
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from processors.trace_store import RemoteTraceStore, TraceStore
-from schemas.messages import TraceEvent
-from streams import WeirClient, Worker
 from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_results, read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests._traced import expected_attempts, flaky
-from topics.names import PipelineTopics
+from weir.processors.trace_store import RemoteTraceStore, TraceStore
+from weir.schemas.messages import TraceEvent
+from weir.streams import WeirClient, Worker
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 

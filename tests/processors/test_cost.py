@@ -4,10 +4,10 @@ from decimal import Decimal
 
 import pytest
 
-from processors import ModelEndpoint, OpenAICompatible, Price
-from processors.cost import DEFAULT_PRICES, format_usd, price_of
 from weir.config import load_settings
 from weir.errors import ConfigError, SecretError
+from weir.processors import ModelEndpoint, OpenAICompatible, Price
+from weir.processors.cost import DEFAULT_PRICES, format_usd, price_of
 
 
 def test_cost_is_exact_decimal_arithmetic():

@@ -11,17 +11,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from processors import (
-    Anthropic,
-    BreakerPolicy,
-    Limits,
-    LocalModel,
-    ModelEndpoint,
-    OpenAICompatible,
-    Price,
-)
-from schemas.messages import ModelCall
-from streams.context import AttemptScope, StepContext, enter_scope, leave_scope
 from tests._model_servers import input_tokens, vector
 from weir.config import load_settings
 from weir.errors import (
@@ -33,6 +22,17 @@ from weir.errors import (
     SecretError,
     StreamInterruptedError,
 )
+from weir.processors import (
+    Anthropic,
+    BreakerPolicy,
+    Limits,
+    LocalModel,
+    ModelEndpoint,
+    OpenAICompatible,
+    Price,
+)
+from weir.schemas.messages import ModelCall
+from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope
 
 PRICE = Price.per_million(input="0.15", output="0.60")
 MESSAGES = [
@@ -539,7 +539,7 @@ async def test_a_stream_failing_before_any_token_publishes_abort(monkeypatch):
 
 
 async def test_the_models_route_prices_with_the_apps_settings_not_the_environment():
-    from processors.sse import add_routes
+    from weir.processors.sse import add_routes
 
     settings = load_settings(model_prices={"m-config-priced": {"input_per_1m": "3.5"}})
     llm = ModelEndpoint(

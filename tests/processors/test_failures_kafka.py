@@ -12,12 +12,12 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from processors import BreakerPolicy, ModelEndpoint, OpenAICompatible, Price, circuit_states
-from schemas.messages import DeadLetter, TraceEvent
-from streams import Pipeline, RetryPolicy, WeirClient, Worker
-from streams.tracing import Tracing
 from tests._kafka import read_results, read_topic
-from topics.names import TRACES_TOPIC, PipelineTopics
+from weir.processors import BreakerPolicy, ModelEndpoint, OpenAICompatible, Price, circuit_states
+from weir.schemas.messages import DeadLetter, TraceEvent
+from weir.streams import Pipeline, RetryPolicy, WeirClient, Worker
+from weir.streams.tracing import Tracing
+from weir.topics.names import TRACES_TOPIC, PipelineTopics
 from weir.web import WebServer
 
 pytestmark = pytest.mark.kafka

@@ -12,14 +12,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from processors import Anthropic, ModelEndpoint, OpenAICompatible, Price, format_usd
-from schemas.messages import ModelCall
-from streams import NO_RETRY, Pipeline, RetryPolicy, StepContext, WeirClient, Worker
 from tests._kafka import read_results
 from tests._model_servers import input_tokens
 from tests.conftest import worker_env
-from topics.names import PipelineTopics
 from weir.errors import StreamAbortedError
+from weir.processors import Anthropic, ModelEndpoint, OpenAICompatible, Price, format_usd
+from weir.schemas.messages import ModelCall
+from weir.streams import NO_RETRY, Pipeline, RetryPolicy, StepContext, WeirClient, Worker
+from weir.topics.names import PipelineTopics
 from weir.web import WebServer
 
 pytestmark = pytest.mark.kafka

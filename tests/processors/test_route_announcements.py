@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from processors.announcements import read_announcements
-from processors.router import RuleSet
-from processors.router_status import read_statuses
-from processors.routes import apply_rule_set
 from tests.conftest import worker_env
+from weir.processors.announcements import read_announcements
+from weir.processors.router import RuleSet
+from weir.processors.router_status import read_statuses
+from weir.processors.routes import apply_rule_set
 
 pytestmark = pytest.mark.kafka
 
 MODULE = """
-from processors import LocalModel, ModelEndpoint, Router
-from streams import Pipeline
+from weir.processors import LocalModel, ModelEndpoint, Router
+from weir.streams import Pipeline
 
 fast = ModelEndpoint("{name}-fast", provider=LocalModel(model=lambda messages: "fast"))
 big = ModelEndpoint("{name}-big", provider=LocalModel(model=lambda messages: "big"))

@@ -9,13 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
-from processors.features import Features, document_type
-from processors.router import Router, Rule, RuleSet
-from processors.routes import RouteWatcher, latest_rule_sets, load_rule_sets
 from tests.processors.test_endpoint import MESSAGES, in_scope, scope
 from weir.config import load_settings
 from weir.errors import BudgetExceededError, NoRouteError, RoutingError
+from weir.processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
+from weir.processors.features import Features, document_type
+from weir.processors.router import Router, Rule, RuleSet
+from weir.processors.routes import RouteWatcher, latest_rule_sets, load_rule_sets
 
 LEGAL = (
     "This Agreement is entered into by the parties hereto. Whereas the Licensor shall indemnify"

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from processors import Budget, ModelEndpoint, OpenAICompatible, Price, Router, Rule
-from schemas.messages import now_ms
-from streams import Pipeline, WeirClient, Worker
 from tests._kafka import read_results
 from tests.conftest import worker_env
-from topics.names import PipelineTopics
+from weir.processors import Budget, ModelEndpoint, OpenAICompatible, Price, Router, Rule
+from weir.schemas.messages import now_ms
+from weir.streams import Pipeline, WeirClient, Worker
+from weir.topics.names import PipelineTopics
 from weir.web import WebServer
 
 pytestmark = pytest.mark.kafka
@@ -301,9 +301,9 @@ async def test_a_one_dollar_budget_stops_spending_at_one_dollar(
 async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_reset(
     kafka, pipeline_name
 ):
-    from processors import LocalModel, RuleSet
-    from processors.routes import apply_rule_set, read_rule_sets, reset_rule_set
-    from streams.context import AttemptScope, StepContext, enter_scope, leave_scope
+    from weir.processors import LocalModel, RuleSet
+    from weir.processors.routes import apply_rule_set, read_rule_sets, reset_rule_set
+    from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope
 
     a = ModelEndpoint(f"{pipeline_name}-a", provider=LocalModel(model=lambda m: "a"))
     b = ModelEndpoint(f"{pipeline_name}-b", provider=LocalModel(model=lambda m: "b"))
@@ -344,9 +344,9 @@ async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_rese
 
 async def test_the_route_watcher_catches_up_once_the_broker_can_be_reached(kafka, pipeline_name):
     """No broker at first (a closed port), then a TCP relay to the real one: a blip."""
-    from processors.router import RuleSet
-    from processors.routes import RouteWatcher, apply_rule_set
     from weir.config import load_settings
+    from weir.processors.router import RuleSet
+    from weir.processors.routes import RouteWatcher, apply_rule_set
 
     host, port = kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
 

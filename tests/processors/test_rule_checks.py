@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from processors import LocalModel, ModelEndpoint
-from processors.options import OptionTypeError, OptionValue
-from processors.router import Router, Rule
-from processors.rules_file import load_rule_sets
 from weir.errors import RoutingError
+from weir.processors import LocalModel, ModelEndpoint
+from weir.processors.options import OptionTypeError, OptionValue
+from weir.processors.router import Router, Rule
+from weir.processors.rules_file import load_rule_sets
 
 
 def local(name: str) -> ModelEndpoint:

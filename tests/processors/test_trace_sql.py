@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from processors.trace_sql import run_sql
-from processors.trace_store import TraceStore, event_row
-from schemas.messages import TraceEvent
 from tests.processors.test_trace_store import synthetic_events
 from weir.config import WeirSettings, load_settings
 from weir.errors import TraceQueryError
+from weir.processors.trace_sql import run_sql
+from weir.processors.trace_store import TraceStore, event_row
+from weir.schemas.messages import TraceEvent
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

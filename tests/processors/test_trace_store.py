@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from processors.trace_store import (
+from weir.config import load_settings
+from weir.errors import RequestNotFoundError
+from weir.processors.trace_store import (
     StepAttempt,
     TraceStore,
     build_timeline,
     event_row,
     parse_window,
 )
-from schemas.messages import ModelCall, TraceEvent
-from weir.config import load_settings
-from weir.errors import RequestNotFoundError
+from weir.schemas.messages import ModelCall, TraceEvent
 
 SEED_QUERY = (
     "SELECT step_name, AVG(duration_ms), COUNT(*) FROM pipeline_events WHERE status = 'FAILURE'"

@@ -11,8 +11,9 @@ import fastavro
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-import schemas
-from schemas import (
+from weir import schemas
+from weir.errors import MessageError, SchemaInvalidError, UndecodableError
+from weir.schemas import (
     DEAD_LETTER_SCHEMA,
     ENVELOPE_SCHEMA,
     MAGIC_BYTE,
@@ -22,8 +23,7 @@ from schemas import (
     AvroSchema,
     load_schema,
 )
-from schemas.messages import Request
-from weir.errors import MessageError, SchemaInvalidError, UndecodableError
+from weir.schemas.messages import Request
 
 SCHEMA_DIR = Path(schemas.__file__).parent
 SCHEMAS = {

@@ -8,8 +8,14 @@ from decimal import Decimal
 
 import fastavro
 
-from schemas._envelope_codec import decode_fast, encode_fast
-from schemas.messages import ENVELOPE_SCHEMA, TRACE_EVENT_SCHEMA, Envelope, ModelCall, TraceEvent
+from weir.schemas._envelope_codec import decode_fast, encode_fast
+from weir.schemas.messages import (
+    ENVELOPE_SCHEMA,
+    TRACE_EVENT_SCHEMA,
+    Envelope,
+    ModelCall,
+    TraceEvent,
+)
 
 
 def _fastavro_bytes(env: Envelope) -> bytes:

@@ -5,7 +5,13 @@ from typing import Any
 
 import pytest
 
-from schemas.messages import (
+from weir.errors import (
+    MessageError,
+    PayloadTooLargeError,
+    SchemaInvalidError,
+    UndecodableError,
+)
+from weir.schemas.messages import (
     DEAD_LETTER_SCHEMA,
     ENVELOPE_SCHEMA,
     RESULT_JSON_VERSION,
@@ -15,12 +21,6 @@ from schemas.messages import (
     Request,
     Result,
     now_ms,
-)
-from weir.errors import (
-    MessageError,
-    PayloadTooLargeError,
-    SchemaInvalidError,
-    UndecodableError,
 )
 
 LIMIT = 1 << 20

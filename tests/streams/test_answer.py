@@ -8,10 +8,10 @@ import json
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams import Worker
-from streams.answer import _Pending
 from tests._pipelines import linear
-from topics.names import PipelineTopics
+from weir.streams import Worker
+from weir.streams.answer import _Pending
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 
@@ -51,8 +51,8 @@ async def test_after_an_unclear_commit_answers_already_committed_are_not_written
 async def test_answered_ids_stay_under_the_cap_and_every_request_is_answered_once(
     kafka, pipeline_name
 ):
-    from streams import WeirClient
     from tests._kafka import read_results
+    from weir.streams import WeirClient
 
     cap = 40
     settings = kafka.model_copy(update={"answered_max_per_partition": cap})

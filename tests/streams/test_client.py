@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.client import WeirClient
 from weir.config import load_settings
 from weir.errors import ConfigError
+from weir.streams.client import WeirClient
 
 
 @pytest.mark.parametrize(("payloads", "ids"), [(3, 2), (1, 2)])

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.messages import Result
-from streams import WeirClient, Worker
 from tests._kafka import read_results
 from tests._pipelines import diamond
 from tests.conftest import worker_env
-from topics._aiokafka import rewind, stop_consumer
-from topics.admin import TopicAdmin
-from topics.broker import LocalBroker, free_port_pair
-from topics.names import PipelineTopics, topic_specs
 from weir.config import BrokerSettings, WeirSettings, load_settings
+from weir.schemas.messages import Result
+from weir.streams import WeirClient, Worker
+from weir.topics._aiokafka import rewind, stop_consumer
+from weir.topics.admin import TopicAdmin
+from weir.topics.broker import LocalBroker, free_port_pair
+from weir.topics.names import PipelineTopics, topic_specs
 
 pytestmark = pytest.mark.kafka
 

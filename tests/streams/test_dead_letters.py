@@ -11,15 +11,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from schemas.messages import DeadLetter
-from streams import Pipeline, WeirClient, Worker
-from streams.dead_letter import HEAD_BYTES, PAYLOAD_HEAD_HEADER
-from streams.ingress import REPLAY_HEADER
-from streams.replay import DeadLetterQueue
 from tests._kafka import read_results, read_topic
-from topics._aiokafka import stop_consumer
-from topics.names import INGRESS, PipelineTopics
 from weir.config import WeirSettings
+from weir.schemas.messages import DeadLetter
+from weir.streams import Pipeline, WeirClient, Worker
+from weir.streams.dead_letter import HEAD_BYTES, PAYLOAD_HEAD_HEADER
+from weir.streams.ingress import REPLAY_HEADER
+from weir.streams.replay import DeadLetterQueue
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.names import INGRESS, PipelineTopics
 
 pytestmark = pytest.mark.kafka
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from schemas.messages import DeadLetter
-from streams.replay import DeadLetterQueue
 from tests.conftest import worker_env
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics, TopicSpec
 from weir.config import WeirSettings
+from weir.schemas.messages import DeadLetter
+from weir.streams.replay import DeadLetterQueue
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics, TopicSpec
 
 pytestmark = pytest.mark.kafka
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from schemas.messages import Envelope
-from streams.branch import Branch
-from streams.context import StepContext
-from streams.executor import StepExecutor, encode_output, split_branch
-from streams.pipeline import Pipeline
 from weir.errors import SchemaInvalidError, StepError, StepTimeoutError
+from weir.schemas.messages import Envelope
+from weir.streams.branch import Branch
+from weir.streams.context import StepContext
+from weir.streams.executor import StepExecutor, encode_output, split_branch
+from weir.streams.pipeline import Pipeline
 
 
 class Item(BaseModel):

@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from schemas.messages import DeadLetter, Envelope, Result
-from streams import Fallback, Pipeline, RetryPolicy, WeirClient, Worker
 from tests._kafka import read_topic
 from tests.conftest import worker_env
-from topics.names import PipelineTopics
 from weir.errors import ModelTimeoutError
+from weir.schemas.messages import DeadLetter, Envelope, Result
+from weir.streams import Fallback, Pipeline, RetryPolicy, WeirClient, Worker
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 

@@ -9,12 +9,12 @@ import random
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from schemas.messages import DeadLetter, Request
-from streams import Worker
 from tests._kafka import read_results, read_topic
 from tests._pipelines import diamond
-from topics.names import PipelineTopics
 from weir.config import WeirSettings
+from weir.schemas.messages import DeadLetter, Request
+from weir.streams import Worker
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 

@@ -9,11 +9,11 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import RetryPolicy, WeirClient, Worker
-from streams.pipeline import Pipeline
 from tests._kafka import read_results, read_topic
-from topics._aiokafka import stop_consumer
-from topics.names import PipelineTopics
+from weir.streams import RetryPolicy, WeirClient, Worker
+from weir.streams.pipeline import Pipeline
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 

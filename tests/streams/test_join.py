@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.messages import Envelope
-from streams.join import JoinTable
+from weir.schemas.messages import Envelope
+from weir.streams.join import JoinTable
 
 
 def _input(request_id: str, source: str) -> Envelope:

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from streams.offsets import PartitionOffsets
+from weir.streams.offsets import PartitionOffsets
 
 
 def test_nothing_is_committable_before_anything_finishes() -> None:
@@ -129,7 +129,7 @@ def test_matches_the_reference_model_under_random_finish_order(seed: int) -> Non
 
 
 def test_a_head_that_holds_commits_too_long_is_reported_stuck():
-    from streams.offsets import PartitionOffsets
+    from weir.streams.offsets import PartitionOffsets
 
     p = PartitionOffsets()
     assert p.stuck(0.0) is None

@@ -5,12 +5,6 @@ import inspect
 import pytest
 from pydantic import BaseModel
 
-from streams.branch import Branch
-from streams.context import StepContext
-from streams.dependencies import any_of
-from streams.local import run_local
-from streams.pipeline import Binding, Pipeline
-from topics.names import ANSWER
 from weir.errors import (
     CycleError,
     DuplicateStepError,
@@ -19,6 +13,12 @@ from weir.errors import (
     UnknownDependencyError,
     UnsatisfiedParameterError,
 )
+from weir.streams.branch import Branch
+from weir.streams.context import StepContext
+from weir.streams.dependencies import any_of
+from weir.streams.local import run_local
+from weir.streams.pipeline import Binding, Pipeline
+from weir.topics.names import ANSWER
 
 
 def _message_of(info: pytest.ExceptionInfo[BaseException], exc_type: type, *fragments: str) -> str:

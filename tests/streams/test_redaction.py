@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.redaction import (
+from weir.config import load_settings
+from weir.streams.redaction import (
     DEFAULT_PATTERNS,
     LOG_MAX_BYTES,
     Finding,
@@ -27,7 +28,6 @@ from streams.redaction import (
     luhn_valid,
     truncate,
 )
-from weir.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

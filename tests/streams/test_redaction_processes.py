@@ -20,16 +20,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streams import WeirClient
 from tests._canary import CANARIES, CANARY_EMAIL, CANARY_PASSWORD, canary_pipeline
 from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests.conftest import worker_env
 from tests.processors.test_clickhouse_sink import wait_stored
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics, global_topic_specs, topic_specs
 from weir.config import WeirSettings
+from weir.streams import WeirClient
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics, global_topic_specs, topic_specs
 
 pytestmark = pytest.mark.kafka
 

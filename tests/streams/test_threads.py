@@ -14,12 +14,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from streams import Pipeline, RetryPolicy, WeirClient, Worker
-from streams.executor import StepExecutor
-from streams.threads import StepThreads
 from tests.conftest import worker_env
 from weir.config import WeirSettings
 from weir.errors import StepThreadsExhaustedError, StepTimeoutError
+from weir.streams import Pipeline, RetryPolicy, WeirClient, Worker
+from weir.streams.executor import StepExecutor
+from weir.streams.threads import StepThreads
 from weir.web import WebServer
 
 

@@ -27,13 +27,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from streams import WeirClient
 from tests._kafka import read_results
 from tests._sink import free_port
 from tests._traced import flaky
 from tests.conftest import worker_env
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics, topic_specs
+from weir.streams import WeirClient
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics, topic_specs
 
 pytestmark = pytest.mark.kafka
 

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from schemas.messages import DeadLetter
-from streams import WeirClient, Worker, run_local
-from streams.pipeline import Pipeline
 from tests._kafka import read_results, read_topic
 from tests._pipelines import branching, diamond, linear, rejoin
-from topics.names import PipelineTopics
 from weir.config import WeirSettings
 from weir.errors import JoinInputSkippedError
+from weir.schemas.messages import DeadLetter
+from weir.streams import WeirClient, Worker, run_local
+from weir.streams.pipeline import Pipeline
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 
@@ -191,7 +191,7 @@ async def test_many_slow_calls_run_concurrently_on_one_partition(kafka, pipeline
 
 def test_results_round_trip_as_json_lines(kafka):
     # Results are plain JSON by default: what kcat would print.
-    from schemas.messages import Result
+    from weir.schemas.messages import Result
 
     raw = Result(
         request_id="r",

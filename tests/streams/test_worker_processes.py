@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from streams import WeirClient
 from tests._kafka import read_results, read_topic
 from tests._pipelines import diamond
 from tests.conftest import worker_env
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics, topic_specs
+from weir.streams import WeirClient
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics, topic_specs
 
 pytestmark = pytest.mark.kafka
 

@@ -13,9 +13,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from topics.broker import LocalBroker, free_port_pair
 from weir.config import BrokerSettings, WeirSettings
 from weir.errors import BrokerError
+from weir.topics.broker import LocalBroker, free_port_pair
 
 
 def _bindable(port: int) -> bool:

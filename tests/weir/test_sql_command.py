@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from streams import WeirClient, Worker
 from tests._kafka import read_results
 from tests._sink import SinkProcess, sink_settings
 from tests._traced import expected_attempts, flaky
 from tests.conftest import worker_env
 from tests.processors.test_clickhouse_sink import wait_stored
-from topics.names import PipelineTopics
 from weir.config import WeirSettings
+from weir.streams import WeirClient, Worker
+from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
 

@@ -43,7 +43,7 @@ def test_a_secret_url_is_masked_in_str_repr_and_format() -> None:
 
 
 def test_a_model_provider_names_its_base_url_masked() -> None:
-    from processors.providers.openai import OpenAICompatible
+    from weir.processors.providers.openai import OpenAICompatible
 
     provider = OpenAICompatible("http://proxy:s3cret@127.0.0.1:11434/v1")
     assert "s3cret" not in provider.describe()

@@ -18,13 +18,13 @@ import httpx
 import pytest
 from aiohttp import web
 
-from processors.trace_store import TraceStore
 from tests._sink import free_port
 from tests.processors.test_trace_store import rows, synthetic_events
-from topics.admin import TopicAdmin
-from topics.names import PipelineTopics, TopicSpec
 from weir.config import WeirSettings, load_settings
 from weir.errors import SecretError
+from weir.processors.trace_store import TraceStore
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics, TopicSpec
 from weir.web import WebServer, create_app
 
 TOKEN = "test-web-token-5f1c9e"

@@ -24,10 +24,10 @@ async def request_calls(
     """Every model call of ``request_id`` (all steps, all attempts) from the trace topic."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from processors.streaming import partition_of
-    from schemas.messages import TraceEvent, now_ms
-    from topics._aiokafka import stop_consumer
-    from topics.admin import TopicAdmin
+    from weir.processors.streaming import partition_of
+    from weir.schemas.messages import TraceEvent, now_ms
+    from weir.topics._aiokafka import stop_consumer
+    from weir.topics.admin import TopicAdmin
 
     topic = settings.trace_topic
     async with TopicAdmin(settings) as admin:
@@ -70,7 +70,7 @@ async def request_calls(
 
 def summary(request_id: str, calls: list[dict[str, Any]]) -> str:
     """The one-line answer: tokens, the model(s) that answered, the cost."""
-    from processors.cost import format_usd
+    from weir.processors.cost import format_usd
 
     tokens_in = sum(c["input_tokens"] for c in calls)
     tokens_out = sum(c["output_tokens"] for c in calls)

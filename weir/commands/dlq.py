@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from streams.replay import DEFAULT_PAGE_SIZE
 from weir.commands._output import JsonOption, print_json, print_table
 from weir.config import load_settings
 from weir.errors import WeirError
+from weir.streams.replay import DEFAULT_PAGE_SIZE
 
 app = typer.Typer(help="Inspect and replay dead-letter topics.", no_args_is_help=True)
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
@@ -60,7 +60,7 @@ def list_(
 
     Topics are read as a stream: memory holds one page, however many dead letters there are.
     """
-    from streams.replay import DeadLetterQueue, parse_since
+    from weir.streams.replay import DeadLetterQueue, parse_since
 
     settings = load_settings(config)
     since_ms = parse_since(since) if since else None
@@ -130,7 +130,7 @@ def show(
     config: Config = None,
 ) -> None:
     """Print one dead letter: why it failed, where it came from, and the original message."""
-    from streams.replay import DeadLetterQueue
+    from weir.streams.replay import DeadLetterQueue
 
     pipeline = entry_id.split("/", 1)[0]
     entry = asyncio.run(DeadLetterQueue(load_settings(config), pipeline).get(entry_id))
@@ -187,7 +187,7 @@ def replay(
     config: Config = None,
 ) -> None:
     """Re-inject dead letters at the step that failed; only that branch runs again."""
-    from streams.replay import DeadLetterQueue, parse_since
+    from weir.streams.replay import DeadLetterQueue, parse_since
 
     settings = load_settings(config)
     queue = DeadLetterQueue(settings, pipeline)

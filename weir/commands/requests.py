@@ -87,7 +87,7 @@ def submit(
     config: ConfigOption = None,
 ) -> None:
     """Submit requests to a pipeline's requests topic; print their request ids."""
-    from streams.client import WeirClient
+    from weir.streams.client import WeirClient
 
     payloads = _read_payloads(json_text, file)
     options = _read_options(option or [])
@@ -131,7 +131,7 @@ def results(
     config: ConfigOption = None,
 ) -> None:
     """Print a pipeline's results from the beginning of its results topic."""
-    from streams.client import WeirClient
+    from weir.streams.client import WeirClient
 
     settings = load_settings(config)
 

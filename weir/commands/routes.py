@@ -16,9 +16,9 @@ from weir.config import WeirSettings, load_settings
 from weir.errors import BrokerError, RoutingError
 
 if TYPE_CHECKING:
-    from processors.announcements import RouterAnnouncement
-    from processors.router import RuleSet
-    from processors.router_status import RouterStatus
+    from weir.processors.announcements import RouterAnnouncement
+    from weir.processors.router import RuleSet
+    from weir.processors.router_status import RouterStatus
 
 app = typer.Typer(
     help="Routing rules on the routes topic: workers switch within seconds.", no_args_is_help=True
@@ -47,8 +47,8 @@ def apply(
     config: ConfigOption = None,
 ) -> None:
     """Validate a rules file and publish it as the next version of each router's rules."""
-    from processors.router import registered_routers
-    from processors.routes import apply_rule_set, check_against_routers, load_rule_sets
+    from weir.processors.router import registered_routers
+    from weir.processors.routes import apply_rule_set, check_against_routers, load_rule_sets
 
     if not file.exists():
         raise RoutingError(f"rules file {file} does not exist")
@@ -82,7 +82,7 @@ def apply(
 
 def _check_announced(settings: WeirSettings, rule_sets: list[RuleSet]) -> None:
     """Endpoint names against the routers workers announced; a note where none did."""
-    from processors.announcements import check_against_announced, read_announcements
+    from weir.processors.announcements import check_against_announced, read_announcements
 
     async def read() -> dict[str, RouterAnnouncement]:
         async with asyncio.timeout(settings.routes_wait_s + 10):
@@ -116,8 +116,8 @@ def show(
 ) -> None:
     """Print the rule set in force (YAML) for each router on the routes topic, and which
     version each running worker has in force (and any version it refused, and why)."""
-    from processors.router_status import read_statuses
-    from processors.routes import dump_rule_set, read_rule_sets
+    from weir.processors.router_status import read_statuses
+    from weir.processors.routes import dump_rule_set, read_rule_sets
 
     settings = load_settings(config)
 
@@ -163,8 +163,8 @@ def history(
     config: ConfigOption = None,
 ) -> None:
     """Every version applied, oldest first: when, by whom, why, and its rules."""
-    from processors.router import RuleSet
-    from processors.routes import read_history
+    from weir.processors.router import RuleSet
+    from weir.processors.routes import read_history
 
     entries = asyncio.run(read_history(load_settings(config), router))
     if as_json:
@@ -202,7 +202,7 @@ def reset(
     config: ConfigOption = None,
 ) -> None:
     """Send a router back to the rules in its code (a tombstone on the routes topic)."""
-    from processors.routes import reset_rule_set
+    from weir.processors.routes import reset_rule_set
 
     asyncio.run(reset_rule_set(load_settings(config), router))
     out.print(f"{router}: reset; workers use the rules in code within seconds")

@@ -3,7 +3,7 @@
 The statement runs in the store's database (``weir`` unless
 ``WEIR_CLICKHOUSE_DATABASE`` says otherwise), so the seed's query over
 ``pipeline_events`` runs verbatim; through the running ``weir sink`` when it
-holds the embedded store, directly otherwise (``processors.trace_sql``).
+holds the embedded store, directly otherwise (``weir.processors.trace_sql``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from processors.sink_status import empty_store_hint
-from processors.trace_sql import SqlResult, run_sql
 from weir.commands._output import json_text, print_table
 from weir.config import load_settings
+from weir.processors.sink_status import empty_store_hint
+from weir.processors.trace_sql import SqlResult, run_sql
 
 __all__ = ["render", "sql"]
 

@@ -26,8 +26,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from processors.sink_status import empty_store_hint, sink_status
-from processors.trace_store import (
+from weir.commands._output import JsonOption, print_table
+from weir.config import WeirSettings, load_settings
+from weir.errors import RequestNotFoundError
+from weir.processors.sink_status import empty_store_hint, sink_status
+from weir.processors.trace_store import (
     Stats,
     Timeline,
     dumps,
@@ -35,9 +38,6 @@ from processors.trace_store import (
     parse_window,
     sink_file,
 )
-from weir.commands._output import JsonOption, print_table
-from weir.config import WeirSettings, load_settings
-from weir.errors import RequestNotFoundError
 
 __all__ = ["render_stats", "render_timeline", "sink", "stats", "trace"]
 
@@ -126,9 +126,9 @@ def sink(
 
 
 async def _run_sink(settings: WeirSettings) -> None:
-    from processors.clickhouse_sink import ClickHouseSink
-    from processors.trace_store import TraceQueries
     from weir.errors import TraceStoreError
+    from weir.processors.clickhouse_sink import ClickHouseSink
+    from weir.processors.trace_store import TraceQueries
     from weir.web import WebServer
 
     runner = ClickHouseSink(settings)

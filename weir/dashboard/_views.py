@@ -11,13 +11,6 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from processors.trace_store import (
-    LatencyPoint,
-    TraceQueries,
-    dumps,
-    open_queries,
-    parse_window,
-)
 from weir._http import positive_seconds
 from weir.config import WeirSettings
 from weir.dashboard._charts import bar_chart, gantt, line_chart
@@ -26,6 +19,13 @@ from weir.errors import (
     TraceQueryError,
     TraceSchemaMissingError,
     TraceStoreError,
+)
+from weir.processors.trace_store import (
+    LatencyPoint,
+    TraceQueries,
+    dumps,
+    open_queries,
+    parse_window,
 )
 
 T = TypeVar("T")
@@ -148,7 +148,7 @@ async def api_slowest(request: web.Request) -> web.Response:
 
 async def api_sql(request: web.Request) -> web.Response:
     """``POST {"query": "..."}``: one read-only statement (``weir sql`` while a sink runs)."""
-    from processors.trace_sql import select
+    from weir.processors.trace_sql import select
 
     provider: QueriesProvider | None = request.app.get(QUERIES)  # type: ignore[assignment]
     if provider is None:

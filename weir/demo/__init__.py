@@ -27,7 +27,7 @@ def run_demo(settings: WeirSettings, *, requests: int, keep_broker: bool, consol
     """Start the local broker (unless a cluster is configured), run, print, shut down."""
     broker = None
     if settings.uses_local_broker:
-        from topics.broker import LocalBroker
+        from weir.topics.broker import LocalBroker
 
         broker = LocalBroker(settings)
         was_running = broker.status().running
@@ -46,8 +46,8 @@ def run_demo(settings: WeirSettings, *, requests: int, keep_broker: bool, consol
 
 
 async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
-    from examples.intent_support import pipeline
-    from streams import WeirClient, Worker
+    from weir.demo.pipeline import pipeline
+    from weir.streams import WeirClient, Worker
 
     console.print(f"[bold]2.[/] starting a worker for pipeline {pipeline.name!r}")
     async with Worker(pipeline, settings), WeirClient(settings) as client:

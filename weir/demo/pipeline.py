@@ -15,9 +15,9 @@ import os
 
 from pydantic import BaseModel
 
-from examples._local_models import POLICY_CASES, classify_intent, draft_with_policy, embed
-from processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
-from streams import Branch, Pipeline, StepContext
+from weir.demo.models import POLICY_CASES, classify_intent, draft_with_policy, embed
+from weir.processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
+from weir.streams import Branch, Pipeline, StepContext
 
 
 class SupportMessage(BaseModel):
