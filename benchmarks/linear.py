@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from weir.config import BrokerSettings, WeirSettings, load_settings
+from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.schemas.messages import now_us
 from weir.streams.client import WeirClient
 from weir.streams.pipeline import Pipeline

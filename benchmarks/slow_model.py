@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from linear import PARTITIONS, _background, broker_settings
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.topics._aiokafka import rewind, stop_consumer
 from weir.topics.admin import TopicAdmin

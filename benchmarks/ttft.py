@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.linear import broker_settings, percentile
 from tests._model_servers import ModelServer
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.processors import ModelEndpoint, OpenAICompatible, aclose_model_layer
 from weir.streams.client import WeirClient
 from weir.streams.pipeline import Pipeline

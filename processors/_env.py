@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from weir.config import WeirSettings, load_settings
-from weir.secrets import SecretResolver
+from weir.core.config import WeirSettings, load_settings
+from weir.core.secrets import SecretResolver
 from weir.streams.context import current_scope
 
 __all__ = ["aclose_model_layer", "register_closer", "resolver_for", "settings_now"]

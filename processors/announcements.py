@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from weir.config import WeirSettings
-from weir.errors import RoutingError
+from weir.core.config import WeirSettings
+from weir.core.errors import RoutingError
 from weir.processors.router import RuleSet
 from weir.processors.routes import (
     ANNOUNCEMENT_HEADER,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from weir.errors import ConfigError
+from weir.core.errors import ConfigError
 from weir.processors._env import settings_now
 from weir.processors.ledger import BudgetStatus, CostLedger, Window, window_start
 from weir.streams.context import current_scope

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from weir.errors import ConfigError, ModelError, ModelRequestError
+from weir.core.errors import ConfigError, ModelError, ModelRequestError
 
 __all__ = ["BreakerPolicy", "CircuitBreaker", "Probe", "circuit_states", "counts_against_circuit"]
 

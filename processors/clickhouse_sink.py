@@ -41,8 +41,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from weir.config import WeirSettings
-from weir.errors import TraceStoreError
+from weir.core.config import WeirSettings
+from weir.core.errors import TraceStoreError
 from weir.processors.trace_store import TraceStore, event_row
 from weir.schemas.messages import TraceEvent
 from weir.streams._bounded import RecentSet

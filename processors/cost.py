@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TypeVar
 
-from weir.config import ModelPrice, WeirSettings
-from weir.errors import ConfigError
+from weir.core.config import ModelPrice, WeirSettings
+from weir.core.errors import ConfigError
 
 __all__ = ["DEFAULT_PRICES", "FREE", "Price", "format_usd", "price_of"]
 

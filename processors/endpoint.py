@@ -40,8 +40,8 @@ from typing import Any, Literal
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import SecretStr
 
-from weir.config import WeirSettings
-from weir.errors import (
+from weir.core.config import WeirSettings
+from weir.core.errors import (
     CircuitOpenError,
     ConfigError,
     ModelError,
@@ -50,6 +50,7 @@ from weir.errors import (
     SecretError,
     StreamInterruptedError,
 )
+from weir.core.secrets import SecretRef
 from weir.processors._env import resolver_for, settings_now
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
 from weir.processors.cost import FREE, Price, price_of
@@ -59,7 +60,6 @@ from weir.processors.results import ChatResult, Classification, Embeddings, Stre
 from weir.processors.streaming import StreamPublisher
 from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
-from weir.secrets import SecretRef
 from weir.streams.context import AttemptScope, current_scope
 from weir.streams.dead_letter import error_type_of
 

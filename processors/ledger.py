@@ -48,7 +48,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.processors._env import register_closer
 from weir.processors._spend_sketch import SpendSketch
 from weir.schemas.messages import now_ms

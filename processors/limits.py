@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from weir.errors import ConfigError, RateLimitedError
+from weir.core.errors import ConfigError, RateLimitedError
 
 __all__ = ["LatencyStats", "Limits", "TokenBucket"]
 

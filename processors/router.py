@@ -13,7 +13,7 @@
     >>> Rule("input.tokens < 5", endpoint=small)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    weir.errors.RoutingError: rule 'input.tokens < 5': input.tokens is not a feature (known: ...)
+    weir.core.errors.RoutingError: rule 'input.tokens < 5': input.tokens is not a feature ...
 
 Conditions are Python-like expressions evaluated by simpleeval (never ``eval``)
 over these names:
@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from simpleeval import InvalidExpression, SimpleEval
 
-from weir.errors import BudgetExceededError, NoRouteError, RoutingError
+from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors.condition_check import type_mismatch, units_hint
 from weir.processors.endpoint import CallMeta, ChatStream, ModelEndpoint
 from weir.processors.features import DERIVED_FEATURES, Features

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import now_ms
 from weir.topics.names import ROUTES_TOPIC
 

@@ -37,8 +37,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from weir.config import WeirSettings
-from weir.errors import RoutingError
+from weir.core.config import WeirSettings
+from weir.core.errors import RoutingError
 from weir.processors._env import register_closer, settings_now
 from weir.processors.router import RuleSet, registered_routers
 from weir.processors.router_status import StatusReporter

@@ -15,7 +15,7 @@ what was expected there:
 >>> load_rule_sets("router: r\\nrules:\\n  - name: a\\n    condition: lag >\\n    endpoint: x\\n")
 Traceback (most recent call last):
 ...
-weir.errors.RoutingError: rules file, line 4: rule 'a': the condition is not a valid expression ...
+weir.core.errors.RoutingError: rules file, line 4: rule 'a': the condition is not a valid ...
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from weir.errors import RoutingError
+from weir.core.errors import RoutingError
 from weir.processors.router import RuleSet, RuleSpec, compile_condition
 
 __all__ = ["load_rule_sets"]

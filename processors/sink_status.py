@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from weir.config import WeirSettings
-from weir.errors import TraceStoreError
+from weir.core.config import WeirSettings
+from weir.core.errors import TraceStoreError
 
 __all__ = [
     "SinkStatus",

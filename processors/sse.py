@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from weir._http import epoch_ms, error_response, positive_seconds
-from weir.config import WeirSettings
-from weir.errors import StreamAbortedError, TooManyStreamsError, UnknownPipelineError
+from weir.core.config import WeirSettings
+from weir.core.errors import StreamAbortedError, TooManyStreamsError, UnknownPipelineError
 from weir.processors.streaming import TokenStream
 
 __all__ = ["add_routes"]

@@ -45,8 +45,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from weir.config import WeirSettings
-from weir.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
+from weir.core.config import WeirSettings
+from weir.core.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
 from weir.processors.results import Usage
 from weir.schemas.messages import Result, now_ms
 from weir.streams.context import AttemptScope

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from weir.config import WeirSettings
-from weir.errors import TraceQueryError, TraceStoreError
+from weir.core.config import WeirSettings
+from weir.core.errors import TraceQueryError, TraceStoreError
 from weir.processors.sink_status import check_store_free, sink_status
 
 __all__ = ["SqlResult", "plain_value", "run_sql", "run_sql_here"]

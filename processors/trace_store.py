@@ -40,13 +40,14 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from weir.config import WeirSettings
-from weir.errors import (
+from weir.core.config import WeirSettings
+from weir.core.errors import (
     RequestNotFoundError,
     TraceQueryError,
     TraceSchemaMissingError,
     TraceStoreError,
 )
+from weir.core.urls import mask_url
 from weir.processors.sink_status import (
     check_store_free,
     empty_store_hint,
@@ -54,7 +55,6 @@ from weir.processors.sink_status import (
     sink_file,
     sink_status,
 )
-from weir.urls import mask_url
 
 __all__ = [
     "EVENTS_TABLE",
@@ -1152,7 +1152,7 @@ def open_queries(settings: WeirSettings) -> TraceQueries:
     if status.url is not None:
         token = None
         if settings.web_token is not None:
-            from weir.secrets import SecretResolver
+            from weir.core.secrets import SecretResolver
 
             token = SecretResolver(settings).resolve_blocking(settings.web_token.get_secret_value())
         return RemoteTraceStore(status.url, token=token)

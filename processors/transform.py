@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from weir.errors import StepError
+from weir.core.errors import StepError
 
 __all__ = ["Transform"]
 

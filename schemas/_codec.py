@@ -17,7 +17,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from weir.errors import SchemaInvalidError, UndecodableError
+from weir.core.errors import SchemaInvalidError, UndecodableError
 
 __all__ = ["MAGIC_BYTE", "AvroSchema", "load_schema"]
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from weir.errors import (
+from weir.core.errors import (
     PayloadTooLargeError,
     SchemaInvalidError,
     UndecodableError,

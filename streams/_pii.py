@@ -169,7 +169,7 @@ def _phone(text: str) -> bool:
 
 
 def _unmasked(text: str) -> bool:
-    return text != "***"  # already masked by weir.urls.mask_url: leave it readable
+    return text != "***"  # already masked by weir.core.urls.mask_url: leave it readable
 
 
 # Patterns that start with a digit (or a few letters) test for it first, "(?=\d)": a

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import Envelope, ModelCall, TraceEvent
 from weir.streams.dead_letter import DeadLetters
 from weir.streams.outbox import Outbox, OutMessage

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import ConsumerRecord
 
-from weir.errors import MessageError, OutputTooLargeError, SchemaInvalidError
+from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 from weir.schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
 from weir.streams._runtime import Record, Runtime, merge_calls
 from weir.streams.join import JoinTable, eviction_messages

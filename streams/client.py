@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from weir.config import WeirSettings
-from weir.errors import (
+from weir.core.config import WeirSettings
+from weir.core.errors import (
     BrokerError,
     ConfigError,
     ResultTimeoutError,

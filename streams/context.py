@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from weir.config import WeirSettings
+    from weir.core.config import WeirSettings
     from weir.schemas.messages import ModelCall
     from weir.streams.tracing import Tracing
 

@@ -16,7 +16,7 @@ import traceback
 
 from aiokafka.structs import ConsumerRecord
 
-from weir.errors import PayloadTooLargeError, WeirError
+from weir.core.errors import PayloadTooLargeError, WeirError
 from weir.schemas.messages import DeadLetter, now_ms
 from weir.streams.outbox import MAX_MESSAGE_BYTES, OutMessage
 from weir.streams.redaction import Redactor

@@ -15,7 +15,7 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
-from weir.errors import SchemaInvalidError, StepError, StepTimeoutError, WeirError
+from weir.core.errors import SchemaInvalidError, StepError, StepTimeoutError, WeirError
 from weir.schemas.messages import Envelope
 from weir.streams.branch import Branch
 from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope

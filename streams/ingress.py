@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from weir.errors import (
+from weir.core.errors import (
     MessageError,
     OutputTooLargeError,
     PayloadTooLargeError,

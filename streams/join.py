@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from weir.errors import JoinEvictedError
+from weir.core.errors import JoinEvictedError
 from weir.schemas.messages import Envelope, now_us
 from weir.streams.outbox import OutMessage
 from weir.streams.table import ChangelogTable

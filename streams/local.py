@@ -6,7 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from weir.errors import BranchError, JoinInputSkippedError
+from weir.core.errors import BranchError, JoinInputSkippedError
 from weir.schemas.messages import Envelope, now_ms, now_us
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from weir.errors import OutputTooLargeError
+from weir.core.errors import OutputTooLargeError
 
 __all__ = ["MAX_MESSAGE_BYTES", "Abandoned", "OutMessage", "Outbox", "Owned"]
 

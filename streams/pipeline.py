@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
-from weir.errors import (
+from weir.core.errors import (
     CycleError,
     DuplicateStepError,
     PipelineDefinitionError,

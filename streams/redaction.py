@@ -46,7 +46,7 @@ import re
 from collections.abc import Callable, Iterable
 from operator import attrgetter, itemgetter
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.streams._pii import DEFAULT_PATTERNS, Detector, Finding, Pattern, luhn_valid
 
 __all__ = [
@@ -207,7 +207,7 @@ class RedactingFilter(logging.Filter):
 
     Put it on handlers (``install_log_redaction``): a handler's filters see the
     records of every logger that propagates to it, a logger's only its own.
-    ``scrub`` also takes out known secret values (``weir.secrets.scrub``).
+    ``scrub`` also takes out known secret values (``weir.core.secrets.scrub``).
     """
 
     def __init__(

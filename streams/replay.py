@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from weir.config import WeirSettings
-from weir.errors import ConfigError, MessageError, WeirError
+from weir.core.config import WeirSettings
+from weir.core.errors import ConfigError, MessageError, WeirError
 from weir.schemas.messages import DeadLetter, Envelope, now_ms, now_us
 from weir.streams._runtime import Record
 from weir.streams.ingress import REPLAY_HEADER

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from weir.errors import PipelineDefinitionError, StepError, WeirError
+from weir.core.errors import PipelineDefinitionError, StepError, WeirError
 
 __all__ = ["NO_RETRY", "Fallback", "RetryPolicy"]
 

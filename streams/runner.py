@@ -20,7 +20,7 @@ import random
 import time
 from typing import Any
 
-from weir.errors import (
+from weir.core.errors import (
     BranchError,
     JoinInputSkippedError,
     MessageError,

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from weir.errors import StepThreadsExhaustedError
+from weir.core.errors import StepThreadsExhaustedError
 
 __all__ = ["StepThreads", "StuckStep"]
 

@@ -29,7 +29,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import ModelCall
 
 __all__ = [

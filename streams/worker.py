@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from weir.config import WeirSettings
-from weir.errors import WeirError
+from weir.core.config import WeirSettings
+from weir.core.errors import WeirError
 from weir.schemas.messages import now_ms, now_us
 from weir.streams._gc import tune_gc
 from weir.streams._runtime import Record, Runtime, WorkerStats, guess_request_id

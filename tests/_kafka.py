@@ -9,7 +9,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import Result
 from weir.topics._aiokafka import rewind, stop_consumer
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from tests.conftest import worker_env
-from weir.config import WeirSettings
-from weir.urls import SecretUrl
+from weir.core.config import WeirSettings
+from weir.core.urls import SecretUrl
 
 
 def free_port() -> int:

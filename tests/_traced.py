@@ -11,7 +11,7 @@ import os
 import time
 from decimal import Decimal
 
-from weir.errors import ModelTimeoutError, ModelUnavailableError
+from weir.core.errors import ModelTimeoutError, ModelUnavailableError
 from weir.schemas.messages import ModelCall, now_ms
 from weir.streams import Pipeline, RetryPolicy, StepContext
 from weir.streams.context import current_scope

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from weir.config import BrokerSettings, WeirSettings, load_settings
+from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.topics.broker import free_port_pair
 
 

@@ -44,7 +44,7 @@ def test_references_resolve() -> None:
 
 
 def test_kafka_version_matches_the_local_broker() -> None:
-    from weir.config import BrokerSettings
+    from weir.core.config import BrokerSettings
 
     image = _compose()["services"]["kafka"]["image"]
     assert image == f"apache/kafka:{BrokerSettings().kafka_version}"

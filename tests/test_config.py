@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from weir.config import BrokerSettings, WeirSettings, load_settings
-from weir.errors import ConfigError
+from weir.core.config import BrokerSettings, WeirSettings, load_settings
+from weir.core.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

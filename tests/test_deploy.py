@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.processors.test_trace_store import rows, synthetic_events
-from weir.config import load_settings
+from weir.core.config import load_settings
 from weir.processors.trace_store import TraceStore
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ API_MODULES = [
     "weir.streams",
     "weir.schemas",
     "weir.topics",
-    "weir.errors",
+    "weir.core.errors",
     "weir.processors",
     "weir.processors.providers",
 ]
@@ -34,12 +34,12 @@ DOCTEST_MODULES = [
     "weir.streams.dependencies",
     "weir.topics.names",
     "weir.schemas",
-    "weir.config",
+    "weir.core.config",
     "weir",
     "weir.streams.redaction",
     "weir.processors.trace_store",
     "weir.dashboard",
-    "weir.secrets",
+    "weir.core.secrets",
     "weir.processors",
     "weir.processors.cost",
     "weir.processors.circuit_breaker",
@@ -90,7 +90,7 @@ def test_every_name_in_all_is_importable(name: str) -> None:
 
 
 def test_errors_are_exported_and_form_one_hierarchy() -> None:
-    errors = importlib.import_module("weir.errors")
+    errors = importlib.import_module("weir.core.errors")
     for member in errors.__all__:
         cls = getattr(errors, member)
         assert issubclass(cls, errors.WeirError)
@@ -116,9 +116,16 @@ def test_doctests(name: str) -> None:
 
 
 # -- each package imports on its own, in a fresh interpreter --------------------------------------
-# (regression: weir/__init__ once imported streams eagerly, so `import weir.schemas` first was circular)
+# (regression: weir/__init__ once imported streams eagerly, so importing schemas first was circular)
 
-_STANDALONE = ["weir", "weir.errors", "weir.config", "weir.streams", "weir.schemas", "weir.topics"]
+_STANDALONE = [
+    "weir",
+    "weir.core.errors",
+    "weir.core.config",
+    "weir.streams",
+    "weir.schemas",
+    "weir.topics",
+]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +160,8 @@ def test_package_imports_standalone(
 
 
 def test_weir_reexports_the_same_objects() -> None:
-    from weir import config, errors, streams
+    from weir import streams
+    from weir.core import config, errors
 
     assert weir.Pipeline is streams.Pipeline
     assert weir.Branch is streams.Branch

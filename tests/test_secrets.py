@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from weir.config import load_settings
-from weir.errors import SecretError, SecretStoreError
-from weir.secrets import SecretRef, SecretResolver, scrub
+from weir.core.config import load_settings
+from weir.core.errors import SecretError, SecretStoreError
+from weir.core.secrets import SecretRef, SecretResolver, scrub
 
 VAULT_TOKEN = "hvs.test-token-0123456789"
 

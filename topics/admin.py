@@ -10,8 +10,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from weir.config import WeirSettings
-from weir.errors import BrokerError, ConfigError
+from weir.core.config import WeirSettings
+from weir.core.errors import BrokerError, ConfigError
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.names import TopicSpec
 

@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from weir.config import WeirSettings
-from weir.errors import BrokerError
+from weir.core.config import WeirSettings
+from weir.core.errors import BrokerError
 
 __all__ = ["BrokerStatus", "LocalBroker", "free_port_pair"]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from weir.config import WeirSettings
+    from weir.core.config import WeirSettings
     from weir.streams.pipeline import Pipeline
 
 DEAD_LETTER_TOPIC_MAX_BYTES = 1_048_588

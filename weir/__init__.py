@@ -18,8 +18,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from weir.config import WeirSettings, load_settings
-    from weir.errors import WeirError
+    from weir.core.config import WeirSettings, load_settings
+    from weir.core.errors import WeirError
     from weir.processors import (
         Anthropic,
         Budget,
@@ -54,7 +54,7 @@ __all__ = [
     "run_local",
 ]
 
-# Resolved on first use: the packages below import weir.errors and weir.config,
+# Resolved on first use: the packages below import weir.core.errors and weir.core.config,
 # so importing them here eagerly would be circular.
 _HOME = {
     "Branch": "weir.streams",
@@ -64,9 +64,9 @@ _HOME = {
     "Worker": "weir.streams",
     "any_of": "weir.streams",
     "run_local": "weir.streams.local",
-    "WeirSettings": "weir.config",
-    "load_settings": "weir.config",
-    "WeirError": "weir.errors",
+    "WeirSettings": "weir.core.config",
+    "load_settings": "weir.core.config",
+    "WeirError": "weir.core.errors",
     "Anthropic": "weir.processors",
     "Budget": "weir.processors",
     "LocalModel": "weir.processors",

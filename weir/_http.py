@@ -7,7 +7,7 @@ import math
 
 from aiohttp import web
 
-from weir.errors import ParameterInvalidError, WeirError
+from weir.core.errors import ParameterInvalidError, WeirError
 
 __all__ = ["epoch_ms", "error_response", "positive_seconds"]
 

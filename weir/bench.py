@@ -216,7 +216,7 @@ class Sampler:
 
 
 async def _weir_child(name: str, bootstrap: str, tracing: bool, profile: str | None = None) -> None:
-    from weir.config import load_settings
+    from weir.core.config import load_settings
     from weir.streams.worker import Worker
 
     settings = load_settings(
@@ -247,7 +247,7 @@ async def _chain_child(prefix: str, bootstrap: str) -> None:
 
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
-    from weir.config import load_settings
+    from weir.core.config import load_settings
 
     # The same linger as weir's worker producer, so only the work differs.
     linger_ms = load_settings().producer_linger_ms
@@ -411,7 +411,7 @@ async def _run_one(
 ) -> RunFigures:
     from aiokafka import AIOKafkaProducer
 
-    from weir.config import load_settings
+    from weir.core.config import load_settings
     from weir.topics.admin import TopicAdmin
     from weir.topics.names import PipelineTopics, TopicSpec
 
@@ -546,7 +546,7 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
         return
     import tempfile
 
-    from weir.config import BrokerSettings, load_settings
+    from weir.core.config import BrokerSettings, load_settings
     from weir.topics.broker import LocalBroker, free_port_pair
 
     settings = load_settings(broker=BrokerSettings(port=free_port_pair()), partitions=PARTITIONS)

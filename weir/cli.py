@@ -22,8 +22,8 @@ from weir.commands import requests as request_commands
 from weir.commands import sql as sql_commands
 from weir.commands import trace as trace_commands
 from weir.commands._output import JsonOption, print_json, print_table
-from weir.config import WeirSettings, load_settings
-from weir.errors import (
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import (
     ConfigError,
     MessageError,
     PipelineDefinitionError,
@@ -241,7 +241,7 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
     Best effort: the sink creates them too, and while it holds an embedded
     store this worker cannot open it (nor needs to).
     """
-    from weir.errors import TraceStoreError
+    from weir.core.errors import TraceStoreError
     from weir.processors.trace_store import TraceStore, running_sink_url
 
     if running_sink_url(settings) is not None:

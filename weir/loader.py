@@ -6,7 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from weir.errors import UnknownPipelineError
+from weir.core.errors import UnknownPipelineError
 from weir.streams.pipeline import Pipeline
 
 __all__ = ["load_pipeline"]

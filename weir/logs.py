@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 
 __all__ = ["configure_logging"]
 
@@ -19,7 +19,7 @@ def configure_logging(settings: WeirSettings, level: str) -> None:
     in this process out of messages, arguments and tracebacks, whichever
     logger (weir's or a library's) wrote them.
     """
-    from weir.secrets import scrub
+    from weir.core.secrets import scrub
     from weir.streams.redaction import Redactor, install_log_redaction
 
     logging.basicConfig(level=level.upper(), format=FORMAT)

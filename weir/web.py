@@ -24,9 +24,9 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from weir._http import error_response
-from weir.config import WeirSettings
-from weir.errors import SecretError, UnauthorizedError
-from weir.secrets import SecretResolver
+from weir.core.config import WeirSettings
+from weir.core.errors import SecretError, UnauthorizedError
+from weir.core.secrets import SecretResolver
 
 if TYPE_CHECKING:
     from weir.dashboard import QueriesProvider

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from weir.errors import ModelRequestError
+from weir.core.errors import ModelRequestError
 
 __all__ = ["Completion", "Embedded", "Labelled", "Piece", "Provider", "ProviderCall"]
 

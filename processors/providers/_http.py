@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from weir.errors import (
+from weir.core.errors import (
     ModelError,
     ModelRequestError,
     ModelResponseError,
@@ -28,9 +28,9 @@ from weir.errors import (
     SecretError,
     StreamInterruptedError,
 )
+from weir.core.secrets import SecretRef, scrub
+from weir.core.urls import mask_url
 from weir.processors.providers._base import Provider, ProviderCall
-from weir.secrets import SecretRef, scrub
-from weir.urls import mask_url
 
 __all__ = ["HttpProvider", "SseEvent"]
 

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from weir.errors import ModelError, ModelResponseError, ModelUnavailableError
+from weir.core.errors import ModelError, ModelResponseError, ModelUnavailableError
 from weir.processors.providers._base import (
     Completion,
     Embedded,

@@ -15,7 +15,7 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from weir.errors import ModelResponseError, StreamInterruptedError
+from weir.core.errors import ModelResponseError, StreamInterruptedError
 from weir.processors.providers._base import Completion, Embedded, Message, Piece, ProviderCall
 from weir.processors.providers._http import HttpProvider
 

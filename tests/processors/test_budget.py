@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from weir.config import WeirSettings, load_settings
-from weir.errors import BrokerError
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import BrokerError
 from weir.processors import ledger as ledger_module
 from weir.processors.budget import CostLedger, Reservation
 from weir.schemas.messages import now_ms

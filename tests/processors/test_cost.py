@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from weir.config import load_settings
-from weir.errors import ConfigError, SecretError
+from weir.core.config import load_settings
+from weir.core.errors import ConfigError, SecretError
 from weir.processors import ModelEndpoint, OpenAICompatible, Price
 from weir.processors.cost import DEFAULT_PRICES, format_usd, price_of
 

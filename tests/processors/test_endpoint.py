@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from tests._model_servers import input_tokens, vector
-from weir.config import load_settings
-from weir.errors import (
+from weir.core.config import load_settings
+from weir.core.errors import (
     CircuitOpenError,
     ModelRequestError,
     ModelTimeoutError,

@@ -15,7 +15,7 @@ import pytest
 from tests._kafka import read_results
 from tests._model_servers import input_tokens
 from tests.conftest import worker_env
-from weir.errors import StreamAbortedError
+from weir.core.errors import StreamAbortedError
 from weir.processors import Anthropic, ModelEndpoint, OpenAICompatible, Price, format_usd
 from weir.schemas.messages import ModelCall
 from weir.streams import NO_RETRY, Pipeline, RetryPolicy, StepContext, WeirClient, Worker

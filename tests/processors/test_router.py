@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 
 from tests.processors.test_endpoint import MESSAGES, in_scope, scope
-from weir.config import load_settings
-from weir.errors import BudgetExceededError, NoRouteError, RoutingError
+from weir.core.config import load_settings
+from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
 from weir.processors.features import Features, document_type
 from weir.processors.router import Router, Rule, RuleSet

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from weir.errors import RoutingError
+from weir.core.errors import RoutingError
 from weir.processors import LocalModel, ModelEndpoint
 from weir.processors.options import OptionTypeError, OptionValue
 from weir.processors.router import Router, Rule

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.processors.test_trace_store import synthetic_events
-from weir.config import WeirSettings, load_settings
-from weir.errors import TraceQueryError
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import TraceQueryError
 from weir.processors.trace_sql import run_sql
 from weir.processors.trace_store import TraceStore, event_row
 from weir.schemas.messages import TraceEvent

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from weir.config import load_settings
-from weir.errors import RequestNotFoundError
+from weir.core.config import load_settings
+from weir.core.errors import RequestNotFoundError
 from weir.processors.trace_store import (
     StepAttempt,
     TraceStore,

@@ -12,7 +12,7 @@ import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from weir import schemas
-from weir.errors import MessageError, SchemaInvalidError, UndecodableError
+from weir.core.errors import MessageError, SchemaInvalidError, UndecodableError
 from weir.schemas import (
     DEAD_LETTER_SCHEMA,
     ENVELOPE_SCHEMA,

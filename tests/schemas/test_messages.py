@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from weir.errors import (
+from weir.core.errors import (
     MessageError,
     PayloadTooLargeError,
     SchemaInvalidError,

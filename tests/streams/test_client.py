@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from weir.config import load_settings
-from weir.errors import ConfigError
+from weir.core.config import load_settings
+from weir.core.errors import ConfigError
 from weir.streams.client import WeirClient
 
 

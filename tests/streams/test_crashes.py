@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests._kafka import read_results
 from tests._pipelines import diamond
 from tests.conftest import worker_env
-from weir.config import BrokerSettings, WeirSettings, load_settings
+from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.schemas.messages import Result
 from weir.streams import WeirClient, Worker
 from weir.topics._aiokafka import rewind, stop_consumer

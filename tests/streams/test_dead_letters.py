@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests._kafka import read_results, read_topic
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import DeadLetter
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.streams.dead_letter import HEAD_BYTES, PAYLOAD_HEAD_HEADER

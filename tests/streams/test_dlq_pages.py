@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import worker_env
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import DeadLetter
 from weir.streams.replay import DeadLetterQueue
 from weir.topics.admin import TopicAdmin

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from weir.errors import SchemaInvalidError, StepError, StepTimeoutError
+from weir.core.errors import SchemaInvalidError, StepError, StepTimeoutError
 from weir.schemas.messages import Envelope
 from weir.streams.branch import Branch
 from weir.streams.context import StepContext

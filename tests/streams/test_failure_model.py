@@ -12,7 +12,7 @@ import pytest
 
 from tests._kafka import read_topic
 from tests.conftest import worker_env
-from weir.errors import ModelTimeoutError
+from weir.core.errors import ModelTimeoutError
 from weir.schemas.messages import DeadLetter, Envelope, Result
 from weir.streams import Fallback, Pipeline, RetryPolicy, WeirClient, Worker
 from weir.topics.names import PipelineTopics

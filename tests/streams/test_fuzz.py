@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests._kafka import read_results, read_topic
 from tests._pipelines import diamond
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.schemas.messages import DeadLetter, Request
 from weir.streams import Worker
 from weir.topics.names import PipelineTopics

@@ -5,7 +5,7 @@ import inspect
 import pytest
 from pydantic import BaseModel
 
-from weir.errors import (
+from weir.core.errors import (
     CycleError,
     DuplicateStepError,
     JoinInputSkippedError,

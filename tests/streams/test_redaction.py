@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from weir.config import load_settings
+from weir.core.config import load_settings
 from weir.streams.redaction import (
     DEFAULT_PATTERNS,
     LOG_MAX_BYTES,

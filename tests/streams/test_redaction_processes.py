@@ -26,7 +26,7 @@ from tests._kafka import read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests.conftest import worker_env
 from tests.processors.test_clickhouse_sink import wait_stored
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.streams import WeirClient
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics, global_topic_specs, topic_specs

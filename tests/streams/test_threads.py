@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import worker_env
-from weir.config import WeirSettings
-from weir.errors import StepThreadsExhaustedError, StepTimeoutError
+from weir.core.config import WeirSettings
+from weir.core.errors import StepThreadsExhaustedError, StepTimeoutError
 from weir.streams import Pipeline, RetryPolicy, WeirClient, Worker
 from weir.streams.executor import StepExecutor
 from weir.streams.threads import StepThreads

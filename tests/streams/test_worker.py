@@ -9,8 +9,8 @@ import pytest
 
 from tests._kafka import read_results, read_topic
 from tests._pipelines import branching, diamond, linear, rejoin
-from weir.config import WeirSettings
-from weir.errors import JoinInputSkippedError
+from weir.core.config import WeirSettings
+from weir.core.errors import JoinInputSkippedError
 from weir.schemas.messages import DeadLetter
 from weir.streams import WeirClient, Worker, run_local
 from weir.streams.pipeline import Pipeline

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from weir.config import BrokerSettings, WeirSettings
-from weir.errors import BrokerError
+from weir.core.config import BrokerSettings, WeirSettings
+from weir.core.errors import BrokerError
 from weir.topics.broker import LocalBroker, free_port_pair
 
 

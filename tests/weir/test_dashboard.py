@@ -18,7 +18,7 @@ from playwright.async_api import async_playwright
 
 from tests._sink import free_port
 from tests.processors.test_trace_store import STEPS, rows, synthetic_events
-from weir.config import load_settings
+from weir.core.config import load_settings
 from weir.processors.trace_store import TraceStore
 from weir.web import WebServer
 

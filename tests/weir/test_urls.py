@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from weir.urls import SecretUrl, mask_url
+from weir.core.urls import SecretUrl, mask_url
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from tests._sink import free_port
 from tests.processors.test_trace_store import rows, synthetic_events
-from weir.config import WeirSettings, load_settings
-from weir.errors import SecretError
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import SecretError
 from weir.processors.trace_store import TraceStore
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics, TopicSpec
@@ -107,7 +107,7 @@ async def test_a_token_reference_that_cannot_be_resolved_stops_the_start(tmp_pat
 
 
 def test_a_literal_token_is_refused_in_settings() -> None:
-    from weir.errors import ConfigError
+    from weir.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
         load_settings(web_token=TOKEN)

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from weir.commands._output import JsonOption, print_json, print_table
-from weir.config import WeirSettings, load_settings
-from weir.errors import WeirError
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import WeirError
 
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 

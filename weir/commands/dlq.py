@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from weir.commands._output import JsonOption, print_json, print_table
-from weir.config import load_settings
-from weir.errors import WeirError
+from weir.core.config import load_settings
+from weir.core.errors import WeirError
 from weir.streams.replay import DEFAULT_PAGE_SIZE
 
 app = typer.Typer(help="Inspect and replay dead-letter topics.", no_args_is_help=True)

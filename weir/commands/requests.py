@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from weir.commands._output import print_json
-from weir.config import load_settings
+from weir.core.config import load_settings
 
 __all__ = ["results", "submit"]
 

@@ -12,8 +12,8 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from weir.commands._output import JsonOption, print_json
-from weir.config import WeirSettings, load_settings
-from weir.errors import BrokerError, RoutingError
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import BrokerError, RoutingError
 
 if TYPE_CHECKING:
     from weir.processors.announcements import RouterAnnouncement

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from weir.commands._output import json_text, print_table
-from weir.config import load_settings
+from weir.core.config import load_settings
 from weir.processors.sink_status import empty_store_hint
 from weir.processors.trace_sql import SqlResult, run_sql
 

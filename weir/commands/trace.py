@@ -27,8 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 from weir.commands._output import JsonOption, print_table
-from weir.config import WeirSettings, load_settings
-from weir.errors import RequestNotFoundError
+from weir.core.config import WeirSettings, load_settings
+from weir.core.errors import RequestNotFoundError
 from weir.processors.sink_status import empty_store_hint, sink_status
 from weir.processors.trace_store import (
     Stats,
@@ -126,7 +126,7 @@ def sink(
 
 
 async def _run_sink(settings: WeirSettings) -> None:
-    from weir.errors import TraceStoreError
+    from weir.core.errors import TraceStoreError
     from weir.processors.clickhouse_sink import ClickHouseSink
     from weir.processors.trace_store import TraceQueries
     from weir.web import WebServer

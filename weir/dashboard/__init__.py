@@ -9,7 +9,7 @@ error type, cost by model and pipeline, the slowest requests) and
 (``weir sql``).  Charts are SVG drawn on the server.
 
 >>> from aiohttp import web
->>> from weir.config import WeirSettings
+>>> from weir.core.config import WeirSettings
 >>> app = web.Application(middlewares=[store_errors])
 >>> add_routes(app, WeirSettings())
 >>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 from weir.dashboard._views import (
     QUERIES,
     SETTINGS,

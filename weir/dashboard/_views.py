@@ -12,14 +12,14 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from weir._http import positive_seconds
-from weir.config import WeirSettings
-from weir.dashboard._charts import bar_chart, gantt, line_chart
-from weir.errors import (
+from weir.core.config import WeirSettings
+from weir.core.errors import (
     RequestNotFoundError,
     TraceQueryError,
     TraceSchemaMissingError,
     TraceStoreError,
 )
+from weir.dashboard._charts import bar_chart, gantt, line_chart
 from weir.processors.trace_store import (
     LatencyPoint,
     TraceQueries,

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from rich.console import Console
 
-from weir.config import WeirSettings
+from weir.core.config import WeirSettings
 
 __all__ = ["SAMPLE_MESSAGES", "run_demo"]
 

@@ -22,7 +22,7 @@ SecretRef('env:OPENAI_API_KEY')
 >>> SecretRef.parse("sk-live-1234")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-weir.errors.SecretError: a literal secret is not allowed here: give a reference ...
+weir.core.errors.SecretError: a literal secret is not allowed here: give a reference ...
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from weir.config import WeirSettings
-from weir.errors import SecretError, SecretStoreError
+from weir.core.config import WeirSettings
+from weir.core.errors import SecretError, SecretStoreError
 
 __all__ = ["SecretRef", "SecretResolver", "scrub"]
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from weir.errors import ConfigError
-from weir.urls import SecretUrl, mask_url
+from weir.core.errors import ConfigError
+from weir.core.urls import SecretUrl, mask_url
 
 __all__ = ["BrokerSettings", "ModelPrice", "WeirSettings", "load_settings"]
 
@@ -248,8 +248,8 @@ class WeirSettings(BaseSettings):
     def _token_is_a_reference(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        from weir.errors import SecretError
-        from weir.secrets import SecretRef  # weir.secrets imports this module
+        from weir.core.errors import SecretError
+        from weir.core.secrets import SecretRef  # weir.core.secrets imports this module
 
         try:
             SecretRef.parse(value.get_secret_value())
