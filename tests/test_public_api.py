@@ -25,6 +25,7 @@ API_MODULES = [
     "weir.core.errors",
     "weir.processors",
     "weir.processors.providers",
+    "weir.traces",
 ]
 DOCTEST_MODULES = [
     "weir.streams",
@@ -37,7 +38,11 @@ DOCTEST_MODULES = [
     "weir.core.config",
     "weir",
     "weir.streams.redaction",
-    "weir.processors.trace_store",
+    "weir.traces",
+    "weir.traces.schema",
+    "weir.traces.rows",
+    "weir.traces.results",
+    "weir.traces.sql",
     "weir.dashboard",
     "weir.core.secrets",
     "weir.processors",

@@ -242,7 +242,7 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
     store this worker cannot open it (nor needs to).
     """
     from weir.core.errors import TraceStoreError
-    from weir.processors.trace_store import TraceStore, running_sink_url
+    from weir.traces import TraceStore, running_sink_url
 
     if running_sink_url(settings) is not None:
         return
