@@ -27,13 +27,15 @@ True
 
 from weir.processors._env import aclose_model_layer
 from weir.processors.budget import Budget
+from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
 from weir.processors.cost import DEFAULT_PRICES, Price, format_usd
-from weir.processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
+from weir.processors.endpoint import ModelEndpoint, endpoint_states
 from weir.processors.limits import Limits
 from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
 from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
-from weir.processors.router import Router, Rule, RuleSet
+from weir.processors.router import Router
+from weir.processors.rules import Rule, RuleSet
 from weir.processors.streaming import TokenChunk, TokenStream
 from weir.processors.transform import Transform
 

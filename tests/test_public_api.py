@@ -52,6 +52,8 @@ DOCTEST_MODULES = [
     "weir.processors.limits",
     "weir.processors.tokens",
     "weir.processors.router",
+    "weir.processors.condition",
+    "weir.processors.rules",
     "weir.processors.budget",
     "weir.processors._spend_sketch",
     "weir.streams._bounded",

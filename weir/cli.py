@@ -278,7 +278,10 @@ async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
 
         # Follow the routes topic from the start (not from the first model call), so each
         # router's status is on the topic before any request arrives.
-        RouteWatcher.for_settings(settings).start()
+        watcher = RouteWatcher.for_settings(settings)
+        for router in registered_routers().values():
+            watcher.add(router)
+        watcher.start()
 
 
 async def _withdraw_router_statuses(settings: WeirSettings) -> None:
