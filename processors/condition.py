@@ -19,8 +19,11 @@ weir.core.errors.RoutingError: rule 'broken': the condition is not a valid expre
 from __future__ import annotations
 
 import ast
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from simpleeval import InvalidExpression, SimpleEval
@@ -28,8 +31,18 @@ from simpleeval import InvalidExpression, SimpleEval
 from weir.core.errors import RoutingError
 from weir.processors.condition_check import type_mismatch, units_hint
 from weir.processors.features import DERIVED_FEATURES, Features
+from weir.processors.options import typed_options
 
-__all__ = ["MAX_CONDITION_CHARS", "ROOT_NAMES", "Condition", "compile_condition"]
+__all__ = [
+    "MAX_CONDITION_CHARS",
+    "ROOT_NAMES",
+    "Condition",
+    "compile_condition",
+    "condition_names",
+    "lookup",
+]
+
+log = logging.getLogger("weir.models")
 
 ROOT_NAMES = frozenset(
     {
@@ -159,3 +172,54 @@ def compile_condition(text: str, *, rule: str, features: frozenset[str] = frozen
     except (InvalidExpression, TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
         raise RoutingError(f"{where}: the condition fails on a sample request: {exc}") from None
     return condition
+
+
+def condition_names(
+    feats: Features,
+    *,
+    request: Mapping[str, Any] | None,
+    options: Mapping[str, str] | None,
+    features: Mapping[str, Any] | None,
+    lag: int,
+    budget: tuple[bool, Decimal, Decimal],
+) -> dict[str, Any]:
+    """The values of ``ROOT_NAMES`` for one call, as its conditions read them."""
+    exceeded, spent, remaining = budget
+    return {
+        "input": feats,
+        "request": dict(request or {}),
+        "options": typed_options(options),
+        "latency_sla": _latency_sla(options, features),
+        "lag": lag,
+        "budget_exceeded": exceeded,
+        "budget_spent": float(spent),
+        "budget_remaining": float(remaining),
+    }
+
+
+def _latency_sla(options: Mapping[str, str] | None, features: Mapping[str, Any] | None) -> float:
+    raw = (features or {}).get("latency_sla", (options or {}).get("latency_sla"))
+    if raw is None or raw == "":
+        return math.inf
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        log.warning("latency_sla %r is not a number of milliseconds; ignoring it", raw)
+        return math.inf
+
+
+def lookup(namespace: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` (``request.user.id``), ``None`` where there is none."""
+    root, _, rest = path.partition(".")
+    value: Any = namespace.get(root)
+    for part in rest.split(".") if rest else ():
+        if isinstance(value, Features):
+            try:
+                value = value.get(part)
+            except KeyError:
+                return None
+        elif isinstance(value, Mapping):
+            value = value.get(part)
+        else:
+            return None
+    return value

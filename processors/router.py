@@ -48,29 +48,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from simpleeval import InvalidExpression
 
 from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors._call import CallMeta
+from weir.processors.budget import Budget, Reservation
 from weir.processors.chat_stream import ChatStream
+from weir.processors.condition import condition_names, lookup
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.features import Features
-from weir.processors.options import OptionTypeError, typed_options
+from weir.processors.options import OptionTypeError
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
 from weir.processors.routes import follow
 from weir.processors.rules import CompiledRule, Rule, RuleSet, Strategy
 from weir.streams.context import current_scope
-
-if TYPE_CHECKING:
-    from weir.processors.budget import Budget, Reservation
 
 __all__ = ["Decision", "Router"]
 
@@ -269,16 +267,14 @@ class Router:
         active = self._active
         exceeded, spent, remaining = budget or (False, Decimal(0), Decimal("Infinity"))
         feats = Features(text, messages=messages, extra=features)
-        namespace = {
-            "input": feats,
-            "request": dict(request or {}),
-            "options": typed_options(options),
-            "latency_sla": _latency_sla(options, features),
-            "lag": lag or 0,
-            "budget_exceeded": exceeded,
-            "budget_spent": float(spent),
-            "budget_remaining": float(remaining),
-        }
+        namespace = condition_names(
+            feats,
+            request=request,
+            options=options,
+            features=features,
+            lag=lag or 0,
+            budget=(exceeded, spent, remaining),
+        )
         matched: list[CompiledRule] = []
         for rule in active.rules:
             if exceeded and not rule.reads_budget:
@@ -354,7 +350,7 @@ class Router:
         assert spec.split is not None
         key = request_id
         if spec.sticky is not None:
-            value = _lookup(namespace, spec.sticky)
+            value = lookup(namespace, spec.sticky)
             if value is not None:
                 key = str(value)
         digest = hashlib.sha256(f"{self.name}\0{spec.name}\0{key}".encode()).digest()
@@ -483,30 +479,3 @@ class Router:
 def _max_tokens(params: Mapping[str, Any]) -> int:
     value = params.get("max_tokens") or params.get("max_completion_tokens")
     return int(value) if isinstance(value, int) and value > 0 else 1024
-
-
-def _latency_sla(options: Mapping[str, str] | None, features: Mapping[str, Any] | None) -> float:
-    raw = (features or {}).get("latency_sla", (options or {}).get("latency_sla"))
-    if raw is None or raw == "":
-        return math.inf
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        log.warning("latency_sla %r is not a number of milliseconds; ignoring it", raw)
-        return math.inf
-
-
-def _lookup(namespace: Mapping[str, Any], path: str) -> Any:
-    root, _, rest = path.partition(".")
-    value: Any = namespace.get(root)
-    for part in rest.split(".") if rest else ():
-        if isinstance(value, Features):
-            try:
-                value = value.get(part)
-            except KeyError:
-                return None
-        elif isinstance(value, Mapping):
-            value = value.get(part)
-        else:
-            return None
-    return value
