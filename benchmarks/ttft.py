@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.linear import broker_settings, percentile
 from tests._model_servers import ModelServer
 from weir.core.config import WeirSettings
-from weir.processors import ModelEndpoint, OpenAICompatible, aclose_model_layer
+from weir.processors import ModelEndpoint, ModelServices, OpenAICompatible
 from weir.streams.client import WeirClient
 from weir.streams.pipeline import Pipeline
 from weir.streams.worker import Worker
@@ -82,7 +82,10 @@ async def through_weir(
 
     ttft: list[float] = []
     model_ttft: list[float] = []
-    async with Worker(p, settings), WeirClient(settings) as client:
+    async with (
+        Worker(p, settings, services=ModelServices(settings)),
+        WeirClient(settings) as client,
+    ):
         warm = await client.submit(p.name, {"text": "warm up"})
         await client.wait_for(p.name, [warm], timeout=60)
         for i in range(n):
@@ -115,10 +118,10 @@ async def main_async(args: argparse.Namespace, settings: WeirSettings) -> dict[s
     try:
         await direct(server, 5)  # warm-up: connections, imports
         direct_ms = await direct(server, args.requests)
-        endpoint_ms = await endpoint_only(server, args.requests)
+        async with ModelServices(settings):
+            endpoint_ms = await endpoint_only(server, args.requests)
         weir_ms, model_ms = await through_weir(settings, server, args.requests)
     finally:
-        await aclose_model_layer()
         await server.stop()
     report = {
         "requests": args.requests,

@@ -25,19 +25,19 @@ reference, resolved at call time:
 True
 """
 
-from weir.processors._env import aclose_model_layer
 from weir.processors.budget import Budget
 from weir.processors.chat_stream import ChatStream
-from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
+from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
 from weir.processors.cost import DEFAULT_PRICES, Price, format_usd
-from weir.processors.endpoint import ModelEndpoint, endpoint_states
+from weir.processors.endpoint import ModelEndpoint
 from weir.processors.limits import Limits
 from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
 from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
-from weir.processors.router import Router
-from weir.processors.rules import Rule, RuleSet
-from weir.processors.streaming import TokenChunk, TokenStream
+from weir.processors.router import Router, Rule
+from weir.processors.rules import RuleSet
+from weir.processors.services import ModelServices
 from weir.processors.transform import Transform
+from weir.streams.tokens import TokenChunk, TokenStream
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -52,6 +52,7 @@ __all__ = [
     "Limits",
     "LocalModel",
     "ModelEndpoint",
+    "ModelServices",
     "OpenAICompatible",
     "Price",
     "Provider",
@@ -63,8 +64,5 @@ __all__ = [
     "TokenStream",
     "Transform",
     "Usage",
-    "aclose_model_layer",
-    "circuit_states",
-    "endpoint_states",
     "format_usd",
 ]

@@ -54,10 +54,12 @@ class Callee(Protocol):
     name: str
     model: str
     provider: Provider
-    breaker: CircuitBreaker | None
     timeout_s: float
     stream_retries: int
     latency: LatencyStats
+
+    @property
+    def breaker(self) -> CircuitBreaker | None: ...
 
     def chain(self) -> Sequence[Callee]: ...
 
@@ -167,7 +169,8 @@ def breaker_refused(
 ) -> CircuitOpenError | None:
     """``None`` if ``ep``'s breaker lets a call through; else the error, recorded on the trace
     (which shows why a fallback answered)."""
-    if ep.breaker is None or ep.breaker.allow():
+    breaker = ep.breaker
+    if breaker is None or breaker.allow():
         return None
     refused = CallTry(ProviderCall(endpoint=ep.name, model=ep.model), time.perf_counter())
     _record(
@@ -219,8 +222,9 @@ def _span(
         "weir.endpoint": ep.name,
         "weir.streamed": streamed,
     }
-    if ep.breaker is not None:
-        attributes["weir.circuit.state"] = ep.breaker.state
+    breaker = ep.breaker
+    if breaker is not None:
+        attributes["weir.circuit.state"] = breaker.state
     if meta.rule is not None:
         attributes["weir.routing.rule"] = meta.rule
     if meta.rules_version is not None:

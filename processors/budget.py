@@ -24,8 +24,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from weir.core.errors import ConfigError
-from weir.processors._env import settings_now
 from weir.processors.ledger import BudgetStatus, CostLedger, Window, window_start
+from weir.processors.services import services_now
 from weir.streams.context import current_scope
 
 __all__ = ["Budget", "BudgetStatus", "CostLedger", "Reservation", "window_start"]
@@ -88,9 +88,7 @@ class Budget:
         return f"{self.name}/{pipeline}/{text}"
 
     async def _ledger(self) -> CostLedger:
-        ledger = CostLedger.for_settings(settings_now())
-        await ledger.start()
-        return ledger
+        return await services_now().ledger()
 
     async def status(self) -> BudgetStatus:
         ledger = await self._ledger()

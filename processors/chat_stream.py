@@ -18,10 +18,10 @@ from weir.core.errors import ModelError, ModelTimeoutError, StreamInterruptedErr
 from weir.processors._call import Callee, CallMeta, CallTry, breaker_refused, one_try, usage_of
 from weir.processors.providers._base import Message, Piece
 from weir.processors.results import ChatResult, StreamEvent
-from weir.processors.streaming import StreamPublisher
 from weir.processors.tokens import estimate_messages
 from weir.streams.context import current_scope
 from weir.streams.dead_letter import error_type_of
+from weir.streams.tokens import StreamPublisher
 
 __all__ = ["ChatStream"]
 
@@ -200,7 +200,12 @@ async def _stream_tries(
                 break
             if publisher is not None:
                 publisher.done(
-                    endpoint=ep.name, attempt=attempt, usage=this_try.usage, cost_usd=this_try.cost
+                    endpoint=ep.name,
+                    attempt=attempt,
+                    input_tokens=this_try.usage.input_tokens,
+                    output_tokens=this_try.usage.output_tokens,
+                    usage_source=this_try.usage.source,
+                    cost_usd=this_try.cost,
                 )
             return ChatResult(
                 endpoint=ep.name,

@@ -9,10 +9,9 @@ Only failures that say the endpoint is unwell count (timeouts, 5xx, 429,
 broken streams, unreadable answers); a request the endpoint refuses as
 invalid (4xx) is the caller's fault and does not, nor does a call that never
 reached the endpoint (weir's own rate limits, a secret that cannot be
-resolved).  Breakers live in the worker process: each worker learns on its
-own, so one worker's network trouble does not stop the others.
-``circuit_states()`` reports every breaker of the process (the worker's
-``/health`` route shows it).
+resolved).  Breakers belong to a worker (its ``ModelServices`` holds one per
+endpoint name): each worker learns on its own, so one worker's network
+trouble does not stop the others; the worker's ``/stats`` route shows them.
 
 >>> breaker = CircuitBreaker("emb", BreakerPolicy(failure_threshold=2, cooldown_s=60))
 >>> breaker.allow(), breaker.state
@@ -32,7 +31,7 @@ from typing import Any, Literal
 
 from weir.core.errors import ConfigError, ModelError, ModelRequestError
 
-__all__ = ["BreakerPolicy", "CircuitBreaker", "Probe", "circuit_states", "counts_against_circuit"]
+__all__ = ["BreakerPolicy", "CircuitBreaker", "Probe", "counts_against_circuit"]
 
 State = Literal["closed", "open", "half_open"]
 
@@ -69,7 +68,7 @@ def counts_against_circuit(error: BaseException) -> bool:
 
 
 class CircuitBreaker:
-    """The state of one endpoint's circuit in this process (thread-safe)."""
+    """The state of one endpoint's circuit in one worker (thread-safe)."""
 
     def __init__(self, endpoint: str, policy: BreakerPolicy | None = None) -> None:
         self.endpoint = endpoint
@@ -83,7 +82,6 @@ class CircuitBreaker:
         """Times this breaker has opened (a counter for health reports and tests)."""
         self.refused = 0
         """Calls refused while open."""
-        _REGISTRY[endpoint] = self
 
     @property
     def state(self) -> State:
@@ -194,11 +192,3 @@ class Probe:
                 self._breaker.record_failure()
             else:
                 self._breaker.release_probe()
-
-
-_REGISTRY: dict[str, CircuitBreaker] = {}
-
-
-def circuit_states() -> dict[str, dict[str, Any]]:
-    """Every endpoint breaker of this process, by endpoint name."""
-    return {name: breaker.snapshot() for name, breaker in sorted(_REGISTRY.items())}

@@ -47,21 +47,20 @@ from weir.core.errors import (
 )
 from weir.core.secrets import SecretRef
 from weir.processors._call import NO_META, CallMeta, Operation, breaker_refused, one_try, usage_of
-from weir.processors._env import resolver_for, settings_now
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
 from weir.processors.cost import FREE, Price, price_of
 from weir.processors.limits import LatencyStats, Limits, TokenBucket
 from weir.processors.providers._base import Message, Provider, ProviderCall
 from weir.processors.results import ChatResult, Classification, Embeddings, Usage
+from weir.processors.services import ModelServices, services_in_use, services_now
 from weir.processors.tokens import estimate_messages, estimate_tokens
 
-__all__ = ["ModelEndpoint", "endpoint_states"]
+__all__ = ["ModelEndpoint"]
 
 log = logging.getLogger("weir.models")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
-_ENDPOINTS: weakref.WeakValueDictionary[str, ModelEndpoint] = weakref.WeakValueDictionary()
 
 DEFAULT_BREAKER = BreakerPolicy()
 Once = Callable[["ModelEndpoint", ProviderCall], Awaitable[tuple[Any, Usage, str]]]
@@ -132,7 +131,7 @@ class ModelEndpoint:
         if queue_timeout_s <= 0:
             raise ConfigError(f"{where}: queue_timeout_s must be > 0")
         self.queue_timeout_s = float(queue_timeout_s)
-        self.breaker = CircuitBreaker(name, breaker) if breaker is not None else None
+        self.breaker_policy = breaker
         for fb in fallbacks:
             if not isinstance(fb, ModelEndpoint):
                 raise ConfigError(f"{where}: fallbacks must be ModelEndpoints, got {fb!r}")
@@ -154,7 +153,6 @@ class ModelEndpoint:
             weakref.WeakKeyDictionary()
         )
         self.in_flight = 0
-        _ENDPOINTS[name] = self
 
     def __repr__(self) -> str:
         return f"ModelEndpoint({self.name!r}, model={self.model!r}, {self.provider.describe()})"
@@ -164,9 +162,13 @@ class ModelEndpoint:
     def price(self, settings: WeirSettings | None = None) -> Price | None:
         """The price in force: own, configured, or the default table's; ``None`` if unknown.
 
-        ``settings``: whose price table (default: the step's, else the environment's).
+        ``settings``: whose price table (default: the services' in use, else the
+        default table alone).
         """
-        return price_of(self.model, settings or settings_now(), self._own_price)
+        if settings is None:
+            services = services_in_use()
+            settings = services.settings if services is not None else None
+        return price_of(self.model, settings, self._own_price)
 
     def cost(self, usage: Usage) -> Decimal:
         price = self.price()
@@ -300,15 +302,17 @@ class ModelEndpoint:
 
     async def provider_call(self) -> ProviderCall:
         """The provider call's identity, with the key resolved now (it may have rotated)."""
+        services = services_now()
+        services.add_endpoint(self)
         key: SecretStr | None = None
         if self._key_ref is not None:
-            key = await resolver_for(settings_now()).resolve(self._key_ref)
+            key = await services.resolver.resolve(self._key_ref)
         return ProviderCall(endpoint=self.name, model=self.model, api_key=key)
 
     def key_refused(self, error: ModelError) -> None:
         """After a 401/403 the key may have been rotated: resolve it afresh next time."""
         if error.status in (401, 403) and self._key_ref is not None:
-            resolver_for(settings_now()).invalidate(self._key_ref)
+            services_now().resolver.invalidate(self._key_ref)
 
     def debit_tokens(self, tokens: int) -> None:
         """Charge tokens used beyond the admission's estimate to the tokens-per-minute limit."""
@@ -362,13 +366,19 @@ class ModelEndpoint:
             sem = self._slots[loop] = asyncio.Semaphore(size)
         return sem
 
-    def state(self, settings: WeirSettings | None = None) -> dict[str, Any]:
-        """Breaker, latency and load of this endpoint in this process (for ``/models``)."""
-        price = self.price(settings)
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """This endpoint's circuit breaker in the services in use (``None``: turned off)."""
+        return services_now().breaker(self.name, self.breaker_policy)
+
+    def state(self, services: ModelServices) -> dict[str, Any]:
+        """Breaker, latency and load of this endpoint in ``services`` (for ``/models``)."""
+        price = self.price(services.settings)
+        breaker = services.breaker(self.name, self.breaker_policy)
         return {
             "model": self.model,
             "provider": self.provider.describe(),
-            "circuit": self.breaker.snapshot() if self.breaker is not None else None,
+            "circuit": breaker.snapshot() if breaker is not None else None,
             "latency_ms": {
                 "p50": self.latency.percentile(50),
                 "p95": self.latency.percentile(95),
@@ -380,11 +390,6 @@ class ModelEndpoint:
             else {"input": str(price.input_per_1m), "output": str(price.output_per_1m)},
             "fallbacks": [fb.name for fb in self.fallbacks],
         }
-
-
-def endpoint_states(settings: WeirSettings | None = None) -> dict[str, dict[str, Any]]:
-    """Every endpoint defined in this process, by name (prices from ``settings``' table)."""
-    return {name: ep.state(settings) for name, ep in sorted(_ENDPOINTS.items())}
 
 
 def _check_messages(endpoint: str, messages: Sequence[Message]) -> None:

@@ -49,7 +49,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
-from weir.processors._env import register_closer
 from weir.processors._spend_sketch import SpendSketch
 from weir.schemas.messages import now_ms
 from weir.streams._bounded import RecentSet
@@ -95,23 +94,13 @@ class BudgetStatus:
 
 
 class CostLedger:
-    """Per-hour spend by budget key, read from and written to the costs topic (one per broker)."""
+    """Per-hour spend by budget key, read from and written to the costs topic.
 
-    _instances: dict[str, CostLedger] = {}
+    One per ``ModelServices`` (a worker's), made by its first budget and stopped with it.
+    """
+
     send_patience_s = 30.0
     """How long ``record`` keeps sending an event the broker does not take."""
-
-    @classmethod
-    def for_settings(cls, settings: WeirSettings) -> CostLedger:
-        ledger = cls._instances.get(settings.bootstrap_servers)
-        if ledger is None:
-            ledger = cls._instances[settings.bootstrap_servers] = cls(settings)
-        return ledger
-
-    @classmethod
-    def existing(cls, settings: WeirSettings) -> CostLedger | None:
-        """This process's ledger for the settings' cluster, if a budget has made one."""
-        return cls._instances.get(settings.bootstrap_servers)
 
     def __init__(self, settings: WeirSettings) -> None:
         self._settings = settings
@@ -199,7 +188,11 @@ class CostLedger:
                     await stop_consumer(consumer)
         self._producer, self._consumer = producer, consumer
         self._task = asyncio.create_task(self._follow(), name="weir-cost-ledger")
-        register_closer(self.stop)
+
+    @property
+    def running(self) -> bool:
+        """Whether it follows the costs topic (started, not stopped)."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -217,7 +210,6 @@ class CostLedger:
             await self._producer.stop()
             self._producer = None
         self._starting = None
-        CostLedger._instances.pop(self._settings.bootstrap_servers, None)
 
     async def _follow(self) -> None:
         consumer = self._consumer

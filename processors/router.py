@@ -48,34 +48,79 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
 from simpleeval import InvalidExpression
 
 from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors._call import CallMeta
 from weir.processors.budget import Budget, Reservation
 from weir.processors.chat_stream import ChatStream
-from weir.processors.condition import condition_names, lookup
+from weir.processors.condition import compile_condition, condition_names, lookup
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.features import Features
 from weir.processors.options import OptionTypeError
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
-from weir.processors.routes import follow
-from weir.processors.rules import CompiledRule, Rule, RuleSet, Strategy
+from weir.processors.rules import CompiledRule, RuleSet, RuleSpec, Strategy
+from weir.processors.services import services_now
 from weir.streams.context import current_scope
 
-__all__ = ["Decision", "Router"]
+__all__ = ["Decision", "Router", "Rule"]
 
 log = logging.getLogger("weir.models")
 
 
 # -- the router ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A routing rule in code; ``endpoint``/``split`` take endpoints or their names."""
+
+    condition: str
+    endpoint: ModelEndpoint | str | None = None
+    split: Mapping[ModelEndpoint | str, float] | None = None
+    name: str | None = None
+    """Defaults to the condition's text; shown on every call the rule routes."""
+    priority: int = 0
+    sticky: str | None = None
+    hold_until: str | None = None
+    features: Sequence[str] = ()
+    """Caller-given feature names this rule reads as ``input.<name>``."""
+
+    def __post_init__(self) -> None:
+        name = self.name or self.condition
+        object.__setattr__(self, "name", name)
+        compile_condition(self.condition, rule=name, features=frozenset(self.features))
+        if self.hold_until is not None:
+            compile_condition(self.hold_until, rule=name, features=frozenset(self.features))
+        try:
+            self.spec()
+        except ValidationError as exc:
+            raise RoutingError(f"rule {name!r}: {exc.errors()[0]['msg']}") from None
+
+    def endpoints(self) -> list[ModelEndpoint]:
+        targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        return [t for t in targets if isinstance(t, ModelEndpoint)]
+
+    def spec(self) -> RuleSpec:
+        def name_of(target: ModelEndpoint | str) -> str:
+            return target.name if isinstance(target, ModelEndpoint) else target
+
+        return RuleSpec(
+            name=str(self.name),
+            condition=self.condition,
+            endpoint=name_of(self.endpoint) if self.endpoint is not None else None,
+            split={name_of(k): float(v) for k, v in self.split.items()} if self.split else None,
+            sticky=self.sticky,
+            priority=self.priority,
+            hold_until=self.hold_until,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,14 +138,6 @@ class Decision:
 class _Active:
     rule_set: RuleSet
     rules: list[CompiledRule]
-
-
-_ROUTERS: weakref.WeakValueDictionary[str, Router] = weakref.WeakValueDictionary()
-
-
-def registered_routers() -> dict[str, Router]:
-    """Routers defined in this process, by name (``weir routes apply --pipeline`` checks them)."""
-    return dict(_ROUTERS)
 
 
 class Router:
@@ -143,7 +180,6 @@ class Router:
         """The newest rule-set version this router refused, and why (``None`` if none)."""
         self._option_warnings: set[tuple[str, int]] = set()
         """Rules (and versions) that met an option they cannot compare (logged once each)."""
-        _ROUTERS[name] = self
 
     def __repr__(self) -> str:
         return f"Router({self.name!r}, rules={len(self._active.rules)}, version={self.version})"
@@ -373,7 +409,7 @@ class Router:
     ) -> tuple[Decision, Reservation | None]:
         """Pick up rule changes, check the budget, decide; the decision and its reservation."""
         if self.watch:
-            await follow(self)
+            await services_now().follow(self)
         if self.budget is None:
             return self.decide(
                 text=text, messages=messages, features=features, output_tokens=output_tokens

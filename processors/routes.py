@@ -29,7 +29,6 @@ import getpass
 import json
 import logging
 import socket
-import time
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -40,7 +39,6 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import RoutingError
-from weir.processors._env import register_closer, settings_now
 from weir.processors.router_status import StatusReporter
 from weir.processors.routes_topic import ensure_topics, is_announcement, publish, read_all
 from weir.processors.rules import RuleFollower, RuleSet
@@ -52,7 +50,6 @@ from weir.topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC
 __all__ = [
     "RouteWatcher",
     "apply_rule_set",
-    "follow",
     "latest_rule_sets",
     "load_rule_sets",
     "read_history",
@@ -155,15 +152,7 @@ class RouteWatcher:
     record it read.
     """
 
-    _instances: dict[str, RouteWatcher] = {}
     max_backoff_s = 30.0
-
-    @classmethod
-    def for_settings(cls, settings: WeirSettings) -> RouteWatcher:
-        watcher = cls._instances.get(settings.bootstrap_servers)
-        if watcher is None:
-            watcher = cls._instances[settings.bootstrap_servers] = cls(settings)
-        return watcher
 
     def __init__(self, settings: WeirSettings) -> None:
         self._settings = settings
@@ -176,7 +165,6 @@ class RouteWatcher:
         self._failed = False
         self._next: int | None = None
         """Offset after the last record read (a reconnection resumes there)."""
-        self._closer = False
         self.reporter = StatusReporter(settings)
         self._routers: weakref.WeakValueDictionary[str, RuleFollower] = (
             weakref.WeakValueDictionary()
@@ -193,9 +181,21 @@ class RouteWatcher:
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="weir-route-watcher")
-            if not self._closer:
-                self._closer = True
-                register_closer(self.stop)
+
+    @property
+    def running(self) -> bool:
+        """Whether it follows the routes topic (started, not stopped)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the topic has been read up to its end as of the first connection."""
+        return self._ready.is_set()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the first connection failed (routers keep their code rules meanwhile)."""
+        return self._failed
 
     async def wait_ready(self, timeout: float) -> bool:
         self.start()
@@ -212,7 +212,6 @@ class RouteWatcher:
                 await self._task
             self._task = None
         await self.reporter.close()
-        RouteWatcher._instances.pop(self._settings.bootstrap_servers, None)
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -301,27 +300,6 @@ class RouteWatcher:
         if router.name in self.latest:
             router.use(self.latest[router.name])
         self.reporter.report(router)
-
-
-async def follow(router: RuleFollower) -> None:
-    """Bring ``router`` to the latest rule set on the topic (the first call waits for it)."""
-    settings = settings_now()
-    watcher = RouteWatcher.for_settings(settings)
-    watcher.add(router)
-    if not watcher._ready.is_set():
-        started = time.monotonic()
-        if not await watcher.wait_ready(settings.routes_wait_s) and not watcher._failed:
-            log.warning(
-                "routes: %s not read within %.1fs; router %s uses version %d for now",
-                ROUTES_TOPIC,
-                time.monotonic() - started,
-                router.name,
-                router.version,
-            )
-    if watcher._ready.is_set():
-        watcher.settle(router)
-    elif router.name in watcher.latest:
-        router.use(watcher.latest[router.name])
 
 
 def dump_rule_set(rule_set: RuleSet) -> str:

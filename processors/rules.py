@@ -1,4 +1,4 @@
-"""Routing rules: rule sets as the routes topic carries them (``RuleSet``) and rules in code.
+"""Routing rule sets, as rules files and the routes topic carry them (``RuleSet``).
 
 A rule's target is one ``endpoint`` or a weighted ``split`` (a canary:
 ``{"v1": 95, "v2": 5}``), sticky per ``sticky`` key; ``hold_until`` keeps a
@@ -15,7 +15,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -23,9 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from weir.core.errors import RoutingError
 from weir.processors.condition import Condition, compile_condition
-from weir.processors.endpoint import ModelEndpoint
 
-__all__ = ["CompiledRule", "Rule", "RuleFollower", "RuleSet", "RuleSpec", "Strategy"]
+__all__ = ["CompiledRule", "RuleFollower", "RuleSet", "RuleSpec", "Strategy"]
 
 Strategy = Literal["first", "cheapest", "fastest"]
 
@@ -150,51 +149,6 @@ class CompiledRule:
         return "budget_exceeded" in self.condition.names
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A routing rule in code; ``endpoint``/``split`` take endpoints or their names."""
-
-    condition: str
-    endpoint: ModelEndpoint | str | None = None
-    split: Mapping[ModelEndpoint | str, float] | None = None
-    name: str | None = None
-    """Defaults to the condition's text; shown on every call the rule routes."""
-    priority: int = 0
-    sticky: str | None = None
-    hold_until: str | None = None
-    features: Sequence[str] = ()
-    """Caller-given feature names this rule reads as ``input.<name>``."""
-
-    def __post_init__(self) -> None:
-        name = self.name or self.condition
-        object.__setattr__(self, "name", name)
-        compile_condition(self.condition, rule=name, features=frozenset(self.features))
-        if self.hold_until is not None:
-            compile_condition(self.hold_until, rule=name, features=frozenset(self.features))
-        try:
-            self.spec()
-        except ValidationError as exc:
-            raise RoutingError(f"rule {name!r}: {exc.errors()[0]['msg']}") from None
-
-    def endpoints(self) -> list[ModelEndpoint]:
-        targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
-        return [t for t in targets if isinstance(t, ModelEndpoint)]
-
-    def spec(self) -> RuleSpec:
-        def name_of(target: ModelEndpoint | str) -> str:
-            return target.name if isinstance(target, ModelEndpoint) else target
-
-        return RuleSpec(
-            name=str(self.name),
-            condition=self.condition,
-            endpoint=name_of(self.endpoint) if self.endpoint is not None else None,
-            split={name_of(k): float(v) for k, v in self.split.items()} if self.split else None,
-            sticky=self.sticky,
-            priority=self.priority,
-            hold_until=self.hold_until,
-        )
-
-
 class RuleFollower(Protocol):
     """What following the routes topic needs of a router (``Router`` is one)."""
 
@@ -211,6 +165,6 @@ class RuleFollower(Protocol):
     def refused(self) -> tuple[int, str] | None: ...
 
     @property
-    def endpoints(self) -> Mapping[str, ModelEndpoint]: ...
+    def endpoints(self) -> Mapping[str, object]: ...
 
     def use(self, rule_set: RuleSet | None) -> bool: ...

@@ -16,6 +16,7 @@ from weir.streams.dead_letter import DeadLetters
 from weir.streams.outbox import Outbox, OutMessage
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
+from weir.streams.services import WorkerServices
 from weir.streams.tracing import Tracing
 from weir.topics.names import PipelineTopics
 
@@ -75,6 +76,7 @@ class Runtime:
     lag: Callable[[str], int]
     """Unprocessed messages on this worker's partitions of a step's input topic."""
     rank: dict[str, int] = field(default_factory=dict)
+    services: WorkerServices | None = None
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.pipeline.order)}

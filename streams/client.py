@@ -7,7 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -21,12 +21,10 @@ from weir.core.errors import (
     WeirError,
 )
 from weir.schemas.messages import Request, Result
+from weir.streams.tokens import TokenStream
 from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
-
-if TYPE_CHECKING:
-    from weir.processors.streaming import TokenStream
 
 __all__ = ["WeirClient"]
 
@@ -252,8 +250,6 @@ class WeirClient:
         starts again (drop the text so far), and ends with ``done``.  Open it
         (``async with``) before submitting to be sure to miss nothing.
         """
-        from weir.processors.streaming import TokenStream
-
         return TokenStream(
             self.settings,
             pipeline,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from weir.core.config import WeirSettings
     from weir.schemas.messages import ModelCall
+    from weir.streams.services import WorkerServices
     from weir.streams.tracing import Tracing
 
 __all__ = ["AttemptScope", "StepContext", "current_scope"]
@@ -54,6 +55,8 @@ class AttemptScope:
     """The worker's spans: model calls open child spans of the attempt's span with it."""
     calls: list[ModelCall] = field(default_factory=list)
     """Model calls of this attempt, appended by the model layer as they finish."""
+    services: WorkerServices | None = None
+    """The services the worker was given (the model layer's, for model calls)."""
 
     def record(self, call: ModelCall, *, traced: bool = False) -> None:
         """Add a finished model call to the attempt, and its span to the attempt's trace.

@@ -183,6 +183,7 @@ class StepRunner:
             publish=self._publish,
             lag=lambda: rt.lag(self.name),
             tracing=rt.tracing,
+            services=rt.services,
         )
         rt.stats.attempts += 1
         error: WeirError | None = None

@@ -48,6 +48,7 @@ from weir.streams.outbox import Abandoned, Outbox, OutMessage, Owned
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
 from weir.streams.runner import NOT_BEFORE_HEADER, StepRunner
+from weir.streams.services import WorkerServices
 from weir.streams.threads import StepThreads
 from weir.streams.tracing import Tracing
 from weir.topics._aiokafka import KeyPartitioner, place
@@ -77,7 +78,9 @@ class Worker:
 
     ``steps`` limits the worker to some steps (the ingress runs when a root step
     does, the answer stage when a final step does; name ``requests`` or
-    ``_answer`` to select them alone).
+    ``_answer`` to select them alone).  ``services`` (the model layer's, for
+    steps that call models: ``weir.processors.ModelServices``) start and stop
+    with the worker.
 
     >>> worker = Worker(pipeline, settings)          # doctest: +SKIP
     >>> async with worker:                           # doctest: +SKIP
@@ -92,6 +95,7 @@ class Worker:
         steps: Iterable[str] | None = None,
         tracing: Tracing | None = None,
         redactor: Redactor | None = None,
+        services: WorkerServices | None = None,
     ) -> None:
         self.pipeline = pipeline.validate()
         self.settings = settings
@@ -126,7 +130,10 @@ class Worker:
             redactor=redactor,
             stats=self.stats,
             lag=self.lag,
+            services=services,
         )
+        self.services = services
+        """Started with the worker and stopped with it; steps reach it through their scope."""
         self._routes: dict[str, _Route] = {}
         self._roots_here: Collection[str] = ()
         self.runners: dict[str, StepRunner] = {}
@@ -189,6 +196,8 @@ class Worker:
         if self._started:
             return
         self._started = True
+        if self.services is not None:
+            await self.services.start()
         async with TopicAdmin(self.settings) as admin:
             await admin.ensure(topic_specs(self.pipeline, self.settings))
         self._producer = AIOKafkaProducer(
@@ -310,6 +319,8 @@ class Worker:
             await self._producer.stop()
         self.threads.shutdown()
         self.tracing.shutdown()
+        if self.services is not None:
+            await self.services.stop()
         self._stopped.set()
         s = self.stats
         log.info(

@@ -116,7 +116,14 @@ class TopicAdmin:
         # A new topic's partitions answer NOT_LEADER for a moment after creation, even once
         # metadata names a leader; a consumer that starts then can sit on the partition
         # without fetching (aiokafka).  Wait until every partition answers ListOffsets.
-        counts = await self.partitions(names)
+        # First until metadata lists every new topic: a busy broker may describe a topic it
+        # has just created as unknown, and a consumer that subscribed then would not see
+        # it before its next metadata refresh (minutes).
+        async with asyncio.timeout(timeout):
+            counts = await self.partitions(names)
+            while len(counts) < len(set(names)):
+                await asyncio.sleep(0.1)
+                counts = await self.partitions(names)
         tps = [TopicPartition(n, p) for n, c in counts.items() for p in range(c)]
         probe = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers, request_timeout_ms=5000

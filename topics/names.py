@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from weir.core.config import WeirSettings
-    from weir.streams.pipeline import Pipeline
+from weir.core.config import WeirSettings
 
 DEAD_LETTER_TOPIC_MAX_BYTES = 1_048_588
 """``max.message.bytes`` of dead-letter topics: Kafka's default, set explicitly so that a
@@ -21,6 +20,7 @@ __all__ = [
     "ROUTES_HISTORY_TOPIC",
     "ROUTES_TOPIC",
     "TRACES_TOPIC",
+    "PipelineShape",
     "PipelineTopics",
     "TopicSpec",
     "global_topic_specs",
@@ -137,7 +137,35 @@ def retry_tiers(maximum_attempts: int, settings: WeirSettings) -> int:
     return min(maximum_attempts - 1, settings.max_retry_topics)
 
 
-def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
+class _Step(Protocol):
+    @property
+    def is_join(self) -> bool: ...
+
+
+class _Attempts(Protocol):
+    @property
+    def maximum_attempts(self) -> int: ...
+
+
+class PipelineShape(Protocol):
+    """What the topics of a pipeline depend on (``weir.streams.Pipeline`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def order(self) -> tuple[str, ...]: ...
+
+    @property
+    def steps(self) -> Mapping[str, _Step]: ...
+
+    @property
+    def needs_result_collector(self) -> bool: ...
+
+    def retry_policy(self, step: str) -> _Attempts: ...
+
+
+def topic_specs(pipeline: PipelineShape, settings: WeirSettings) -> list[TopicSpec]:
     """Every topic ``pipeline`` needs, configured from ``settings``."""
     names = PipelineTopics(pipeline.name)
     events = {"cleanup.policy": "delete", "retention.ms": str(settings.event_retention_ms)}

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -32,6 +32,10 @@ from weir.core.errors import (
     UnknownPipelineError,
     WeirError,
 )
+
+if TYPE_CHECKING:
+    from weir.processors import ModelServices
+    from weir.processors.router import Router
 
 T = TypeVar("T")
 
@@ -178,8 +182,9 @@ def worker(
     config: ConfigOption = None,
 ) -> None:
     """Run a pipeline's steps until SIGTERM/SIGINT, then finish in-flight work and stop."""
-    from weir.loader import load_pipeline
+    from weir.loader import load_pipeline, routers_of
     from weir.logs import configure_logging
+    from weir.processors import ModelServices
     from weir.streams.worker import Worker
 
     settings = _settings(config, max_in_flight=max_in_flight)
@@ -188,10 +193,10 @@ def worker(
     only = [s.strip() for s in steps.split(",")] if steps else None
 
     async def run() -> Worker:
-        from weir.processors import aclose_model_layer
         from weir.web import WebServer
 
-        w = Worker(pipe, settings, steps=only)
+        services = ModelServices(settings)
+        w = Worker(pipe, settings, steps=only, services=services)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
@@ -210,14 +215,13 @@ def worker(
                     exc.strerror or exc,
                 )
                 web = None
-        await _announce_routers(settings, pipe.name)
+        await _announce_routers(settings, pipe.name, services, routers_of(pipeline))
         try:
             await w.run()
         finally:
             if web is not None:
                 await web.stop()
-            await _withdraw_router_statuses(settings)
-            await aclose_model_layer()
+            await _withdraw_router_statuses(settings, services)
         return w
 
     stopped = _run(run())
@@ -256,42 +260,37 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
         )
 
 
-async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
+async def _announce_routers(
+    settings: WeirSettings, pipeline: str, services: ModelServices, routers: dict[str, Router]
+) -> None:
     """Tell ``weir routes apply`` which endpoints this worker's routers know."""
-    if "weir.processors.router" not in sys.modules:
-        return  # the pipeline defines no router (importing one would register it)
+    if not routers:
+        return
     from weir.processors.announcements import announce_routers
-    from weir.processors.router import registered_routers
 
     log = logging.getLogger("weir.models")
     try:
         async with asyncio.timeout(30):
-            sent = await announce_routers(
-                settings, registered_routers().values(), pipeline=pipeline
-            )
+            sent = await announce_routers(settings, routers.values(), pipeline=pipeline)
     except Exception as exc:  # a help for rule checks: the worker runs without it
         log.warning("routes: could not announce the routers (%s: %s)", type(exc).__name__, exc)
         return
     if sent:
         log.info("routes: announced router(s) %s", ", ".join(a.router for a in sent))
-        from weir.processors.routes import RouteWatcher
-
         # Follow the routes topic from the start (not from the first model call), so each
         # router's status is on the topic before any request arrives.
-        watcher = RouteWatcher.for_settings(settings)
-        for router in registered_routers().values():
-            watcher.add(router)
-        watcher.start()
+        for router in routers.values():
+            services.add_router(router)
+        services.watcher().start()
 
 
-async def _withdraw_router_statuses(settings: WeirSettings) -> None:
+async def _withdraw_router_statuses(settings: WeirSettings, services: ModelServices) -> None:
     """A stopping worker runs no version any more: take its statuses off the routes topic."""
-    if "weir.processors.router" not in sys.modules:
+    names = [name for name, r in services.routers.items() if r.watch]
+    if not names:
         return
-    from weir.processors.router import registered_routers
     from weir.processors.router_status import withdraw_statuses
 
-    names = [name for name, r in registered_routers().items() if r.watch]
     try:
         async with asyncio.timeout(10):
             await withdraw_statuses(settings, names)

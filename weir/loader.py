@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from weir.core.errors import UnknownPipelineError
 from weir.streams.pipeline import Pipeline
 
-__all__ = ["load_pipeline"]
+if TYPE_CHECKING:
+    from weir.processors.router import Router
+
+__all__ = ["load_pipeline", "routers_of"]
 
 
 def load_pipeline(ref: str, *, search_path: Path | None = None) -> Pipeline:
@@ -37,3 +41,13 @@ def load_pipeline(ref: str, *, search_path: Path | None = None) -> Pipeline:
     if not isinstance(obj, Pipeline):
         raise UnknownPipelineError(f"{ref} is a {type(obj).__name__}, not a weir Pipeline")
     return obj.validate()
+
+
+def routers_of(ref: str) -> dict[str, Router]:
+    """The routers the module of a loaded pipeline ``ref`` holds at its top level, by name."""
+    if "weir.processors.router" not in sys.modules:
+        return {}  # the pipeline's code never imported routing
+    from weir.processors.router import Router
+
+    module = sys.modules[ref.partition(":")[0]]
+    return {v.name: v for v in vars(module).values() if isinstance(v, Router)}

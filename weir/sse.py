@@ -19,12 +19,13 @@ from aiohttp import web
 from weir._http import epoch_ms, error_response, positive_seconds
 from weir.core.config import WeirSettings
 from weir.core.errors import StreamAbortedError, TooManyStreamsError, UnknownPipelineError
-from weir.processors.endpoint import endpoint_states
-from weir.processors.streaming import TokenStream
+from weir.processors.services import ModelServices
+from weir.streams.tokens import TokenStream
 
 __all__ = ["add_routes"]
 
 _SETTINGS = web.AppKey("weir.models.settings", WeirSettings)
+_SERVICES: web.AppKey[ModelServices | None] = web.AppKey("weir.models.services")
 
 
 @dataclass
@@ -38,9 +39,15 @@ class _StreamSlots:
 _SLOTS = web.AppKey("weir.models.sse_slots", _StreamSlots)
 
 
-def add_routes(app: web.Application, settings: WeirSettings) -> None:
-    """``GET /streams/{pipeline}/{request_id}`` (SSE) and ``GET /models`` (breakers, latency)."""
+def add_routes(
+    app: web.Application, settings: WeirSettings, services: ModelServices | None = None
+) -> None:
+    """``GET /streams/{pipeline}/{request_id}`` (SSE) and ``GET /models`` (breakers, latency).
+
+    ``/models`` lists the endpoints of ``services`` (the worker's); without them, none.
+    """
     app[_SETTINGS] = settings
+    app[_SERVICES] = services
     app[_SLOTS] = _StreamSlots(limit=settings.sse_max_streams)
     app.router.add_get("/streams/{pipeline}/{request_id}", _sse)
     app.router.add_get("/models", _models)
@@ -130,5 +137,6 @@ async def _last_write(response: web.StreamResponse, text: str) -> None:
 
 
 async def _models(request: web.Request) -> web.Response:
-    # The worker's settings (its --config), never ones re-read from the environment.
-    return web.json_response(endpoint_states(request.app[_SETTINGS]))
+    # The worker's services and settings (its --config), never ones read from the environment.
+    services = request.app[_SERVICES]
+    return web.json_response(services.endpoint_states() if services is not None else {})

@@ -30,6 +30,7 @@ from weir.core.secrets import SecretResolver
 
 if TYPE_CHECKING:
     from weir.dashboard import QueriesProvider
+    from weir.processors.services import ModelServices
     from weir.streams.worker import Worker
 
 __all__ = ["SETTINGS_KEY", "WORKER_KEY", "WebServer", "create_app"]
@@ -72,7 +73,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
     dashboard.add_routes(app, settings, trace_queries)
-    sse.add_routes(app, settings)
+    sse.add_routes(app, settings, _model_services(worker))
     return app
 
 
@@ -114,9 +115,8 @@ def _is_loopback(host: str) -> bool:
 
 async def _health(request: web.Request) -> web.Response:
     worker = request.app[WORKER_KEY]
-    from weir.processors.circuit_breaker import circuit_states
-
-    circuits = circuit_states()
+    services = _model_services(worker)
+    circuits = services.circuit_states() if services is not None else {}
     open_ = sorted(name for name, c in circuits.items() if c["state"] != "closed")
     # An open circuit is degraded service, not a dead worker: fallbacks may be serving.
     body: dict[str, object] = {"status": "degraded" if open_ else "ok", "circuits": circuits}
@@ -154,9 +154,8 @@ async def _stats(request: web.Request) -> web.Response:
         "refused_total": threads.refused_total,
     }
     stats["stuck_steps"] = [s.to_dict() for s in threads.stuck()]
-    from weir.processors.ledger import CostLedger
-
-    ledger = CostLedger.existing(worker.settings)
+    services = _model_services(worker)
+    ledger = services.existing_ledger if services is not None else None
     if ledger is not None:  # only pipelines with budgets have one
         stats["budget_keys"] = {
             "in_memory": ledger.keys_in_memory,
@@ -164,6 +163,14 @@ async def _stats(request: web.Request) -> web.Response:
             "max": worker.settings.budget_max_keys,
         }
     return web.json_response(stats)
+
+
+def _model_services(worker: Worker | None) -> ModelServices | None:
+    """The model layer's services of the worker this server runs beside, if it has them."""
+    from weir.processors.services import ModelServices
+
+    services = worker.services if worker is not None else None
+    return services if isinstance(services, ModelServices) else None
 
 
 class WebServer:

@@ -1,4 +1,5 @@
-"""Fixtures of the model-layer tests: real local model servers, stopped after each test."""
+"""Fixtures of the model-layer tests: real local model servers, stopped after each test, and
+the model services that calls made outside a worker use."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from tests._model_servers import ModelServer
-from weir.processors import aclose_model_layer
+from weir.core.config import load_settings
+from weir.processors import ModelServices
 
 
 @pytest.fixture
@@ -21,6 +23,12 @@ async def servers() -> AsyncIterator[Callable[[str], Awaitable[ModelServer]]]:
         return server
 
     yield start
-    await aclose_model_layer()
     for server in started:
         await server.stop()
+
+
+@pytest.fixture(autouse=True)
+async def model_services() -> AsyncIterator[ModelServices]:
+    """Services for calls outside a worker, stopped (watchers, ledgers) after each test."""
+    async with ModelServices(load_settings()) as services:
+        yield services

@@ -28,6 +28,7 @@ from weir.processors import (
     Limits,
     LocalModel,
     ModelEndpoint,
+    ModelServices,
     OpenAICompatible,
     Price,
 )
@@ -538,15 +539,17 @@ async def test_a_stream_failing_before_any_token_publishes_abort(monkeypatch):
     ]
 
 
-async def test_the_models_route_prices_with_the_apps_settings_not_the_environment():
+async def test_the_models_route_prices_with_the_workers_settings_not_the_environment():
     from weir.sse import add_routes
 
     settings = load_settings(model_prices={"m-config-priced": {"input_per_1m": "3.5"}})
     llm = ModelEndpoint(
         "config-priced", provider=OpenAICompatible("http://127.0.0.1:1/v1"), model="m-config-priced"
     )
+    services = ModelServices(settings)
+    services.add_endpoint(llm)
     app = web.Application()
-    add_routes(app, settings)
+    add_routes(app, settings, services)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,7 +13,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests._kafka import read_results, read_topic
-from weir.processors import BreakerPolicy, ModelEndpoint, OpenAICompatible, Price, circuit_states
+from weir.processors import (
+    BreakerPolicy,
+    ModelEndpoint,
+    ModelServices,
+    OpenAICompatible,
+    Price,
+)
 from weir.schemas.messages import DeadLetter, TraceEvent
 from weir.streams import Pipeline, RetryPolicy, WeirClient, Worker
 from weir.streams.tracing import Tracing
@@ -63,7 +69,7 @@ async def test_half_the_calls_failing_still_answers_999_in_1000(kafka, pipeline_
 
     n = 2000
     kafka = kafka.model_copy(update={"max_in_flight": 200})
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, [{"text": f"q{i}"} for i in range(n)])
         results, counts = await read_results(kafka, PipelineTopics(p.name).results, n, timeout=240)
         dead = await read_topic(kafka, PipelineTopics(p.name).dead_letter("answer"))
@@ -113,7 +119,8 @@ async def test_an_endpoint_outage_opens_its_breaker_and_the_fallback_takes_over(
         return (await primary.embed([text])).endpoint
 
     settings = kafka.model_copy(update={"web_port": 0})
-    worker = Worker(p, settings)
+    services = ModelServices(settings)
+    worker = Worker(p, settings, services=services)
     async with worker, WeirClient(settings) as client, WebServer(settings, worker) as web:
 
         async def batch(n: int, tag: str) -> collections.Counter[str]:
@@ -131,13 +138,13 @@ async def test_an_endpoint_outage_opens_its_breaker_and_the_fallback_takes_over(
         outage = await batch(50, "outage")
         # Tripped: open, or already half-open when answering the batch took longer than the
         # 1 s cooldown (half-open is reached only from open).
-        assert circuit_states()[primary.name]["state"] in ("open", "half_open")
+        assert services.circuit_states()[primary.name]["state"] in ("open", "half_open")
         calls_once_open = primary_server.total
         for _ in range(5):  # ~2.5 seconds more of traffic
             outage += await batch(50, "outage")
             await asyncio.sleep(0.3)
         reached = primary_server.total - calls_once_open
-        assert circuit_states()[primary.name]["state"] in ("open", "half_open")
+        assert services.circuit_states()[primary.name]["state"] in ("open", "half_open")
         async with aiohttp.ClientSession() as http, http.get(f"{web.url}/health") as response:
             health = await response.json()
         assert health["status"] == "degraded"
@@ -179,7 +186,10 @@ async def test_no_secret_reaches_logs_traces_spans_or_dead_letters(
     tracing = Tracing(kafka, processors=[SimpleSpanProcessor(spans)])
     caplog.set_level(logging.DEBUG)
     n = 100
-    async with Worker(p, kafka, tracing=tracing), WeirClient(kafka) as client:
+    async with (
+        Worker(p, kafka, tracing=tracing, services=ModelServices(kafka)),
+        WeirClient(kafka) as client,
+    ):
         ids = await client.submit_many(p.name, [{"text": f"q{i}"} for i in range(n)])
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, n)
         dead = await read_topic(kafka, PipelineTopics(p.name).dead_letter("answer"))

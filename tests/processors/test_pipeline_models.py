@@ -16,7 +16,14 @@ from tests._kafka import read_results
 from tests._model_servers import input_tokens
 from tests.conftest import worker_env
 from weir.core.errors import StreamAbortedError
-from weir.processors import Anthropic, ModelEndpoint, OpenAICompatible, Price, format_usd
+from weir.processors import (
+    Anthropic,
+    ModelEndpoint,
+    ModelServices,
+    OpenAICompatible,
+    Price,
+    format_usd,
+)
 from weir.schemas.messages import ModelCall
 from weir.streams import NO_RETRY, Pipeline, RetryPolicy, StepContext, WeirClient, Worker
 from weir.topics.names import PipelineTopics
@@ -68,7 +75,7 @@ async def test_chat_embeddings_and_streams_cost_exactly_what_the_servers_report(
         return {"vectors": embed, "text": polish}
 
     texts = [f"question number {i} about my card" for i in range(30)]
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, [{"text": t} for t in texts])
         results, counts = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
     assert len(results) == 30 and max(counts.values()) == 1
@@ -151,7 +158,10 @@ async def test_stream_cut_mid_answer_restarts_and_the_client_sees_it(kafka, pipe
         return (await llm.stream_chat([{"role": "user", "content": text}]).collect()).text
 
     settings = kafka.model_copy(update={"web_port": 0})
-    async with Worker(p, settings) as worker, WeirClient(settings) as client:
+    async with (
+        Worker(p, settings, services=ModelServices(settings)) as worker,
+        WeirClient(settings) as client,
+    ):
         async with WebServer(settings, worker) as web:
             rid = "cut-" + pipeline_name
             async with client.stream(rid, pipeline=p.name, idle_timeout=30) as chunks:
@@ -220,7 +230,10 @@ async def test_a_dead_lettered_stream_ends_the_clients_stream_with_an_error(
         return (await llm.stream_chat([{"role": "user", "content": text}]).collect()).text
 
     settings = kafka.model_copy(update={"web_port": 0})
-    async with Worker(p, settings) as worker, WeirClient(settings) as client:
+    async with (
+        Worker(p, settings, services=ModelServices(settings)) as worker,
+        WeirClient(settings) as client,
+    ):
         rid = "dead-" + pipeline_name
         seen = []
         # A minute of idle patience: only the abort can end this stream quickly.
@@ -257,7 +270,7 @@ async def test_an_aborted_stream_that_is_retried_goes_on_to_done(kafka, pipeline
         llm = first if ctx.attempt == 1 else then
         return (await llm.stream_chat([{"role": "user", "content": text}]).collect()).text
 
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         rid = "retried-" + pipeline_name
         async with client.stream(rid, pipeline=p.name, idle_timeout=30) as chunks:
             await client.submit(p.name, {"text": "refund?"}, request_id=rid)

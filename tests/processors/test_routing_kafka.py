@@ -17,7 +17,15 @@ import pytest
 
 from tests._kafka import read_results
 from tests.conftest import worker_env
-from weir.processors import Budget, ModelEndpoint, OpenAICompatible, Price, Router, Rule
+from weir.processors import (
+    Budget,
+    ModelEndpoint,
+    ModelServices,
+    OpenAICompatible,
+    Price,
+    Router,
+    Rule,
+)
 from weir.schemas.messages import now_ms
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.topics.names import PipelineTopics
@@ -90,7 +98,7 @@ async def test_1000_mixed_requests_follow_the_rules_and_a_live_rule_change(
         {"text": f"Wo ist meine Karte Nummer {i}? Sie ist noch nicht angekommen."}
         for i in range(50)
     ]
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await asyncio.gather(
             client.submit_many(p.name, english),
             client.submit_many(p.name, contracts),
@@ -213,7 +221,7 @@ async def test_canary_split_is_sticky_per_conversation_end_to_end(kafka, pipelin
     payloads = [
         {"text": f"turn {t}", "conversation_id": f"c{c}"} for t in range(5) for c in range(400)
     ]
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, payloads)
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
     by_conversation: dict[str, set[str]] = collections.defaultdict(set)
@@ -236,7 +244,10 @@ async def test_pressure_rule_sheds_load_while_lag_is_high_and_returns(
     router.add_rule(Rule("lag > 60", hold_until="lag < 5", endpoint=secondary, name="shed"))
     p = routed_pipeline(pipeline_name, router)
     settings = kafka.model_copy(update={"max_in_flight": 10})
-    async with Worker(p, settings), WeirClient(settings) as client:
+    async with (
+        Worker(p, settings, services=ModelServices(settings)),
+        WeirClient(settings) as client,
+    ):
 
         async def one_by_one(n: int) -> None:
             for i in range(n):
@@ -270,7 +281,7 @@ async def test_a_one_dollar_budget_stops_spending_at_one_dollar(
     p = routed_pipeline(pipeline_name, router)
     settings = kafka.model_copy(update={"web_port": 0})
     async with (
-        Worker(p, settings) as worker,
+        Worker(p, settings, services=ModelServices(settings)) as worker,
         WeirClient(settings) as client,
         WebServer(settings, worker) as web,
     ):

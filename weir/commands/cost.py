@@ -24,8 +24,8 @@ async def request_calls(
     """Every model call of ``request_id`` (all steps, all attempts) from the trace topic."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from weir.processors.streaming import partition_of
     from weir.schemas.messages import TraceEvent, now_ms
+    from weir.streams.tokens import partition_of
     from weir.topics._aiokafka import stop_consumer
     from weir.topics.admin import TopicAdmin
 

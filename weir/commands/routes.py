@@ -47,7 +47,6 @@ def apply(
     config: ConfigOption = None,
 ) -> None:
     """Validate a rules file and publish it as the next version of each router's rules."""
-    from weir.processors.router import registered_routers
     from weir.processors.routes import apply_rule_set, check_against_routers, load_rule_sets
 
     if not file.exists():
@@ -55,10 +54,10 @@ def apply(
     rule_sets = load_rule_sets(file.read_text(), source=str(file))
     routers = None
     if pipeline is not None:
-        from weir.loader import load_pipeline
+        from weir.loader import load_pipeline, routers_of
 
         load_pipeline(pipeline, search_path=Path.cwd())
-        routers = registered_routers()
+        routers = routers_of(pipeline)
         for rule_set in rule_sets:
             check_against_routers(rule_set, routers)
     settings = load_settings(config)

@@ -47,10 +47,14 @@ def run_demo(settings: WeirSettings, *, requests: int, keep_broker: bool, consol
 
 async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
     from weir.demo.pipeline import pipeline
+    from weir.processors import ModelServices
     from weir.streams import WeirClient, Worker
 
     console.print(f"[bold]2.[/] starting a worker for pipeline {pipeline.name!r}")
-    async with Worker(pipeline, settings), WeirClient(settings) as client:
+    async with (
+        Worker(pipeline, settings, services=ModelServices(settings)),
+        WeirClient(settings) as client,
+    ):
         payloads = [
             {"customer_id": c, "text": t}
             for c, t in (SAMPLE_MESSAGES[i % len(SAMPLE_MESSAGES)] for i in range(requests))

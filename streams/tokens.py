@@ -47,7 +47,6 @@ from aiokafka.partitioner import murmur2
 
 from weir.core.config import WeirSettings
 from weir.core.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
-from weir.processors.results import Usage
 from weir.schemas.messages import Result, now_ms
 from weir.streams.context import AttemptScope
 from weir.topics._aiokafka import stop_consumer
@@ -127,7 +126,16 @@ class StreamPublisher:
             }
         )
 
-    def done(self, *, endpoint: str, attempt: int, usage: Usage, cost_usd: Decimal) -> None:
+    def done(
+        self,
+        *,
+        endpoint: str,
+        attempt: int,
+        input_tokens: int,
+        output_tokens: int,
+        usage_source: str,
+        cost_usd: Decimal,
+    ) -> None:
         self._add(
             {
                 "type": "done",
@@ -135,9 +143,9 @@ class StreamPublisher:
                 "endpoint": endpoint,
                 "try": attempt,
                 "usage": {
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "source": usage.source,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "source": usage_source,
                 },
                 "cost_usd": str(cost_usd),
             }
