@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from examples.customer_support import pipeline as customer_support
+from weir.core.config import load_settings
 from weir.demo import SAMPLE_MESSAGES
 from weir.demo.pipeline import pipeline as intent_support
+from weir.processors import ModelServices
 from weir.streams import WeirClient, Worker, run_local
 
 
@@ -29,7 +32,12 @@ def test_customer_support_v3_joins_context_and_history() -> None:
     ],
 )
 def test_intent_support_takes_one_path_per_intent(text: str, end: str) -> None:
-    answer, path = asyncio.run(run_local(intent_support, {"customer_id": "c-2", "text": text}))
+    async def run() -> tuple[dict[str, Any], list[str]]:
+        # Its steps call models: outside a worker, the calls use these services.
+        async with ModelServices(load_settings()):
+            return await run_local(intent_support, {"customer_id": "c-2", "text": text})
+
+    answer, path = asyncio.run(run())
     assert path[-1] == end
     if end == "escalate_to_human":
         assert any(text in line for line in answer["transcript"])  # the full context
@@ -40,12 +48,14 @@ def test_intent_support_takes_one_path_per_intent(text: str, end: str) -> None:
 @pytest.mark.kafka
 async def test_intent_support_on_the_broker_reports_cost_per_request(kafka):
     payloads = [{"customer_id": c, "text": t} for c, t in SAMPLE_MESSAGES]
-    async with Worker(intent_support, kafka), WeirClient(kafka) as client:
+    services = ModelServices(kafka)
+    async with Worker(intent_support, kafka, services=services), WeirClient(kafka) as client:
         ids = await client.submit_many(intent_support.name, payloads)
         results = await client.wait_for(intent_support.name, ids, timeout=90)
     for rid, payload in zip(ids, payloads, strict=True):
         result = results[rid]
-        expected, path = await run_local(intent_support, payload)
+        async with services.bound():
+            expected, path = await run_local(intent_support, payload)
         assert result.status == "SUCCESS" and result.value == expected and result.path == path
         endpoints = [c["endpoint"] for c in result.calls]
         if "draft_reply" in path:  # classifier, embedder and the priced LLM were called
