@@ -324,7 +324,9 @@ async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_rese
     async def publish(*_: object) -> None:
         return None
 
-    token = enter_scope(AttemptScope(ctx, kafka, publish, lambda: 0))
+    # A step's scope: its worker's settings and services (the route watcher follows this broker).
+    services = ModelServices(kafka)
+    token = enter_scope(AttemptScope(ctx, kafka, publish, lambda: 0, services=services))
     try:
 
         async def endpoint_now() -> str:
@@ -349,8 +351,12 @@ async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_rese
         assert await endpoint_now() == b.name and router.version == 1
         await reset_rule_set(kafka, router.name)
         assert await eventually(a.name) < 5 and router.version == 0
+        watcher = services.watcher()
+        assert watcher.running
     finally:
         leave_scope(token)
+        await services.stop()
+    assert not watcher.running  # stopped with its services
 
 
 async def test_the_route_watcher_catches_up_once_the_broker_can_be_reached(kafka, pipeline_name):
