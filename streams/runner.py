@@ -35,7 +35,7 @@ from weir.streams.dead_letter import error_type_of
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.join import JoinTable, eviction_messages
-from weir.streams.outbox import OutMessage, Owned
+from weir.streams.outbox import Outcome, OutMessage, Owned
 from weir.streams.tracing import mark_failed, span_ids, traceparent_of
 from weir.topics.names import ANSWER, retry_tiers
 
@@ -96,7 +96,18 @@ class StepRunner:
 
     # -- one record -----------------------------------------------------------------
 
+    @property
+    def batchable(self) -> bool:
+        """Its attempts never wait (a synchronous ``inline=True`` step): a fetched batch of
+        its records is run in one go, not as a task per record."""
+        return self.step.inline and not self.step.is_async and not self.step.log_io
+
     async def handle(self, record: Record, owned: Owned) -> None:
+        outcome = await self.prepare(record)
+        await outcome.deliver(self._rt.outbox, owned)
+
+    async def prepare(self, record: Record) -> Outcome:
+        """Run the record's attempt (if it completes one); return what it must write."""
         rt = self._rt
         try:
             env = Envelope.decode(record.value)
@@ -108,8 +119,7 @@ class StepRunner:
             if env.kind == "FAILURE":
                 raise SchemaInvalidError("a FAILURE envelope cannot be a step's input")
         except MessageError as exc:
-            await rt.outbox.send_all(self._undecodable(record, exc), owned=owned)
-            return
+            return Outcome(self._undecodable(record, exc))
         attempt = self._gather(record, env)
         out: list[OutMessage] = []
         event: TraceEvent | None = None
@@ -120,21 +130,24 @@ class StepRunner:
             # and the requests of joins this one pushed over the cap end here.
             out += self.join.changelog_message(record.partition, env.request_id)
             out += eviction_messages(rt, self.join)
-        trace = rt.trace(event) if event is not None else []
-        try:
-            await rt.outbox.send_all(out + trace, owned=owned)
-        except OutputTooLargeError as exc:
+        if event is not None:
+            out += rt.trace(event)
+
+        def too_large(exc: OutputTooLargeError) -> list[OutMessage]:
             # The attempt worked (or a join waits) but what it must write cannot travel:
             # the request fails here.
             rt.stats.failed(exc.error_type)
-            if attempt is None:  # a waiting join's inputs outgrew one message
-                attempt = _Attempt(env, {}, list(env.path), env.calls, False, False)
-            out = self._fail_request(record, attempt, exc, attempt.base.traceparent)
+            a = attempt
+            if a is None:  # a waiting join's inputs outgrew one message
+                a = _Attempt(env, {}, list(env.path), env.calls, False, False)
+            failed = self._fail_request(record, a, exc, a.base.traceparent)
             if event is not None:
                 event.status, event.disposition = "FAILURE", "dead_lettered"
                 event.error_type, event.error_message = exc.error_type, str(exc)
-                out += rt.trace(event)
-            await rt.outbox.send_all(out, owned=owned)
+                failed += rt.trace(event)
+            return failed
+
+        return Outcome(out, too_large=too_large)
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
