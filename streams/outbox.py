@@ -36,6 +36,9 @@ class OutMessage(NamedTuple):
     fallback: OutMessage | None = None
     """Sent instead when the broker refuses this message as too large (a dead letter's
     bounded form)."""
+    decoded: object = None
+    """The object ``value`` was encoded from (an envelope), for a stage of this process
+    that takes the message (``Outbox.shortcut``) without decoding it again."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)

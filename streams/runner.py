@@ -14,6 +14,7 @@ sent together and acknowledged before its input offset may be committed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -42,6 +43,8 @@ from weir.topics.names import ANSWER, retry_tiers
 __all__ = ["NOT_BEFORE_HEADER", "StepRunner"]
 
 log = logging.getLogger("weir.worker")
+
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 NOT_BEFORE_HEADER = "weir.not_before"
 """On retry-topic messages: epoch milliseconds before which the retry must not start."""
@@ -214,9 +217,16 @@ class StepRunner:
                 "messaging.kafka.message.offset": record.offset,
             }
         t0 = time.perf_counter()
-        with rt.tracing.span(
-            f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
-        ) as span:
+        # Unrecorded spans only carry ids: made after the attempt, without a span object.
+        recording = rt.tracing.recording
+        block = (
+            rt.tracing.span(
+                f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
+            )
+            if recording
+            else _NO_SPAN
+        )
+        with block as span:
             try:
                 if a.missing and self.step.joins == "all":
                     # Never a null answer: the join cannot run, so the request fails here.
@@ -230,8 +240,11 @@ class StepRunner:
                     # The span's status leaves the worker over OTLP: redacted like the event.
                     message = rt.redact_error(str(exc), TRACE_ERROR_MAX_BYTES)
                     mark_failed(span, exc.error_type, message)
-            traceparent = traceparent_of(span, base.traceparent)
-            trace_id, span_id = span_ids(span, base.traceparent)
+            if recording:
+                traceparent = traceparent_of(span, base.traceparent)
+                trace_id, span_id = span_ids(span, base.traceparent)
+            else:
+                trace_id, span_id, traceparent = rt.tracing.ids(base.traceparent)
         duration = (time.perf_counter() - t0) * 1000
         calls = merge_calls(a.calls, scope.calls)
         event = TraceEvent(
@@ -422,7 +435,7 @@ class StepRunner:
         created = now_us()
         headers = None  # the envelope carries the traceparent: not a header too
 
-        def envelope(to: str, take: bool) -> bytes:
+        def envelope(to: str, take: bool) -> Envelope:
             return Envelope(
                 request_id=base.request_id,
                 pipeline=base.pipeline,
@@ -438,15 +451,16 @@ class StepRunner:
                 path=path,
                 calls=a.calls,
                 replay=base.replay,
-            ).encode()
+            )
 
         if not self._dependents:
-            return [OutMessage(rt.topics.answers, key, envelope(ANSWER, not skipped), headers)]
+            answer = envelope(ANSWER, not skipped)
+            return [OutMessage(rt.topics.answers, key, answer.encode(), headers, decoded=answer)]
         return [
             OutMessage(
                 rt.topics.step(dep),
                 key,
-                envelope(dep, not skipped and (targets is None or dep in targets)),
+                envelope(dep, not skipped and (targets is None or dep in targets)).encode(),
                 headers,
             )
             for dep in self._dependents
