@@ -345,8 +345,9 @@ async def test_trace_events_of_10000_requests_arrive_with_the_same_columns_and_v
 
     # The rows the sink stored are the rows each event makes on its own, decoded by fastavro
     # as before batches existed: same columns, same values.
-    reference = TraceStore.connect(settings, dsn=f"chdb://{tmp_path / 'reference'}")
     store = TraceStore.connect(settings)
+    # Beside it in the same engine (one data directory per process): a database of its own.
+    reference = TraceStore.connect(settings.model_copy(update={"clickhouse_database": "before"}))
     try:
         rows = [event_row(TRACE_EVENT_SCHEMA.decode(raw), p, o) for p, o, raw in events]
         for start in range(0, len(rows), 5000):
