@@ -126,6 +126,8 @@ class ClickHouseSink:
         self._inserting: asyncio.Task[None] | None = None
         """The insert of ``_sealed`` (at most one), while the next batch is fetched."""
         self._sealed: _Pending | None = None
+        self._per_record = 1.0
+        """Events per trace record lately (workers pack a batch's events in one)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -241,8 +243,10 @@ class ClickHouseSink:
                 interval if not pending else max(0.0, interval - (time.monotonic() - pending.since))
             )
             try:
+                # A batch holds about ``size`` events, whatever their records hold.
+                room = max(1, int((size - len(pending)) / self._per_record))
                 batches = await consumer.getmany(
-                    timeout_ms=int(min(wait, 0.5) * 1000) or 1, max_records=size - len(pending)
+                    timeout_ms=int(min(wait, 0.5) * 1000) or 1, max_records=room
                 )
             except KafkaError as exc:
                 log.warning("fetching trace events failed (will retry): %s", exc)
@@ -277,6 +281,7 @@ class ClickHouseSink:
             log.warning("skipping undecodable trace record %s@%d: %s", tp, offset, exc)
             return
         self.stats.consumed += len(events)
+        self._per_record = 0.9 * self._per_record + 0.1 * len(events)
         recent = self._recent
         for raw in events:
             try:
