@@ -2,8 +2,12 @@
 
 Stages: the ingress (requests topic), one ``StepRunner`` per step (its input
 topic and delayed retry topics), and the answer stage (the only writer of the
-results topic).  One consumer in the pipeline's group reads them all; every
-record becomes a task, at most ``max_in_flight`` at once.
+results topic).  One consumer in the pipeline's group reads them all.  A stage whose
+work never waits (``inline=True`` steps, and the ingress running them) takes each
+fetched batch of a partition as one task: its records run one after the other and
+everything they write goes out in one send, trace events packed per trace partition.
+Other records become a task each (a slow model call must not hold the records behind
+it).  At most ``max_in_flight`` tasks at once.
 
 Why aiokafka directly, not faust-streaming agents: the runtime needs many
 requests in flight per partition (slow model calls must not block the

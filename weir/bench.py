@@ -325,7 +325,11 @@ def _confluent_child(prefix: str, bootstrap: str) -> None:
     last_commit = time.monotonic()
     try:
         while not stopping:
-            records = consumer.consume(num_messages=500, timeout=0.2)
+            # What is there now, else wait for one record (consume() would wait for 500).
+            records = consumer.consume(num_messages=500, timeout=0)
+            if not records:
+                first = consumer.poll(0.2)
+                records = [] if first is None else [first]
             for record in records:
                 raw, topic = record.value(), record.topic()
                 if record.error() is not None or raw is None or topic is None:
