@@ -460,16 +460,20 @@ class Worker:
             take.append(record)
         if not take:
             return
-        # Back-pressure: a batch holds one slot (its records never wait on their own).
-        await self._slots.acquire()
+        # Back-pressure: a batch holds a slot per record (at most all of them), so no more
+        # than max_in_flight records are held, batched or not.
+        slots = min(len(take), self.settings.max_in_flight)
+        for _ in range(slots):
+            await self._slots.acquire()
         if not self._takes(tp):
-            self._slots.release()
+            for _ in range(slots):
+                self._slots.release()
             self._unfetch(tp, take[0].offset)
             return
         tracker = self._offsets[tp]
         for record in take:
             tracker.track(record.offset)
-        task = asyncio.create_task(self._process_batch(tp, take, route, tracker))
+        task = asyncio.create_task(self._process_batch(tp, take, route, tracker, slots))
         self._inflight[tp].add(task)
 
     def _takes(self, tp: TopicPartition) -> bool:
@@ -597,7 +601,12 @@ class Worker:
                 self._inflight[tp].discard(current)
 
     async def _process_batch(
-        self, tp: TopicPartition, records: list[Record], route: _Route, tracker: PartitionOffsets
+        self,
+        tp: TopicPartition,
+        records: list[Record],
+        route: _Route,
+        tracker: PartitionOffsets,
+        slots: int,
     ) -> None:
         """Run a batch of records, then send all they must write at once.
 
@@ -646,7 +655,8 @@ class Worker:
             for record in records:
                 tracker.finish(record.offset)
         finally:
-            self._slots.release()
+            for _ in range(slots):
+                self._slots.release()
             current = asyncio.current_task()
             if current is not None and tp in self._inflight:
                 self._inflight[tp].discard(current)
