@@ -268,6 +268,10 @@ class Worker:
 
     def _partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition the producer sends ``key`` to on ``topic`` (``None``: not known yet)."""
+        partitions = self._partitions(topic)
+        return None if partitions is None else int(self._partitioner(key, partitions, partitions))
+
+    def _partitions(self, topic: str) -> list[int] | None:
         producer = self._producer
         if producer is None:
             return None
@@ -278,14 +282,15 @@ class Worker:
             partitions = self._consumer.partitions_for_topic(topic)
         if not partitions:
             partitions = producer.client.cluster.partitions_for_topic(topic)
-        if not partitions:
-            return None
-        ordered = sorted(partitions)
-        return int(self._partitioner(key, ordered, ordered))
+        return sorted(partitions) if partitions else None
 
     def _pack_traces(self, messages: list[OutMessage]) -> list[OutMessage]:
         topic = self.settings.trace_topic
-        return pack_traces(messages, topic, lambda key: self._partition_of(topic, key))
+        partitions = self._partitions(topic)
+        if partitions is None:
+            return messages
+        partitioner = self._partitioner
+        return pack_traces(messages, topic, lambda key: partitioner(key, partitions, partitions))
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that ends on its own is a bug: say so and stop, rather than idle as healthy."""
