@@ -79,14 +79,12 @@ class WeirSettings(BaseSettings):
     producer_linger_ms: int = Field(default=0, ge=0)
     """How long the worker's producer waits to fill a batch; 0 measured best (BENCHMARKS.md):
     under load batches fill anyway, unloaded every hop saves the wait."""
-    gc_gen0_threshold: int = Field(default=50_000, ge=0)
-    """The worker's generation-0 GC threshold (Python's default is 700; 0: leave the GC as is).
+    gc_gen0_threshold: int = Field(default=700, ge=0)
+    """The worker's generation-0 GC threshold (700 is Python's default; 0: leave the GC as is).
 
     A started worker freezes what it allocated while starting (``gc.freeze``), so full
-    collections stop walking long-lived objects.  A fetched batch's objects live until
-    its send is acknowledged: at 700 they were promoted and full collections took a
-    quarter of the worker's CPU; above a batch's allocations they die young
-    (BENCHMARKS.md).
+    collections stop walking long-lived objects; with that, higher thresholds measured no
+    better, batched or not (BENCHMARKS.md).
     """
     max_payload_bytes: int = Field(default=262_144, ge=1024)
     """Larger requests are dead-lettered as ``payload_too_large``.
