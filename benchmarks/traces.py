@@ -1,6 +1,8 @@
 """Trace benchmarks: the ClickHouse sink's throughput, and what tracing costs a pipeline.
 
-1. **Sink**: N trace events are produced to a fresh trace topic, then a
+1. **Sink**: N trace events are produced to a fresh trace topic (as workers write a
+   fetched batch's events: ``--packed`` events per record, ``weir.schemas.trace_batch``;
+   and one event per record, as the per-record path writes them), then a
    ``ClickHouseSink`` (in this process) drains them into a fresh embedded store
    (chDB); events/s = N / (partitions assigned and placed -> all N inserted).  Beside it, in the
    same run: the same N events only read and decoded from Kafka (no store), and
@@ -35,6 +37,12 @@ from linear import broker_settings, run_weir
 from weir.core.config import WeirSettings
 from weir.core.urls import SecretUrl
 from weir.schemas.messages import ModelCall, TraceEvent
+from weir.schemas.trace_batch import (
+    TRACE_BATCH_HEADER,
+    TRACE_BATCH_VERSION,
+    pack_trace_events,
+    unpack_trace_events,
+)
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
 from weir.traces import TraceStore, event_row
@@ -82,17 +90,30 @@ def _event(i: int, now: int) -> bytes:
     ).encode()
 
 
-async def _produce(settings: WeirSettings, values: list[bytes]) -> None:
+async def _produce(settings: WeirSettings, values: list[bytes], packed: int) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20
     )
     await producer.start()
+    headers = [(TRACE_BATCH_HEADER, TRACE_BATCH_VERSION)]
     try:
         for start in range(0, len(values), 5000):
-            futures = [
-                await producer.send(settings.trace_topic, v, key=str(start + i).encode())
-                for i, v in enumerate(values[start : start + 5000])
-            ]
+            chunk = values[start : start + 5000]
+            if packed > 1:
+                futures = [
+                    await producer.send(
+                        settings.trace_topic,
+                        pack_trace_events(chunk[i : i + packed]),
+                        key=str(start + i).encode(),
+                        headers=headers,
+                    )
+                    for i in range(0, len(chunk), packed)
+                ]
+            else:
+                futures = [
+                    await producer.send(settings.trace_topic, v, key=str(start + i).encode())
+                    for i, v in enumerate(chunk)
+                ]
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -117,8 +138,9 @@ async def _read_only(settings: WeirSettings, n: int) -> float:
         while got < n:
             for tp, records in (await consumer.getmany(timeout_ms=500, max_records=5000)).items():
                 for r in records:
-                    event_row(TraceEvent.decode(r.value), tp.partition, r.offset)
-                    got += 1
+                    for raw in unpack_trace_events(r.value, r.headers):
+                        event_row(TraceEvent.decode(raw), tp.partition, r.offset)
+                        got += 1
     finally:
         await consumer.stop()
     return time.perf_counter() - start
@@ -137,7 +159,7 @@ def _insert_only(settings: WeirSettings, values: list[bytes], batch: int) -> flo
         store.close()
 
 
-async def sink_benchmark(settings: WeirSettings, n: int) -> dict[str, Any]:
+async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[str, Any]:
     name = f"bench-sink-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="weir-bench-ch-") as tmp:
         cfg = settings.model_copy(
@@ -151,7 +173,7 @@ async def sink_benchmark(settings: WeirSettings, n: int) -> dict[str, Any]:
             await admin.ensure(global_topic_specs(cfg))
         now = int(time.time() * 1000)
         values = [_event(i, now) for i in range(n)]
-        await _produce(cfg, values)
+        await _produce(cfg, values, packed)
         read_s = await _read_only(cfg, n)
 
         sink = ClickHouseSink(cfg)
@@ -175,6 +197,7 @@ async def sink_benchmark(settings: WeirSettings, n: int) -> dict[str, Any]:
         )
     return {
         "events": n,
+        "events_per_record": packed,
         "batch_size": cfg.sink_batch_size,
         "sink_events_per_s": round(n / sink_s, 1),
         "sink_batches": sink.stats.batches,
@@ -205,8 +228,11 @@ async def tracing_benchmark(settings: WeirSettings, requests: int, rounds: int) 
 
 async def main_async(args: argparse.Namespace, settings: WeirSettings) -> dict[str, Any]:
     return {
-        "sink": await sink_benchmark(settings, args.events),
-        "tracing": await tracing_benchmark(settings, args.requests, args.rounds),
+        "sink": await sink_benchmark(settings, args.events, args.packed),
+        "sink_single": await sink_benchmark(settings, args.events, 1),
+        "tracing": None
+        if args.sink_only
+        else await tracing_benchmark(settings, args.requests, args.rounds),
     }
 
 
@@ -215,6 +241,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="trace events for the sink")
     parser.add_argument("--requests", type=int, default=10_000, help="burst size per run")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
+    parser.add_argument(
+        "--packed", type=int, default=250, help="events per trace record (a worker's batch)"
+    )
+    parser.add_argument("--sink-only", action="store_true", help="skip tracing on vs off")
     parser.add_argument("--bootstrap", help="existing Kafka (default: start a local broker)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -223,12 +253,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    s, t = result["sink"], result["tracing"]
+    t = result["tracing"]
+    for s in (result["sink"], result["sink_single"]):
+        print(
+            f"sink into chDB, {s['events_per_record']} event(s) per record:"
+            f" {s['sink_events_per_s']:,.0f} events/s ({s['events']} events,"
+            f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
+            f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
+            f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s"
+        )
+    if t is None:
+        return
     print(
-        f"sink into chDB: {s['sink_events_per_s']:,.0f} events/s ({s['events']} events,"
-        f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
-        f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
-        f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s\n"
         f"linear pipeline burst of {t['requests']}: req/s off {t['rps_off']}, on {t['rps_on']};"
         f" on/off = {t['ratio_on_off_mean']} (mean), {t['ratio_on_off_best']} (best)"
     )

@@ -84,7 +84,7 @@ class WeirSettings(BaseSettings):
 
     A started worker freezes what it allocated while starting (``gc.freeze``), so full
     collections stop walking long-lived objects; with that, higher thresholds measured no
-    better (BENCHMARKS.md).
+    better, batched or not (BENCHMARKS.md).
     """
     max_payload_bytes: int = Field(default=262_144, ge=1024)
     """Larger requests are dead-lettered as ``payload_too_large``.

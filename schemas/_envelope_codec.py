@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-__all__ = ["decode_fast", "encode_fast", "encode_trace_fast"]
+__all__ = ["decode_fast", "decode_trace_fast", "encode_fast", "encode_trace_fast"]
 
 _KINDS = ("VALUE", "SKIP", "JOINED", "FAILURE")
 _KIND_INDEX = {k: i for i, k in enumerate(_KINDS)}
@@ -258,3 +258,60 @@ def encode_trace_fast(header: bytes, ev: Any, no_cost: str) -> bytes | None:
         return bytes(out)
     except (TypeError, AttributeError, UnicodeEncodeError, struct.error):
         return None
+
+
+def decode_trace_fast(header: bytes, raw: bytes) -> dict[str, Any] | None:
+    """The Avro record of a trace event without model calls (else ``None``: use fastavro)."""
+    if raw[:5] != header:
+        return None
+    try:
+        r = _Reader(raw, 5)
+        string, opt, long = r.string, r.opt_string, r.long
+        record: dict[str, Any] = {
+            "event_id": string(),
+            "pipeline_id": string(),
+            "step_name": string(),
+            "request_id": string(),
+            "attempt": long(),
+            "status": string(),
+            "disposition": string(),
+            "error_type": opt(),
+            "error_message": opt(),
+            "created_at": long(),
+            "started_at": long(),
+            "submitted_at": long(),
+        }
+        pos = r.pos
+        record["duration_ms"], record["queue_wait_ms"] = _TWO_DOUBLES.unpack_from(raw, pos)
+        r.pos = pos + 16
+        record["worker_id"] = string()
+        record["topic"] = string()
+        record["partition"] = long()
+        record["offset"] = long()
+        record["endpoint"] = opt()
+        record["model"] = opt()
+        record["provider"] = opt()
+        record["input_tokens"] = long()
+        record["output_tokens"] = long()
+        record["cost_usd"] = string()
+        record["usage_source"] = opt()
+        record["routing_rule"] = opt()
+        branch = long()
+        if branch not in (0, 1):
+            return None
+        record["rules_version"] = long() if branch else None
+        if long() != 0:  # model calls: fastavro reads those
+            return None
+        record["calls"] = []
+        record["trace_id"] = opt()
+        record["span_id"] = opt()
+        record["input"] = opt()
+        record["output"] = opt()
+        if r.pos != len(raw):
+            return None
+        return record
+    except (IndexError, UnicodeDecodeError, _Unsupported, struct.error):
+        return None
+
+
+_TWO_DOUBLES = struct.Struct("<dd")

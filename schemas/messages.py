@@ -19,7 +19,12 @@ from weir.core.errors import (
     UndecodableError,
 )
 from weir.schemas._codec import MAGIC_BYTE, load_schema
-from weir.schemas._envelope_codec import decode_fast, encode_fast, encode_trace_fast
+from weir.schemas._envelope_codec import (
+    decode_fast,
+    decode_trace_fast,
+    encode_fast,
+    encode_trace_fast,
+)
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",
@@ -432,6 +437,9 @@ class TraceEvent:
     @staticmethod
     def decode(raw: bytes) -> dict[str, Any]:
         """The Avro record of an encoded event (as the sink stores it)."""
+        fast = decode_trace_fast(TRACE_EVENT_SCHEMA.header, raw)
+        if fast is not None:
+            return fast
         return TRACE_EVENT_SCHEMA.decode(raw)
 
 

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
@@ -47,8 +48,10 @@ __all__ = ["AnswerStage"]
 log = logging.getLogger("weir.answer")
 
 
-@dataclass(slots=True)
-class _Answered:
+class _Answered(NamedTuple):
+    """A tuple of plain values: the collector stops tracking it, so the thousands a busy
+    worker remembers cost full collections nothing to walk."""
+
     status: str
     """``S`` or ``F``."""
     replay: str | None
@@ -194,15 +197,17 @@ class AnswerStage:
             headers=list(message.headers or ()),
         )
         try:
-            await self.handle(record, lambda: self._owns(partition))
+            decoded = message.decoded if isinstance(message.decoded, Envelope) else None
+            await self.handle(record, lambda: self._owns(partition), decoded)
         except Abandoned:
             return False
         return True
 
-    async def handle(self, record: Record, owned: Owned) -> None:
+    async def handle(self, record: Record, owned: Owned, decoded: Envelope | None = None) -> None:
+        """Answer one envelope of the answers topic (``decoded``: it, handed over in process)."""
         rt = self._rt
         try:
-            env = Envelope.decode(record.value)
+            env = decoded if decoded is not None else Envelope.decode(record.value)
             if env.pipeline != rt.pipeline.name:
                 raise SchemaInvalidError(f"envelope of pipeline {env.pipeline!r} on {record.topic}")
         except MessageError as exc:

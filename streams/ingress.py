@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
 
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
@@ -26,14 +26,21 @@ from weir.core.errors import (
 from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from weir.streams._runtime import Runtime, guess_request_id
 from weir.streams.dead_letter import error_type_of
-from weir.streams.outbox import MAX_MESSAGE_BYTES, OutMessage, Owned
+from weir.streams.outbox import MAX_MESSAGE_BYTES, Outcome, OutMessage, Owned
 from weir.streams.tracing import TRACEPARENT_HEADER
 from weir.topics.names import INGRESS
 
 __all__ = ["REPLAY_HEADER", "Ingress", "RootHandler"]
 
-RootHandler = Callable[[ConsumerRecord[bytes, bytes], Owned], Coroutine[Any, Any, None]]
-"""A root step's runner, handed the step's input record."""
+
+class RootHandler(Protocol):
+    """A root step's runner, handed the step's input record."""
+
+    @property
+    def batchable(self) -> bool: ...
+
+    def prepare(self, record: ConsumerRecord[bytes, bytes]) -> Coroutine[Any, Any, Outcome]: ...
+
 
 REPLAY_HEADER = "weir.replay"
 """Set by ``weir dlq replay`` on re-injected messages: the replay's id."""
@@ -63,7 +70,17 @@ class Ingress:
             if b.source == "field"
         ]
 
+    @property
+    def batchable(self) -> bool:
+        """No root step run here waits: a fetched batch of requests is run in one go."""
+        return all(root.batchable for root in self._local.values())
+
     async def handle(self, record: ConsumerRecord[bytes, bytes], owned: Owned) -> None:
+        outcome = await self.prepare(record)
+        await outcome.deliver(self._rt.outbox, owned)
+
+    async def prepare(self, record: ConsumerRecord[bytes, bytes]) -> Outcome:
+        """Validate the request and run the root steps this worker runs; what to write."""
         rt = self._rt
         try:
             request = Request.from_wire(
@@ -74,8 +91,7 @@ class Ingress:
             )
             self._check_fields(request)
         except MessageError as exc:
-            await rt.outbox.send_all(self._rejected(record, exc), owned=owned)
-            return
+            return Outcome(self._rejected(record, exc))
         payload = json.dumps(request.payload, separators=(",", ":"))
         replay = _header(record, REPLAY_HEADER)
         # W3C trace context of the producer: in the request, else in a Kafka header.
@@ -100,31 +116,29 @@ class Ingress:
                 replay=replay,
             )
             encoded = env.encode()
-            handle = self._local.get(root)
-            if handle is not None and len(encoded) <= MAX_MESSAGE_BYTES:
+            runner = self._local.get(root)
+            if runner is not None and len(encoded) <= MAX_MESSAGE_BYTES:
                 # The root step's input, as its runner would have read it from its topic;
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
                 step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
-                here.append(handle(step_record, owned))
+                here.append(runner.prepare(step_record))
             else:
                 out.append(OutMessage(rt.topics.step(root), key, encoded))
-        if len(here) == len(self._roots) and not out:
-            await (here[0] if len(here) == 1 else asyncio.gather(*here))
-            return
-        try:
-            await rt.outbox.send_all(out, owned=owned)
-        except OutputTooLargeError as exc:
-            for coro in here:
-                coro.close()
+        parts: list[Outcome] = []
+        if len(here) == 1:
+            parts = [await here[0]]
+        elif here:
+            parts = list(await asyncio.gather(*here))
+
+        def too_large(exc: OutputTooLargeError) -> list[OutMessage]:
             too_large = PayloadTooLargeError(
                 f"request is too large to travel between steps ({exc}); lower its size or"
                 " max_payload_bytes"
             )
-            await rt.outbox.send_all(self._rejected(record, too_large), owned=owned)
-            return
-        if here:
-            await asyncio.gather(*here)
+            return self._rejected(record, too_large)
+
+        return Outcome(out, too_large=too_large if out else None, parts=parts)
 
     def _check_fields(self, request: Request) -> None:
         """Reject at the door what a root step could not take.

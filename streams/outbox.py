@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 
 from weir.core.errors import OutputTooLargeError
 
-__all__ = ["MAX_MESSAGE_BYTES", "Abandoned", "OutMessage", "Outbox", "Owned"]
+__all__ = ["MAX_MESSAGE_BYTES", "Abandoned", "OutMessage", "Outbox", "Outcome", "Owned"]
 
 log = logging.getLogger("weir.outbox")
 
@@ -36,9 +36,55 @@ class OutMessage(NamedTuple):
     fallback: OutMessage | None = None
     """Sent instead when the broker refuses this message as too large (a dead letter's
     bounded form)."""
+    decoded: object = None
+    """The object ``value`` was encoded from (an envelope), for a stage of this process
+    that takes the message (``Outbox.shortcut``) without decoding it again."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+class Outcome:
+    """What handling one record must write, kept apart from writing it.
+
+    A batch of records sends every outcome's ``messages()`` in one ``send_all``;
+    when that fails as too large, each outcome is delivered on its own
+    (``deliver``), where ``too_large`` says what to write instead (the request
+    fails there) and the others go through (a duplicate is tolerated downstream).
+    """
+
+    __slots__ = ("own", "parts", "too_large")
+
+    def __init__(
+        self,
+        own: list[OutMessage],
+        *,
+        too_large: Callable[[OutputTooLargeError], list[OutMessage]] | None = None,
+        parts: Sequence[Outcome] = (),
+    ) -> None:
+        self.own = own
+        self.too_large = too_large
+        self.parts = parts
+        """Outcomes written after ``own`` (a request's root steps), dropped if it fails."""
+
+    def messages(self) -> list[OutMessage]:
+        if not self.parts:
+            return self.own
+        return self.own + [m for part in self.parts for m in part.messages()]
+
+    async def deliver(self, outbox: Outbox, owned: Owned) -> None:
+        """Write this outcome alone, turning a too-large refusal into ``too_large``'s messages."""
+        try:
+            await outbox.send_all(self.own, owned=owned)
+        except OutputTooLargeError as exc:
+            if self.too_large is None:
+                raise
+            await outbox.send_all(self.too_large(exc), owned=owned)
+            return
+        if len(self.parts) == 1:
+            await self.parts[0].deliver(outbox, owned)
+        elif self.parts:
+            await asyncio.gather(*(part.deliver(outbox, owned) for part in self.parts))
 
 
 class Abandoned(Exception):
@@ -120,12 +166,16 @@ class Outbox:
         if self._shortcuts and any(m.topic in self._shortcuts for m in messages):
             # Taken first: what goes with it (a join's done marker, say) must not be
             # written before it, or a crash in between would lose it on redelivery.
-            declined = [
-                m
-                for m in messages
-                if m.topic not in self._shortcuts or not await self._shortcuts[m.topic](m)
-            ]
-            await self._send(declined, owned=owned)
+            # A batch's answers are taken concurrently: their writer batches them into
+            # one transaction.
+            taken = [m for m in messages if m.topic in self._shortcuts]
+            rest = [m for m in messages if m.topic not in self._shortcuts]
+            if len(taken) == 1:
+                took = [await self._shortcuts[taken[0].topic](taken[0])]
+            else:
+                took = await asyncio.gather(*(self._shortcuts[m.topic](m) for m in taken))
+            declined = [m for m, ok in zip(taken, took, strict=True) if not ok]
+            await self._send(declined + rest, owned=owned)
             return
         await self._send(messages, owned=owned)
 

@@ -14,6 +14,7 @@ sent together and acknowledged before its input offset may be committed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -35,13 +36,15 @@ from weir.streams.dead_letter import error_type_of
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.join import JoinTable, eviction_messages
-from weir.streams.outbox import OutMessage, Owned
+from weir.streams.outbox import Outcome, OutMessage, Owned
 from weir.streams.tracing import mark_failed, span_ids, traceparent_of
 from weir.topics.names import ANSWER, retry_tiers
 
 __all__ = ["NOT_BEFORE_HEADER", "StepRunner"]
 
 log = logging.getLogger("weir.worker")
+
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 NOT_BEFORE_HEADER = "weir.not_before"
 """On retry-topic messages: epoch milliseconds before which the retry must not start."""
@@ -96,7 +99,18 @@ class StepRunner:
 
     # -- one record -----------------------------------------------------------------
 
+    @property
+    def batchable(self) -> bool:
+        """Its attempts never wait (a synchronous ``inline=True`` step): a fetched batch of
+        its records is run in one go, not as a task per record."""
+        return self.step.inline and not self.step.is_async and not self.step.log_io
+
     async def handle(self, record: Record, owned: Owned) -> None:
+        outcome = await self.prepare(record)
+        await outcome.deliver(self._rt.outbox, owned)
+
+    async def prepare(self, record: Record) -> Outcome:
+        """Run the record's attempt (if it completes one); return what it must write."""
         rt = self._rt
         try:
             env = Envelope.decode(record.value)
@@ -108,8 +122,7 @@ class StepRunner:
             if env.kind == "FAILURE":
                 raise SchemaInvalidError("a FAILURE envelope cannot be a step's input")
         except MessageError as exc:
-            await rt.outbox.send_all(self._undecodable(record, exc), owned=owned)
-            return
+            return Outcome(self._undecodable(record, exc))
         attempt = self._gather(record, env)
         out: list[OutMessage] = []
         event: TraceEvent | None = None
@@ -120,21 +133,24 @@ class StepRunner:
             # and the requests of joins this one pushed over the cap end here.
             out += self.join.changelog_message(record.partition, env.request_id)
             out += eviction_messages(rt, self.join)
-        trace = rt.trace(event) if event is not None else []
-        try:
-            await rt.outbox.send_all(out + trace, owned=owned)
-        except OutputTooLargeError as exc:
+        if event is not None:
+            out += rt.trace(event)
+
+        def too_large(exc: OutputTooLargeError) -> list[OutMessage]:
             # The attempt worked (or a join waits) but what it must write cannot travel:
             # the request fails here.
             rt.stats.failed(exc.error_type)
-            if attempt is None:  # a waiting join's inputs outgrew one message
-                attempt = _Attempt(env, {}, list(env.path), env.calls, False, False)
-            out = self._fail_request(record, attempt, exc, attempt.base.traceparent)
+            a = attempt
+            if a is None:  # a waiting join's inputs outgrew one message
+                a = _Attempt(env, {}, list(env.path), env.calls, False, False)
+            failed = self._fail_request(record, a, exc, a.base.traceparent)
             if event is not None:
                 event.status, event.disposition = "FAILURE", "dead_lettered"
                 event.error_type, event.error_message = exc.error_type, str(exc)
-                out += rt.trace(event)
-            await rt.outbox.send_all(out, owned=owned)
+                failed += rt.trace(event)
+            return failed
+
+        return Outcome(out, too_large=too_large)
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
@@ -202,9 +218,16 @@ class StepRunner:
                 "messaging.kafka.message.offset": record.offset,
             }
         t0 = time.perf_counter()
-        with rt.tracing.span(
-            f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
-        ) as span:
+        # Unrecorded spans only carry ids: made after the attempt, without a span object.
+        recording = rt.tracing.recording
+        block = (
+            rt.tracing.span(
+                f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
+            )
+            if recording
+            else _NO_SPAN
+        )
+        with block as span:
             try:
                 if a.missing and self.step.joins == "all":
                     # Never a null answer: the join cannot run, so the request fails here.
@@ -218,8 +241,11 @@ class StepRunner:
                     # The span's status leaves the worker over OTLP: redacted like the event.
                     message = rt.redact_error(str(exc), TRACE_ERROR_MAX_BYTES)
                     mark_failed(span, exc.error_type, message)
-            traceparent = traceparent_of(span, base.traceparent)
-            trace_id, span_id = span_ids(span, base.traceparent)
+            if recording:
+                traceparent = traceparent_of(span, base.traceparent)
+                trace_id, span_id = span_ids(span, base.traceparent)
+            else:
+                trace_id, span_id, traceparent = rt.tracing.ids(base.traceparent)
         duration = (time.perf_counter() - t0) * 1000
         calls = merge_calls(a.calls, scope.calls)
         event = TraceEvent(
@@ -410,7 +436,7 @@ class StepRunner:
         created = now_us()
         headers = None  # the envelope carries the traceparent: not a header too
 
-        def envelope(to: str, take: bool) -> bytes:
+        def envelope(to: str, take: bool) -> Envelope:
             return Envelope(
                 request_id=base.request_id,
                 pipeline=base.pipeline,
@@ -426,15 +452,16 @@ class StepRunner:
                 path=path,
                 calls=a.calls,
                 replay=base.replay,
-            ).encode()
+            )
 
         if not self._dependents:
-            return [OutMessage(rt.topics.answers, key, envelope(ANSWER, not skipped), headers)]
+            answer = envelope(ANSWER, not skipped)
+            return [OutMessage(rt.topics.answers, key, answer.encode(), headers, decoded=answer)]
         return [
             OutMessage(
                 rt.topics.step(dep),
                 key,
-                envelope(dep, not skipped and (targets is None or dep in targets)),
+                envelope(dep, not skipped and (targets is None or dep in targets)).encode(),
                 headers,
             )
             for dep in self._dependents

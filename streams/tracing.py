@@ -94,6 +94,25 @@ class Tracing:
         """Spans are built and exported (attributes are worth computing)."""
         return self._tracer is not None and not self._ids_only
 
+    def ids(self, parent: str | None) -> tuple[str | None, str | None, str | None]:
+        """``(trace_id, span_id, traceparent)`` of an attempt whose span is not recorded.
+
+        The ids a non-recording span would carry (``span``), without building one; with
+        OpenTelemetry off, those of ``parent``.
+        """
+        if not self._ids_only:
+            return (*span_ids(None, parent), parent)
+        trace_id = 0
+        if parent:
+            parts = parent.split("-")
+            if len(parts) == 4:
+                with contextlib.suppress(ValueError):
+                    trace_id = int(parts[1], 16)
+        if not trace_id:
+            trace_id = _RANDOM.getrandbits(128) or 1
+        tid, sid = f"{trace_id:032x}", f"{_RANDOM.getrandbits(64) or 1:016x}"
+        return tid, sid, f"00-{tid}-{sid}-01"
+
     @contextlib.contextmanager
     def span(
         self,

@@ -2,8 +2,12 @@
 
 Stages: the ingress (requests topic), one ``StepRunner`` per step (its input
 topic and delayed retry topics), and the answer stage (the only writer of the
-results topic).  One consumer in the pipeline's group reads them all; every
-record becomes a task, at most ``max_in_flight`` at once.
+results topic).  One consumer in the pipeline's group reads them all.  A stage whose
+work never waits (``inline=True`` steps, and the ingress running them) takes each
+fetched batch of a partition as one task: its records run one after the other and
+everything they write goes out in one send, trace events packed per trace partition.
+Other records become a task each (a slow model call must not hold the records behind
+it).  At most ``max_in_flight`` tasks at once.
 
 Why aiokafka directly, not faust-streaming agents: the runtime needs many
 requests in flight per partition (slow model calls must not block the
@@ -38,13 +42,14 @@ from weir.core.errors import WeirError
 from weir.schemas.messages import now_ms, now_us
 from weir.streams._gc import tune_gc
 from weir.streams._runtime import Record, Runtime, WorkerStats, guess_request_id
+from weir.streams._trace_batch import pack_traces
 from weir.streams.answer import AnswerStage
 from weir.streams.dead_letter import DeadLetters, error_type_of
 from weir.streams.executor import StepExecutor
 from weir.streams.ingress import Ingress, RootHandler
 from weir.streams.join import eviction_messages
 from weir.streams.offsets import PartitionOffsets
-from weir.streams.outbox import Abandoned, Outbox, OutMessage, Owned
+from weir.streams.outbox import Abandoned, Outbox, Outcome, OutMessage, Owned
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
 from weir.streams.runner import NOT_BEFORE_HEADER, StepRunner
@@ -60,6 +65,7 @@ __all__ = ["Worker", "WorkerStats"]
 log = logging.getLogger("weir.worker")
 
 Handler = Callable[[Record, Owned], Awaitable[None]]
+Preparer = Callable[[Record], Awaitable[Outcome]]
 
 _MAINTENANCE_S = 30.0
 _ASSIGN_ATTEMPTS = 4
@@ -71,6 +77,9 @@ class _Route:
     handle: Handler
     delayed: bool = False
     """A retry topic: records wait until their ``weir.not_before`` time."""
+    prepare: Preparer | None = None
+    """Set when the stage never waits on its own (inline steps): a fetched batch of its
+    records runs in one task and is sent once, not as a task and a send per record."""
 
 
 class Worker:
@@ -157,8 +166,9 @@ class Worker:
         steps = [s for s in p.order if only is None or s in only]
         # Root steps run in the ingress, on the request's record (filled in below).
         roots: dict[str, RootHandler] = {}
+        ingress = None
         if only is None or INGRESS in only or any(s in p.root_steps for s in steps):
-            self._routes[self.topics.requests] = _Route(INGRESS, Ingress(rt, roots).handle)
+            ingress = Ingress(rt, roots)
             self._roots_here = roots.keys()
         for name in steps:
             executor = StepExecutor(
@@ -171,11 +181,15 @@ class Worker:
             runner = StepRunner(rt, name, executor)
             self.runners[name] = runner
             if name in p.root_steps:
-                roots[name] = runner.handle
+                roots[name] = runner
             first, *retries = runner.topics
-            self._routes[first] = _Route(name, runner.handle)
+            prepare = runner.prepare if runner.batchable else None
+            self._routes[first] = _Route(name, runner.handle, prepare=prepare)
             for topic in retries:
-                self._routes[topic] = _Route(name, runner.handle, delayed=True)
+                self._routes[topic] = _Route(name, runner.handle, delayed=True, prepare=prepare)
+        if ingress is not None:
+            prepare = ingress.prepare if ingress.batchable else None
+            self._routes[self.topics.requests] = _Route(INGRESS, ingress.handle, prepare=prepare)
         if only is None or ANSWER in only or any(s in p.final_steps for s in steps):
             self.answers = AnswerStage(
                 rt, owns=lambda p: TopicPartition(self.topics.answers, p) in self._assigned
@@ -252,23 +266,40 @@ class Worker:
         )
 
     async def _answer_here(self, message: OutMessage) -> bool:
-        producer = self._producer
-        if self.answers is None or producer is None or message.key is None:
-            return False
-        # The consumer reads the answers topic, so it knows its partitions (the producer
-        # only learns of a topic once it has sent to it).
-        partitions = None
-        if self._consumer is not None:
-            partitions = self._consumer.partitions_for_topic(message.topic)
-        if not partitions:
-            partitions = producer.client.cluster.partitions_for_topic(message.topic)
-        if not partitions:
+        if self.answers is None or message.key is None:
             return False
         p = message.partition
         if p is None:
-            ordered = sorted(partitions)
-            p = self._partitioner(message.key, ordered, ordered)
+            p = self._partition_of(message.topic, message.key)
+        if p is None:
+            return False
         return await self.answers.take(message, p)
+
+    def _partition_of(self, topic: str, key: bytes) -> int | None:
+        """The partition the producer sends ``key`` to on ``topic`` (``None``: not known yet)."""
+        partitions = self._partitions(topic)
+        return None if partitions is None else int(self._partitioner(key, partitions, partitions))
+
+    def _partitions(self, topic: str) -> list[int] | None:
+        producer = self._producer
+        if producer is None:
+            return None
+        # The consumer knows the partitions of what it reads (the producer only learns of a
+        # topic once it has sent to it).
+        partitions = None
+        if self._consumer is not None:
+            partitions = self._consumer.partitions_for_topic(topic)
+        if not partitions:
+            partitions = producer.client.cluster.partitions_for_topic(topic)
+        return sorted(partitions) if partitions else None
+
+    def _pack_traces(self, messages: list[OutMessage]) -> list[OutMessage]:
+        topic = self.settings.trace_topic
+        partitions = self._partitions(topic)
+        if partitions is None:
+            return messages
+        partitioner = self._partitioner
+        return pack_traces(messages, topic, lambda key: partitioner(key, partitions, partitions))
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that ends on its own is a bug: say so and stop, rather than idle as healthy."""
@@ -409,6 +440,9 @@ class Worker:
             )
             for tp, records in batches.items():
                 route = self._routes[tp.topic]
+                if route.prepare is not None:
+                    await self._take_batch(tp, records, route)
+                    continue
                 for record in records:
                     if not self._takes(tp):
                         self._unfetch(tp, record.offset)
@@ -428,6 +462,35 @@ class Worker:
                         self._process(tp, record, route.handle, route.stage, tracker)
                     )
                     self._inflight[tp].add(task)
+
+    async def _take_batch(self, tp: TopicPartition, records: list[Record], route: _Route) -> None:
+        """Start one task for the records of ``tp`` that may start now (see ``_Route``)."""
+        take = []
+        for record in records:
+            if not self._takes(tp):
+                self._unfetch(tp, record.offset)
+                break
+            if route.delayed and (due := _not_before(record)) > now_ms():
+                self._defer(tp, record.offset, due)
+                break
+            take.append(record)
+        if not take:
+            return
+        # Back-pressure: a batch holds a slot per record (at most all of them), so no more
+        # than max_in_flight records are held, batched or not.
+        slots = min(len(take), self.settings.max_in_flight)
+        for _ in range(slots):
+            await self._slots.acquire()
+        if not self._takes(tp):
+            for _ in range(slots):
+                self._slots.release()
+            self._unfetch(tp, take[0].offset)
+            return
+        tracker = self._offsets[tp]
+        for record in take:
+            tracker.track(record.offset)
+        task = asyncio.create_task(self._process_batch(tp, take, route, tracker, slots))
+        self._inflight[tp].add(task)
 
     def _takes(self, tp: TopicPartition) -> bool:
         """Whether new records of ``tp`` may start (assigned, and not being revoked)."""
@@ -535,11 +598,7 @@ class Worker:
                 # A bug in weir itself, or a dead letter its handler could not write.  Left
                 # unfinished, this record would hold back the partition's commits for good
                 # and fail again after every restart; park it.
-                if isinstance(exc, WeirError):
-                    log.warning("could not finish %s@%d: %s", tp, record.offset, exc)
-                else:
-                    log.exception("unexpected error handling %s@%d", tp, record.offset)
-                await self._park(stage, record, exc, owned)
+                await self._failed(tp, stage, record, exc, owned)
             self.stats.completed += 1
             # The tracker this record was taken under: after a re-assignment the partition
             # has a new one, which this record must not advance.
@@ -556,6 +615,77 @@ class Worker:
             current = asyncio.current_task()
             if current is not None and tp in self._inflight:
                 self._inflight[tp].discard(current)
+
+    async def _process_batch(
+        self,
+        tp: TopicPartition,
+        records: list[Record],
+        route: _Route,
+        tracker: PartitionOffsets,
+        slots: int,
+    ) -> None:
+        """Run a batch of records, then send all they must write at once.
+
+        The same guarantees as ``_process`` per record: a record whose handling raises is
+        parked alone; when the batch's send is refused (a message too large), every
+        record's outcome is delivered on its own, so only the offending request fails.
+        """
+        prepare = route.prepare
+        assert prepare is not None
+        self.stats.received += len(records)
+        outbox = self._runtime.outbox
+
+        def owned() -> bool:
+            return tp in self._assigned
+
+        try:
+            outcomes: list[tuple[Record, Outcome]] = []
+            for record in records:
+                try:
+                    outcomes.append((record, await prepare(record)))
+                except (asyncio.CancelledError, Abandoned):
+                    raise
+                except Exception as exc:
+                    await self._failed(tp, route.stage, record, exc, owned)
+            messages = [m for _, outcome in outcomes for m in outcome.messages()]
+            try:
+                await outbox.send_all(self._pack_traces(messages), owned=owned)
+            except (asyncio.CancelledError, Abandoned):
+                raise
+            except Exception:
+                for record, outcome in outcomes:
+                    try:
+                        await outcome.deliver(outbox, owned)
+                    except (asyncio.CancelledError, Abandoned):
+                        raise
+                    except Exception as exc:
+                        await self._failed(tp, route.stage, record, exc, owned)
+            self.stats.completed += len(records)
+            for record in records:
+                tracker.finish(record.offset)
+        except (asyncio.CancelledError, Abandoned):
+            pass  # not finished: the offsets stay uncommitted and are redelivered
+        except Exception:
+            log.exception("could not dead-letter a record of %s; letting the batch go", tp)
+            self.stats.dead_letter_failures += 1
+            for record in records:
+                tracker.finish(record.offset)
+        finally:
+            for _ in range(slots):
+                self._slots.release()
+            current = asyncio.current_task()
+            if current is not None and tp in self._inflight:
+                self._inflight[tp].discard(current)
+
+    async def _failed(
+        self, tp: TopicPartition, stage: str, record: Record, exc: Exception, owned: Owned
+    ) -> None:
+        """A record whose handling raised: park it (see ``_process``)."""
+        if isinstance(exc, WeirError):
+            log.warning("could not finish %s@%d: %s", tp, record.offset, exc)
+        else:
+            log.exception("unexpected error handling %s@%d", tp, record.offset)
+        await self._park(stage, record, exc, owned)
 
     async def _commit_loop(self) -> None:
         while True:

@@ -58,6 +58,7 @@ DOCTEST_MODULES = [
     "weir.processors._spend_sketch",
     "weir.streams._bounded",
     "weir.streams.threads",
+    "weir.schemas.trace_batch",
     "weir.processors.providers.openai",
     "weir.processors.providers.anthropic",
     "weir.processors.providers.local",

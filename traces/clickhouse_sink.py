@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -44,6 +44,7 @@ from aiokafka.errors import KafkaError
 from weir.core.config import WeirSettings
 from weir.core.errors import TraceStoreError
 from weir.schemas.messages import TraceEvent
+from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams._bounded import RecentSet
 from weir.topics._aiokafka import retrying
 from weir.topics.admin import TopicAdmin
@@ -123,6 +124,11 @@ class ClickHouseSink:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inserting: asyncio.Task[None] | None = None
+        """The insert of ``_sealed`` (at most one), while the next batch is fetched."""
+        self._sealed: _Pending | None = None
+        self._per_record = 1.0
+        """Events per trace record lately (workers pack a batch's events in one)."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -190,9 +196,10 @@ class ClickHouseSink:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self._pending:
+        if self._pending or self._sealed:
             try:
                 async with asyncio.timeout(flush_timeout_s):
+                    await self._settle()
                     await self._flush(retry=True)
             except TimeoutError:
                 log.warning(
@@ -226,17 +233,21 @@ class ClickHouseSink:
             if self._unplaced and not await self._place():
                 await self._wait_backoff()
                 continue
+            if self._inserting is not None and self._inserting.done():
+                await self._settle()
             pending = self._pending
             due = pending and time.monotonic() - pending.since >= interval
             if len(pending) >= size or due:
-                await self._flush(retry=True)
+                await self._seal()
                 continue
             wait = (
                 interval if not pending else max(0.0, interval - (time.monotonic() - pending.since))
             )
             try:
+                # A batch holds about ``size`` events, whatever their records hold.
+                room = max(1, int((size - len(pending)) / self._per_record))
                 batches = await consumer.getmany(
-                    timeout_ms=int(min(wait, 0.5) * 1000) or 1, max_records=size - len(pending)
+                    timeout_ms=int(min(wait, 0.5) * 1000) or 1, max_records=room
                 )
             except KafkaError as exc:
                 log.warning("fetching trace events failed (will retry): %s", exc)
@@ -246,30 +257,115 @@ class ClickHouseSink:
                 if tp not in self._assigned or tp in self._unplaced:
                     continue
                 for record in records:
-                    self._take(tp, record.offset, record.value)
+                    self._take(tp, record.offset, record.value, record.headers)
 
-    def _take(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
+    def _take(
+        self,
+        tp: TopicPartition,
+        offset: int,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Buffer the rows of one record: one event, or a worker's batch of them."""
         pending = self._pending
         if not pending:
             pending.since = time.monotonic()
         pending.first.setdefault(tp, offset)
         pending.last[tp] = offset
-        self.stats.consumed += 1
         try:
             if not value:
                 raise ValueError("empty message")
-            event = TraceEvent.decode(value)
-            row = event_row(event, tp.partition, offset)
-        except Exception as exc:  # any malformed event: count it, never stop the sink
+            events = unpack_trace_events(value, headers)
+        except Exception as exc:  # any malformed record: count it, never stop the sink
+            self.stats.consumed += 1
             self.stats.undecodable += 1
-            log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
+            log.warning("skipping undecodable trace record %s@%d: %s", tp, offset, exc)
             return
-        event_id = event["event_id"]
-        if not self._recent.add(event_id):
-            self.stats.duplicates += 1
+        self.stats.consumed += len(events)
+        self._per_record = 0.9 * self._per_record + 0.1 * len(events)
+        recent = self._recent
+        for raw in events:
+            try:
+                event = TraceEvent.decode(raw)
+                row = event_row(event, tp.partition, offset)
+            except Exception as exc:  # any malformed event: count it, never stop the sink
+                self.stats.undecodable += 1
+                log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
+                continue
+            if not recent.add(event["event_id"]):
+                self.stats.duplicates += 1
+                continue
+            pending.rows.append(row)
+        self.stats.ids_forgotten = recent.evicted
+
+    async def _seal(self) -> None:
+        """Start inserting the pending batch; the next one is fetched and decoded meanwhile.
+
+        One insert at a time: the previous one is settled first, so at most two
+        batches are held.
+        """
+        await self._settle()
+        if not self._pending:
             return
-        self.stats.ids_forgotten = self._recent.evicted
-        pending.rows.append(row)
+        batch, self._pending = self._pending, _Pending()
+        self._sealed = batch
+        self._inserting = asyncio.create_task(self._insert(batch), name="weir-sink-insert")
+
+    async def _insert(self, batch: _Pending) -> None:
+        store = await self._ensure_store()
+        token = _token(self.topic, batch)
+        try:
+            for part, rows in enumerate(_by_day(batch.rows)):
+                await asyncio.to_thread(store.insert, rows, token=f"{token}-{part}")
+        except TraceStoreError as exc:
+            self._unavailable(exc)
+            raise
+
+    async def _settle(self, *, retry: bool = True) -> None:
+        """Wait for the insert in flight and commit it.
+
+        When it failed, what was fetched since is given back (read again later, in
+        order) and the batch is inserted the way ``_flush`` does, with its retries.
+        """
+        task, batch = self._inserting, self._sealed
+        if task is None or batch is None:
+            return
+        try:
+            # Shielded: a stop that cancels the loop settles the same insert afterwards.
+            await asyncio.shield(task)
+        except TraceStoreError:
+            self._inserting = self._sealed = None
+            later, self._pending = self._pending, batch
+            self._rewind(later)
+            await self._flush(retry=retry)
+            return
+        self._inserting = self._sealed = None
+        await self._inserted(batch)
+
+    def _rewind(self, batch: _Pending) -> None:
+        """Forget ``batch`` unread: its partitions are read again from its first offsets."""
+        consumer = self._consumer
+        assert consumer is not None
+        for row in batch.rows:
+            self._recent.discard(row[0])
+        for tp, first in batch.first.items():
+            if tp in self._assigned:
+                consumer.seek(tp, first)
+
+    async def _inserted(self, batch: _Pending) -> None:
+        """Count and commit a batch the store holds now."""
+        consumer = self._consumer
+        assert consumer is not None
+        self._available()
+        self.stats.inserted += len(batch.rows)
+        self.stats.batches += 1
+        offsets = {tp: last + 1 for tp, last in batch.last.items() if tp in self._assigned}
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # Stored already: after a restart the store's progress skips these.
+                log.warning("committing trace offsets failed (store has them): %s", exc)
 
     async def _flush(self, *, retry: bool) -> None:
         """Insert the pending batch (retrying while the store is down), then commit it."""
@@ -298,17 +394,8 @@ class ClickHouseSink:
                     token = _token(self.topic, pending)
                 continue
             break
-        self._available()
-        self.stats.inserted += len(pending.rows)
-        self.stats.batches += 1
-        offsets = {tp: last + 1 for tp, last in pending.last.items() if tp in self._assigned}
         self._pending = _Pending()
-        if offsets:
-            try:
-                await consumer.commit(offsets)
-            except KafkaError as exc:
-                # Stored already: after a restart the store's progress skips these.
-                log.warning("committing trace offsets failed (store has them): %s", exc)
+        await self._inserted(pending)
         consumer.resume(*(self._assigned - self._unplaced))
 
     def _drop_pending(self) -> None:
@@ -402,12 +489,13 @@ class ClickHouseSink:
         return True
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if self._pending and revoked & set(self._pending.last):
-            try:
+        try:
+            await self._settle(retry=False)
+            if self._pending and revoked & set(self._pending.last):
                 await self._flush(retry=False)
-            except TraceStoreError:
-                # Not inserted, not committed: the new owner reads these again.
-                self._drop_pending()
+        except TraceStoreError:
+            # Not inserted, not committed: the new owner reads these again.
+            self._drop_pending()
         self._assigned -= revoked
         self._unplaced -= revoked
 

@@ -56,6 +56,8 @@ class BenchConfig:
     """Also run weir with trace events and spans off (the tracing cost)."""
     two_workers: bool = False
     """Also run weir with two worker processes in one group (the scaling ratio)."""
+    confluent: bool = False
+    """Also run the chain on confluent-kafka (librdkafka) instead of aiokafka."""
     bootstrap: str | None = None
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     """More weir runs, by name: environment overrides (``WEIR_GC_GEN0_THRESHOLD=0``...);
@@ -290,6 +292,68 @@ async def _chain_child(prefix: str, bootstrap: str) -> None:
         await producer.stop()
 
 
+def _confluent_child(prefix: str, bootstrap: str) -> None:
+    """The same chain on confluent-kafka (librdkafka): a synchronous poll loop, one flush
+    (every ack) per fetched batch, offsets committed every second."""
+    from confluent_kafka import Consumer, Producer
+
+    from weir.core.config import load_settings
+
+    topics = chain_topics(prefix)
+    following = dict(itertools.pairwise(topics))
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": load_settings().producer_linger_ms,
+        }
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{prefix}.chain",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe(topics[:-1])
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    print(_READY, flush=True)
+    last_commit = time.monotonic()
+    try:
+        while not stopping:
+            # What is there now, else wait for one record (consume() would wait for 500).
+            records = consumer.consume(num_messages=500, timeout=0)
+            if not records:
+                first = consumer.poll(0.2)
+                records = [] if first is None else [first]
+            for record in records:
+                raw, topic = record.value(), record.topic()
+                if record.error() is not None or raw is None or topic is None:
+                    continue
+                message = json.loads(raw)
+                message["n"] += 1
+                value = json.dumps(message).encode()
+                while True:
+                    try:
+                        producer.produce(following[topic], value, key=record.key())
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            if records:
+                producer.flush()
+            if time.monotonic() - last_commit >= 1.0:
+                with contextlib.suppress(Exception):  # nothing to commit yet
+                    consumer.commit(asynchronous=False)
+                last_commit = time.monotonic()
+    finally:
+        consumer.close()
+        producer.flush()
+
+
 def chain_topics(prefix: str) -> list[str]:
     return [f"{prefix}.t{i}" for i in range(HOPS + 1)]
 
@@ -417,8 +481,8 @@ async def _run_one(
 
     tag = uuid.uuid4().hex[:8]
     procs: list[asyncio.subprocess.Process] = []
-    if system == "chain":
-        prefix = f"bench-chain-{tag}"
+    if system in ("chain", "chain-ck"):
+        prefix = f"bench-{system}-{tag}"
         topics = chain_topics(prefix)
         settings = load_settings(kafka_bootstrap=bootstrap)
         async with TopicAdmin(settings) as admin:
@@ -426,7 +490,7 @@ async def _run_one(
                 TopicSpec(t, PARTITIONS, 1, {"cleanup.policy": "delete"}) for t in topics
             )
         source, results = topics[0], topics[-1]
-        procs.append(await _spawn("chain", prefix, bootstrap))
+        procs.append(await _spawn(system, prefix, bootstrap))
 
         def encode(rid: str) -> bytes:
             return json.dumps({"id": rid, "n": 0}).encode()
@@ -464,7 +528,7 @@ async def _run_one(
                 await _burst(producer, reader, source, encode, cfg.warmup, "warm")
             # The burst.
             reader.on_arrival = progress
-            if cfg.profile and system != "chain":
+            if cfg.profile and system.startswith("weir"):
                 procs[0].send_signal(signal.SIGUSR1)
             cpu0 = sum(process_cpu_s(p.pid) for p in procs)
             seconds, submit_s = await _burst(producer, reader, source, encode, cfg.requests, "b")
@@ -536,6 +600,8 @@ def systems(cfg: BenchConfig) -> list[str]:
         out.append("weir-notrace")
     if cfg.two_workers:
         out.append("weir-2w")
+    if cfg.confluent:
+        out.append("chain-ck")
     return out + list(cfg.variants)
 
 
@@ -625,7 +691,7 @@ def as_json(cfg: BenchConfig, rounds: list[Round], command: str) -> str:
 
 def _child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m weir.bench")
-    parser.add_argument("kind", choices=["weir", "chain"])
+    parser.add_argument("kind", choices=["weir", "chain", "chain-ck"])
     parser.add_argument("name")
     parser.add_argument("bootstrap")
     parser.add_argument("--no-tracing", action="store_true")
@@ -633,6 +699,8 @@ def _child_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.kind == "weir":
         asyncio.run(_weir_child(args.name, args.bootstrap, not args.no_tracing, args.profile))
+    elif args.kind == "chain-ck":
+        _confluent_child(args.name, args.bootstrap)
     else:
         asyncio.run(_chain_child(args.name, args.bootstrap))
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from decimal import Decimal
 
 import fastavro
 
-from weir.schemas._envelope_codec import decode_fast, encode_fast
+from weir.schemas._envelope_codec import decode_fast, decode_trace_fast, encode_fast
 from weir.schemas.messages import (
     ENVELOPE_SCHEMA,
     TRACE_EVENT_SCHEMA,
@@ -149,3 +150,65 @@ def test_trace_events_same_bytes_as_fastavro() -> None:
             output=_maybe(rng),
         )
         assert event.encode() == TRACE_EVENT_SCHEMA.encode(event.to_record())
+
+
+def _trace_event(rng: random.Random) -> TraceEvent:
+    return TraceEvent(
+        pipeline_id=_text(rng),
+        step_name=_text(rng),
+        request_id=_text(rng),
+        attempt=rng.choice([1, 2, 2**31 - 1]),
+        status=rng.choice(["SUCCESS", "FAILURE", "SKIPPED"]),  # type: ignore[arg-type]
+        disposition=_text(rng),
+        created_at=rng.randrange(0, 2**45),
+        started_at=rng.randrange(0, 2**45),
+        submitted_at=rng.randrange(0, 2**45),
+        duration_ms=rng.random() * 1000,
+        queue_wait_ms=rng.choice([0.0, rng.random() * 1e6]),
+        worker_id=_text(rng),
+        topic=_text(rng),
+        partition=rng.randrange(0, 1000),
+        offset=rng.randrange(0, 2**50),
+        error_type=_maybe(rng),
+        error_message=_maybe(rng),
+        trace_id=_maybe(rng),
+        span_id=_maybe(rng),
+        input=_maybe(rng),
+        output=_maybe(rng),
+    )
+
+
+def test_trace_events_decode_to_what_fastavro_reads() -> None:
+    rng = random.Random(4)
+    for _ in range(1000):
+        raw = _trace_event(rng).encode()
+        fast = decode_trace_fast(TRACE_EVENT_SCHEMA.header, raw)
+        assert fast is not None
+        assert fast == TRACE_EVENT_SCHEMA.decode(raw)
+        assert TraceEvent.decode(raw) == fast
+
+
+def test_trace_events_with_calls_or_cut_short_are_left_to_fastavro() -> None:
+    call = ModelCall(
+        step="s",
+        attempt=1,
+        endpoint="e",
+        provider="openai",
+        model="m",
+        operation="chat",
+        status="SUCCESS",
+        started_at=1,
+        duration_ms=2.0,
+        input_tokens=3,
+        output_tokens=4,
+        cost_usd=Decimal("0.5"),
+        usage_source="provider",
+    )
+    event = dataclasses.replace(_trace_event(random.Random(5)), calls=[call])
+    raw = event.encode()
+    assert decode_trace_fast(TRACE_EVENT_SCHEMA.header, raw) is None
+    assert TraceEvent.decode(raw) == TRACE_EVENT_SCHEMA.decode(raw)
+    plain = _trace_event(random.Random(6)).encode()
+    for cut in range(0, len(plain)):
+        assert decode_trace_fast(TRACE_EVENT_SCHEMA.header, plain[:cut]) is None
+    assert decode_trace_fast(ENVELOPE_SCHEMA.header, plain) is None

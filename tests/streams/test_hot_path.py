@@ -57,9 +57,13 @@ async def test_a_mixed_burst_is_answered_once_and_committed(kafka, pipeline_name
         try:
             for i, raw in enumerate(garbage):  # bad input in the middle of the burst
                 await producer.send_and_wait(topics.requests, raw, key=f"bad-{i}".encode())
+            half = await client.submit_many(pipeline.name, [{"n": i} for i in range(N // 2)])
+            # A poison envelope among an inline step's batches: dead-lettered, nothing else.
+            await producer.send_and_wait(topics.step("finish"), b"\x00\x00not an envelope")
         finally:
             await producer.stop()
-        ids = await client.submit_many(pipeline.name, [{"n": i} for i in range(N)])
+        rest = await client.submit_many(pipeline.name, [{"n": i} for i in range(N // 2, N)])
+        ids = half + rest
         results, counts = await read_results(kafka, topics.results, N + len(garbage))
         answered_here = worker.stats.results
     assert set(ids) <= set(results)
@@ -81,6 +85,8 @@ async def test_a_mixed_burst_is_answered_once_and_committed(kafka, pipeline_name
     assert await read_topic(kafka, topics.answers, idle_s=0.5) == []
     dead = await read_topic(kafka, topics.dead_letter("start"), idle_s=0.5)
     assert len(dead) == len([i for i in range(N) if i % 50 == 7])
+    poisoned = await read_topic(kafka, topics.dead_letter("finish"), idle_s=0.5)
+    assert [d.value for d in poisoned] == [b"\x00\x00not an envelope"]
     # Every input was committed when the worker stopped: requests and step topics alike.
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap_servers,

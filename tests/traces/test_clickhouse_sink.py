@@ -16,10 +16,15 @@ from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_results, read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests._traced import expected_attempts, flaky
-from weir.schemas.messages import TraceEvent
-from weir.streams import WeirClient, Worker
+from weir.core.errors import ModelTimeoutError
+from weir.schemas.messages import TRACE_EVENT_SCHEMA, TraceEvent
+from weir.schemas.trace_batch import is_trace_batch, unpack_trace_events
+from weir.streams import RetryPolicy, WeirClient, Worker
+from weir.streams.pipeline import Pipeline
 from weir.topics.names import PipelineTopics
 from weir.traces import RemoteTraceStore, TraceStore
+from weir.traces.rows import event_row
+from weir.traces.schema import event_columns
 
 pytestmark = pytest.mark.kafka
 
@@ -277,3 +282,87 @@ async def test_a_sink_killed_between_insert_and_commit_does_not_store_events_twi
     minute = server.query("SELECT sum(attempts) FROM weir.pipeline_latency_1m").strip()
     assert minute == "600"
     server.close()
+
+
+# -- a worker's batches of trace events ------------------------------------------------------
+
+
+def _inline_chain(name: str) -> Pipeline:
+    """Three cheap inline steps (a worker runs them a fetched batch at a time); some time out."""
+    p = Pipeline(name, retry=RetryPolicy(maximum_attempts=1))
+
+    @p.step(inline=True)
+    def one(n: int) -> int:
+        return n + 1
+
+    @p.step(depends_on=[one], inline=True)
+    def two(one: int) -> int:
+        if one % 100 == 4:
+            raise ModelTimeoutError(f"the model took too long for {one}")
+        return one + 1
+
+    @p.step(depends_on=[two], inline=True)
+    def three(two: int) -> int:
+        return two + 1
+
+    return p
+
+
+async def test_trace_events_of_10000_requests_arrive_with_the_same_columns_and_values(
+    kafka, pipeline_name, repo_root, tmp_path
+):
+    n = 10_000
+    failing = len([i for i in range(n) if (i + 1) % 100 == 4])
+    expected = n + n + (n - failing)  # one, two, three (not after two failed)
+    settings = sink_settings(
+        kafka, pipeline_name, f"chdb://{tmp_path / 'store'}", sink_batch_size=5000
+    )
+    sink = SinkProcess(repo_root, settings, tmp_path / "sink.log")
+    pipeline = _inline_chain(pipeline_name)
+    try:
+        await sink.wait_placed()
+        async with Worker(pipeline, settings), WeirClient(settings) as client:
+            await client.submit_many(pipeline_name, [{"n": i} for i in range(n)])
+            results, counts = await read_results(
+                settings, PipelineTopics(pipeline_name).results, n, timeout=300
+            )
+        assert len(results) == n and max(counts.values()) == 1
+        records = await read_topic(settings, settings.trace_topic, idle_s=2.0)
+        await wait_stored(sink.url, pipeline_name, expected, timeout=300)
+    finally:
+        assert sink.stop() == 0, sink.text()[-3000:]
+
+    # The worker wrote its events in batches: far fewer records than events.
+    packed = [r for r in records if is_trace_batch(r.headers)]
+    events = [
+        (r.partition, r.offset, raw)
+        for r in records
+        for raw in unpack_trace_events(r.value, r.headers)
+    ]
+    assert len(events) == expected
+    singles = collections.Counter(
+        TraceEvent.decode(r.value)["step_name"] for r in records if not is_trace_batch(r.headers)
+    )
+    assert packed and len(records) < expected / 5, (len(records), len(packed), singles)
+
+    # The rows the sink stored are the rows each event makes on its own, decoded by fastavro
+    # as before batches existed: same columns, same values.
+    store = TraceStore.connect(settings)
+    # Beside it in the same engine (one data directory per process): a database of its own.
+    reference = TraceStore.connect(settings.model_copy(update={"clickhouse_database": "before"}))
+    try:
+        rows = [event_row(TRACE_EVENT_SCHEMA.decode(raw), p, o) for p, o, raw in events]
+        for start in range(0, len(rows), 5000):
+            reference.insert(rows[start : start + 5000], token=f"reference-{start}")
+        columns = ", ".join(event_columns())
+        everything = f"SELECT {columns} FROM pipeline_events ORDER BY event_id"
+        got, want = store.query(everything), reference.query(everything)
+        assert len(got) == expected
+        assert got == want
+        # The source document's query, unchanged.
+        assert store.query(SEED_QUERY) == reference.query(SEED_QUERY)
+        ((step, _, count),) = store.query(SEED_QUERY)
+        assert (step, count) == ("two", failing)
+    finally:
+        store.close()
+        reference.close()

@@ -30,6 +30,12 @@ def bench(
     two_workers: Annotated[
         bool, typer.Option("--two-workers", help="Also run 2 weir workers in one group.")
     ] = False,
+    confluent: Annotated[
+        bool,
+        typer.Option(
+            "--confluent", help="Also run the chain on confluent-kafka (must be installed)."
+        ),
+    ] = False,
     bootstrap: Annotated[
         str | None, typer.Option(help="An existing Kafka (default: a throw-away local broker).")
     ] = None,
@@ -60,6 +66,7 @@ def bench(
         rounds=rounds,
         tracing_off=tracing_off,
         two_workers=two_workers,
+        confluent=confluent,
         bootstrap=bootstrap,
         profile=profile,
         warmup=200 if quick else 500,

@@ -25,6 +25,7 @@ async def request_calls(
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from weir.schemas.messages import TraceEvent, now_ms
+    from weir.schemas.trace_batch import is_trace_batch, unpack_trace_events
     from weir.streams.tokens import partition_of
     from weir.topics._aiokafka import stop_consumer
     from weir.topics.admin import TopicAdmin
@@ -55,13 +56,22 @@ async def request_calls(
         while await consumer.position(tp) < end:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    if record.key != key or record.value is None:
+                    if record.value is None:
                         continue
-                    event = TraceEvent.decode(record.value)
-                    if event["event_id"] in seen:
+                    if is_trace_batch(record.headers):  # a worker's batch: any requests
+                        events = [
+                            TraceEvent.decode(raw)
+                            for raw in unpack_trace_events(record.value, record.headers)
+                        ]
+                    elif record.key == key:
+                        events = [TraceEvent.decode(record.value)]
+                    else:
                         continue
-                    seen.add(event["event_id"])
-                    calls.extend(event["calls"])
+                    for event in events:
+                        if event["request_id"] != request_id or event["event_id"] in seen:
+                            continue
+                        seen.add(event["event_id"])
+                        calls.extend(event["calls"])
     finally:
         await stop_consumer(consumer)
     calls.sort(key=lambda c: c["started_at"])
