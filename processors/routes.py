@@ -34,11 +34,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import RoutingError
+from weir.core.kafka import KafkaConnection
 from weir.processors._env import register_closer, settings_now
 from weir.processors.router import RuleSet, registered_routers
 from weir.processors.router_status import StatusReporter
@@ -90,8 +91,7 @@ async def _read_all(
 
     Rule sets only, or with ``announcements`` the workers' router announcements only.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConnection.of(settings).consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -203,9 +203,7 @@ async def _publish(
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     """Write ``records`` to the routes topic (and, with ``history``, to its history first)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = KafkaConnection.of(settings).producer(acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for key, value in records:
@@ -300,8 +298,7 @@ class RouteWatcher:
     async def _follow(self) -> None:
         """Connect and read the topic until an error (or cancellation) stops it."""
         await _ensure_topics(self._settings)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )

@@ -9,17 +9,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import (
-    BrokerError,
     ConfigError,
     ResultTimeoutError,
     UnknownPipelineError,
     WeirError,
 )
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Request, Result
 from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
@@ -56,20 +56,13 @@ class WeirClient:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-        )
+        kafka = KafkaConnection.of(self.settings)
+        producer = kafka.producer(acks="all", enable_idempotence=True, linger_ms=5)
         try:
             await producer.start()
         except KafkaConnectionError as exc:
             await producer.stop()
-            raise BrokerError(
-                f"cannot reach Kafka at {self.settings.bootstrap_servers}: start the local broker"
-                " with 'weir broker start' or set WEIR_KAFKA_BOOTSTRAP"
-            ) from exc
+            raise await kafka.unavailable(exc) from exc
         self._producer = producer
 
     async def stop(self) -> None:
@@ -96,7 +89,7 @@ class WeirClient:
         topic = PipelineTopics(pipeline).results
         async with TopicAdmin(self.settings) as admin:
             count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers)
+        consumer = KafkaConnection.of(self.settings).consumer()
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(count)]
@@ -192,8 +185,7 @@ class WeirClient:
         results (until ``idle_timeout`` seconds pass with none).
         """
         topic = PipelineTopics(pipeline).results
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self.settings).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",

@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import WeirError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import now_ms, now_us
 from weir.streams._gc import tune_gc
 from weir.streams._runtime import Record, Runtime, WorkerStats, guess_request_id
@@ -191,8 +192,7 @@ class Worker:
         self._started = True
         async with TopicAdmin(self.settings) as admin:
             await admin.ensure(topic_specs(self.pipeline, self.settings))
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        self._producer = KafkaConnection.of(self.settings).producer(
             client_id=f"weir-{self.settings.worker_id}",
             acks="all",
             enable_idempotence=True,
@@ -207,8 +207,7 @@ class Worker:
             # A final step's output is answered here when this worker owns its answers
             # partition: no answers-topic hop that only moves data.
             self._runtime.outbox.shortcut(self.topics.answers, self._answer_here)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        self._consumer = KafkaConnection.of(self.settings).consumer(
             group_id=self.topics.consumer_group,
             client_id=f"weir-{self.settings.worker_id}",
             enable_auto_commit=False,
@@ -641,7 +640,7 @@ class Worker:
             if stage == ANSWER and self.answers is not None:
                 await self.answers.assigned(partitions)
             elif (runner := self.runners.get(stage)) is not None and runner.join is not None:
-                waiting = await runner.join.restore(self.settings.bootstrap_servers, partitions)
+                waiting = await runner.join.restore(KafkaConnection.of(self.settings), partitions)
                 if waiting:
                     log.info("restored %d waiting joins of step %s", waiting, stage)
         self._assigned |= assigned

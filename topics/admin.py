@@ -6,12 +6,13 @@ import asyncio
 import builtins
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import BrokerError, ConfigError
+from weir.core.kafka import KafkaConnection
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.names import TopicSpec
 
@@ -35,17 +36,13 @@ class TopicAdmin:
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = AIOKafkaAdminClient(
-            bootstrap_servers=self._settings.bootstrap_servers, request_timeout_ms=15000
-        )
+        kafka = KafkaConnection.of(self._settings)
+        client = kafka.admin(request_timeout_ms=15000)
         try:
             await client.start()
         except KafkaConnectionError as exc:
             await client.close()
-            raise BrokerError(
-                f"cannot reach Kafka at {self._settings.bootstrap_servers}: {exc}. Start the"
-                " local broker with 'weir broker start' or set WEIR_KAFKA_BOOTSTRAP"
-            ) from exc
+            raise await kafka.unavailable(exc) from exc
         self._client = client
 
     async def stop(self) -> None:
@@ -118,9 +115,7 @@ class TopicAdmin:
         # without fetching (aiokafka).  Wait until every partition answers ListOffsets.
         counts = await self.partitions(names)
         tps = [TopicPartition(n, p) for n, c in counts.items() for p in range(c)]
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers, request_timeout_ms=5000
-        )
+        probe = KafkaConnection.of(self._settings).consumer(request_timeout_ms=5000)
         await probe.start()
         try:
             async with asyncio.timeout(timeout):

@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import BrokerError
+from weir.core.kafka import KafkaConnection
 from weir.processors import ledger as ledger_module
 from weir.processors.budget import CostLedger, Reservation
 from weir.schemas.messages import now_ms
@@ -42,7 +43,7 @@ async def cost_events(settings: WeirSettings, key: str, since_ms: int) -> list[d
     """Cost events of ``key`` on the topic since ``since_ms``, read by an independent consumer."""
     async with TopicAdmin(settings) as admin:
         count = (await admin.partitions([COSTS_TOPIC]))[COSTS_TOPIC]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConnection.of(settings).consumer()
     await consumer.start()
     try:
         tps = [TopicPartition(COSTS_TOPIC, p) for p in range(count)]
