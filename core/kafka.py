@@ -263,7 +263,13 @@ def _token_provider(settings: WeirSettings, resolver: SecretResolver) -> Abstrac
                 f"kafka_oauth_token_provider {settings.kafka_oauth_token_provider} cannot be"
                 f" loaded: {exc}"
             ) from exc
-        provider = factory(settings)
+        try:
+            provider = factory(settings)
+        except Exception as exc:
+            raise ConfigError(
+                f"kafka_oauth_token_provider {settings.kafka_oauth_token_provider} failed:"
+                f" {type(exc).__name__}: {scrub(str(exc))}"
+            ) from None
         if not isinstance(provider, AbstractTokenProvider):
             raise ConfigError(
                 f"kafka_oauth_token_provider {settings.kafka_oauth_token_provider} returned"

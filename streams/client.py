@@ -60,9 +60,11 @@ class WeirClient:
         producer = kafka.producer(acks="all", enable_idempotence=True, linger_ms=5)
         try:
             await producer.start()
-        except KafkaConnectionError as exc:
+        except BaseException as exc:
             await producer.stop()
-            raise await kafka.unavailable(exc) from exc
+            if isinstance(exc, KafkaConnectionError):
+                raise await kafka.unavailable(exc) from exc
+            raise
         self._producer = producer
 
     async def stop(self) -> None:

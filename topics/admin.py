@@ -40,9 +40,11 @@ class TopicAdmin:
         client = kafka.admin(request_timeout_ms=15000)
         try:
             await client.start()
-        except KafkaConnectionError as exc:
+        except BaseException as exc:
             await client.close()
-            raise await kafka.unavailable(exc) from exc
+            if isinstance(exc, KafkaConnectionError):
+                raise await kafka.unavailable(exc) from exc
+            raise
         self._client = client
 
     async def stop(self) -> None:

@@ -184,7 +184,9 @@ class LocalBroker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with _locked(self.state_dir / "broker.lock"):
             pid = self._live_pid()
-            if pid is None:
+            if pid is not None:
+                self._check_mode()
+            else:
                 self._check_ports_free()
                 libs = self.fetch()
                 if self.security is not None:
@@ -401,18 +403,24 @@ class LocalBroker:
                 + body
             )
 
+    @property
+    def _mode(self) -> str:
+        return "secure" if self.security is not None else "plaintext"
+
+    def _check_mode(self) -> None:
+        """Refuse to mix modes: SCRAM users are created when the storage is formatted, and a
+        running broker probed on the other listener would never look ready."""
+        formatted = (_read_text(self.state_dir / "listener") or "plaintext").strip()
+        if formatted != self._mode:
+            raise BrokerError(
+                f"the broker in {self.state_dir} serves a {formatted} listener, not"
+                f" {self._mode} (WEIR_BROKER_SECURE, --secure); use another state directory"
+                f" (WEIR_HOME), or stop it and delete {self.state_dir}"
+            )
+
     def _format(self, libs: Path) -> None:
-        mode_file = self.state_dir / "listener"
-        mode = "secure" if self.security is not None else "plaintext"
         if (self.data_dir / "meta.properties").is_file():
-            formatted = (_read_text(mode_file) or "plaintext").strip()
-            if formatted != mode:
-                # SCRAM users are created when the storage is formatted.
-                raise BrokerError(
-                    f"the broker's data in {self.data_dir} was formatted for a {formatted}"
-                    f" listener, not {mode}; use another state directory (WEIR_HOME) or delete"
-                    f" {self.state_dir}"
-                )
+            self._check_mode()
             return
         cluster_id = _read_text(self.cluster_id_file)
         if not cluster_id:
@@ -455,7 +463,7 @@ class LocalBroker:
                 f" (exit {done.returncode}); delete {self.state_dir} to start from scratch."
                 f" kafka.tools.StorageTool said:\n{_tail_text(done.stdout + done.stderr)}"
             )
-        mode_file.write_text(mode)
+        (self.state_dir / "listener").write_text(self._mode)
 
     def _java_command(self, libs: Path, *, heap: str) -> list[str]:
         java = _require_tool("java", _JAVA_WHY)

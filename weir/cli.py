@@ -117,10 +117,14 @@ def main() -> None:
 # -- broker ---------------------------------------------------------------------------
 
 
-def _broker(config: Path | None) -> Any:
+def _broker(config: Path | None, *, secure: bool = False) -> Any:
     from weir.topics.broker import LocalBroker
 
     settings = _settings(config)
+    if secure:
+        settings = settings.model_copy(
+            update={"broker": settings.broker.model_copy(update={"secure": True})}
+        )
     if not settings.uses_local_broker:
         raise ConfigError(
             f"WEIR_KAFKA_BOOTSTRAP points at {settings.kafka_bootstrap}; 'weir broker' manages"
@@ -130,14 +134,29 @@ def _broker(config: Path | None) -> Any:
 
 
 @broker_app.command("start")
-def broker_start(config: ConfigOption = None) -> None:
+def broker_start(
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Serve a SASL_SSL listener (SCRAM users and a CA generated in the state"
+            " directory; same as WEIR_BROKER_SECURE=true) and print how clients connect.",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
     """Fetch Kafka from Maven Central (once), start it on 127.0.0.1 and wait until it serves."""
     started = time.monotonic()
-    status = _broker(config).start()
+    broker = _broker(config, secure=secure)
+    status = broker.start()
     out.print(
         f"kafka {status.version} running (pid {status.pid}) at {status.bootstrap}"
         f" in {time.monotonic() - started:.1f}s; logs: {status.log_file}"
     )
+    if broker.security is not None:
+        out.print("clients connect with (the password stays in its file):", highlight=False)
+        for key, value in broker.client_environment().items():
+            out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
 
 
 @broker_app.command("stop")
