@@ -260,6 +260,13 @@ class WeirSettings(BaseSettings):
     """Region of AWS Secrets Manager for ``aws-sm:`` references (else boto3's default)."""
     aws_endpoint_url: SecretUrl | None = None
     """A Secrets Manager endpoint other than AWS's own (a VPC endpoint, a local emulator)."""
+    schema_registry_url: SecretUrl | None = None
+    """A Confluent-compatible schema registry (Confluent, Apicurio's ``/apis/ccompat/v7``,
+    Redpanda, Karapace).  Set: weir registers its schemas under ``<topic>-value``, decodes Avro
+    requests written with any registered schema id and frames Avro results with its ids."""
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    """A secret reference to the registry password (basic auth; an API secret on Confluent)."""
     routes_wait_s: float = Field(default=5.0, ge=0)
     """How long a router's first call waits for the rule sets on the routes topic."""
 
@@ -300,6 +307,7 @@ class WeirSettings(BaseSettings):
         "kafka_sasl_password",
         "kafka_ssl_key_password",
         "kafka_oauth_client_secret",
+        "schema_registry_password",
     )
     @classmethod
     def _secret_is_a_reference(cls, value: SecretStr | None) -> SecretStr | None:

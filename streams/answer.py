@@ -282,7 +282,7 @@ class AnswerStage:
         writer = self._writers.get(p)
         if writer is None:
             raise Abandoned(f"answers partition {p} is not owned")
-        wire = result.to_wire(rt.settings.results_format)
+        wire = result.to_wire(rt.settings.results_format, schema_id=rt.result_schema_id)
         if len(wire) > MAX_MESSAGE_BYTES:
             result = result.model_copy(
                 update={
@@ -294,7 +294,7 @@ class AnswerStage:
                     f" {MAX_MESSAGE_BYTES}",
                 }
             )
-            wire = result.to_wire(rt.settings.results_format)
+            wire = result.to_wire(rt.settings.results_format, schema_id=rt.result_schema_id)
         # Claimed before the write, so a concurrent duplicate is dropped right away.
         claim = _Answered("S" if result.status == "SUCCESS" else "F", result.replay, time.time())
         self._answered.put(p, result.request_id, claim)

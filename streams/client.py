@@ -20,7 +20,8 @@ from weir.core.errors import (
     WeirError,
 )
 from weir.core.kafka import KafkaConnection
-from weir.schemas.messages import Request, Result
+from weir.schemas.messages import REQUEST_SCHEMA, Request, Result
+from weir.schemas.registry import SchemaRegistry
 from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
@@ -45,6 +46,8 @@ class WeirClient:
         self._checked: set[str] = set()
         self._marks: dict[str, dict[int, int]] = {}
         """Results-topic end offsets per pipeline, taken before this client first submitted."""
+        self._schema_ids: dict[str, int] = {}
+        """The request schema's registry id per requests topic (with a schema registry)."""
 
     async def __aenter__(self) -> WeirClient:
         await self.start()
@@ -144,6 +147,7 @@ class WeirClient:
         if self._producer is None:
             raise WeirError("WeirClient is not started")
         topic = await self._requests_topic(pipeline)
+        schema_id = await self._request_schema_id(topic) if fmt == "avro" else None
         ids: list[str] = []
         futures = []
         for n, payload in enumerate(payloads):
@@ -154,7 +158,7 @@ class WeirClient:
                 payload=dict(payload),
                 options=dict(options or {}),
             )
-            raw = request.to_avro() if fmt == "avro" else request.to_json()
+            raw = request.to_avro(schema_id=schema_id) if fmt == "avro" else request.to_json()
             fut = await self._producer.send(topic, value=raw, key=rid.encode())
             if on_sent is not None:
                 fut.add_done_callback(lambda _: on_sent(1))
@@ -162,6 +166,15 @@ class WeirClient:
             ids.append(rid)
         await asyncio.gather(*futures)
         return ids
+
+    async def _request_schema_id(self, topic: str) -> int | None:
+        """The registry id Avro requests to ``topic`` are framed with (``None``: no registry)."""
+        if self.settings.schema_registry_url is None:
+            return None
+        if topic not in self._schema_ids:
+            async with SchemaRegistry.of(self.settings) as registry:
+                self._schema_ids[topic] = await registry.register(f"{topic}-value", REQUEST_SCHEMA)
+        return self._schema_ids[topic]
 
     async def send_raw(self, pipeline: str, value: bytes | None, key: bytes | None = None) -> None:
         """Put arbitrary bytes on the requests topic (for tools and tests of bad input)."""

@@ -36,7 +36,8 @@ from aiokafka.errors import KafkaError
 from weir.core.config import WeirSettings
 from weir.core.errors import WeirError
 from weir.core.kafka import KafkaConnection
-from weir.schemas.messages import now_ms, now_us
+from weir.schemas.messages import REQUEST_SCHEMA, RESULT_SCHEMA, now_ms, now_us
+from weir.schemas.registry import SchemaRegistry
 from weir.streams._gc import tune_gc
 from weir.streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from weir.streams.answer import AnswerStage
@@ -192,6 +193,8 @@ class Worker:
         self._started = True
         async with TopicAdmin(self.settings) as admin:
             await admin.ensure(topic_specs(self.pipeline, self.settings))
+        if self.settings.schema_registry_url is not None:
+            await self._register_schemas()
         self._producer = KafkaConnection.of(self.settings).producer(
             client_id=f"weir-{self.settings.worker_id}",
             acks="all",
@@ -285,6 +288,18 @@ class Worker:
         """Ask the worker to stop (safe from a signal handler)."""
         self._stopping.set()
 
+    async def _register_schemas(self) -> None:
+        """Register the request and result schemas under their topics' subjects."""
+        registry = SchemaRegistry.of(self.settings)
+        try:
+            await registry.register(f"{self.topics.requests}-value", REQUEST_SCHEMA)
+            result_id = await registry.register(f"{self.topics.results}-value", RESULT_SCHEMA)
+        except BaseException:
+            await registry.aclose()
+            raise
+        self._runtime.registry = registry
+        self._runtime.result_schema_id = result_id
+
     async def stop(self) -> None:
         """Stop fetching, let in-flight work finish (bounded), commit it, leave the group.
 
@@ -309,6 +324,8 @@ class Worker:
             await self._producer.stop()
         self.threads.shutdown()
         self.tracing.shutdown()
+        if self._runtime.registry is not None:
+            await self._runtime.registry.aclose()
         self._stopped.set()
         s = self.stats
         log.info(

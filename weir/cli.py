@@ -28,6 +28,7 @@ from weir.core.errors import (
     MessageError,
     PipelineDefinitionError,
     RoutingError,
+    SchemaRegistryError,
     TraceQueryError,
     UnknownPipelineError,
     WeirError,
@@ -109,7 +110,8 @@ def main() -> None:
             f"[bold red]error[/] ({exc.error_type}): ", end="", highlight=False, soft_wrap=True
         )
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILURE)
+        usage = isinstance(exc, _USAGE_ERRORS) and not isinstance(exc, SchemaRegistryError)
+        sys.exit(EXIT_USAGE if usage else EXIT_FAILURE)
     except KeyboardInterrupt:
         sys.exit(130)
 
