@@ -114,7 +114,13 @@ class WeirSettings(BaseSettings):
 
     partitions: int = Field(default=4, ge=1)
     """Partitions of every topic weir creates; fan-out is bounded by it."""
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
+    """Replicas of every topic weir creates; unset: 3, or as many brokers as the cluster has
+    when fewer (1 on the local broker)."""
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+    """``min.insync.replicas`` of every topic weir creates; unset: the replication factor
+    minus one (2 of 3), at least 1.  With ``acks=all`` (every weir producer) a write then
+    survives the loss of one broker and is refused, not silently under-replicated, beyond."""
     event_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
     """Retention of event topics (requests, steps, results, dead letters, traces)."""
 
@@ -350,6 +356,15 @@ class WeirSettings(BaseSettings):
             raise ValueError(
                 "SASL OAUTHBEARER needs kafka_oauth_token_url and kafka_oauth_client_id (with"
                 " kafka_oauth_client_secret), or kafka_oauth_token_provider"
+            )
+        if (
+            self.replication_factor is not None
+            and self.min_insync_replicas is not None
+            and self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} is above replication_factor"
+                f" {self.replication_factor}: no write could ever succeed"
             )
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mutual TLS)")

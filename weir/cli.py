@@ -342,6 +342,15 @@ def topics_list(as_json: JsonOption = False, config: ConfigOption = None) -> Non
 @topics_app.command("create")
 def topics_create(
     pipeline: Annotated[str, typer.Argument(help="The pipeline, as module.path:attribute.")],
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print every topic the pipeline needs (partitions, replication, configs) and"
+            " whether it exists; create nothing.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Create every topic a pipeline needs (workers also do this when they start)."""
@@ -351,12 +360,47 @@ def topics_create(
 
     settings = _settings(config)
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
+    specs = topic_specs(pipe, settings)
+
+    if dry_run:
+
+        async def plan() -> list[Any]:
+            async with TopicAdmin(settings) as admin:
+                return await admin.plan(specs)
+
+        plans = _run(plan())
+        missing = sum(1 for p in plans if not p.exists)
+        err.print(f"dry run: {missing} of {len(plans)} topic(s) would be created")
+        if as_json:
+            print_json(
+                [
+                    {
+                        "topic": p.name,
+                        "partitions": p.partitions,
+                        "replication_factor": p.replication_factor,
+                        "config": p.config,
+                        "exists": p.exists,
+                    }
+                    for p in plans
+                ]
+            )
+            return
+        table = Table("topic", "partitions", "replication", "config", "action")
+        for p in plans:
+            configs = " ".join(f"{k}={v}" for k, v in sorted(p.config.items()))
+            action = "exists" if p.exists else "create"
+            table.add_row(p.name, str(p.partitions), str(p.replication_factor), configs, action)
+        print_table(out, table)
+        return
 
     async def run() -> list[str]:
         async with TopicAdmin(settings) as admin:
-            return await admin.ensure(topic_specs(pipe, settings))
+            return await admin.ensure(specs)
 
     created = _run(run())
+    if as_json:
+        print_json({"created": created})
+        return
     out.print(f"created {len(created)} topic(s)" + "".join(f"\n  {t}" for t in created))
 
 
