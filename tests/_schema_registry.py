@@ -1,11 +1,12 @@
 """A schema registry the tests start: the Confluent REST subset that serializers, weir and
 ``confluent-kafka``'s client use, on a real HTTP server in a thread.
 
-Apicurio Registry (whose ``ccompat`` API is the real thing) has no runnable artifact on
-Maven Central (``apicurio-registry-app`` is a Quarkus application jar without its runner),
-so the tests use this stand-in: ids are global and stable, a schema registered twice keeps
-its id (compared by Avro's parsing canonical form), and unknown ids answer 404 with
-Confluent's error body.
+Apicurio Registry (whose ``ccompat`` API is the real thing) cannot be run here: Maven
+Central has ``apicurio-registry-app`` only as a Quarkus application jar without its runner,
+and a Quarkus build of it fails because ``apicurio-registry-schema-util-provider`` (3.3.3,
+2.6.13.Final) is not served there.  So the tests use this stand-in: ids are global and
+stable, a schema registered twice keeps its id (compared by Avro's parsing canonical
+form), and unknown ids answer 404 with Confluent's error body.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +47,9 @@ from weir.core.errors import BrokerError
 from weir.core.kafka import KafkaConnection
 from weir.topics._broker_security import CLIENT_USER, BrokerSecurity
 
-__all__ = ["BrokerStatus", "LocalBroker", "free_port_pair"]
+__all__ = ["BrokerStatus", "LocalBroker", "free_port_pair", "new_cluster_id"]
 
 _HOST = "127.0.0.1"
-_NODE_ID = 1
 _POM_TEMPLATE = Path(__file__).with_name("kafka-broker.pom.xml")
 _LOG_CONFIG = Path(__file__).with_name("log4j2-broker.properties")
 _FETCH_TIMEOUT_S = 900.0
@@ -80,9 +79,23 @@ class BrokerStatus:
 class LocalBroker:
     """Fetch, format, start, stop and report one local Kafka broker."""
 
-    def __init__(self, settings: WeirSettings, *, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: WeirSettings,
+        *,
+        state_dir: Path | None = None,
+        node_id: int = 1,
+        voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
+    ) -> None:
+        """``node_id``, ``voters`` (node id -> client port of every node; the controller
+        listens on port + 1) and ``cluster_id`` make this one node of a multi-node cluster
+        of such brokers; by default it is a cluster of its own."""
         self.version = settings.broker.kafka_version
         self.port = settings.broker.port
+        self.node_id = node_id
+        self.voters = dict(voters) if voters else {node_id: self.port}
+        self._cluster_id = cluster_id
         self.controller_port = self.port + 1
         self.heap = settings.broker.heap
         self.start_timeout_s = settings.broker.start_timeout_s
@@ -328,7 +341,7 @@ class LocalBroker:
             listed = _run_coroutine(brokers())
         except (KafkaError, OSError, TimeoutError):
             return False
-        return any(b.get("node_id") == _NODE_ID and b.get("port") == self.port for b in listed)
+        return any(b.get("node_id") == self.node_id and b.get("port") == self.port for b in listed)
 
     def _live_pid(self) -> int | None:
         """The pid from the pid file if that process is alive and is this broker."""
@@ -364,22 +377,25 @@ class LocalBroker:
         listener = "PLAINTEXT" if self.security is None else "SASL_SSL"
         client = f"{listener}://{_HOST}:{self.port}"
         controller = f"CONTROLLER://{_HOST}:{self.controller_port}"
+        quorum = ",".join(f"{n}@{_HOST}:{port + 1}" for n, port in sorted(self.voters.items()))
+        # Internal topics as replicated as the cluster allows (one broker: one copy).
+        replicas = min(3, len(self.voters))
+        min_isr = str(max(1, replicas - 1))
         props = {
             "process.roles": "broker,controller",
-            "node.id": str(_NODE_ID),
-            "controller.quorum.voters": f"{_NODE_ID}@{_HOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": quorum,
             "listeners": f"{client},{controller}",
             "advertised.listeners": client,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": listener,
             "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
             "log.dirs": str(self.data_dir),
-            # One broker: every internal topic must fit on it.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "offsets.topic.replication.factor": str(replicas),
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": min_isr,
             # After a crash the restarted broker cannot register until the controller times out
             # the dead one's session; 4 s instead of 9 s keeps crash recovery quick.
             "broker.session.timeout.ms": "4000",
@@ -424,7 +440,7 @@ class LocalBroker:
             return
         cluster_id = _read_text(self.cluster_id_file)
         if not cluster_id:
-            cluster_id = _new_cluster_id()
+            cluster_id = self._cluster_id or new_cluster_id()
             self.cluster_id_file.write_text(cluster_id)
         cluster_id = cluster_id.strip()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -593,7 +609,7 @@ def _tail_text(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _new_cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
