@@ -265,3 +265,35 @@ async def test_oauthbearer_with_the_oidc_client_credentials_provider(
             pass
     assert "refused client 'weir-app' (HTTP 401)" in str(caught.value)
     assert "wrong-secret-456" not in str(caught.value)
+
+
+def test_weir_broker_start_secure_prints_how_to_connect_and_the_cli_connects_so(
+    repo_root, tmp_path
+):
+    port = free_port_pair()
+    base = {k: v for k, v in worker_env(load_settings()).items() if not k.startswith("WEIR_")}
+    env = base | {"WEIR_HOME": str(tmp_path / "home"), "WEIR_BROKER_PORT": str(port)}
+    # A home of its own: the broker's state, and its copy of the jars (from Maven's local
+    # repository), stay under tmp_path, away from any developer's local broker.
+    started = _weir(repo_root, env, "broker", "start", "--secure")
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in started.stdout.splitlines()
+            if line.startswith("export ")
+        )
+        assert exports["WEIR_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        password_file = Path(exports["WEIR_KAFKA_SASL_PASSWORD"].removeprefix("file:"))
+        assert password_file.read_text().strip() not in started.stdout
+        assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+        listed = _weir(repo_root, base | exports, "topics", "list", "--json")
+        assert listed.returncode == 0, listed.stderr[-2000:]
+        assert isinstance(json.loads(listed.stdout), list)
+        # Without the credentials the same broker refuses, and says how to connect.
+        plain = _weir(repo_root, base | {"WEIR_KAFKA_BOOTSTRAP": exports["WEIR_KAFKA_BOOTSTRAP"]},
+                      "topics", "list")  # fmt: skip
+        assert plain.returncode == 1
+        assert "cannot connect to Kafka" in plain.stderr
+    finally:
+        _weir(repo_root, env, "broker", "stop")
