@@ -13,10 +13,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from weir.core import kafka as kafka_module
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import BrokerError
 from weir.core.kafka import KafkaConnection
-from weir.processors import ledger as ledger_module
 from weir.processors.budget import CostLedger, Reservation
 from weir.schemas.messages import now_ms
 from weir.topics._aiokafka import stop_consumer
@@ -108,7 +108,8 @@ async def test_a_failed_start_leaves_no_client_running(kafka, monkeypatch):
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise KafkaConnectionError("lost the broker while catching up")
 
-    monkeypatch.setattr(ledger_module, "AIOKafkaProducer", Recorded)
+    # Every producer is built by the connection factory.
+    monkeypatch.setattr(kafka_module, "AIOKafkaProducer", Recorded)
     monkeypatch.setattr(AIOKafkaConsumer, "offsets_for_times", refuse)
     ledger = CostLedger(kafka)
     with pytest.raises(KafkaConnectionError):
