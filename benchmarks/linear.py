@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from weir.core.kafka import KafkaConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -136,8 +138,8 @@ async def burst_phase(
 
 
 def _producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+    return KafkaConnection(bootstrap=bootstrap).producer(
+        acks="all", enable_idempotence=True, linger_ms=linger_ms
     )
 
 
@@ -167,8 +169,7 @@ class RawLoop:
         Each batch's sends are awaited before the next fetch; offsets are committed
         every ``COMMIT_INTERVAL_S`` (weir's default ``commit_interval_s``).
         """
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = KafkaConnection(bootstrap=self.bootstrap).consumer(
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -202,8 +203,7 @@ class RawLoop:
 
     async def read(self) -> None:
         """Read the results topic; record the last hop and the end-to-end latency."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = KafkaConnection(bootstrap=self.bootstrap).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",

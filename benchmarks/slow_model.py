@@ -25,7 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
+
+from weir.core.kafka import KafkaConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,15 +50,14 @@ async def run_raw(settings: WeirSettings, n: int, latency: float, in_flight: int
             TopicSpec(t, PARTITIONS, 1, {"cleanup.policy": "delete"}) for t in (source, sink)
         )
     bootstrap = settings.bootstrap_servers
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    producer = KafkaConnection(bootstrap=bootstrap).producer(acks="all", linger_ms=2)
     await producer.start()
     done = asyncio.Event()
     answered = 0
 
     async def relay() -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = KafkaConnection(bootstrap=bootstrap).consumer(
             source,
-            bootstrap_servers=bootstrap,
             group_id=prefix,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -89,7 +90,7 @@ async def run_raw(settings: WeirSettings, n: int, latency: float, in_flight: int
 
     async def read() -> None:
         nonlocal answered
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        consumer = KafkaConnection(bootstrap=bootstrap).consumer(auto_offset_reset="earliest")
         await consumer.start()
         tps = [TopicPartition(sink, p) for p in range(PARTITIONS)]
         consumer.assign(tps)

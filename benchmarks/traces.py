@@ -27,7 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
+
+from weir.core.kafka import KafkaConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,9 +93,7 @@ def _event(i: int, now: int) -> bytes:
 
 
 async def _produce(settings: WeirSettings, values: list[bytes], packed: int) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20
-    )
+    producer = KafkaConnection.of(settings).producer(acks="all", linger_ms=20)
     await producer.start()
     headers = [(TRACE_BATCH_HEADER, TRACE_BATCH_VERSION)]
     try:
@@ -121,8 +121,7 @@ async def _produce(settings: WeirSettings, values: list[bytes], packed: int) -> 
 
 async def _read_only(settings: WeirSettings, n: int) -> float:
     """Seconds to read and decode ``n`` events from the trace topic (no store)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConnection.of(settings).consumer(
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         max_poll_records=5000,

@@ -15,15 +15,33 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from weir.core.errors import ConfigError
 from weir.core.urls import SecretUrl, mask_url
 
-__all__ = ["BrokerSettings", "ModelPrice", "WeirSettings", "load_settings"]
+__all__ = [
+    "BrokerSettings",
+    "KafkaSaslMechanism",
+    "KafkaSecurityProtocol",
+    "ModelPrice",
+    "WeirSettings",
+    "load_settings",
+]
 
 DEFAULT_HOME = Path.home() / ".cache" / "weir"
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
 
 class BrokerSettings(BaseSettings):
@@ -38,6 +56,9 @@ class BrokerSettings(BaseSettings):
     heap: str = "768m"
     """JVM heap (``-Xmx``) for the broker."""
     start_timeout_s: float = Field(default=90.0, gt=0)
+    secure: bool = False
+    """Serve clients on a SASL_SSL listener (SCRAM, PLAIN, unsecured OAUTHBEARER) with a CA
+    and users generated in the state directory; ``weir broker start`` prints how to connect."""
 
 
 class ModelPrice(BaseModel):
@@ -56,13 +77,50 @@ class WeirSettings(BaseSettings):
 
     kafka_bootstrap: str | None = None
     """An existing cluster (``host:port,...``); when unset, the local broker is used."""
+    kafka_client_id: str = Field(default="weir", min_length=1)
+    """Client id of connections that do not name their own (brokers log and quota by it)."""
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    """``SSL`` and ``SASL_SSL`` encrypt; ``SASL_*`` authenticate with ``kafka_sasl_mechanism``."""
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    """User of PLAIN and SCRAM (an API key on Confluent Cloud)."""
+    kafka_sasl_password: SecretStr | None = None
+    """A secret reference (``env:``, ``file:``, ``vault:``, ``aws-sm:``) to the SASL password."""
+    kafka_ssl_cafile: Path | None = None
+    """PEM file of the CAs that sign the brokers' certificates; unset: the system's CAs."""
+    kafka_ssl_certfile: Path | None = None
+    """PEM client certificate (mutual TLS), with ``kafka_ssl_keyfile``."""
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    """A secret reference to the password of an encrypted ``kafka_ssl_keyfile``."""
+    kafka_ssl_check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to."""
+    kafka_oauth_token_url: SecretUrl | None = None
+    """OAUTHBEARER: the OIDC token endpoint of the client-credentials grant."""
+    kafka_oauth_client_id: str | None = None
+    kafka_oauth_client_secret: SecretStr | None = None
+    """A secret reference to the OIDC client secret."""
+    kafka_oauth_scope: str | None = None
+    kafka_oauth_token_provider: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+    )
+    """OAUTHBEARER: ``package.module:factory``, called with the settings, returning an
+    ``aiokafka.abc.AbstractTokenProvider``; replaces the OIDC client-credentials provider."""
+    kafka_request_timeout_ms: int = Field(default=40_000, ge=1_000)
+    """Request timeout of clients that do not set their own."""
     home: Path = DEFAULT_HOME
     """Cache for the broker's jars, its data and logs (never inside the repository)."""
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
 
     partitions: int = Field(default=4, ge=1)
     """Partitions of every topic weir creates; fan-out is bounded by it."""
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
+    """Replicas of every topic weir creates; unset: 3, or as many brokers as the cluster has
+    when fewer (1 on the local broker)."""
+    min_insync_replicas: int | None = Field(default=None, ge=1)
+    """``min.insync.replicas`` of every topic weir creates; unset: the replication factor
+    minus one (2 of 3), at least 1.  With ``acks=all`` (every weir producer) a write then
+    survives the loss of one broker and is refused, not silently under-replicated, beyond."""
     event_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=60_000)
     """Retention of event topics (requests, steps, results, dead letters, traces)."""
 
@@ -208,6 +266,13 @@ class WeirSettings(BaseSettings):
     """Region of AWS Secrets Manager for ``aws-sm:`` references (else boto3's default)."""
     aws_endpoint_url: SecretUrl | None = None
     """A Secrets Manager endpoint other than AWS's own (a VPC endpoint, a local emulator)."""
+    schema_registry_url: SecretUrl | None = None
+    """A Confluent-compatible schema registry (Confluent, Apicurio's ``/apis/ccompat/v7``,
+    Redpanda, Karapace).  Set: weir registers its schemas under ``<topic>-value``, decodes Avro
+    requests written with any registered schema id and frames Avro results with its ids."""
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    """A secret reference to the registry password (basic auth; an API secret on Confluent)."""
     routes_wait_s: float = Field(default=5.0, ge=0)
     """How long a router's first call waits for the rule sets on the routes topic."""
 
@@ -243,9 +308,15 @@ class WeirSettings(BaseSettings):
                 ) from exc
         return value
 
-    @field_validator("web_token")
+    @field_validator(
+        "web_token",
+        "kafka_sasl_password",
+        "kafka_ssl_key_password",
+        "kafka_oauth_client_secret",
+        "schema_registry_password",
+    )
     @classmethod
-    def _token_is_a_reference(cls, value: SecretStr | None) -> SecretStr | None:
+    def _secret_is_a_reference(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
         from weir.core.errors import SecretError
@@ -256,6 +327,48 @@ class WeirSettings(BaseSettings):
         except SecretError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> WeirSettings:
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        sasl = protocol.startswith("SASL_")
+        if sasl and mechanism is None:
+            raise ValueError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism (PLAIN,"
+                " SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)"
+            )
+        if mechanism is not None and not sasl:
+            raise ValueError(
+                f"kafka_sasl_mechanism {mechanism} needs kafka_security_protocol SASL_SSL"
+                " (or SASL_PLAINTEXT on a trusted network)"
+            )
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and (
+            not self.kafka_sasl_username or self.kafka_sasl_password is None
+        ):
+            raise ValueError(
+                f"SASL {mechanism} needs kafka_sasl_username and kafka_sasl_password"
+                " (a secret reference such as env:KAFKA_PASSWORD)"
+            )
+        if mechanism == "OAUTHBEARER" and not (
+            self.kafka_oauth_token_provider
+            or (self.kafka_oauth_token_url and self.kafka_oauth_client_id)
+        ):
+            raise ValueError(
+                "SASL OAUTHBEARER needs kafka_oauth_token_url and kafka_oauth_client_id (with"
+                " kafka_oauth_client_secret), or kafka_oauth_token_provider"
+            )
+        if (
+            self.replication_factor is not None
+            and self.min_insync_replicas is not None
+            and self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} is above replication_factor"
+                f" {self.replication_factor}: no write could ever succeed"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mutual TLS)")
+        return self
 
     @property
     def trace_store_dsn(self) -> SecretUrl:

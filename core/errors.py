@@ -17,6 +17,7 @@ says whether trying the same input again can succeed.
     ├── MessageError                (bad input: never retried)
     │   ├── UndecodableError        undecodable
     │   ├── SchemaInvalidError      schema_invalid
+    │   ├── SchemaRegistryError     schema_registry_unavailable (dead-lettered, replayable)
     │   └── PayloadTooLargeError    payload_too_large
     ├── StepError                   step_error
     │   ├── StepTimeoutError        step_timeout
@@ -78,6 +79,7 @@ __all__ = [
     "ResultTimeoutError",
     "RoutingError",
     "SchemaInvalidError",
+    "SchemaRegistryError",
     "SecretError",
     "SecretStoreError",
     "StepError",
@@ -167,6 +169,13 @@ class ResultTimeoutError(WeirError, TimeoutError):
 
 class MessageError(WeirError):
     """A message cannot be processed as it is; retrying it cannot help."""
+
+
+class SchemaRegistryError(MessageError):
+    """The schema registry could not be reached or refused a request; the message is
+    dead-lettered with its bytes and can be replayed once the registry answers."""
+
+    error_type = "schema_registry_unavailable"
 
 
 class UndecodableError(MessageError):

@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.processors._spend_sketch import SpendSketch
 from weir.schemas.messages import now_ms
 from weir.streams._bounded import RecentSet
@@ -145,14 +146,12 @@ class CostLedger:
         async with TopicAdmin(settings) as admin:
             await admin.ensure([s for s in global_topic_specs(settings) if s.name == COSTS_TOPIC])
             count = (await admin.partitions([COSTS_TOPIC]))[COSTS_TOPIC]
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+        producer = KafkaConnection.of(settings).producer(
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
         )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+        consumer = KafkaConnection.of(settings).consumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )

@@ -34,11 +34,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import RoutingError
+from weir.core.kafka import KafkaConnection
 from weir.processors.router_status import StatusReporter
 from weir.processors.routes_topic import ensure_topics, is_announcement, publish, read_all
 from weir.processors.rules import RuleFollower, RuleSet
@@ -237,8 +238,7 @@ class RouteWatcher:
     async def _follow(self) -> None:
         """Connect and read the topic until an error (or cancellation) stops it."""
         await ensure_topics(self._settings)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC, global_topic_specs
@@ -53,8 +54,7 @@ async def read_all(
 
     Rule sets only, or with ``announcements`` the workers' router announcements only.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConnection.of(settings).consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
@@ -83,9 +83,7 @@ async def publish(
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     """Write ``records`` to the routes topic (and, with ``history``, to its history first)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = KafkaConnection.of(settings).producer(acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for key, value in records:

@@ -3,7 +3,9 @@
 Framing: byte 0 is the magic ``0``, bytes 1-4 the schema id (big-endian int32),
 then the Avro binary body.  Without a schema registry, a schema's id is the low
 31 bits of its CRC-64-AVRO (Rabin) fingerprint over the parsing canonical form,
-so a client in any language can compute it from the ``.avsc`` file alone.
+so a client in any language can compute it from the ``.avsc`` file alone.  With
+one (``weir.schemas.registry``), ids are the registry's, and a record written
+with another (compatible) schema is decoded by Avro schema resolution.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class AvroSchema:
         """The Confluent framing of this schema: magic byte and schema id."""
         return self._header
 
-    def encode(self, record: dict[str, Any]) -> bytes:
-        """Avro body framed with the magic byte and this schema's id."""
+    def encode(self, record: dict[str, Any], *, schema_id: int | None = None) -> bytes:
+        """Avro body framed with the magic byte and this schema's id (or ``schema_id``,
+        its id in a schema registry)."""
         buf = io.BytesIO()
-        buf.write(self._header)
+        buf.write(self._header if schema_id is None else _HEADER.pack(MAGIC_BYTE, schema_id))
         try:
             fastavro.schemaless_writer(buf, self.parsed, record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -58,17 +61,25 @@ class AvroSchema:
         """True when ``raw`` carries this schema's Confluent header."""
         return raw[:5] == self._header
 
-    def decode(self, raw: bytes) -> dict[str, Any]:
-        """Decode a framed Avro message written with this schema."""
+    def decode(self, raw: bytes, *, writer: Any = None) -> dict[str, Any]:
+        """Decode a framed Avro message written with this schema, or with ``writer`` (a
+        parsed schema from a registry: the record is resolved into this one)."""
         if len(raw) < 5 or raw[0] != MAGIC_BYTE:
             raise UndecodableError(f"not an Avro {self.name}: missing the Confluent magic byte")
         (_, schema_id) = _HEADER.unpack_from(raw)
-        if schema_id != self.schema_id:
+        if writer is None and schema_id != self.schema_id:
             raise UndecodableError(
-                f"Avro schema id {schema_id} is not {self.name} (expected id {self.schema_id})"
+                f"Avro schema id {schema_id} is not {self.name} (expected id {self.schema_id};"
+                " records framed with a schema registry's ids need WEIR_SCHEMA_REGISTRY_URL)"
             )
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(raw[5:]), self.parsed, None)
+            record = fastavro.schemaless_reader(
+                io.BytesIO(raw[5:]), writer if writer is not None else self.parsed, self.parsed
+            )
+        except fastavro.read.SchemaResolutionError as exc:
+            raise UndecodableError(
+                f"Avro schema id {schema_id} cannot be read as {self.name}: {exc}"
+            ) from exc
         except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
             raise UndecodableError(f"truncated or corrupt Avro {self.name}: {exc}") from exc
         if not isinstance(record, dict):

@@ -83,23 +83,31 @@ class Request(BaseModel):
     options: dict[str, str] = Field(default_factory=dict)
     traceparent: str | None = None
 
-    def to_avro(self) -> bytes:
+    def to_avro(self, *, schema_id: int | None = None) -> bytes:
+        """The Avro form, framed with ``schema_id`` (a registry's id) or the fingerprint id."""
         record = self.model_dump()
         record["payload"] = json.dumps(self.payload, separators=(",", ":"))
-        return REQUEST_SCHEMA.encode(record)
+        return REQUEST_SCHEMA.encode(record, schema_id=schema_id)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
     @classmethod
     def from_wire(
-        cls, raw: bytes | None, *, pipeline: str, key: bytes | None, max_bytes: int
+        cls,
+        raw: bytes | None,
+        *,
+        pipeline: str,
+        key: bytes | None,
+        max_bytes: int,
+        writer: Any = None,
     ) -> Request:
         """Decode a requests-topic message in either format, or raise a ``MessageError``.
 
         JSON requests may omit ``pipeline`` (the topic names it) and ``request_id``
         (the message key, else a new id, is used); ``payload`` may be an object or
-        a JSON string, as in the Avro form.
+        a JSON string, as in the Avro form.  ``writer``: the schema an Avro request was
+        written with, from a schema registry (``SchemaRegistry.writer``).
         """
         if raw is None or len(raw) == 0:
             raise UndecodableError("empty message: a request needs a JSON or Avro body")
@@ -108,7 +116,7 @@ class Request(BaseModel):
                 f"request is {len(raw)} bytes; the limit (max_payload_bytes) is {max_bytes}"
             )
         if raw[0] == MAGIC_BYTE:
-            record: dict[str, Any] = REQUEST_SCHEMA.decode(raw)
+            record: dict[str, Any] = REQUEST_SCHEMA.decode(raw, writer=writer)
         elif raw.lstrip()[:1] == b"{":
             record = _json_object(raw, "request")
         else:
@@ -323,11 +331,13 @@ class Result(BaseModel):
         body["schema_version"] = RESULT_JSON_VERSION
         return body
 
-    def to_wire(self, fmt: Literal["json", "avro"]) -> bytes:
+    def to_wire(self, fmt: Literal["json", "avro"], *, schema_id: int | None = None) -> bytes:
+        """The result as written to the results topic; Avro framed with ``schema_id`` (its
+        schema registry id) when given, else the schema's fingerprint id."""
         if fmt == "avro":
             record = self.model_dump()
             record["cost_usd"] = str(self.cost_usd)
-            return RESULT_SCHEMA.encode(record)
+            return RESULT_SCHEMA.encode(record, schema_id=schema_id)
         # The answer stage writes one per request: pydantic-core's parser and writer, not the
         # json module's (half the time; the same bytes as to_json's in compact form).
         body = self.model_dump()

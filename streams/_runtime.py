@@ -12,6 +12,7 @@ from aiokafka.structs import ConsumerRecord
 
 from weir.core.config import WeirSettings
 from weir.schemas.messages import Envelope, ModelCall, TraceEvent
+from weir.schemas.registry import SchemaRegistry
 from weir.streams.dead_letter import DeadLetters
 from weir.streams.outbox import Outbox, OutMessage
 from weir.streams.pipeline import Pipeline
@@ -77,6 +78,10 @@ class Runtime:
     """Unprocessed messages on this worker's partitions of a step's input topic."""
     rank: dict[str, int] = field(default_factory=dict)
     services: WorkerServices | None = None
+    registry: SchemaRegistry | None = None
+    """The schema registry requests' writer schemas are looked up in (when configured)."""
+    result_schema_id: int | None = None
+    """The result schema's registry id, which Avro results are framed with (when registered)."""
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.pipeline.order)}

@@ -35,6 +35,7 @@ from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import ConsumerRecord
 
 from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
 from weir.streams._runtime import Record, Runtime, merge_calls
 from weir.streams.join import JoinTable, eviction_messages
@@ -119,13 +120,13 @@ class AnswerStage:
         window = self._rt.settings.answer_dedup_window_s
         now = time.time()
         remembered = await self._answered.restore(
-            self._rt.settings.bootstrap_servers, partitions, keep=lambda a: now - a.at < window
+            KafkaConnection.of(self._rt.settings), partitions, keep=lambda a: now - a.at < window
         )
         for p in partitions:
             self._writers[p].known_until = self._answered.ends.get(p, 0)
         waiting = 0
         if self.join is not None:
-            waiting = await self.join.restore(self._rt.settings.bootstrap_servers, partitions)
+            waiting = await self.join.restore(KafkaConnection.of(self._rt.settings), partitions)
         self._report_evictions()
         log.info(
             "answer stage took partitions %s (%d answered ids remembered, %d joins waiting)",
@@ -286,7 +287,7 @@ class AnswerStage:
         writer = self._writers.get(p)
         if writer is None:
             raise Abandoned(f"answers partition {p} is not owned")
-        wire = result.to_wire(rt.settings.results_format)
+        wire = result.to_wire(rt.settings.results_format, schema_id=rt.result_schema_id)
         if len(wire) > MAX_MESSAGE_BYTES:
             result = result.model_copy(
                 update={
@@ -298,7 +299,7 @@ class AnswerStage:
                     f" {MAX_MESSAGE_BYTES}",
                 }
             )
-            wire = result.to_wire(rt.settings.results_format)
+            wire = result.to_wire(rt.settings.results_format, schema_id=rt.result_schema_id)
         # Claimed before the write, so a concurrent duplicate is dropped right away.
         claim = _Answered("S" if result.status == "SUCCESS" else "F", result.replay, time.time())
         self._answered.put(p, result.request_id, claim)
@@ -377,8 +378,7 @@ class _Writer:
         self._task = asyncio.create_task(self._loop(), name=f"weir-answers-{self.partition}")
 
     async def _connect(self) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._rt.settings.bootstrap_servers,
+        producer = KafkaConnection.of(self._rt.settings).producer(
             client_id=f"weir-{self._rt.settings.worker_id}-answers-{self.partition}",
             transactional_id=self._tid,
             enable_idempotence=True,
@@ -526,8 +526,8 @@ class _Writer:
         """Drop from ``batch`` the answers a transaction whose outcome we missed committed."""
         tp = TopicPartition(self._rt.topics.answered_changelog, self.partition)
         consumer = await started_consumer(
+            KafkaConnection.of(self._rt.settings),
             what="reading the answered changelog",
-            bootstrap_servers=self._rt.settings.bootstrap_servers,
             enable_auto_commit=False,
             isolation_level="read_committed",
         )

@@ -9,18 +9,19 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import (
-    BrokerError,
     ConfigError,
     ResultTimeoutError,
     UnknownPipelineError,
     WeirError,
 )
-from weir.schemas.messages import Request, Result
+from weir.core.kafka import KafkaConnection
+from weir.schemas.messages import REQUEST_SCHEMA, Request, Result
+from weir.schemas.registry import SchemaRegistry
 from weir.streams.tokens import TokenStream
 from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
@@ -43,6 +44,8 @@ class WeirClient:
         self._checked: set[str] = set()
         self._marks: dict[str, dict[int, int]] = {}
         """Results-topic end offsets per pipeline, taken before this client first submitted."""
+        self._schema_ids: dict[str, int] = {}
+        """The request schema's registry id per requests topic (with a schema registry)."""
 
     async def __aenter__(self) -> WeirClient:
         await self.start()
@@ -54,20 +57,15 @@ class WeirClient:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-        )
+        kafka = KafkaConnection.of(self.settings)
+        producer = kafka.producer(acks="all", enable_idempotence=True, linger_ms=5)
         try:
             await producer.start()
-        except KafkaConnectionError as exc:
+        except BaseException as exc:
             await producer.stop()
-            raise BrokerError(
-                f"cannot reach Kafka at {self.settings.bootstrap_servers}: start the local broker"
-                " with 'weir broker start' or set WEIR_KAFKA_BOOTSTRAP"
-            ) from exc
+            if isinstance(exc, KafkaConnectionError):
+                raise await kafka.unavailable(exc) from exc
+            raise
         self._producer = producer
 
     async def stop(self) -> None:
@@ -94,7 +92,7 @@ class WeirClient:
         topic = PipelineTopics(pipeline).results
         async with TopicAdmin(self.settings) as admin:
             count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers)
+        consumer = KafkaConnection.of(self.settings).consumer()
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(count)]
@@ -147,6 +145,7 @@ class WeirClient:
         if self._producer is None:
             raise WeirError("WeirClient is not started")
         topic = await self._requests_topic(pipeline)
+        schema_id = await self._request_schema_id(topic) if fmt == "avro" else None
         ids: list[str] = []
         futures = []
         for n, payload in enumerate(payloads):
@@ -157,7 +156,7 @@ class WeirClient:
                 payload=dict(payload),
                 options=dict(options or {}),
             )
-            raw = request.to_avro() if fmt == "avro" else request.to_json()
+            raw = request.to_avro(schema_id=schema_id) if fmt == "avro" else request.to_json()
             fut = await self._producer.send(topic, value=raw, key=rid.encode())
             if on_sent is not None:
                 fut.add_done_callback(lambda _: on_sent(1))
@@ -165,6 +164,15 @@ class WeirClient:
             ids.append(rid)
         await asyncio.gather(*futures)
         return ids
+
+    async def _request_schema_id(self, topic: str) -> int | None:
+        """The registry id Avro requests to ``topic`` are framed with (``None``: no registry)."""
+        if self.settings.schema_registry_url is None:
+            return None
+        if topic not in self._schema_ids:
+            async with SchemaRegistry.of(self.settings) as registry:
+                self._schema_ids[topic] = await registry.register(f"{topic}-value", REQUEST_SCHEMA)
+        return self._schema_ids[topic]
 
     async def send_raw(self, pipeline: str, value: bytes | None, key: bytes | None = None) -> None:
         """Put arbitrary bytes on the requests topic (for tools and tests of bad input)."""
@@ -190,8 +198,7 @@ class WeirClient:
         results (until ``idle_timeout`` seconds pass with none).
         """
         topic = PipelineTopics(pipeline).results
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self.settings).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",

@@ -88,6 +88,7 @@ class Ingress:
                 pipeline=rt.pipeline.name,
                 key=record.key,
                 max_bytes=rt.settings.max_payload_bytes,
+                writer=None if rt.registry is None else await rt.registry.writer(record.value),
             )
             self._check_fields(request)
         except MessageError as exc:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from weir.core.errors import JoinEvictedError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Envelope, now_us
 from weir.streams.outbox import OutMessage
 from weir.streams.table import ChangelogTable
@@ -170,7 +171,7 @@ class JoinTable:
         self._waiting = {k: None for k in self._waiting if k[0] not in gone}
         self._evicted = [e for e in self._evicted if e.partition not in gone]
 
-    async def restore(self, bootstrap: str, partitions: Iterable[int]) -> int:
+    async def restore(self, kafka: KafkaConnection, partitions: Iterable[int]) -> int:
         """Rebuild ``partitions`` from the changelog; return how many joins are waiting."""
         partitions = list(partitions)
         now = time.time()
@@ -179,7 +180,7 @@ class JoinTable:
             ttl = self._done_ttl if entry.inputs is None else self._waiting_ttl
             return now - entry.since < ttl
 
-        await self._table.restore(bootstrap, partitions, keep=keep)
+        await self._table.restore(kafka, partitions, keep=keep)
         self._waiting = {k: None for k in self._waiting if k[0] not in set(partitions)}
         restored = sorted(
             (entry.since, p, rid)

@@ -21,10 +21,11 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.errors import ConfigError, MessageError, WeirError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import DeadLetter, Envelope, now_ms, now_us
 from weir.streams._runtime import Record
 from weir.streams.ingress import REPLAY_HEADER
@@ -253,8 +254,7 @@ class DeadLetterQueue:
         """``topic``'s records partition by partition, from where the filters say."""
         async with TopicAdmin(self._settings) as admin:
             count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
@@ -340,8 +340,7 @@ class DeadLetterQueue:
             return report
         if not plan:
             return report
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        producer = KafkaConnection.of(self._settings).producer(
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -369,8 +368,7 @@ class DeadLetterQueue:
         """The record a bounded dead letter points at, read back from its source topic."""
         where = f"{letter.source_topic} partition {letter.source_partition}"
         tp = TopicPartition(letter.source_topic, letter.source_partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
         )

@@ -7,6 +7,7 @@ from typing import Generic, TypeVar
 
 from aiokafka import TopicPartition
 
+from weir.core.kafka import KafkaConnection
 from weir.topics._aiokafka import read_until, retrying, rewind, started_consumer, stop_consumer
 
 __all__ = ["ChangelogTable"]
@@ -93,7 +94,11 @@ class ChangelogTable(Generic[V]):
             self._parts.pop(p, None)
 
     async def restore(
-        self, bootstrap: str, partitions: Iterable[int], *, keep: Callable[[V], bool] | None = None
+        self,
+        kafka: KafkaConnection,
+        partitions: Iterable[int],
+        *,
+        keep: Callable[[V], bool] | None = None,
     ) -> int:
         """Rebuild ``partitions`` from the changelog; return how many entries they hold.
 
@@ -104,8 +109,8 @@ class ChangelogTable(Generic[V]):
             return 0
         tps = [TopicPartition(self.changelog, p) for p in partitions]
         consumer = await started_consumer(
+            kafka,
             what=f"connecting to restore {self.changelog}",
-            bootstrap_servers=bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",

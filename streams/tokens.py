@@ -47,6 +47,7 @@ from aiokafka.partitioner import murmur2
 
 from weir.core.config import WeirSettings
 from weir.core.errors import StepError, StreamAbortedError, UnknownPipelineError, WeirError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Result, now_ms
 from weir.streams.context import AttemptScope
 from weir.topics._aiokafka import stop_consumer
@@ -293,8 +294,7 @@ class TokenStream:
                 f"pipeline {self._pipeline!r} has no stream topic ({self._topic}): start a worker"
             )
         tp = TopicPartition(self._topic, partition_of(self._key, count))
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             enable_auto_commit=False,
             auto_offset_reset="latest",
         )
@@ -325,8 +325,7 @@ class TokenStream:
         topic = PipelineTopics(self._pipeline).results
         async with TopicAdmin(self._settings) as admin:
             count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="latest",

@@ -39,7 +39,9 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import WeirError
-from weir.schemas.messages import now_ms, now_us
+from weir.core.kafka import KafkaConnection
+from weir.schemas.messages import REQUEST_SCHEMA, RESULT_SCHEMA, now_ms, now_us
+from weir.schemas.registry import SchemaRegistry
 from weir.streams._gc import tune_gc
 from weir.streams._runtime import Record, Runtime, WorkerStats, guess_request_id
 from weir.streams._trace_batch import pack_traces
@@ -214,8 +216,9 @@ class Worker:
             await self.services.start()
         async with TopicAdmin(self.settings) as admin:
             await admin.ensure(topic_specs(self.pipeline, self.settings))
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        if self.settings.schema_registry_url is not None:
+            await self._register_schemas()
+        self._producer = KafkaConnection.of(self.settings).producer(
             client_id=f"weir-{self.settings.worker_id}",
             acks="all",
             enable_idempotence=True,
@@ -230,8 +233,7 @@ class Worker:
             # A final step's output is answered here when this worker owns its answers
             # partition: no answers-topic hop that only moves data.
             self._runtime.outbox.shortcut(self.topics.answers, self._answer_here)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        self._consumer = KafkaConnection.of(self.settings).consumer(
             group_id=self.topics.consumer_group,
             client_id=f"weir-{self.settings.worker_id}",
             enable_auto_commit=False,
@@ -326,6 +328,18 @@ class Worker:
         """Ask the worker to stop (safe from a signal handler)."""
         self._stopping.set()
 
+    async def _register_schemas(self) -> None:
+        """Register the request and result schemas under their topics' subjects."""
+        registry = SchemaRegistry.of(self.settings)
+        try:
+            await registry.register(f"{self.topics.requests}-value", REQUEST_SCHEMA)
+            result_id = await registry.register(f"{self.topics.results}-value", RESULT_SCHEMA)
+        except BaseException:
+            await registry.aclose()
+            raise
+        self._runtime.registry = registry
+        self._runtime.result_schema_id = result_id
+
     async def stop(self) -> None:
         """Stop fetching, let in-flight work finish (bounded), commit it, leave the group.
 
@@ -352,6 +366,8 @@ class Worker:
         self.tracing.shutdown()
         if self.services is not None:
             await self.services.stop()
+        if self._runtime.registry is not None:
+            await self._runtime.registry.aclose()
         self._stopped.set()
         s = self.stats
         log.info(
@@ -782,7 +798,7 @@ class Worker:
             if stage == ANSWER and self.answers is not None:
                 await self.answers.assigned(partitions)
             elif (runner := self.runners.get(stage)) is not None and runner.join is not None:
-                waiting = await runner.join.restore(self.settings.bootstrap_servers, partitions)
+                waiting = await runner.join.restore(KafkaConnection.of(self.settings), partitions)
                 if waiting:
                     log.info("restored %d waiting joins of step %s", waiting, stage)
         self._assigned |= assigned

@@ -6,10 +6,11 @@ import asyncio
 import collections
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Result
 from weir.topics._aiokafka import rewind, stop_consumer
 
@@ -23,8 +24,7 @@ async def read_topic(
     timeout: float = 120.0,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from the beginning, until ``until`` records or ``idle_s`` quiet."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConnection.of(settings).consumer(
         isolation_level="read_committed",
         auto_offset_reset="earliest",
     )

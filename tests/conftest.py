@@ -64,5 +64,27 @@ def worker_env(settings: WeirSettings, **extra: str) -> dict[str, str]:
         WEIR_WEB_PORT=str(settings.web_port),
         PYTHONUNBUFFERED="1",
     )
+    env.update(_security_env(settings))
     env.update(extra)
+    return env
+
+
+def _security_env(settings: WeirSettings) -> dict[str, str]:
+    """The TLS/SASL settings of ``settings`` as ``WEIR_KAFKA_*`` (secrets stay references)."""
+    env: dict[str, str] = {}
+    for name in (
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_cafile",
+        "kafka_oauth_token_url",
+        "kafka_oauth_client_id",
+        "kafka_oauth_client_secret",
+    ):
+        value = getattr(settings, name)
+        if value is None or value == "PLAINTEXT":
+            continue
+        text = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+        env[f"WEIR_{name.upper()}"] = text
     return env

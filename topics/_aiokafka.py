@@ -14,6 +14,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
 
+from weir.core.kafka import KafkaConnection
+
 __all__ = [
     "KeyPartitioner",
     "place",
@@ -63,14 +65,16 @@ async def retrying(op: Callable[[], Awaitable[T]], *, what: str, timeout: float 
             backoff = min(1.0, backoff * 2)
 
 
-async def started_consumer(*, what: str, **config: Any) -> AIOKafkaConsumer:
+async def started_consumer(
+    kafka: KafkaConnection, *, what: str, **options: Any
+) -> AIOKafkaConsumer:
     """A started consumer; connection failures (a restarting broker) are retried.
 
     A consumer whose ``start()`` failed is not started again; a new one is made.
     """
 
     async def start() -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(**config)
+        consumer = kafka.consumer(**options)
         try:
             await consumer.start()
         except BaseException:

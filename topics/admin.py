@@ -5,17 +5,39 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
 from weir.core.config import WeirSettings
 from weir.core.errors import BrokerError, ConfigError
+from weir.core.kafka import KafkaConnection
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.names import TopicSpec
 
-__all__ = ["TopicAdmin"]
+__all__ = ["TopicAdmin", "TopicPlan"]
+
+_DEFAULT_REPLICATION = 3
+"""Replicas when none is configured: one broker may fail, and one more be restarted."""
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """A topic as ``TopicAdmin.ensure`` would create it, replication resolved."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str]
+    exists: bool
 
 
 class TopicAdmin:
@@ -35,17 +57,15 @@ class TopicAdmin:
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = AIOKafkaAdminClient(
-            bootstrap_servers=self._settings.bootstrap_servers, request_timeout_ms=15000
-        )
+        kafka = KafkaConnection.of(self._settings)
+        client = kafka.admin(request_timeout_ms=15000)
         try:
             await client.start()
-        except KafkaConnectionError as exc:
+        except BaseException as exc:
             await client.close()
-            raise BrokerError(
-                f"cannot reach Kafka at {self._settings.bootstrap_servers}: {exc}. Start the"
-                " local broker with 'weir broker start' or set WEIR_KAFKA_BOOTSTRAP"
-            ) from exc
+            if isinstance(exc, KafkaConnectionError):
+                raise await kafka.unavailable(exc) from exc
+            raise
         self._client = client
 
     async def stop(self) -> None:
@@ -76,6 +96,39 @@ class TopicAdmin:
         names = [t for t in await self._admin.list_topics() if not t.startswith("__")]
         return await self.partitions(sorted(names)) if names else {}
 
+    async def plan(self, specs: Iterable[TopicSpec]) -> builtins.list[TopicPlan]:
+        """What ``ensure`` would do: each topic with its replication and ``min.insync.replicas``
+        resolved against the cluster's size, and whether it exists already.
+
+        Raises ``ConfigError`` when the replication asked for needs more brokers than the
+        cluster has, or ``min_insync_replicas`` exceeds it.
+        """
+        cluster = await self._admin.describe_cluster()
+        brokers = max(1, len(cluster.get("brokers", [])))
+        existing = set(await self._admin.list_topics())
+        wanted_isr = self._settings.min_insync_replicas
+        out = []
+        for s in specs:
+            exists = s.name in existing
+            rf = s.replication_factor or min(_DEFAULT_REPLICATION, brokers)
+            # Only topics to be created are checked: a broker down while the topics exist
+            # must not stop a worker from starting.
+            if rf > brokers and not exists:
+                raise ConfigError(
+                    f"replication_factor {rf} needs {rf} brokers but the cluster at"
+                    f" {self._settings.bootstrap_servers} has {brokers}; lower"
+                    " WEIR_REPLICATION_FACTOR (or unset it: 3, or fewer on a smaller cluster)"
+                )
+            isr = wanted_isr if wanted_isr is not None else max(1, rf - 1)
+            if isr > rf and not exists:
+                raise ConfigError(
+                    f"min_insync_replicas {isr} is above the replication factor {rf} of"
+                    f" {s.name}: no write could succeed; lower WEIR_MIN_INSYNC_REPLICAS"
+                )
+            config = {"min.insync.replicas": str(isr), **s.config}
+            out.append(TopicPlan(s.name, s.partitions, rf, config, exists))
+        return out
+
     async def ensure(self, specs: Iterable[TopicSpec]) -> builtins.list[str]:
         """Create the missing topics; return their names.
 
@@ -83,7 +136,8 @@ class TopicAdmin:
         count, because keys would then map to other partitions than weir expects.
         """
         specs = list(specs)
-        existing = set(await self._admin.list_topics())
+        plans = {p.name: p for p in await self.plan(specs)}
+        existing = {name for name, p in plans.items() if p.exists}
         if present := [s for s in specs if s.name in existing]:
             counts = await self.partitions(s.name for s in present)
             for s in present:
@@ -97,8 +151,8 @@ class TopicAdmin:
         if not missing:
             return []
         new = [
-            NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
-            for s in missing
+            NewTopic(p.name, p.partitions, p.replication_factor, topic_configs=p.config)
+            for p in (plans[s.name] for s in missing)
         ]
         try:
             response = await self._admin.create_topics(new, timeout_ms=30000)
@@ -106,9 +160,15 @@ class TopicAdmin:
             return []  # another worker created them concurrently
         except KafkaError as exc:
             raise BrokerError(f"could not create topics: {exc}") from exc
-        for name, code, message in _errors(response):
-            if code not in (0, TopicAlreadyExistsError.errno):
-                raise BrokerError(f"could not create topic {name}: error {code} {message or ''}")
+        errors = [(n, c, m) for n, c, m in _errors(response) if c not in _CREATED]
+        if denied := [n for n, c, _ in errors if c in _NOT_AUTHORIZED]:
+            raise BrokerError(
+                f"the cluster does not allow {self._settings.kafka_sasl_username or 'this client'}"
+                " to create topics (ACLs). Grant CREATE on them, or have an operator create:\n"
+                + "\n".join(_describe(plans[n]) for n in denied if n in plans)
+            )
+        for name, code, message in errors:
+            raise BrokerError(f"could not create topic {name}: error {code} {message or ''}")
         await self._wait_for_leaders([s.name for s in missing])
         return [s.name for s in missing]
 
@@ -125,9 +185,7 @@ class TopicAdmin:
                 await asyncio.sleep(0.1)
                 counts = await self.partitions(names)
         tps = [TopicPartition(n, p) for n, c in counts.items() for p in range(c)]
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers, request_timeout_ms=5000
-        )
+        probe = KafkaConnection.of(self._settings).consumer(request_timeout_ms=5000)
         await probe.start()
         try:
             async with asyncio.timeout(timeout):
@@ -151,3 +209,16 @@ def _errors(response: object) -> list[tuple[str, int, str | None]]:
         name, code, *rest = item
         out.append((name, code, rest[0] if rest else None))
     return out
+
+
+_CREATED = (0, TopicAlreadyExistsError.errno)
+_NOT_AUTHORIZED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
+
+
+def _describe(plan: TopicPlan) -> str:
+    """One topic as an operator would create it (``kafka-topics.sh`` flags)."""
+    configs = " ".join(f"--config {k}={v}" for k, v in sorted(plan.config.items()))
+    return (
+        f"  {plan.name} --partitions {plan.partitions}"
+        f" --replication-factor {plan.replication_factor} {configs}"
+    )

@@ -29,21 +29,27 @@ import resource
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+from pydantic import SecretStr
 
 from weir.core.config import WeirSettings
 from weir.core.errors import BrokerError
+from weir.core.kafka import KafkaConnection
+from weir.topics._broker_security import CLIENT_USER, BrokerSecurity
 
-__all__ = ["BrokerStatus", "LocalBroker", "free_port_pair"]
+__all__ = ["BrokerStatus", "LocalBroker", "free_port_pair", "new_cluster_id"]
 
 _HOST = "127.0.0.1"
-_NODE_ID = 1
 _POM_TEMPLATE = Path(__file__).with_name("kafka-broker.pom.xml")
 _LOG_CONFIG = Path(__file__).with_name("log4j2-broker.properties")
 _FETCH_TIMEOUT_S = 900.0
@@ -52,6 +58,8 @@ _LOG_TAIL_LINES = 30
 _POLL_S = 0.2
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _JAVA_WHY = "Kafka needs a Java 17+ runtime (e.g. openjdk-17-jre-headless)"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,23 @@ class BrokerStatus:
 class LocalBroker:
     """Fetch, format, start, stop and report one local Kafka broker."""
 
-    def __init__(self, settings: WeirSettings, *, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: WeirSettings,
+        *,
+        state_dir: Path | None = None,
+        node_id: int = 1,
+        voters: Mapping[int, int] | None = None,
+        cluster_id: str | None = None,
+    ) -> None:
+        """``node_id``, ``voters`` (node id -> client port of every node; the controller
+        listens on port + 1) and ``cluster_id`` make this one node of a multi-node cluster
+        of such brokers; by default it is a cluster of its own."""
         self.version = settings.broker.kafka_version
         self.port = settings.broker.port
+        self.node_id = node_id
+        self.voters = dict(voters) if voters else {node_id: self.port}
+        self._cluster_id = cluster_id
         self.controller_port = self.port + 1
         self.heap = settings.broker.heap
         self.start_timeout_s = settings.broker.start_timeout_s
@@ -88,6 +110,9 @@ class LocalBroker:
         self.properties_file = self.state_dir / "server.properties"
         self.pid_file = self.state_dir / "broker.pid"
         self.cluster_id_file = self.state_dir / "cluster.id"
+        self.security = (
+            BrokerSecurity(self.state_dir / "secure") if settings.broker.secure else None
+        )
         # Only set in the process that spawned the broker; lets it reap the child and
         # report its exit code.
         self._proc: subprocess.Popen[bytes] | None = None
@@ -172,9 +197,13 @@ class LocalBroker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with _locked(self.state_dir / "broker.lock"):
             pid = self._live_pid()
-            if pid is None:
+            if pid is not None:
+                self._check_mode()
+            else:
                 self._check_ports_free()
                 libs = self.fetch()
+                if self.security is not None:
+                    self.security.ensure()
                 self._write_properties()
                 self._format(libs)
                 self._spawn(libs)
@@ -205,7 +234,7 @@ class LocalBroker:
                     f"{self._log_tail()}"
                 )
             remaining = deadline - time.monotonic()
-            if _probe_ready(self.port, timeout=max(0.1, min(2.0, remaining))):
+            if self._probe_ready(timeout=max(0.5, min(5.0, remaining))):
                 return self.status()
             if remaining <= 0:
                 self._terminate(pid, timeout=10.0)
@@ -260,7 +289,59 @@ class LocalBroker:
             log_file=self.log_file,
         )
 
+    def connection(self) -> KafkaConnection:
+        """How weir's own tools connect: the secured listener as the broker's admin user."""
+        if self.security is None:
+            return KafkaConnection(bootstrap=self.bootstrap, client_id="weir-broker")
+        return KafkaConnection(
+            bootstrap=self.bootstrap,
+            client_id="weir-broker",
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="admin",
+            sasl_password=SecretStr(self.security.admin_password),
+            ssl_context=create_ssl_context(cafile=self.security.ca_file),
+        )
+
+    def client_environment(self) -> dict[str, str]:
+        """The ``WEIR_KAFKA_*`` settings a client needs to connect (the password by reference)."""
+        env = {"WEIR_KAFKA_BOOTSTRAP": self.bootstrap}
+        if self.security is not None:
+            env |= {
+                "WEIR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "WEIR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "WEIR_KAFKA_SASL_USERNAME": CLIENT_USER,
+                "WEIR_KAFKA_SASL_PASSWORD": f"file:{self.security.client_password_file}",
+                "WEIR_KAFKA_SSL_CAFILE": str(self.security.ca_file),
+            }
+        return env
+
     # -- internals ---------------------------------------------------------------------
+
+    def _probe_ready(self, *, timeout: float) -> bool:
+        """Whether the broker answers Metadata and lists itself as a live broker.
+
+        A KRaft broker accepts connections before it has caught up with the metadata log and
+        been unfenced; until then Metadata lists no brokers and topic creation fails.
+        """
+        if not _port_accepts(self.port, timeout=min(timeout, 1.0)):
+            return False  # not even listening: spare the client's connection errors
+
+        async def brokers() -> list[dict[str, Any]]:
+            admin = self.connection().admin(request_timeout_ms=int(timeout * 1000))
+            try:
+                async with asyncio.timeout(timeout):
+                    await admin.start()
+                    cluster = await admin.describe_cluster()
+            finally:
+                await admin.close()
+            return list(cluster.get("brokers", []))
+
+        try:
+            listed = _run_coroutine(brokers())
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return any(b.get("node_id") == self.node_id and b.get("port") == self.port for b in listed)
 
     def _live_pid(self) -> int | None:
         """The pid from the pid file if that process is alive and is this broker."""
@@ -293,24 +374,28 @@ class LocalBroker:
                 )
 
     def _write_properties(self) -> None:
-        client = f"PLAINTEXT://{_HOST}:{self.port}"
+        listener = "PLAINTEXT" if self.security is None else "SASL_SSL"
+        client = f"{listener}://{_HOST}:{self.port}"
         controller = f"CONTROLLER://{_HOST}:{self.controller_port}"
+        quorum = ",".join(f"{n}@{_HOST}:{port + 1}" for n, port in sorted(self.voters.items()))
+        # Internal topics as replicated as the cluster allows (one broker: one copy).
+        replicas = min(3, len(self.voters))
+        min_isr = str(max(1, replicas - 1))
         props = {
             "process.roles": "broker,controller",
-            "node.id": str(_NODE_ID),
-            "controller.quorum.voters": f"{_NODE_ID}@{_HOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": quorum,
             "listeners": f"{client},{controller}",
             "advertised.listeners": client,
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
             "log.dirs": str(self.data_dir),
-            # One broker: every internal topic must fit on it.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "offsets.topic.replication.factor": str(replicas),
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": min_isr,
             # After a crash the restarted broker cannot register until the controller times out
             # the dead one's session; 4 s instead of 9 s keeps crash recovery quick.
             "broker.session.timeout.ms": "4000",
@@ -323,17 +408,39 @@ class LocalBroker:
             # Small segments keep a development disk small and retention effective.
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+        if self.security is not None:
+            props |= self.security.listener_properties(listener)
         body = "".join(f"{key}={value}\n" for key, value in props.items())
-        self.properties_file.write_text(
-            f"# Written by weir (topics/broker.py) on every start; edits are overwritten.\n{body}"
-        )
+        # Owner only: a secured broker's file holds its keystore and SCRAM passwords.
+        fd = os.open(self.properties_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                "# Written by weir (topics/broker.py) on every start; edits are overwritten.\n"
+                + body
+            )
+
+    @property
+    def _mode(self) -> str:
+        return "secure" if self.security is not None else "plaintext"
+
+    def _check_mode(self) -> None:
+        """Refuse to mix modes: SCRAM users are created when the storage is formatted, and a
+        running broker probed on the other listener would never look ready."""
+        formatted = (_read_text(self.state_dir / "listener") or "plaintext").strip()
+        if formatted != self._mode:
+            raise BrokerError(
+                f"the broker in {self.state_dir} serves a {formatted} listener, not"
+                f" {self._mode} (WEIR_BROKER_SECURE, --secure); use another state directory"
+                f" (WEIR_HOME), or stop it and delete {self.state_dir}"
+            )
 
     def _format(self, libs: Path) -> None:
         if (self.data_dir / "meta.properties").is_file():
+            self._check_mode()
             return
         cluster_id = _read_text(self.cluster_id_file)
         if not cluster_id:
-            cluster_id = _new_cluster_id()
+            cluster_id = self._cluster_id or new_cluster_id()
             self.cluster_id_file.write_text(cluster_id)
         cluster_id = cluster_id.strip()
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -348,6 +455,9 @@ class LocalBroker:
             "-c",
             str(self.properties_file),
         ]
+        if self.security is not None:
+            for user in self.security.scram_users():
+                cmd += ["--add-scram", user]
         try:
             done = subprocess.run(
                 cmd,
@@ -369,6 +479,7 @@ class LocalBroker:
                 f" (exit {done.returncode}); delete {self.state_dir} to start from scratch."
                 f" kafka.tools.StorageTool said:\n{_tail_text(done.stdout + done.stderr)}"
             )
+        (self.state_dir / "listener").write_text(self._mode)
 
     def _java_command(self, libs: Path, *, heap: str) -> list[str]:
         java = _require_tool("java", _JAVA_WHY)
@@ -498,7 +609,7 @@ def _tail_text(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _new_cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -556,75 +667,10 @@ def _port_accepts(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _probe_ready(port: int, *, timeout: float) -> bool:
-    """Whether the broker on ``port`` answers Metadata and lists itself as a live broker.
+def _run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a fresh event loop in a thread of its own.
 
-    A KRaft broker accepts connections before it has caught up with the metadata log and
-    been unfenced; until then Metadata lists no brokers and topic creation fails.
+    ``wait_ready`` blocks and may be called from a thread that runs a loop already.
     """
-    try:
-        brokers = _metadata_brokers(port, timeout=timeout)
-    except (OSError, ValueError, struct.error):
-        return False
-    return any(node == _NODE_ID and p == port for node, _, p in brokers)
-
-
-def _metadata_brokers(port: int, *, timeout: float) -> list[tuple[int, str, int]]:
-    """Send a Metadata v4 request for no topics; return the (node id, host, port) of brokers."""
-    correlation_id = 1
-    client_id = b"weir-broker-probe"
-    # Request header v1: api key 3 (Metadata), version 4, correlation id, client id.
-    header = struct.pack(">hhih", 3, 4, correlation_id, len(client_id)) + client_id
-    # Body v4: an empty topic array (no topics, not "all"), allow_auto_topic_creation=false.
-    request = header + struct.pack(">ib", 0, 0)
-    with socket.create_connection((_HOST, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(struct.pack(">i", len(request)) + request)
-        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-        response = _recv_exact(sock, size)
-    reader = _Reader(response)
-    if reader.int32() != correlation_id:
-        raise ValueError("Metadata response has the wrong correlation id")
-    reader.int32()  # throttle_time_ms
-    brokers = []
-    for _ in range(reader.int32()):
-        node_id = reader.int32()
-        host = reader.string() or ""
-        broker_port = reader.int32()
-        reader.string()  # rack
-        brokers.append((node_id, host, broker_port))
-    return brokers
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    if not 0 <= size <= 16 * 1024 * 1024:
-        raise ValueError(f"implausible Kafka response size {size}")
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise ConnectionError("broker closed the connection mid-response")
-        chunks += chunk
-    return bytes(chunks)
-
-
-class _Reader:
-    """Reads big-endian Kafka primitives from a response body."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def int32(self) -> int:
-        (value,) = struct.unpack_from(">i", self._data, self._pos)
-        self._pos += 4
-        return int(value)
-
-    def string(self) -> str | None:
-        (length,) = struct.unpack_from(">h", self._data, self._pos)
-        self._pos += 2
-        if length < 0:
-            return None
-        raw = self._data[self._pos : self._pos + length]
-        self._pos += length
-        return raw.decode()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weir-broker-probe") as pool:
+        return pool.submit(asyncio.run, coro).result()

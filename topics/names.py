@@ -50,7 +50,8 @@ class TopicSpec:
 
     name: str
     partitions: int
-    replication_factor: int
+    replication_factor: int | None
+    """``None``: chosen from the cluster's size when the topic is created (``TopicAdmin``)."""
     config: dict[str, str] = field(default_factory=dict)
     """Topic-level configs (``cleanup.policy``, ``retention.ms``, ...)."""
     keyed: bool = True

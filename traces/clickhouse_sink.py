@@ -43,6 +43,7 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import TraceStoreError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import TraceEvent
 from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams._bounded import RecentSet
@@ -147,8 +148,7 @@ class ClickHouseSink:
             await admin.ensure(global_topic_specs(self.settings))
         with contextlib.suppress(TraceStoreError):  # a store still down is waited for
             await self._ensure_store()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+        self._consumer = KafkaConnection.of(self.settings).consumer(
             group_id=self.settings.sink_group,
             client_id=f"weir-sink-{self.settings.worker_id}",
             enable_auto_commit=False,

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weir.core.kafka import KafkaConnection
+
 __all__ = ["BenchConfig", "Round", "RunFigures", "linear_pipeline", "run_bench", "summary"]
 
 PARTITIONS = 4
@@ -245,7 +247,6 @@ async def _weir_child(name: str, bootstrap: str, tracing: bool, profile: str | N
 
 
 async def _chain_child(prefix: str, bootstrap: str) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
@@ -253,12 +254,11 @@ async def _chain_child(prefix: str, bootstrap: str) -> None:
 
     # The same linger as weir's worker producer, so only the work differs.
     linger_ms = load_settings().producer_linger_ms
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=linger_ms
+    producer = KafkaConnection(bootstrap=bootstrap).producer(
+        acks="all", enable_idempotence=True, linger_ms=linger_ms
     )
-    consumer = AIOKafkaConsumer(
+    consumer = KafkaConnection(bootstrap=bootstrap).consumer(
         *topics[:-1],
-        bootstrap_servers=bootstrap,
         group_id=f"{prefix}.chain",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -375,12 +375,11 @@ class _Reader:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
         from weir.topics._aiokafka import rewind
 
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = KafkaConnection(bootstrap=self.bootstrap).consumer(
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
@@ -473,7 +472,6 @@ async def _run_one(
     bootstrap: str,
     progress: Callable[[int], None],
 ) -> RunFigures:
-    from aiokafka import AIOKafkaProducer
 
     from weir.core.config import load_settings
     from weir.topics.admin import TopicAdmin
@@ -510,8 +508,7 @@ async def _run_one(
         def encode(rid: str) -> bytes:
             return json.dumps({"request_id": rid, "payload": {"n": 0}}).encode()
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+    producer = KafkaConnection(bootstrap=bootstrap).producer(
         acks="all",
         enable_idempotence=True,
         linger_ms=5,

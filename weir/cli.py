@@ -28,6 +28,7 @@ from weir.core.errors import (
     MessageError,
     PipelineDefinitionError,
     RoutingError,
+    SchemaRegistryError,
     TraceQueryError,
     UnknownPipelineError,
     WeirError,
@@ -113,7 +114,8 @@ def main() -> None:
             f"[bold red]error[/] ({exc.error_type}): ", end="", highlight=False, soft_wrap=True
         )
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILURE)
+        usage = isinstance(exc, _USAGE_ERRORS) and not isinstance(exc, SchemaRegistryError)
+        sys.exit(EXIT_USAGE if usage else EXIT_FAILURE)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -121,10 +123,14 @@ def main() -> None:
 # -- broker ---------------------------------------------------------------------------
 
 
-def _broker(config: Path | None) -> Any:
+def _broker(config: Path | None, *, secure: bool = False) -> Any:
     from weir.topics.broker import LocalBroker
 
     settings = _settings(config)
+    if secure:
+        settings = settings.model_copy(
+            update={"broker": settings.broker.model_copy(update={"secure": True})}
+        )
     if not settings.uses_local_broker:
         raise ConfigError(
             f"WEIR_KAFKA_BOOTSTRAP points at {settings.kafka_bootstrap}; 'weir broker' manages"
@@ -134,14 +140,29 @@ def _broker(config: Path | None) -> Any:
 
 
 @broker_app.command("start")
-def broker_start(config: ConfigOption = None) -> None:
+def broker_start(
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Serve a SASL_SSL listener (SCRAM users and a CA generated in the state"
+            " directory; same as WEIR_BROKER_SECURE=true) and print how clients connect.",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
     """Fetch Kafka from Maven Central (once), start it on 127.0.0.1 and wait until it serves."""
     started = time.monotonic()
-    status = _broker(config).start()
+    broker = _broker(config, secure=secure)
+    status = broker.start()
     out.print(
         f"kafka {status.version} running (pid {status.pid}) at {status.bootstrap}"
         f" in {time.monotonic() - started:.1f}s; logs: {status.log_file}"
     )
+    if broker.security is not None:
+        out.print("clients connect with (the password stays in its file):", highlight=False)
+        for key, value in broker.client_environment().items():
+            out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
 
 
 @broker_app.command("stop")
@@ -323,6 +344,15 @@ def topics_list(as_json: JsonOption = False, config: ConfigOption = None) -> Non
 @topics_app.command("create")
 def topics_create(
     pipeline: Annotated[str, typer.Argument(help="The pipeline, as module.path:attribute.")],
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print every topic the pipeline needs (partitions, replication, configs) and"
+            " whether it exists; create nothing.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Create every topic a pipeline needs (workers also do this when they start)."""
@@ -332,12 +362,47 @@ def topics_create(
 
     settings = _settings(config)
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
+    specs = topic_specs(pipe, settings)
+
+    if dry_run:
+
+        async def plan() -> list[Any]:
+            async with TopicAdmin(settings) as admin:
+                return await admin.plan(specs)
+
+        plans = _run(plan())
+        missing = sum(1 for p in plans if not p.exists)
+        err.print(f"dry run: {missing} of {len(plans)} topic(s) would be created")
+        if as_json:
+            print_json(
+                [
+                    {
+                        "topic": p.name,
+                        "partitions": p.partitions,
+                        "replication_factor": p.replication_factor,
+                        "config": p.config,
+                        "exists": p.exists,
+                    }
+                    for p in plans
+                ]
+            )
+            return
+        table = Table("topic", "partitions", "replication", "config", "action")
+        for p in plans:
+            configs = " ".join(f"{k}={v}" for k, v in sorted(p.config.items()))
+            action = "exists" if p.exists else "create"
+            table.add_row(p.name, str(p.partitions), str(p.replication_factor), configs, action)
+        print_table(out, table)
+        return
 
     async def run() -> list[str]:
         async with TopicAdmin(settings) as admin:
-            return await admin.ensure(topic_specs(pipe, settings))
+            return await admin.ensure(specs)
 
     created = _run(run())
+    if as_json:
+        print_json({"created": created})
+        return
     out.print(f"created {len(created)} topic(s)" + "".join(f"\n  {t}" for t in created))
 
 

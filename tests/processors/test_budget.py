@@ -13,9 +13,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
+from weir.core import kafka as kafka_module
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import BrokerError
-from weir.processors import ledger as ledger_module
+from weir.core.kafka import KafkaConnection
 from weir.processors.budget import CostLedger, Reservation
 from weir.schemas.messages import now_ms
 from weir.topics._aiokafka import stop_consumer
@@ -42,7 +43,7 @@ async def cost_events(settings: WeirSettings, key: str, since_ms: int) -> list[d
     """Cost events of ``key`` on the topic since ``since_ms``, read by an independent consumer."""
     async with TopicAdmin(settings) as admin:
         count = (await admin.partitions([COSTS_TOPIC]))[COSTS_TOPIC]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConnection.of(settings).consumer()
     await consumer.start()
     try:
         tps = [TopicPartition(COSTS_TOPIC, p) for p in range(count)]
@@ -107,7 +108,8 @@ async def test_a_failed_start_leaves_no_client_running(kafka, monkeypatch):
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise KafkaConnectionError("lost the broker while catching up")
 
-    monkeypatch.setattr(ledger_module, "AIOKafkaProducer", Recorded)
+    # Every producer is built by the connection factory.
+    monkeypatch.setattr(kafka_module, "AIOKafkaProducer", Recorded)
     monkeypatch.setattr(AIOKafkaConsumer, "offsets_for_times", refuse)
     ledger = CostLedger(kafka)
     with pytest.raises(KafkaConnectionError):

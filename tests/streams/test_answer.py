@@ -6,9 +6,9 @@ import asyncio
 import json
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests._pipelines import linear
+from weir.core.kafka import KafkaConnection
 from weir.streams import Worker
 from weir.streams.answer import _Pending
 from weir.topics.names import PipelineTopics
@@ -28,7 +28,7 @@ async def test_after_an_unclear_commit_answers_already_committed_are_not_written
         assert worker.answers is not None
         writer = worker.answers._writers[0]
         # A transaction whose commit response was lost: the markers are on the changelog.
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        producer = KafkaConnection.of(kafka).producer()
         await producer.start()
         try:
             for rid in ("committed-1", "committed-2"):

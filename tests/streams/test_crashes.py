@@ -11,12 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from tests._kafka import read_results
 from tests._pipelines import diamond
 from tests.conftest import worker_env
 from weir.core.config import BrokerSettings, WeirSettings, load_settings
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Result
 from weir.streams import WeirClient, Worker
 from weir.topics._aiokafka import rewind, stop_consumer
@@ -50,8 +51,7 @@ class _Counter:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             isolation_level="read_committed",
             auto_offset_reset="earliest",
         )

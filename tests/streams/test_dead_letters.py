@@ -7,12 +7,12 @@ import asyncio
 import json
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests._kafka import read_results, read_topic
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import DeadLetter
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.streams.dead_letter import HEAD_BYTES, PAYLOAD_HEAD_HEADER
@@ -40,8 +40,7 @@ async def _produce_to_partition_0(
     settings: WeirSettings, topic: str, records: list[tuple[bytes, bytes]]
 ) -> None:
     """``(key, value)`` records, all on partition 0, gzip-compressed like a real producer."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+    producer = KafkaConnection.of(settings).producer(
         compression_type="gzip",
         max_request_size=8 * 1024 * 1024,
         acks="all",
@@ -57,13 +56,13 @@ async def _produce_to_partition_0(
 async def _committed_reaches_end(settings: WeirSettings, group: str, topic: str) -> None:
     """The group's committed offset on ``topic`` partition 0 reaches its end offset."""
     tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConnection.of(settings).consumer()
     await consumer.start()
     try:
         end = (await consumer.end_offsets([tp]))[tp]
     finally:
         await stop_consumer(consumer)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaConnection.of(settings).admin()
     await admin.start()
     try:
         committed = -1
@@ -136,7 +135,7 @@ async def test_a_dead_letter_the_topic_refuses_goes_bounded_and_the_partition_mo
     topics = PipelineTopics(pipeline.name)
     dlq = topics.dead_letter(INGRESS)
     async with Worker(pipeline, kafka) as worker:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+        admin = KafkaConnection.of(kafka).admin()
         await admin.start()
         try:
             await admin.alter_configs(

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests.conftest import worker_env
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import DeadLetter
 from weir.streams.replay import DeadLetterQueue
 from weir.topics.admin import TopicAdmin
@@ -33,7 +33,7 @@ async def _dead_letters(settings: WeirSettings, pipeline: str) -> None:
                 TopicSpec(topics.replays, settings.partitions, 1, {"cleanup.policy": "compact"}),
             ]
         )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    producer = KafkaConnection.of(settings).producer(linger_ms=5)
     await producer.start()
     try:
         sent = []

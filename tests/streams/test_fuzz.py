@@ -7,11 +7,11 @@ import json
 import random
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from tests._kafka import read_results, read_topic
 from tests._pipelines import diamond
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import DeadLetter, Request
 from weir.streams import Worker
 from weir.topics.names import PipelineTopics
@@ -68,7 +68,7 @@ async def test_malformed_messages_are_dead_lettered_and_every_valid_request_answ
     bad = _malformed(rng, kafka, pipeline.name)
     assert len(bad) == MALFORMED
     async with Worker(pipeline, kafka) as worker:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, linger_ms=5)
+        producer = KafkaConnection.of(kafka).producer(linger_ms=5)
         await producer.start()
         valid_ids = []
         try:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from tests._kafka import read_results, read_topic
+from weir.core.kafka import KafkaConnection
 from weir.streams import RetryPolicy, WeirClient, Worker
 from weir.streams.pipeline import Pipeline
 from weir.topics._aiokafka import stop_consumer
@@ -52,7 +53,7 @@ async def test_a_mixed_burst_is_answered_once_and_committed(kafka, pipeline_name
         async with asyncio.timeout(60):
             while not answers <= worker.assigned:
                 await asyncio.sleep(0.1)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        producer = KafkaConnection.of(kafka).producer()
         await producer.start()
         try:
             for i, raw in enumerate(garbage):  # bad input in the middle of the burst
@@ -88,8 +89,7 @@ async def test_a_mixed_burst_is_answered_once_and_committed(kafka, pipeline_name
     poisoned = await read_topic(kafka, topics.dead_letter("finish"), idle_s=0.5)
     assert [d.value for d in poisoned] == [b"\x00\x00not an envelope"]
     # Every input was committed when the worker stopped: requests and step topics alike.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap_servers,
+    consumer = KafkaConnection.of(kafka).consumer(
         group_id=topics.consumer_group,
         enable_auto_commit=False,
     )

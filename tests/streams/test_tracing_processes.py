@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -31,6 +30,7 @@ from tests._kafka import read_results
 from tests._sink import free_port
 from tests._traced import flaky
 from tests.conftest import worker_env
+from weir.core.kafka import KafkaConnection
 from weir.streams import WeirClient
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics, topic_specs
@@ -162,7 +162,7 @@ async def test_one_request_is_one_trace_across_two_worker_processes(
                 pipeline_name, [{"n": i, "email": f"u{i}@example.com"} for i in range(1, n)]
             )
         # One more from an instrumented producer: its trace context in a Kafka header.
-        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        producer = KafkaConnection.of(kafka).producer()
         await producer.start()
         try:
             await producer.send_and_wait(

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from weir.core.config import BrokerSettings, WeirSettings
 from weir.core.errors import BrokerError
+from weir.core.kafka import KafkaConnection
 from weir.topics.broker import LocalBroker, free_port_pair
 
 
@@ -41,7 +41,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 
 
 async def _create_topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaConnection(bootstrap=bootstrap).admin()
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
@@ -50,7 +50,7 @@ async def _create_topic(bootstrap: str, name: str) -> None:
 
 
 async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = KafkaConnection(bootstrap=bootstrap).producer(acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, value)
@@ -59,8 +59,8 @@ async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
 
 
 async def _consume(bootstrap: str, topic: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    consumer = KafkaConnection(bootstrap=bootstrap).consumer(
+        topic, group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
     values: list[bytes] = []

@@ -10,13 +10,14 @@ import time
 from decimal import Decimal
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_results, read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests._traced import expected_attempts, flaky
 from weir.core.errors import ModelTimeoutError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import TRACE_EVENT_SCHEMA, TraceEvent
 from weir.schemas.trace_batch import is_trace_batch, unpack_trace_events
 from weir.streams import RetryPolicy, WeirClient, Worker
@@ -163,7 +164,7 @@ def _event(pipeline: str, i: int) -> bytes:
 
 
 async def _produce(settings, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = KafkaConnection.of(settings).producer(acks="all")
     await producer.start()
     try:
         futures = [
@@ -189,9 +190,7 @@ async def _wait_count(server: ClickHouseHttp, n: int, timeout: float = 120) -> N
 
 async def _committed(settings) -> int:
     """Offsets the sink's group has committed on the trace topic, summed over partitions."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.sink_group
-    )
+    consumer = KafkaConnection.of(settings).consumer(group_id=settings.sink_group)
     await consumer.start()
     try:
         total = 0

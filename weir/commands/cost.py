@@ -14,6 +14,7 @@ from rich.table import Table
 from weir.commands._output import JsonOption, print_json, print_table
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import WeirError
+from weir.core.kafka import KafkaConnection
 
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 
@@ -22,7 +23,7 @@ async def request_calls(
     settings: WeirSettings, request_id: str, *, since_hours: float = 24.0
 ) -> list[dict[str, Any]]:
     """Every model call of ``request_id`` (all steps, all attempts) from the trace topic."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
     from weir.schemas.messages import TraceEvent, now_ms
     from weir.schemas.trace_batch import is_trace_batch, unpack_trace_events
@@ -37,8 +38,7 @@ async def request_calls(
         raise WeirError(f"there is no trace topic ({topic}) yet: no step has run")
     key = request_id.encode()
     tp = TopicPartition(topic, partition_of(key, count))
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConnection.of(settings).consumer(
         enable_auto_commit=False,
         isolation_level="read_committed",
     )
