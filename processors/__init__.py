@@ -27,6 +27,7 @@ True
 """
 
 from weir.processors._env import aclose_model_layer
+from weir.processors.batcher import EmbeddingBatcher
 from weir.processors.budget import Budget
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
 from weir.processors.clickhouse_sink import ClickHouseSink
@@ -50,6 +51,7 @@ __all__ = [
     "CircuitBreaker",
     "Classification",
     "ClickHouseSink",
+    "EmbeddingBatcher",
     "Embeddings",
     "Limits",
     "LocalModel",

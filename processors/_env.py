@@ -9,6 +9,7 @@ and ``weir worker`` calls it on shutdown.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -16,13 +17,29 @@ from weir.core.config import WeirSettings, load_settings
 from weir.core.secrets import SecretResolver
 from weir.streams.context import current_scope
 
-__all__ = ["aclose_model_layer", "register_closer", "resolver_for", "settings_now"]
+__all__ = [
+    "aclose_model_layer",
+    "register_closer",
+    "resolver_for",
+    "settings_now",
+    "use_settings",
+]
 
 log = logging.getLogger("weir.models")
 
 _default_settings: WeirSettings | None = None
 _resolvers: dict[int, tuple[WeirSettings, SecretResolver]] = {}
 _closers: list[Callable[[], Awaitable[None]]] = []
+# Work done for several steps at once (a micro-batch) runs outside any one step's
+# scope but must still use the worker's settings (price table, secrets).
+_SETTINGS: contextvars.ContextVar[WeirSettings | None] = contextvars.ContextVar(
+    "weir_model_settings", default=None
+)
+
+
+def use_settings(settings: WeirSettings) -> None:
+    """Make ``settings`` the current context's when no step scope is set (a batch task)."""
+    _SETTINGS.set(settings)
 
 
 def settings_now() -> WeirSettings:
@@ -30,6 +47,9 @@ def settings_now() -> WeirSettings:
     scope = current_scope()
     if scope is not None:
         return scope.settings
+    chosen = _SETTINGS.get()
+    if chosen is not None:
+        return chosen
     global _default_settings
     if _default_settings is None:
         _default_settings = load_settings()

@@ -43,6 +43,8 @@ class Behaviour:
     echo_key_in_errors: bool = False
     """Quote the caller's API key in error bodies (as some real APIs do)."""
     reply: Callable[[str], str] = field(default=lambda text: f"you said {text}")
+    rejects: Callable[[str], bool] | None = None
+    """Embeddings: answer 400 to a call with any input this is true of (a poison text)."""
 
 
 def _words(text: str) -> int:
@@ -77,6 +79,10 @@ class ModelServer:
         self.calls: collections.Counter[str] = collections.Counter()
         """By kind: chat, stream, embeddings, messages, messages_stream, failed, hung, cut."""
         self.api_keys: list[str] = []
+        self.batch_sizes: list[int] = []
+        """Embeddings: inputs per call, in arrival order."""
+        self.embedded: list[str] = []
+        """Embeddings: every input answered with a vector."""
         self._rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -88,7 +94,9 @@ class ModelServer:
     @property
     def total(self) -> int:
         """Model requests received (every kind)."""
-        return sum(v for k, v in self.calls.items() if k not in ("failed", "hung", "cut"))
+        return sum(
+            v for k, v in self.calls.items() if k not in ("failed", "hung", "cut", "rejected")
+        )
 
     async def start(self) -> ModelServer:
         app = web.Application()
@@ -218,6 +226,13 @@ class ModelServer:
         if failed is not None:
             return failed
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        self.batch_sizes.append(len(inputs))
+        rejects = self.behaviour.rejects
+        if rejects is not None and any(rejects(t) for t in inputs):
+            self.calls["rejected"] += 1
+            body = {"error": {"message": "input rejected", "type": "invalid_request_error"}}
+            return web.json_response(body, status=400)
+        self.embedded.extend(inputs)
         tokens = sum(_words(t) for t in inputs)
         return web.json_response(
             {

@@ -48,6 +48,7 @@ DOCTEST_MODULES = [
     "weir.processors.tokens",
     "weir.processors.router",
     "weir.processors.budget",
+    "weir.processors.batcher",
     "weir.processors._spend_sketch",
     "weir.streams._bounded",
     "weir.streams.threads",
