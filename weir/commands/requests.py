@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -84,14 +85,25 @@ def submit(
         bool, typer.Option(help="Wait for the results and print them (JSON lines).")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+    restart: Annotated[
+        bool,
+        typer.Option(help="--file: ignore FILE.weir-progress and send every line again."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Submit requests to a pipeline's requests topic; print their request ids."""
+    """Submit requests to a pipeline's requests topic; print their request ids.
+
+    With ``--file``, lines the broker acknowledged are recorded in
+    ``FILE.weir-progress``; after an interruption the same command sends only the rest.
+    """
     from weir.streams.client import WeirClient
 
-    payloads = _read_payloads(json_text, file)
     options = _read_options(option or [])
     settings = load_settings(config)
+    if file is not None and json_text is None:
+        _submit_file(pipeline, file, options, avro, wait, timeout, restart, settings)
+        return
+    payloads = _read_payloads(json_text, file)
 
     async def run() -> None:
         async with WeirClient(settings) as client:
@@ -120,6 +132,83 @@ def submit(
                 print_json(results[rid].to_json())
 
     asyncio.run(run())
+
+
+def _submit_file(
+    pipeline: str,
+    file: Path,
+    options: dict[str, str],
+    avro: bool,
+    wait: bool,
+    timeout: float,
+    restart: bool,
+    settings: Any,
+) -> None:
+    from weir.core.errors import WeirError
+    from weir.streams.client import WeirClient
+    from weir.submission import SubmitReport, submit_file
+
+    async def run() -> SubmitReport:
+        async with WeirClient(settings) as client:
+            with Progress(
+                TextColumn("submitting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=err,
+            ) as progress:
+                task = progress.add_task("submit", total=None, rate="")
+                started = time.monotonic()
+
+                def begin(report: SubmitReport) -> None:
+                    progress.update(task, total=report.lines, completed=report.already)
+
+                def acked(n: int) -> None:
+                    progress.advance(task, n)
+                    done = progress.tasks[0].completed
+                    per_s = done / max(1e-3, time.monotonic() - started)
+                    progress.update(task, rate=f"{per_s:,.0f}/s")
+
+                report = await submit_file(
+                    client,
+                    pipeline,
+                    file,
+                    options=options,
+                    fmt="avro" if avro else "json",
+                    restart=restart,
+                    on_acked=acked,
+                    on_start=begin,
+                )
+            if wait and report.ids:
+                results = await client.wait_for(pipeline, report.ids, timeout=timeout)
+                for rid in report.ids:
+                    print_json(results[rid].to_json())
+            return report
+
+    try:
+        report = asyncio.run(run())
+    except WeirError as exc:
+        err.print(f"[red]{exc.error_type}[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if not wait:
+        for rid in report.ids:
+            out.print(rid, highlight=False)
+    err.print(
+        f"{report.sent} sent and acknowledged, {report.already} already acknowledged"
+        f" by an earlier run, of {report.lines} lines",
+        highlight=False,
+    )
+    if report.bad:
+        for number, why in report.bad[:20]:
+            err.print(f"{file}:{number}: {why}", highlight=False)
+        more = " (first 20 shown)" if len(report.bad) > 20 else ""
+        err.print(
+            f"[red]{len(report.bad)} line(s) not sent{more}[/]: fix them in place and run the"
+            " same command again: only they will be sent",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def results(
