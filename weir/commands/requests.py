@@ -217,12 +217,27 @@ def results(
         bool, typer.Option("--follow", "-f", help="Keep waiting for new ones.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to",
+            help="Write them to FILE.jsonl (appended) or FILE.parquet (needs weir[parquet])"
+            " as they arrive, not to the terminal.",
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(help="With --follow: stop after this many seconds without a result."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Print a pipeline's results from the beginning of its results topic."""
     from weir.streams.client import WeirClient
 
     settings = load_settings(config)
+    if to is not None:
+        _results_to_file(pipeline, to, follow, idle_timeout, settings)
+        return
 
     async def run() -> None:
         async with WeirClient(settings) as client:
@@ -233,6 +248,44 @@ def results(
                     out.print(_result_line(result), highlight=False, soft_wrap=True)
 
     asyncio.run(run())
+
+
+def _results_to_file(
+    pipeline: str, to: Path, follow: bool, idle_timeout: float | None, settings: Any
+) -> None:
+    from weir.core.errors import WeirError
+    from weir.result_files import open_result_file
+    from weir.streams.client import WeirClient
+
+    try:
+        writer = open_result_file(to)
+    except WeirError as exc:
+        err.print(f"[red]{exc.error_type}[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+    async def run() -> None:
+        async with WeirClient(settings) as client:
+            with Progress(
+                TextColumn(f"writing {to.name}"),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+            ) as progress:
+                task = progress.add_task("results", total=None)
+                async for result in client.results(
+                    pipeline, follow=follow, idle_timeout=idle_timeout
+                ):
+                    writer.write(result)
+                    writer.flush()
+                    progress.advance(task)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()  # a Parquet file is readable once its footer is written
+        err.print(f"{writer.written} result(s) written to {to}", highlight=False)
 
 
 def _result_line(result: Any) -> str:
