@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from weir.bench import PARTITIONS, _broker, _Reader, peak_rss_mb
+from weir.bench import PARTITIONS, _broker, _Reader, peak_rss_mb, process_cpu_s
 
 __all__ = ["EmbedBenchConfig", "EmbedFigures", "run_embed_bench"]
 
@@ -67,6 +67,8 @@ class EmbedFigures:
     per_item_texts: int
     rss_after_warmup_mb: float
     rss_peak_mb: float
+    batched_worker_cpu_s: float
+    """CPU seconds the worker used in the batched run (it bounds texts/s on a busy machine)."""
 
     @property
     def batched_vs_per_item(self) -> float:
@@ -250,8 +252,8 @@ async def _pipeline_run(
     cfg: EmbedBenchConfig,
     texts: int,
     progress: Callable[[int], None],
-) -> tuple[float, float, float, float]:
-    """(seconds, items/s, RSS after warm-up, peak RSS) of ``texts`` texts through a worker."""
+) -> tuple[float, float, float, float, float]:
+    """(seconds, items/s, RSS after warm-up, peak RSS, worker CPU s) of ``texts`` texts."""
     from aiokafka import AIOKafkaProducer
 
     from weir.topics.names import PipelineTopics
@@ -282,6 +284,7 @@ async def _pipeline_run(
         count = (texts + per - 1) // per
         reader.expect(count)
         reader.on_arrival = lambda n: progress(n * per)
+        cpu0 = process_cpu_s(worker.pid)
         start = time.perf_counter()
         futures = []
         for i in range(count):
@@ -291,7 +294,8 @@ async def _pipeline_run(
         async with asyncio.timeout(cfg.timeout_s):
             await reader.done.wait()
         seconds = time.perf_counter() - start
-        return seconds, texts / seconds, rss_before, peak_rss_mb(worker.pid)
+        cpu = process_cpu_s(worker.pid) - cpu0
+        return seconds, texts / seconds, rss_before, peak_rss_mb(worker.pid), cpu
     finally:
         await reader.stop()
         await producer.stop()
@@ -324,12 +328,12 @@ def run_embed_bench(
                 progress(0)
                 status(f"batched: {cfg.texts} texts through a worker")
                 await _stats(url, reset=True)
-                seconds, batched, rss0, rss1 = await _pipeline_run(
+                seconds, batched, rss0, rss1, cpu = await _pipeline_run(
                     bootstrap, url, "batched", cfg, cfg.texts, progress
                 )
                 calls = await _stats(url)
                 status(f"per item: {cfg.per_item_texts} texts through a worker")
-                _, single, _, _ = await _pipeline_run(
+                _, single, _, _, _ = await _pipeline_run(
                     bootstrap, url, "per-item", cfg, cfg.per_item_texts, progress
                 )
             finally:
@@ -345,6 +349,7 @@ def run_embed_bench(
                 per_item_texts=cfg.per_item_texts,
                 rss_after_warmup_mb=round(rss0, 1),
                 rss_peak_mb=round(rss1, 1),
+                batched_worker_cpu_s=round(cpu, 2),
             )
 
         return asyncio.run(main())

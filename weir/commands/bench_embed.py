@@ -59,6 +59,8 @@ def bench_embed(*, bootstrap: str | None, quick: bool, as_json_: bool) -> None:
     out.print(
         f"batched: {figures.batched_calls} calls, {figures.batched_mean_batch} texts/call;"
         f" worker RSS {figures.rss_after_warmup_mb:.0f} MB after warm-up, peak"
-        f" {figures.rss_peak_mb:.0f} MB (+{result['rss_growth_mb']:.0f} MB) during the burst"
+        f" {figures.rss_peak_mb:.0f} MB (+{result['rss_growth_mb']:.0f} MB) during the burst;"
+        f" worker CPU {figures.batched_worker_cpu_s:.1f} s"
+        f" ({figures.batched_worker_cpu_s * 1e6 / cfg.texts:.0f} us/text)"
     )
     out.print(f"reproduce: [bold]{command}[/]")
