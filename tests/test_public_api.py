@@ -33,6 +33,7 @@ DOCTEST_MODULES = [
     "weir.streams.branch",
     "weir.streams.dependencies",
     "weir.topics.names",
+    "weir.topics.lag",
     "weir.schemas",
     "weir.core.config",
     "weir",

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from weir.commands._output import print_json
 from weir.core.config import load_settings
 
-__all__ = ["results", "submit"]
+__all__ = ["lag", "results", "submit"]
 
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 err = Console(stderr=True, soft_wrap=True)
@@ -295,3 +295,58 @@ def _result_line(result: Any) -> str:
         f"{result.request_id} FAILURE at {result.failed_step}: "
         f"{result.error_type}: {result.error_message}"
     )
+
+
+def lag(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    partitions: Annotated[
+        bool, typer.Option("--partitions", "-p", help="One row per partition.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Group-wide consumer lag of a pipeline: messages not yet done, per step (and partition)."""
+    from rich.table import Table
+
+    from weir.commands._output import print_table
+    from weir.topics.lag import pipeline_lag
+
+    settings = load_settings(config)
+    rows = asyncio.run(pipeline_lag(settings, pipeline))
+    if not rows:
+        err.print(f"pipeline {pipeline!r} has no topics: is its name right?", highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        print_json(
+            {
+                "pipeline": pipeline,
+                "total": sum(r.lag for r in rows),
+                "steps": {
+                    step: sum(r.lag for r in rows if r.step == step)
+                    for step in dict.fromkeys(r.step for r in rows)
+                },
+                "partitions": [
+                    {
+                        "step": r.step,
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "committed": r.committed,
+                        "end": r.end,
+                        "lag": r.lag,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+        return
+    if partitions:
+        table = Table("step", "topic", "partition", "committed", "end", "lag")
+        for r in rows:
+            committed = "-" if r.committed is None else str(r.committed)
+            table.add_row(r.step, r.topic, str(r.partition), committed, str(r.end), str(r.lag))
+    else:
+        table = Table("step", "topics", "lag")
+        for step in dict.fromkeys(r.step for r in rows):
+            mine = [r for r in rows if r.step == step]
+            table.add_row(step, str(len({r.topic for r in mine})), f"{sum(r.lag for r in mine):,}")
+    print_table(out, table)
