@@ -35,7 +35,16 @@ from weir.processors.cost import DEFAULT_PRICES, Price, format_usd
 from weir.processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
 from weir.processors.limits import Limits
 from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
-from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from weir.processors.results import (
+    ChatResult,
+    Classification,
+    Embeddings,
+    GeneratedImage,
+    Images,
+    StreamEvent,
+    Transcription,
+    Usage,
+)
 from weir.processors.router import Router, Rule, RuleSet
 from weir.processors.streaming import TokenChunk, TokenStream
 from weir.processors.trace_store import TraceStore
@@ -53,6 +62,8 @@ __all__ = [
     "ClickHouseSink",
     "EmbeddingBatcher",
     "Embeddings",
+    "GeneratedImage",
+    "Images",
     "Limits",
     "LocalModel",
     "ModelEndpoint",
@@ -66,6 +77,7 @@ __all__ = [
     "TokenChunk",
     "TokenStream",
     "TraceStore",
+    "Transcription",
     "Transform",
     "Usage",
     "aclose_model_layer",

@@ -56,7 +56,16 @@ from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
 from weir.processors.cost import FREE, Price, price_of
 from weir.processors.limits import LatencyStats, Limits, TokenBucket
 from weir.processors.providers._base import Message, Provider, ProviderCall
-from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from weir.processors.results import (
+    ChatResult,
+    Classification,
+    Embeddings,
+    GeneratedImage,
+    Images,
+    StreamEvent,
+    Transcription,
+    Usage,
+)
 from weir.processors.streaming import StreamPublisher
 from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
@@ -70,7 +79,7 @@ log = logging.getLogger("weir.models")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 _ENDPOINTS: weakref.WeakValueDictionary[str, ModelEndpoint] = weakref.WeakValueDictionary()
 
-Operation = Literal["chat", "embeddings", "classification"]
+Operation = Literal["chat", "embeddings", "classification", "image_generation", "transcription"]
 CostHook = Callable[[Decimal], Awaitable[None]]
 
 
@@ -175,6 +184,8 @@ class ModelEndpoint:
             weakref.WeakKeyDictionary()
         )
         self.in_flight = 0
+        self._paused_until = 0.0
+        """Monotonic time before which no call starts (the endpoint's last ``Retry-After``)."""
         _ENDPOINTS[name] = self
 
     def __repr__(self) -> str:
@@ -191,7 +202,10 @@ class ModelEndpoint:
 
     def cost(self, usage: Usage) -> Decimal:
         price = self.price()
-        return price.cost(usage.input_tokens, usage.output_tokens) if price else Decimal(0)
+        if price is None:
+            return Decimal(0)
+        units = price.units_cost(images=usage.images, audio_seconds=usage.audio_seconds)
+        return price.cost(usage.input_tokens, usage.output_tokens) + units
 
     def estimate_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Upper-bound cost of a call this size (budgets reserve it before the call)."""
@@ -278,6 +292,76 @@ class ModelEndpoint:
             scores=done.scores,
         )
 
+    async def generate_image(
+        self, prompt: str, *, n: int = 1, meta: CallMeta = _NO_META, **params: Any
+    ) -> Images:
+        """``n`` images for ``prompt``, priced per image (``Price.per_unit(image=...)``).
+
+        Keep the bytes out of Kafka: return an image's ``url``, or the path
+        ``GeneratedImage.write`` put it at, from the step.
+        """
+        if not isinstance(prompt, str) or not prompt:
+            raise ConfigError(f"endpoint {self.name!r}: generate_image() takes a prompt string")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"endpoint {self.name!r}: n must be a positive integer")
+        merged = {**self.params, **params, "n": n}
+
+        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
+            done = await ep.provider.generate_image(call, prompt, merged)
+            return done, Usage(0, 0, "provider", images=len(done.urls)), done.model
+
+        done, usage, cost, ep = await self._with_fallbacks("image_generation", once, 0, meta)
+        return Images(
+            endpoint=ep.name,
+            model=done.model,
+            usage=usage,
+            cost_usd=cost,
+            rule=meta.rule,
+            rules_version=meta.rules_version,
+            images=[GeneratedImage(u, d) for u, d in zip(done.urls, done.data, strict=True)],
+        )
+
+    async def transcribe(
+        self,
+        audio: bytes,
+        *,
+        filename: str = "audio.wav",
+        duration_s: float | None = None,
+        meta: CallMeta = _NO_META,
+        **params: Any,
+    ) -> Transcription:
+        """The text of ``audio``, priced per second (``Price.per_unit(audio_second=...)``).
+
+        Seconds are the provider's measure; ``duration_s`` is used when it gives none
+        (without either, the call is priced at 0 and its usage marked an estimate).
+        """
+        if not isinstance(audio, bytes | bytearray) or not audio:
+            raise ConfigError(f"endpoint {self.name!r}: transcribe() takes the audio's bytes")
+        merged = {**self.params, **params}
+
+        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
+            done = await ep.provider.transcribe(call, bytes(audio), filename, merged)
+            seconds = done.duration_s if done.duration_s is not None else duration_s
+            source: Literal["provider", "estimate"] = (
+                "provider" if done.duration_s is not None else "estimate"
+            )
+            # Milliseconds: enough for per-second prices, and exact in Decimal.
+            exact = Decimal(str(round(seconds, 3))) if seconds is not None else Decimal(0)
+            return done, Usage(0, 0, source, audio_seconds=exact), done.model
+
+        done, usage, cost, ep = await self._with_fallbacks("transcription", once, 0, meta)
+        return Transcription(
+            endpoint=ep.name,
+            model=done.model,
+            usage=usage,
+            cost_usd=cost,
+            rule=meta.rule,
+            rules_version=meta.rules_version,
+            text=done.text,
+            duration_s=float(usage.audio_seconds) if usage.audio_seconds else None,
+            language=done.language,
+        )
+
     def stream_chat(
         self, messages: Sequence[Message], *, meta: CallMeta = _NO_META, **params: Any
     ) -> ChatStream:
@@ -349,6 +433,7 @@ class ModelEndpoint:
                 if admitted:  # weir's own limits refusing the call say nothing of the endpoint
                     probe.failure(exc)
                 self._key_refused(exc)
+                self._hold_off(exc)
                 self._record(
                     scope,
                     span,
@@ -396,6 +481,12 @@ class ModelEndpoint:
         if error.status in (401, 403) and self._key_ref is not None:
             resolver_for(settings_now()).invalidate(self._key_ref)
 
+    def _hold_off(self, error: ModelError) -> None:
+        """After a 429 with ``Retry-After``, every call of this process waits that long."""
+        wait = getattr(error, "retry_after_s", None)
+        if isinstance(error, RateLimitedError) and isinstance(wait, int | float) and wait > 0:
+            self._paused_until = max(self._paused_until, time.monotonic() + min(wait, 600.0))
+
     @contextlib.asynccontextmanager
     async def _admitted(self, tokens: int) -> AsyncIterator[None]:
         """Wait for room under the limits: back-pressure, up to ``queue_timeout_s``.
@@ -405,6 +496,12 @@ class ModelEndpoint:
         """
         deadline = time.monotonic() + self.queue_timeout_s
         what = f"endpoint {self.name!r}"
+        while (paused := self._paused_until - time.monotonic()) > 0:
+            if time.monotonic() + paused > deadline:
+                raise RateLimitedError(
+                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
+                )
+            await asyncio.sleep(paused)
         if self._requests is not None:
             await self._requests.take(1, deadline=deadline, what=what)
         if self._tokens is not None:
@@ -528,6 +625,10 @@ class ModelEndpoint:
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
             span.set_attribute("gen_ai.usage.cost", float(cost))
             span.set_attribute("weir.usage_source", usage.source)
+            if usage.images:
+                span.set_attribute("weir.usage.images", usage.images)
+            if usage.audio_seconds:
+                span.set_attribute("weir.usage.audio_seconds", float(usage.audio_seconds))
             if ttft_ms is not None:
                 span.set_attribute("gen_ai.response.time_to_first_chunk", ttft_ms / 1000)
             if error_type is not None:
@@ -826,6 +927,7 @@ async def _stream_tries(
                     if admitted:  # weir's own limits refusing the call say nothing of the endpoint
                         probe.failure(exc)
                     ep._key_refused(exc)
+                    ep._hold_off(exc)
                     # A broken stream was still billed: count what was sent and received.
                     usage = (
                         _usage(got_in, None, estimate, "".join(text))
