@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from weir.core.config import WeirSettings, load_settings
 from weir.core.secrets import SecretResolver
 from weir.streams.context import current_scope
+from weir.topics.names import PipelineTopics
 
 __all__ = [
     "aclose_model_layer",
+    "group_now",
     "register_closer",
     "resolver_for",
     "settings_now",
@@ -37,9 +39,24 @@ _SETTINGS: contextvars.ContextVar[WeirSettings | None] = contextvars.ContextVar(
 )
 
 
-def use_settings(settings: WeirSettings) -> None:
-    """Make ``settings`` the current context's when no step scope is set (a batch task)."""
+_GROUP: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "weir_model_group", default=None
+)
+
+
+def use_settings(settings: WeirSettings, group: str | None = None) -> None:
+    """Make ``settings`` (and the consumer ``group``) the current context's when no step
+    scope is set (a batch task)."""
     _SETTINGS.set(settings)
+    _GROUP.set(group)
+
+
+def group_now() -> str | None:
+    """The consumer group of the pipeline whose step is calling (``None`` outside a worker)."""
+    scope = current_scope()
+    if scope is not None:
+        return PipelineTopics(scope.context.pipeline).consumer_group
+    return _GROUP.get()
 
 
 def settings_now() -> WeirSettings:

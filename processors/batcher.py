@@ -53,7 +53,7 @@ from weir.core.errors import (
     ModelResponseError,
     WeirError,
 )
-from weir.processors._env import register_closer, settings_now, use_settings
+from weir.processors._env import group_now, register_closer, settings_now, use_settings
 from weir.processors.endpoint import CallMeta, ModelEndpoint
 from weir.processors.results import Embeddings, Usage
 from weir.processors.tokens import estimate_tokens
@@ -212,7 +212,7 @@ class EmbeddingBatcher:
         lane.wake.set()
         if lane.runner is None:
             context = contextvars.Context()  # no step's scope: the batch serves many
-            context.run(use_settings, settings)
+            context.run(use_settings, settings, group_now())
             lane.runner = asyncio.create_task(
                 self._dispatch(lane), name=f"weir-batch-{self.endpoint.name}", context=context
             )

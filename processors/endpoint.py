@@ -51,9 +51,10 @@ from weir.core.errors import (
     StreamInterruptedError,
 )
 from weir.core.secrets import SecretRef
-from weir.processors._env import resolver_for, settings_now
+from weir.processors._env import group_now, register_closer, resolver_for, settings_now
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, Probe
 from weir.processors.cost import FREE, Price, price_of
+from weir.processors.group_share import GroupMembers
 from weir.processors.limits import LatencyStats, Limits, TokenBucket
 from weir.processors.providers._base import Message, Provider, ProviderCall
 from weir.processors.results import (
@@ -184,6 +185,9 @@ class ModelEndpoint:
             weakref.WeakKeyDictionary()
         )
         self.in_flight = 0
+        self._members: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupMembers] = (
+            weakref.WeakKeyDictionary()
+        )
         self._paused_until = 0.0
         """Monotonic time before which no call starts (the endpoint's last ``Retry-After``)."""
         _ENDPOINTS[name] = self
@@ -481,6 +485,23 @@ class ModelEndpoint:
         if error.status in (401, 403) and self._key_ref is not None:
             resolver_for(settings_now()).invalidate(self._key_ref)
 
+    async def _take_group_share(self) -> None:
+        """Inside a worker, per-minute limits are the group's: keep 1/members of them."""
+        if self._requests is None and self._tokens is None:
+            return
+        group = group_now()
+        if group is None:
+            return
+        loop = asyncio.get_running_loop()
+        members = self._members.get(loop)
+        if members is None:
+            members = self._members[loop] = GroupMembers(settings_now())
+            register_closer(members.aclose)
+        count = await members.count(group)
+        for bucket in (self._requests, self._tokens):
+            if bucket is not None:
+                bucket.set_share(count)
+
     def _hold_off(self, error: ModelError) -> None:
         """After a 429 with ``Retry-After``, every call of this process waits that long."""
         wait = getattr(error, "retry_after_s", None)
@@ -496,6 +517,7 @@ class ModelEndpoint:
         """
         deadline = time.monotonic() + self.queue_timeout_s
         what = f"endpoint {self.name!r}"
+        await self._take_group_share()
         while (paused := self._paused_until - time.monotonic()) > 0:
             if time.monotonic() + paused > deadline:
                 raise RateLimitedError(

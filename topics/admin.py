@@ -8,7 +8,12 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    GroupCoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 
 from weir.core.config import WeirSettings
 from weir.core.errors import BrokerError, ConfigError
@@ -70,6 +75,19 @@ class TopicAdmin:
             if wanted is None or topic["topic"] in wanted:
                 out[topic["topic"]] = len(topic["partitions"])
         return out
+
+    async def group_members(self, group: str) -> int:
+        """Live members of consumer group ``group`` (0 when it has none or does not exist)."""
+        try:
+            responses = await self._admin.describe_consumer_groups([group])
+        except GroupCoordinatorNotAvailableError:  # no member has joined it yet
+            return 0
+        for response in responses:
+            for described in response.groups:
+                error_code, group_id, state = described[0], described[1], described[2]
+                if group_id == group and not error_code and state != "Dead":
+                    return len(described[5])
+        return 0
 
     async def list(self) -> dict[str, int]:
         """All topics except Kafka's internal ones, with their partition counts."""
