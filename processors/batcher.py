@@ -59,6 +59,7 @@ from weir.processors.results import Embeddings, Usage
 from weir.processors.tokens import estimate_tokens
 from weir.schemas.messages import now_ms
 from weir.streams.context import AttemptScope, current_scope
+from weir.streams.dead_letter import error_type_of
 
 __all__ = ["EmbeddingBatcher", "apportion"]
 
@@ -326,7 +327,7 @@ class EmbeddingBatcher:
                 return
             self._fail(live, exc, started_at, t0)
             return
-        except WeirError as exc:  # e.g. a secret that cannot be resolved
+        except Exception as exc:  # a secret that cannot be resolved, a bug: no step may hang
             self._fail(live, exc, started_at, t0)
             return
         await self._scatter(live, answer, started_at, t0)
@@ -375,12 +376,12 @@ class EmbeddingBatcher:
             if request.left == 0 and not request.future.done():
                 request.future.set_result(self._result(request))
 
-    def _fail(self, live: list[_Item], error: WeirError, started_at: int, t0: float) -> None:
+    def _fail(self, live: list[_Item], error: Exception, started_at: int, t0: float) -> None:
+        error_type = error_type_of(error)
         for item in live:
             request = item.request
             if request.future.done():
                 continue
-            error_type = getattr(error, "error_type", "model_error")
             nothing = Usage(0, 0, "provider")
             self._record(
                 request, self.endpoint, "FAILURE", started_at, t0, nothing, Decimal(0), error_type

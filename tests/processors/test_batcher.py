@@ -12,7 +12,7 @@ import pytest
 
 from tests._kafka import read_results, read_topic
 from tests._model_servers import vector
-from weir.core.errors import ConfigError, ModelRequestError
+from weir.core.errors import ConfigError, ModelRequestError, SecretError
 from weir.processors import EmbeddingBatcher, ModelEndpoint, OpenAICompatible, Price
 from weir.processors.batcher import apportion
 from weir.schemas.messages import DeadLetter
@@ -181,3 +181,16 @@ def test_bad_batcher_options_are_refused_with_the_option_named():
         EmbeddingBatcher(endpoint, max_wait_ms=-1)
     with pytest.raises(ConfigError, match="ModelEndpoint"):
         EmbeddingBatcher("emb")  # type: ignore[arg-type]
+
+
+async def test_a_batch_that_cannot_be_sent_fails_its_steps_instead_of_leaving_them_waiting():
+    endpoint = ModelEndpoint(
+        "batcher-nokey",
+        provider=OpenAICompatible("http://127.0.0.1:1/v1"),
+        api_key="env:WEIR_TEST_KEY_THAT_IS_NOT_SET",
+    )
+    batcher = EmbeddingBatcher(endpoint, max_batch_items=4, max_wait_ms=10)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(batcher.embed(["a"]), batcher.embed(["b"]), return_exceptions=True), 10
+    )
+    assert [type(o) for o in outcomes] == [SecretError, SecretError]
