@@ -18,7 +18,7 @@ from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import ANSWER, INGRESS, PipelineTopics
 
-__all__ = ["PartitionLag", "pipeline_lag", "step_of"]
+__all__ = ["PartitionLag", "group_members", "pipeline_lag", "step_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +90,9 @@ async def pipeline_lag(settings: WeirSettings, pipeline: str) -> list[PartitionL
         )
         for tp in sorted(tps, key=lambda tp: (tp.topic, tp.partition))
     ]
+
+
+async def group_members(settings: WeirSettings, pipeline: str) -> int:
+    """Live workers of the pipeline (members of its consumer group)."""
+    async with TopicAdmin(settings) as admin:
+        return await admin.group_members(PipelineTopics(pipeline).consumer_group)

@@ -49,6 +49,7 @@ async def test_work_held_by_a_step_is_lag_until_it_is_done(kafka, pipeline_name,
         assert shown.returncode == 0, shown.stderr
         body = json.loads(shown.stdout)
         assert body["steps"]["requests"] == 200 and body["total"] >= 200
+        assert body["workers"] == 1
         assert {r["partition"] for r in body["partitions"] if r["step"] == "requests"} == set(
             range(kafka.partitions)
         )

@@ -309,10 +309,14 @@ def lag(
     from rich.table import Table
 
     from weir.commands._output import print_table
-    from weir.topics.lag import pipeline_lag
+    from weir.topics.lag import group_members, pipeline_lag
 
     settings = load_settings(config)
-    rows = asyncio.run(pipeline_lag(settings, pipeline))
+
+    async def read() -> tuple[list[Any], int]:
+        return await pipeline_lag(settings, pipeline), await group_members(settings, pipeline)
+
+    rows, members = asyncio.run(read())
     if not rows:
         err.print(f"pipeline {pipeline!r} has no topics: is its name right?", highlight=False)
         raise typer.Exit(1)
@@ -320,6 +324,7 @@ def lag(
         print_json(
             {
                 "pipeline": pipeline,
+                "workers": members,
                 "total": sum(r.lag for r in rows),
                 "steps": {
                     step: sum(r.lag for r in rows if r.step == step)
