@@ -317,7 +317,9 @@ class EmbeddingBatcher:
             return
         started_at, t0 = now_ms(), time.perf_counter()
         try:
-            answer = await self.endpoint.embed([item.text for item in live], **lane.params)
+            texts = [item.text for item in live]
+            tokens = sum(item.tokens for item in live)
+            answer = await self.endpoint._embed(texts, tokens, _NO_META, lane.params)
         except ModelError as exc:
             if len(live) > 1 and isinstance(exc, ModelRequestError | ModelResponseError):
                 # Somewhere in the batch is a text the endpoint refuses: find it by halves.

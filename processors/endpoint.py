@@ -250,8 +250,13 @@ class ModelEndpoint:
         """Embed ``texts`` in one call; vectors come back in input order."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError(f"endpoint {self.name!r}: embed() takes a list of strings")
+        return await self._embed(texts, sum(estimate_tokens(t) for t in texts), meta, params)
+
+    async def _embed(
+        self, texts: Sequence[str], estimate: int, meta: CallMeta, params: Mapping[str, Any]
+    ) -> Embeddings:
+        """``embed`` with the input tokens already estimated (the batcher has them)."""
         merged = {**self.params, **params}
-        estimate = sum(estimate_tokens(t) for t in texts)
 
         async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
             done = await ep.provider.embed(call, texts, merged)
