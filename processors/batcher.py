@@ -53,8 +53,10 @@ from weir.core.errors import (
     ModelResponseError,
     WeirError,
 )
+from weir.processors._call import NO_META, CallMeta, CallTry, _record
 from weir.processors._env import group_now, register_closer, settings_now, use_settings
-from weir.processors.endpoint import CallMeta, ModelEndpoint
+from weir.processors.endpoint import ModelEndpoint
+from weir.processors.providers._base import ProviderCall
 from weir.processors.results import Embeddings, Usage
 from weir.processors.tokens import estimate_tokens
 from weir.schemas.messages import now_ms
@@ -63,7 +65,7 @@ from weir.streams.dead_letter import error_type_of
 
 __all__ = ["EmbeddingBatcher", "apportion"]
 
-_NO_META = CallMeta()
+_NO_META = NO_META
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
@@ -404,17 +406,19 @@ class EmbeddingBatcher:
         if request.scope is None:
             return
         fallback_from = None if served is self.endpoint else self.endpoint.name
+        share = CallTry(ProviderCall(endpoint=served.name, model=served.model), t0, usage)
+        share.cost = cost
         token = otel_context.attach(request.otel)  # the span is a child of the step's
         try:
-            served._record(
+            _record(
+                served,
                 request.scope,
                 None,
                 "embeddings",
                 status,
                 started_at,
                 t0,
-                usage,
-                cost,
+                share,
                 request.meta,
                 fallback_from,
                 error_type=error_type,
