@@ -26,7 +26,7 @@ True
 """
 
 from weir.processors._env import aclose_model_layer
-from weir.processors.batcher import EmbeddingBatcher
+from weir.processors.batcher import Batching, EmbeddingBatcher
 from weir.processors.budget import Budget
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
@@ -52,6 +52,7 @@ from weir.processors.transform import Transform
 __all__ = [
     "DEFAULT_PRICES",
     "Anthropic",
+    "Batching",
     "BreakerPolicy",
     "Budget",
     "ChatResult",

@@ -63,7 +63,7 @@ from weir.schemas.messages import now_ms
 from weir.streams.context import AttemptScope, current_scope
 from weir.streams.dead_letter import error_type_of
 
-__all__ = ["EmbeddingBatcher", "apportion"]
+__all__ = ["Batching", "EmbeddingBatcher", "apportion"]
 
 _NO_META = NO_META
 
@@ -91,6 +91,16 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     for i in order[:left]:
         shares[i] += 1
     return shares
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """``ModelEndpoint(batching=Batching(...))``: its ``embed()`` calls go through a batcher."""
+
+    max_batch_items: int = 64
+    max_batch_tokens: int | None = None
+    max_wait_ms: float = 10.0
+    max_in_flight: int = 4
 
 
 class _Request:

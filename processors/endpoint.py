@@ -33,7 +33,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
@@ -65,6 +65,9 @@ from weir.processors.results import (
 )
 from weir.processors.tokens import estimate_messages, estimate_tokens
 
+if TYPE_CHECKING:
+    from weir.processors.batcher import Batching, EmbeddingBatcher
+
 __all__ = ["ModelEndpoint", "endpoint_states"]
 
 log = logging.getLogger("weir.models")
@@ -85,7 +88,8 @@ class ModelEndpoint:
     call, and for streamed calls the wait for the first token and between
     tokens; it starts once the call is admitted under ``limits`` (a call waits
     up to ``queue_timeout_s`` for that, then fails ``rate_limited``).
-    ``breaker=None`` turns the circuit breaker off.
+    ``breaker=None`` turns the circuit breaker off.  ``batching`` sends the
+    texts of concurrent ``embed()`` calls together (``EmbeddingBatcher``).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class ModelEndpoint:
         stream_retries: int = 1,
         queue_timeout_s: float = 60.0,
         params: Mapping[str, Any] | None = None,
+        batching: Batching | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -150,6 +155,8 @@ class ModelEndpoint:
         self.fallbacks = tuple(fallbacks)
         self.stream_retries = stream_retries
         self.params = dict(params or {})
+        self.batching = batching
+        self._embedder: EmbeddingBatcher | None = None
         self.latency = LatencyStats()
         self._requests = (
             TokenBucket(self.limits.requests_per_minute)
@@ -228,6 +235,19 @@ class ModelEndpoint:
         """Embed ``texts`` in one call; vectors come back in input order."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError(f"endpoint {self.name!r}: embed() takes a list of strings")
+        if self.batching is not None:  # with the texts of other steps' calls, in one call
+            if self._embedder is None:
+                from weir.processors.batcher import EmbeddingBatcher
+
+                b = self.batching
+                self._embedder = EmbeddingBatcher(
+                    self,
+                    max_batch_items=b.max_batch_items,
+                    max_batch_tokens=b.max_batch_tokens,
+                    max_wait_ms=b.max_wait_ms,
+                    max_in_flight=b.max_in_flight,
+                )
+            return await self._embedder.embed(texts, meta=meta, **params)
         return await self._embed(texts, sum(estimate_tokens(t) for t in texts), meta, params)
 
     async def _embed(

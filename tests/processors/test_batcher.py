@@ -13,7 +13,7 @@ import pytest
 from tests._kafka import read_results, read_topic
 from tests._model_servers import vector
 from weir.core.errors import ConfigError, ModelRequestError, SecretError
-from weir.processors import EmbeddingBatcher, ModelEndpoint, OpenAICompatible, Price
+from weir.processors import Batching, EmbeddingBatcher, ModelEndpoint, OpenAICompatible, Price
 from weir.processors.batcher import apportion
 from weir.schemas.messages import DeadLetter
 from weir.streams import Pipeline, WeirClient, Worker
@@ -194,3 +194,18 @@ async def test_a_batch_that_cannot_be_sent_fails_its_steps_instead_of_leaving_th
         asyncio.gather(batcher.embed(["a"]), batcher.embed(["b"]), return_exceptions=True), 10
     )
     assert [type(o) for o in outcomes] == [SecretError, SecretError]
+
+
+async def test_an_endpoint_with_batching_sends_concurrent_embed_calls_together(servers):
+    server = await servers("emb")
+    endpoint = ModelEndpoint(
+        "batcher-wired",
+        provider=OpenAICompatible(server.url),
+        price=EMBED_PRICE,
+        batching=Batching(max_batch_items=5, max_wait_ms=5000),
+    )
+    texts = [["a b"], ["c", "d e"], ["f g h", "i"]]
+    results = await asyncio.wait_for(asyncio.gather(*(endpoint.embed(t) for t in texts)), 10)
+    assert server.batch_sizes == [5]
+    assert [r.vectors for r in results] == [[vector(t) for t in ts] for ts in texts]
+    assert sum(r.cost_usd for r in results) == EMBED_PRICE.cost(9, 0)
