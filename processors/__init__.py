@@ -25,6 +25,7 @@ reference, resolved at call time:
 True
 """
 
+from weir.processors.batcher import Batching, EmbeddingBatcher
 from weir.processors.budget import Budget
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
@@ -32,7 +33,16 @@ from weir.processors.cost import DEFAULT_PRICES, Price, format_usd
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.limits import Limits
 from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
-from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
+from weir.processors.results import (
+    ChatResult,
+    Classification,
+    Embeddings,
+    GeneratedImage,
+    Images,
+    StreamEvent,
+    Transcription,
+    Usage,
+)
 from weir.processors.router import Router, Rule
 from weir.processors.rules import RuleSet
 from weir.processors.services import ModelServices
@@ -42,13 +52,17 @@ from weir.streams.tokens import TokenChunk, TokenStream
 __all__ = [
     "DEFAULT_PRICES",
     "Anthropic",
+    "Batching",
     "BreakerPolicy",
     "Budget",
     "ChatResult",
     "ChatStream",
     "CircuitBreaker",
     "Classification",
+    "EmbeddingBatcher",
     "Embeddings",
+    "GeneratedImage",
+    "Images",
     "Limits",
     "LocalModel",
     "ModelEndpoint",
@@ -62,6 +76,7 @@ __all__ = [
     "StreamEvent",
     "TokenChunk",
     "TokenStream",
+    "Transcription",
     "Transform",
     "Usage",
     "format_usd",

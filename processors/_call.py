@@ -31,7 +31,7 @@ from weir.streams.context import AttemptScope, current_scope
 
 __all__ = ["CallMeta", "CallTry", "Callee", "Operation", "breaker_refused", "one_try", "usage_of"]
 
-Operation = Literal["chat", "embeddings", "classification"]
+Operation = Literal["chat", "embeddings", "classification", "image_generation", "transcription"]
 CostHook = Callable[[Decimal], Awaitable[None]]
 
 
@@ -268,6 +268,10 @@ def _record(
         span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
         span.set_attribute("gen_ai.usage.cost", float(attempt.cost))
         span.set_attribute("weir.usage_source", usage.source)
+        if usage.images:
+            span.set_attribute("weir.usage.images", usage.images)
+        if usage.audio_seconds:
+            span.set_attribute("weir.usage.audio_seconds", float(usage.audio_seconds))
         if ttft_ms is not None:
             span.set_attribute("gen_ai.response.time_to_first_chunk", ttft_ms / 1000)
         if error_type is not None:

@@ -47,10 +47,41 @@ class Price:
 
     input_per_1m: Decimal
     output_per_1m: Decimal = Decimal(0)
+    per_image: Decimal = Decimal(0)
+    """USD per generated image (image models)."""
+    per_audio_second: Decimal = Decimal(0)
+    """USD per second of audio transcribed (speech-to-text models)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_per_1m", _decimal(self.input_per_1m, "input price"))
         object.__setattr__(self, "output_per_1m", _decimal(self.output_per_1m, "output price"))
+        object.__setattr__(self, "per_image", _decimal(self.per_image, "price per image"))
+        object.__setattr__(
+            self, "per_audio_second", _decimal(self.per_audio_second, "price per audio second")
+        )
+
+    @classmethod
+    def per_unit(
+        cls, *, image: Decimal | str | float = 0, audio_second: Decimal | str | float = 0
+    ) -> Price:
+        """A price per generated image and/or per second of transcribed audio.
+
+        >>> Price.per_unit(image="0.04").units_cost(images=3)
+        Decimal('0.12')
+        >>> Price.per_unit(audio_second="0.0001").units_cost(audio_seconds=Decimal("61.5"))
+        Decimal('0.00615')
+        """
+        return cls(
+            Decimal(0),
+            Decimal(0),
+            _decimal(image, "price per image"),
+            _decimal(audio_second, "price per audio second"),
+        )
+
+    def units_cost(self, *, images: int = 0, audio_seconds: Decimal = Decimal(0)) -> Decimal:
+        """Exact USD for ``images`` generated images and ``audio_seconds`` of audio."""
+        total = images * self.per_image + audio_seconds * self.per_audio_second
+        return total.normalize() if total else Decimal(0)
 
     @classmethod
     def per_million(

@@ -33,7 +33,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
@@ -47,14 +47,27 @@ from weir.core.errors import (
 )
 from weir.core.secrets import SecretRef
 from weir.processors._call import NO_META, CallMeta, Operation, breaker_refused, one_try, usage_of
+from weir.processors._group import group_now
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
 from weir.processors.cost import FREE, Price, price_of
+from weir.processors.group_share import GroupMembers
 from weir.processors.limits import LatencyStats, Limits, TokenBucket
 from weir.processors.providers._base import Message, Provider, ProviderCall
-from weir.processors.results import ChatResult, Classification, Embeddings, Usage
+from weir.processors.results import (
+    ChatResult,
+    Classification,
+    Embeddings,
+    GeneratedImage,
+    Images,
+    Transcription,
+    Usage,
+)
 from weir.processors.services import ModelServices, services_in_use, services_now
 from weir.processors.tokens import estimate_messages, estimate_tokens
+
+if TYPE_CHECKING:
+    from weir.processors.batcher import Batching, EmbeddingBatcher
 
 __all__ = ["ModelEndpoint"]
 
@@ -75,7 +88,8 @@ class ModelEndpoint:
     call, and for streamed calls the wait for the first token and between
     tokens; it starts once the call is admitted under ``limits`` (a call waits
     up to ``queue_timeout_s`` for that, then fails ``rate_limited``).
-    ``breaker=None`` turns the circuit breaker off.
+    ``breaker=None`` turns the circuit breaker off.  ``batching`` sends the
+    texts of concurrent ``embed()`` calls together (``EmbeddingBatcher``).
     """
 
     def __init__(
@@ -96,6 +110,7 @@ class ModelEndpoint:
         stream_retries: int = 1,
         queue_timeout_s: float = 60.0,
         params: Mapping[str, Any] | None = None,
+        batching: Batching | None = None,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(
@@ -140,6 +155,8 @@ class ModelEndpoint:
         self.fallbacks = tuple(fallbacks)
         self.stream_retries = stream_retries
         self.params = dict(params or {})
+        self.batching = batching
+        self._embedder: EmbeddingBatcher | None = None
         self.latency = LatencyStats()
         self._requests = (
             TokenBucket(self.limits.requests_per_minute)
@@ -153,6 +170,11 @@ class ModelEndpoint:
             weakref.WeakKeyDictionary()
         )
         self.in_flight = 0
+        self._members: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupMembers] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._paused_until = 0.0
+        """Monotonic time before which no call starts (the endpoint's last ``Retry-After``)."""
 
     def __repr__(self) -> str:
         return f"ModelEndpoint({self.name!r}, model={self.model!r}, {self.provider.describe()})"
@@ -172,7 +194,10 @@ class ModelEndpoint:
 
     def cost(self, usage: Usage) -> Decimal:
         price = self.price()
-        return price.cost(usage.input_tokens, usage.output_tokens) if price else Decimal(0)
+        if price is None:
+            return Decimal(0)
+        units = price.units_cost(images=usage.images, audio_seconds=usage.audio_seconds)
+        return price.cost(usage.input_tokens, usage.output_tokens) + units
 
     def estimate_cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Upper-bound cost of a call this size (budgets reserve it before the call)."""
@@ -213,8 +238,26 @@ class ModelEndpoint:
         """Embed ``texts`` in one call; vectors come back in input order."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ConfigError(f"endpoint {self.name!r}: embed() takes a list of strings")
+        if self.batching is not None:  # with the texts of other steps' calls, in one call
+            if self._embedder is None:
+                from weir.processors.batcher import EmbeddingBatcher
+
+                b = self.batching
+                self._embedder = EmbeddingBatcher(
+                    self,
+                    max_batch_items=b.max_batch_items,
+                    max_batch_tokens=b.max_batch_tokens,
+                    max_wait_ms=b.max_wait_ms,
+                    max_in_flight=b.max_in_flight,
+                )
+            return await self._embedder.embed(texts, meta=meta, **params)
+        return await self._embed(texts, sum(estimate_tokens(t) for t in texts), meta, params)
+
+    async def _embed(
+        self, texts: Sequence[str], estimate: int, meta: CallMeta, params: Mapping[str, Any]
+    ) -> Embeddings:
+        """``embed`` with the input tokens already estimated (the batcher has them)."""
         merged = {**self.params, **params}
-        estimate = sum(estimate_tokens(t) for t in texts)
 
         async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
             done = await ep.provider.embed(call, texts, merged)
@@ -257,6 +300,76 @@ class ModelEndpoint:
             label=done.label,
             score=done.score,
             scores=done.scores,
+        )
+
+    async def generate_image(
+        self, prompt: str, *, n: int = 1, meta: CallMeta = NO_META, **params: Any
+    ) -> Images:
+        """``n`` images for ``prompt``, priced per image (``Price.per_unit(image=...)``).
+
+        Keep the bytes out of Kafka: return an image's ``url``, or the path
+        ``GeneratedImage.write`` put it at, from the step.
+        """
+        if not isinstance(prompt, str) or not prompt:
+            raise ConfigError(f"endpoint {self.name!r}: generate_image() takes a prompt string")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"endpoint {self.name!r}: n must be a positive integer")
+        merged = {**self.params, **params, "n": n}
+
+        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
+            done = await ep.provider.generate_image(call, prompt, merged)
+            return done, Usage(0, 0, "provider", images=len(done.urls)), done.model
+
+        done, usage, cost, ep = await self._with_fallbacks("image_generation", once, 0, meta)
+        return Images(
+            endpoint=ep.name,
+            model=done.model,
+            usage=usage,
+            cost_usd=cost,
+            rule=meta.rule,
+            rules_version=meta.rules_version,
+            images=[GeneratedImage(u, d) for u, d in zip(done.urls, done.data, strict=True)],
+        )
+
+    async def transcribe(
+        self,
+        audio: bytes,
+        *,
+        filename: str = "audio.wav",
+        duration_s: float | None = None,
+        meta: CallMeta = NO_META,
+        **params: Any,
+    ) -> Transcription:
+        """The text of ``audio``, priced per second (``Price.per_unit(audio_second=...)``).
+
+        Seconds are the provider's measure; ``duration_s`` is used when it gives none
+        (without either, the call is priced at 0 and its usage marked an estimate).
+        """
+        if not isinstance(audio, bytes | bytearray) or not audio:
+            raise ConfigError(f"endpoint {self.name!r}: transcribe() takes the audio's bytes")
+        merged = {**self.params, **params}
+
+        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
+            done = await ep.provider.transcribe(call, bytes(audio), filename, merged)
+            seconds = done.duration_s if done.duration_s is not None else duration_s
+            source: Literal["provider", "estimate"] = (
+                "provider" if done.duration_s is not None else "estimate"
+            )
+            # Milliseconds: enough for per-second prices, and exact in Decimal.
+            exact = Decimal(str(round(seconds, 3))) if seconds is not None else Decimal(0)
+            return done, Usage(0, 0, source, audio_seconds=exact), done.model
+
+        done, usage, cost, ep = await self._with_fallbacks("transcription", once, 0, meta)
+        return Transcription(
+            endpoint=ep.name,
+            model=done.model,
+            usage=usage,
+            cost_usd=cost,
+            rule=meta.rule,
+            rules_version=meta.rules_version,
+            text=done.text,
+            duration_s=float(usage.audio_seconds) if usage.audio_seconds else None,
+            language=done.language,
         )
 
     def stream_chat(
@@ -310,9 +423,15 @@ class ModelEndpoint:
         return ProviderCall(endpoint=self.name, model=self.model, api_key=key)
 
     def key_refused(self, error: ModelError) -> None:
-        """After a 401/403 the key may have been rotated: resolve it afresh next time."""
+        """After a 401/403 the key may have been rotated: resolve it afresh next time.
+
+        After a 429 with ``Retry-After``, every call of this process waits that long.
+        """
         if error.status in (401, 403) and self._key_ref is not None:
             services_now().resolver.invalidate(self._key_ref)
+        wait = getattr(error, "retry_after_s", None)
+        if isinstance(error, RateLimitedError) and isinstance(wait, int | float) and wait > 0:
+            self._paused_until = max(self._paused_until, time.monotonic() + min(wait, 600.0))
 
     def debit_tokens(self, tokens: int) -> None:
         """Charge tokens used beyond the admission's estimate to the tokens-per-minute limit."""
@@ -328,6 +447,13 @@ class ModelEndpoint:
         """
         deadline = time.monotonic() + self.queue_timeout_s
         what = f"endpoint {self.name!r}"
+        await self._take_group_share()
+        while (paused := self._paused_until - time.monotonic()) > 0:
+            if time.monotonic() + paused > deadline:
+                raise RateLimitedError(
+                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
+                )
+            await asyncio.sleep(paused)
         if self._requests is not None:
             await self._requests.take(1, deadline=deadline, what=what)
         if self._tokens is not None:
@@ -349,6 +475,24 @@ class ModelEndpoint:
             self.in_flight -= 1
             if slots is not None:
                 slots.release()
+
+    async def _take_group_share(self) -> None:
+        """Inside a worker, per-minute limits are the group's: keep 1/members of them."""
+        if self._requests is None and self._tokens is None:
+            return
+        group = group_now()
+        if group is None:
+            return
+        loop = asyncio.get_running_loop()
+        members = self._members.get(loop)
+        if members is None:
+            services = services_now()
+            members = self._members[loop] = GroupMembers(services.settings)
+            services.add_closer(members.aclose)
+        count = await members.count(group)
+        for bucket in (self._requests, self._tokens):
+            if bucket is not None:
+                bucket.set_share(count)
 
     @property
     def _concurrency(self) -> int | None:

@@ -1,8 +1,10 @@
 """Per-endpoint limits (requests/min, tokens/min, concurrency) and observed latency.
 
-Limits are enforced in each worker process as back-pressure: a call waits for
-room (the step's own timeout still bounds it) instead of piling requests onto a
-provider that will answer 429.  A call that cannot get room within the
+Limits are enforced as back-pressure: a call waits for room (the step's own
+timeout still bounds it) instead of piling requests onto a provider that will
+answer 429.  Inside a worker, requests/min and tokens/min are the pipeline's:
+each process keeps 1/N of them, N the live members of its consumer group
+(``weir.processors.group_share``).  A call that cannot get room within the
 endpoint's timeout fails with ``RateLimitedError``, which the step may retry.
 
 >>> Limits(requests_per_minute=600).requests_per_minute
@@ -28,7 +30,10 @@ __all__ = ["LatencyStats", "Limits", "TokenBucket"]
 
 @dataclass(frozen=True)
 class Limits:
-    """What one worker may send to an endpoint; ``None`` means unlimited."""
+    """What a pipeline's workers together may send to an endpoint; ``None`` means unlimited.
+
+    ``max_concurrency`` is per worker process (it also sizes the connection pool).
+    """
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -49,10 +54,23 @@ class TokenBucket:
     """``per_minute`` units a minute, refilled continuously; may go into debt."""
 
     def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
         self.capacity = float(per_minute)
         self._rate = per_minute / 60.0
         self._level = self.capacity
         self._stamp = time.monotonic()
+        self.share = 1
+
+    def set_share(self, members: int) -> None:
+        """Keep 1/``members`` of the limit (rate and burst): the rest is the other workers'."""
+        members = max(1, members)
+        if members == self.share:
+            return
+        self._refill()
+        self.share = members
+        self.capacity = self.per_minute / members
+        self._rate = self.per_minute / members / 60.0
+        self._level = min(self._level, self.capacity)
 
     def _refill(self) -> None:
         now = time.monotonic()

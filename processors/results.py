@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ChatResult", "Classification", "Embeddings", "StreamEvent", "Usage"]
+__all__ = [
+    "ChatResult",
+    "Classification",
+    "Embeddings",
+    "GeneratedImage",
+    "Images",
+    "StreamEvent",
+    "Transcription",
+    "Usage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +26,10 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     source: Literal["provider", "estimate"] = "provider"
+    images: int = 0
+    """Images generated (image models are priced per image)."""
+    audio_seconds: Decimal = Decimal(0)
+    """Seconds of audio transcribed (speech-to-text models are priced per second)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +61,43 @@ class Embeddings(_Served):
     """One vector per input, in input order."""
 
     vectors: list[list[float]] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedImage:
+    """One image: a URL the provider hosts, or its bytes (``b64_json`` answers)."""
+
+    url: str | None
+    data: bytes | None = field(default=None, repr=False)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the bytes to ``path`` (a blob store's mount, say); return the path.
+
+        Images are large: a step returns this path or the ``url``, not the bytes,
+        which would make the step's output too large for a Kafka message.
+        """
+        if self.data is None:
+            raise ValueError(f"this image is at {self.url!r}; it has no bytes to write")
+        target = Path(path)
+        target.write_bytes(self.data)
+        return target
+
+
+@dataclass(frozen=True, slots=True)
+class Images(_Served):
+    """Generated images, priced per image."""
+
+    images: list[GeneratedImage] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription(_Served):
+    """Text of an audio file, priced per second of audio."""
+
+    text: str = ""
+    duration_s: float | None = None
+    """Seconds of audio (the provider's measure, else the caller's ``duration_s``)."""
+    language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ from weir.processors.rules import RuleFollower
 from weir.streams.context import current_scope
 from weir.topics.names import ROUTES_TOPIC
 
-__all__ = ["ModelServices", "services_in_use", "services_now"]
+__all__ = ["ModelServices", "bind_services", "services_in_use", "services_now"]
 
 log = logging.getLogger("weir.models")
 
@@ -64,6 +64,7 @@ class ModelServices:
         self._routers: dict[str, RuleFollower] = {}
         self._watcher: RouteWatcher | None = None
         self._ledger: CostLedger | None = None
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
         self.stopped = False
 
@@ -127,6 +128,10 @@ class ModelServices:
         await self._ledger.start()
         return self._ledger
 
+    def add_closer(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Have ``stop()`` await ``close`` (a batcher's calls, a group-membership poller)."""
+        self._closers.append(close)
+
     @property
     def existing_ledger(self) -> CostLedger | None:
         """The cost ledger if a budget has made one."""
@@ -153,9 +158,11 @@ class ModelServices:
         self.stopped = True
         watcher, self._watcher = self._watcher, None
         ledger, self._ledger = self._ledger, None
+        closers, self._closers = self._closers, []
         for name, close in (
             ("route watcher", watcher.stop if watcher else None),
             ("cost ledger", ledger.stop if ledger else None),
+            *(("background resource", c) for c in closers),
         ):
             if close is None:
                 continue
@@ -183,6 +190,11 @@ class ModelServices:
             yield self
         finally:
             _BOUND.reset(token)
+
+
+def bind_services(services: ModelServices) -> None:
+    """Make ``services`` the current context's (for a task that serves many steps)."""
+    _BOUND.set(services)
 
 
 def services_in_use() -> ModelServices | None:

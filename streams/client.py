@@ -174,6 +174,36 @@ class WeirClient:
                 self._schema_ids[topic] = await registry.register(f"{topic}-value", REQUEST_SCHEMA)
         return self._schema_ids[topic]
 
+    async def enqueue(
+        self,
+        pipeline: str,
+        payload: Mapping[str, Any],
+        *,
+        request_id: str,
+        options: Mapping[str, str] | None = None,
+        fmt: Literal["json", "avro"] = "json",
+    ) -> asyncio.Future[Any]:
+        """Hand one request to the producer; the returned future resolves on the broker's ack.
+
+        For callers that stream many requests and track each acknowledgement
+        (``weir submit --file`` keeps a resumable record of them).
+        """
+        if self._producer is None:
+            raise WeirError("WeirClient is not started")
+        topic = await self._requests_topic(pipeline)
+        request = Request(
+            request_id=request_id,
+            pipeline=pipeline,
+            payload=dict(payload),
+            options=dict(options or {}),
+        )
+        schema_id = await self._request_schema_id(topic) if fmt == "avro" else None
+        raw = request.to_avro(schema_id=schema_id) if fmt == "avro" else request.to_json()
+        future: asyncio.Future[Any] = await self._producer.send(
+            topic, value=raw, key=request_id.encode()
+        )
+        return future
+
     async def send_raw(self, pipeline: str, value: bytes | None, key: bytes | None = None) -> None:
         """Put arbitrary bytes on the requests topic (for tools and tests of bad input)."""
         if self._producer is None:

@@ -12,6 +12,7 @@ are the words of every message plus 7, output tokens the words of the answer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
 import json
@@ -43,6 +44,10 @@ class Behaviour:
     echo_key_in_errors: bool = False
     """Quote the caller's API key in error bodies (as some real APIs do)."""
     reply: Callable[[str], str] = field(default=lambda text: f"you said {text}")
+    throttle: list[float] = field(default_factory=list)
+    """Images and audio: while not empty, answer 429 with ``Retry-After`` of the next value."""
+    rejects: Callable[[str], bool] | None = None
+    """Embeddings: answer 400 to a call with any input this is true of (a poison text)."""
 
 
 def _words(text: str) -> int:
@@ -63,6 +68,10 @@ def input_tokens(messages: list[dict[str, Any]], system: str = "") -> int:
     return _words(text) + 7
 
 
+def image_bytes(prompt: str, index: int) -> bytes:
+    return b"\x89PNG" + hashlib.sha256(f"{prompt}/{index}".encode()).digest()
+
+
 def vector(text: str, dims: int = 8) -> list[float]:
     digest = hashlib.sha256(text.encode()).digest()
     return [round(b / 255, 6) for b in digest[:dims]]
@@ -77,6 +86,12 @@ class ModelServer:
         self.calls: collections.Counter[str] = collections.Counter()
         """By kind: chat, stream, embeddings, messages, messages_stream, failed, hung, cut."""
         self.api_keys: list[str] = []
+        self.call_times: list[float] = []
+        """Images and audio: the loop time of every call answered (not throttled)."""
+        self.batch_sizes: list[int] = []
+        """Embeddings: inputs per call, in arrival order."""
+        self.embedded: list[str] = []
+        """Embeddings: every input answered with a vector."""
         self._rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -88,13 +103,17 @@ class ModelServer:
     @property
     def total(self) -> int:
         """Model requests received (every kind)."""
-        return sum(v for k, v in self.calls.items() if k not in ("failed", "hung", "cut"))
+        return sum(
+            v for k, v in self.calls.items() if k not in ("failed", "hung", "cut", "rejected")
+        )
 
     async def start(self) -> ModelServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -218,6 +237,13 @@ class ModelServer:
         if failed is not None:
             return failed
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        self.batch_sizes.append(len(inputs))
+        rejects = self.behaviour.rejects
+        if rejects is not None and any(rejects(t) for t in inputs):
+            self.calls["rejected"] += 1
+            body = {"error": {"message": "input rejected", "type": "invalid_request_error"}}
+            return web.json_response(body, status=400)
+        self.embedded.extend(inputs)
         tokens = sum(_words(t) for t in inputs)
         return web.json_response(
             {
@@ -230,6 +256,47 @@ class ModelServer:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+    def _throttled(self) -> web.Response | None:
+        if not self.behaviour.throttle:
+            return None
+        self.calls["throttled"] += 1
+        wait = self.behaviour.throttle.pop(0)
+        body = {"error": {"message": "slow down", "type": "rate_limit_exceeded"}}
+        return web.json_response(body, status=429, headers={"Retry-After": f"{wait:g}"})
+
+    async def _images(self, request: web.Request) -> web.Response:
+        """Images as URLs, or as base64 PNG-like bytes derived from the prompt."""
+        body = await request.json()
+        throttled = self._throttled()
+        if throttled is not None:
+            return throttled
+        self.calls["images"] += 1
+        self.call_times.append(asyncio.get_running_loop().time())
+        n = int(body.get("n", 1))
+        prompt = body["prompt"]
+        if body.get("response_format") == "b64_json":
+            rows = [
+                {"b64_json": base64.b64encode(image_bytes(prompt, i)).decode()} for i in range(n)
+            ]
+        else:
+            rows = [{"url": f"https://images.example/{self.name}/{i}.png"} for i in range(n)]
+        return web.json_response({"created": 0, "data": rows})
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        """The text is the uploaded bytes decoded; the duration is 1 s per 1,000 bytes."""
+        form = await request.post()
+        throttled = self._throttled()
+        if throttled is not None:
+            return throttled
+        self.calls["transcriptions"] += 1
+        self.call_times.append(asyncio.get_running_loop().time())
+        upload = form["file"]
+        audio = upload.file.read()  # type: ignore[union-attr]
+        answer: dict[str, Any] = {"text": audio.decode(errors="replace"), "language": "en"}
+        if form.get("response_format") == "verbose_json":
+            answer["duration"] = len(audio) / 1000
+        return web.json_response(answer)
 
     # -- Anthropic ---------------------------------------------------------------------
 

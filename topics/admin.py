@@ -11,6 +11,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    GroupCoordinatorNotAvailableError,
     KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
@@ -90,6 +91,19 @@ class TopicAdmin:
             if wanted is None or topic["topic"] in wanted:
                 out[topic["topic"]] = len(topic["partitions"])
         return out
+
+    async def group_members(self, group: str) -> int:
+        """Live members of consumer group ``group`` (0 when it has none or does not exist)."""
+        try:
+            responses = await self._admin.describe_consumer_groups([group])
+        except GroupCoordinatorNotAvailableError:  # no member has joined it yet
+            return 0
+        for response in responses:
+            for described in response.groups:
+                error_code, group_id, state = described[0], described[1], described[2]
+                if group_id == group and not error_code and state != "Dead":
+                    return len(described[5])
+        return 0
 
     async def list(self) -> dict[str, int]:
         """All topics except Kafka's internal ones, with their partition counts."""

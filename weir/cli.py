@@ -60,6 +60,7 @@ app.command("sink")(trace_commands.sink)
 app.command("sql")(sql_commands.sql)
 app.command("submit")(request_commands.submit)
 app.command("results")(request_commands.results)
+app.command("lag")(request_commands.lag)
 
 
 def _register_commands() -> None:

@@ -17,7 +17,16 @@ from pydantic import SecretStr
 
 from weir.core.errors import ModelRequestError
 
-__all__ = ["Completion", "Embedded", "Labelled", "Piece", "Provider", "ProviderCall"]
+__all__ = [
+    "Completion",
+    "Embedded",
+    "Imaged",
+    "Labelled",
+    "Piece",
+    "Provider",
+    "ProviderCall",
+    "Transcribed",
+]
 
 Message = Mapping[str, Any]
 
@@ -63,6 +72,24 @@ class Embedded:
 
 
 @dataclass(frozen=True, slots=True)
+class Imaged:
+    """Generated images: each a URL the provider hosts, or the image's bytes."""
+
+    urls: list[str | None]
+    data: list[bytes | None] = field(repr=False)
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transcribed:
+    text: str
+    model: str
+    duration_s: float | None
+    """Seconds of audio as the provider measured them (``None``: not reported)."""
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Labelled:
     label: str
     score: float | None
@@ -101,6 +128,20 @@ class Provider(ABC):
     async def classify(self, call: ProviderCall, text: str, params: Mapping[str, Any]) -> Labelled:
         raise ModelRequestError(
             f"endpoint {call.endpoint!r}: {self.name} does not offer classification"
+        )
+
+    async def generate_image(
+        self, call: ProviderCall, prompt: str, params: Mapping[str, Any]
+    ) -> Imaged:
+        raise ModelRequestError(
+            f"endpoint {call.endpoint!r}: {self.name} does not offer image generation"
+        )
+
+    async def transcribe(
+        self, call: ProviderCall, audio: bytes, filename: str, params: Mapping[str, Any]
+    ) -> Transcribed:
+        raise ModelRequestError(
+            f"endpoint {call.endpoint!r}: {self.name} does not offer audio transcription"
         )
 
     @abstractmethod

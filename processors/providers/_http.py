@@ -116,6 +116,9 @@ class HttpProvider(Provider):
         url = self.base_url + path
         with _translated(call.endpoint, streaming=False):
             response = await self.client().post(url, json=body, headers=self.auth_headers(call))
+        return self._json_of(call, response)
+
+    def _json_of(self, call: ProviderCall, response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 400:
             raise status_error(call.endpoint, response.status_code, response.text, response)
         try:
@@ -130,6 +133,21 @@ class HttpProvider(Provider):
                 f"endpoint {call.endpoint!r} answered a JSON {type(value).__name__}, not an object"
             )
         return value
+
+    async def post_multipart(
+        self,
+        call: ProviderCall,
+        path: str,
+        data: Mapping[str, str],
+        files: Mapping[str, tuple[str, bytes]],
+    ) -> dict[str, Any]:
+        """A ``multipart/form-data`` POST (file uploads); the JSON object it answers."""
+        url = self.base_url + path
+        with _translated(call.endpoint, streaming=False):
+            response = await self.client().post(
+                url, data=dict(data), files=dict(files), headers=self.auth_headers(call)
+            )
+        return self._json_of(call, response)
 
     async def stream_sse(
         self, call: ProviderCall, path: str, body: Mapping[str, Any]

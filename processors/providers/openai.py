@@ -1,4 +1,5 @@
-"""OpenAI-compatible HTTP APIs: chat completions (plain and SSE-streamed) and embeddings.
+"""OpenAI-compatible HTTP APIs: chat completions (plain and SSE-streamed), embeddings,
+image generation (``/images/generations``) and audio transcription (``/audio/transcriptions``).
 
 The same wire format is served by OpenAI, Azure OpenAI's v1 API, vLLM, Ollama,
 TGI's Messages API, LM Studio, llama.cpp's server and most hosted gateways, so
@@ -11,12 +12,22 @@ ends without ``[DONE]`` is a broken stream, never a short answer.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from weir.core.errors import ModelResponseError, StreamInterruptedError
-from weir.processors.providers._base import Completion, Embedded, Message, Piece, ProviderCall
+from weir.processors.providers._base import (
+    Completion,
+    Embedded,
+    Imaged,
+    Message,
+    Piece,
+    ProviderCall,
+    Transcribed,
+)
 from weir.processors.providers._http import HttpProvider
 
 __all__ = ["OpenAICompatible"]
@@ -150,6 +161,53 @@ class OpenAICompatible(HttpProvider):
             vectors=vectors,
             model=str(data.get("model") or call.model),
             input_tokens=_int(usage.get("prompt_tokens")),
+        )
+
+    async def generate_image(
+        self, call: ProviderCall, prompt: str, params: Mapping[str, Any]
+    ) -> Imaged:
+        body = {**params, "model": call.model, "prompt": prompt}
+        data = await self.post_json(call, "/images/generations", body)
+        rows = data.get("data")
+        if not isinstance(rows, list) or not rows:
+            raise ModelResponseError(f"endpoint {call.endpoint!r}: images answer has no data[]")
+        urls: list[str | None] = []
+        blobs: list[bytes | None] = []
+        for row in rows:
+            url = row.get("url") if isinstance(row, dict) else None
+            encoded = row.get("b64_json") if isinstance(row, dict) else None
+            if not isinstance(url, str) and not isinstance(encoded, str):
+                raise ModelResponseError(
+                    f"endpoint {call.endpoint!r}: an image has neither url nor b64_json"
+                )
+            try:
+                blob = base64.b64decode(encoded, validate=True) if encoded else None
+            except (binascii.Error, ValueError):
+                raise ModelResponseError(
+                    f"endpoint {call.endpoint!r}: an image's b64_json is not base64"
+                ) from None
+            urls.append(url if isinstance(url, str) else None)
+            blobs.append(blob)
+        return Imaged(urls=urls, data=blobs, model=str(data.get("model") or call.model))
+
+    async def transcribe(
+        self, call: ProviderCall, audio: bytes, filename: str, params: Mapping[str, Any]
+    ) -> Transcribed:
+        # verbose_json carries the audio's duration, which the price is per second of.
+        fields = {"response_format": "verbose_json", **{k: str(v) for k, v in params.items()}}
+        fields["model"] = call.model
+        data = await self.post_multipart(
+            call, "/audio/transcriptions", fields, {"file": (filename, audio)}
+        )
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise ModelResponseError(f"endpoint {call.endpoint!r}: transcription has no text")
+        duration = data.get("duration")
+        return Transcribed(
+            text=text,
+            model=str(data.get("model") or call.model),
+            duration_s=float(duration) if isinstance(duration, int | float) else None,
+            language=data.get("language") if isinstance(data.get("language"), str) else None,
         )
 
 

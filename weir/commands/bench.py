@@ -18,6 +18,10 @@ err = Console(stderr=True)
 
 
 def bench(
+    workload: Annotated[
+        str,
+        typer.Argument(help="hotpath (3 inline steps vs. a chain) or embed (the micro-batcher)."),
+    ] = "hotpath",
     requests: Annotated[int, typer.Option("--requests", "-n", help="Burst size.")] = 20_000,
     probe: Annotated[int, typer.Option(help="Unloaded requests, one at a time.")] = 200,
     rounds: Annotated[int, typer.Option(help="Alternating rounds (weir, chain, ...).")] = 3,
@@ -52,7 +56,19 @@ def bench(
     ] = None,
     as_json_: Annotated[bool, typer.Option("--json", help="Print JSON, no table.")] = False,
 ) -> None:
-    """3 inline steps (n+1 each) in weir vs. a hand-written 3-hop aiokafka chain."""
+    """3 inline steps (n+1 each) in weir vs. a hand-written 3-hop aiokafka chain.
+
+    ``weir bench embed``: an embedding pipeline with and without the micro-batcher,
+    against a local endpoint the run starts (see ``weir.bench_embed``).
+    """
+    if workload == "embed":
+        from weir.commands.bench_embed import bench_embed
+
+        bench_embed(bootstrap=bootstrap, quick=quick, as_json_=as_json_)
+        return
+    if workload != "hotpath":
+        err.print(f"[red]unknown workload {workload!r}: hotpath or embed[/]")
+        raise typer.Exit(2)
     if quick:
         requests, probe, rounds = min(requests, 3000), min(probe, 50), 1
     variants = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from weir.commands._output import print_json
 from weir.core.config import load_settings
 
-__all__ = ["results", "submit"]
+__all__ = ["lag", "results", "submit"]
 
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 err = Console(stderr=True, soft_wrap=True)
@@ -84,14 +85,25 @@ def submit(
         bool, typer.Option(help="Wait for the results and print them (JSON lines).")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 120.0,
+    restart: Annotated[
+        bool,
+        typer.Option(help="--file: ignore FILE.weir-progress and send every line again."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Submit requests to a pipeline's requests topic; print their request ids."""
+    """Submit requests to a pipeline's requests topic; print their request ids.
+
+    With ``--file``, lines the broker acknowledged are recorded in
+    ``FILE.weir-progress``; after an interruption the same command sends only the rest.
+    """
     from weir.streams.client import WeirClient
 
-    payloads = _read_payloads(json_text, file)
     options = _read_options(option or [])
     settings = load_settings(config)
+    if file is not None and json_text is None:
+        _submit_file(pipeline, file, options, avro, wait, timeout, restart, settings)
+        return
+    payloads = _read_payloads(json_text, file)
 
     async def run() -> None:
         async with WeirClient(settings) as client:
@@ -122,18 +134,110 @@ def submit(
     asyncio.run(run())
 
 
+def _submit_file(
+    pipeline: str,
+    file: Path,
+    options: dict[str, str],
+    avro: bool,
+    wait: bool,
+    timeout: float,
+    restart: bool,
+    settings: Any,
+) -> None:
+    from weir.core.errors import WeirError
+    from weir.streams.client import WeirClient
+    from weir.submission import SubmitReport, submit_file
+
+    async def run() -> SubmitReport:
+        async with WeirClient(settings) as client:
+            with Progress(
+                TextColumn("submitting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=err,
+            ) as progress:
+                task = progress.add_task("submit", total=None, rate="")
+                started = time.monotonic()
+
+                def begin(report: SubmitReport) -> None:
+                    progress.update(task, total=report.lines, completed=report.already)
+
+                def acked(n: int) -> None:
+                    progress.advance(task, n)
+                    done = progress.tasks[0].completed
+                    per_s = done / max(1e-3, time.monotonic() - started)
+                    progress.update(task, rate=f"{per_s:,.0f}/s")
+
+                report = await submit_file(
+                    client,
+                    pipeline,
+                    file,
+                    options=options,
+                    fmt="avro" if avro else "json",
+                    restart=restart,
+                    on_acked=acked,
+                    on_start=begin,
+                )
+            if wait and report.ids:
+                results = await client.wait_for(pipeline, report.ids, timeout=timeout)
+                for rid in report.ids:
+                    print_json(results[rid].to_json())
+            return report
+
+    try:
+        report = asyncio.run(run())
+    except WeirError as exc:
+        err.print(f"[red]{exc.error_type}[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if not wait:
+        for rid in report.ids:
+            out.print(rid, highlight=False)
+    err.print(
+        f"{report.sent} sent and acknowledged, {report.already} already acknowledged"
+        f" by an earlier run, of {report.lines} lines",
+        highlight=False,
+    )
+    if report.bad:
+        for number, why in report.bad[:20]:
+            err.print(f"{file}:{number}: {why}", highlight=False)
+        more = " (first 20 shown)" if len(report.bad) > 20 else ""
+        err.print(
+            f"[red]{len(report.bad)} line(s) not sent{more}[/]: fix them in place and run the"
+            " same command again: only they will be sent",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
 def results(
     pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep waiting for new ones.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            "--to",
+            help="Write them to FILE.jsonl (appended) or FILE.parquet (needs weir[parquet])"
+            " as they arrive, not to the terminal.",
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(help="With --follow: stop after this many seconds without a result."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Print a pipeline's results from the beginning of its results topic."""
     from weir.streams.client import WeirClient
 
     settings = load_settings(config)
+    if to is not None:
+        _results_to_file(pipeline, to, follow, idle_timeout, settings)
+        return
 
     async def run() -> None:
         async with WeirClient(settings) as client:
@@ -146,6 +250,44 @@ def results(
     asyncio.run(run())
 
 
+def _results_to_file(
+    pipeline: str, to: Path, follow: bool, idle_timeout: float | None, settings: Any
+) -> None:
+    from weir.core.errors import WeirError
+    from weir.result_files import open_result_file
+    from weir.streams.client import WeirClient
+
+    try:
+        writer = open_result_file(to)
+    except WeirError as exc:
+        err.print(f"[red]{exc.error_type}[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+    async def run() -> None:
+        async with WeirClient(settings) as client:
+            with Progress(
+                TextColumn(f"writing {to.name}"),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+            ) as progress:
+                task = progress.add_task("results", total=None)
+                async for result in client.results(
+                    pipeline, follow=follow, idle_timeout=idle_timeout
+                ):
+                    writer.write(result)
+                    writer.flush()
+                    progress.advance(task)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()  # a Parquet file is readable once its footer is written
+        err.print(f"{writer.written} result(s) written to {to}", highlight=False)
+
+
 def _result_line(result: Any) -> str:
     if result.status == "SUCCESS":
         return f"{result.request_id} {result.latency_ms:8.1f} ms  {result.output}"
@@ -153,3 +295,63 @@ def _result_line(result: Any) -> str:
         f"{result.request_id} FAILURE at {result.failed_step}: "
         f"{result.error_type}: {result.error_message}"
     )
+
+
+def lag(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    partitions: Annotated[
+        bool, typer.Option("--partitions", "-p", help="One row per partition.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Group-wide consumer lag of a pipeline: messages not yet done, per step (and partition)."""
+    from rich.table import Table
+
+    from weir.commands._output import print_table
+    from weir.topics.lag import group_members, pipeline_lag
+
+    settings = load_settings(config)
+
+    async def read() -> tuple[list[Any], int]:
+        return await pipeline_lag(settings, pipeline), await group_members(settings, pipeline)
+
+    rows, members = asyncio.run(read())
+    if not rows:
+        err.print(f"pipeline {pipeline!r} has no topics: is its name right?", highlight=False)
+        raise typer.Exit(1)
+    if as_json:
+        print_json(
+            {
+                "pipeline": pipeline,
+                "workers": members,
+                "total": sum(r.lag for r in rows),
+                "steps": {
+                    step: sum(r.lag for r in rows if r.step == step)
+                    for step in dict.fromkeys(r.step for r in rows)
+                },
+                "partitions": [
+                    {
+                        "step": r.step,
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "committed": r.committed,
+                        "end": r.end,
+                        "lag": r.lag,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+        return
+    if partitions:
+        table = Table("step", "topic", "partition", "committed", "end", "lag")
+        for r in rows:
+            committed = "-" if r.committed is None else str(r.committed)
+            table.add_row(r.step, r.topic, str(r.partition), committed, str(r.end), str(r.lag))
+    else:
+        table = Table("step", "topics", "lag")
+        for step in dict.fromkeys(r.step for r in rows):
+            mine = [r for r in rows if r.step == step]
+            table.add_row(step, str(len({r.topic for r in mine})), f"{sum(r.lag for r in mine):,}")
+    print_table(out, table)
