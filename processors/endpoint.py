@@ -58,12 +58,14 @@ from weir.processors.limits import LatencyStats, Limits, TokenBucket
 from weir.processors.providers._base import Message, Provider, ProviderCall
 from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
 from weir.processors.streaming import StreamPublisher
+from weir.processors.substitution import substitute
 from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
 from weir.streams.context import AttemptScope, current_scope
 from weir.streams.dead_letter import error_type_of
+from weir.streams.side_effects import current_replay
 
-__all__ = ["ChatStream", "ModelEndpoint", "endpoint_states"]
+__all__ = ["ChatStream", "ModelEndpoint", "endpoint_named", "endpoint_states"]
 
 log = logging.getLogger("weir.models")
 
@@ -288,6 +290,9 @@ class ModelEndpoint:
     # -- the call machinery -------------------------------------------------------------
 
     def _chain(self) -> tuple[ModelEndpoint, ...]:
+        candidate = substitute()
+        if candidate is not None and candidate is not self:  # a step replay's candidate
+            return candidate._chain()
         return (self, *self.fallbacks)
 
     async def _with_fallbacks(
@@ -298,8 +303,9 @@ class ModelEndpoint:
         meta: CallMeta,
     ) -> tuple[Any, Usage, Decimal, ModelEndpoint]:
         last: ModelError | None = None
-        for ep in self._chain():
-            fallback_from = None if ep is self else self.name
+        chain = self._chain()
+        for ep in chain:
+            fallback_from = None if ep is chain[0] else chain[0].name
             if ep.breaker is not None and not ep.breaker.allow():
                 ep._refused(operation, meta, fallback_from, streamed=False)
                 last = CircuitOpenError(
@@ -381,7 +387,9 @@ class ModelEndpoint:
                 fallback_from,
                 response_model=model,
             )
-        if meta.on_cost is not None and cost:
+        # A step replay's spend is counted by the replay against its own budget, never by
+        # the live budget ledger.
+        if meta.on_cost is not None and cost and current_replay() is None:
             await meta.on_cost(cost)
         return done, usage, cost
 
@@ -579,6 +587,11 @@ class ModelEndpoint:
         }
 
 
+def endpoint_named(name: str) -> ModelEndpoint | None:
+    """The endpoint called ``name`` defined in this process, if any."""
+    return _ENDPOINTS.get(name)
+
+
 def endpoint_states(settings: WeirSettings | None = None) -> dict[str, dict[str, Any]]:
     """Every endpoint defined in this process, by name (prices from ``settings``' table)."""
     return {name: ep.state(settings) for name, ep in sorted(_ENDPOINTS.items())}
@@ -747,8 +760,9 @@ async def _stream_tries(
     attempt = 0
     emitted = False
     restarts = 0
-    for ep in first._chain():
-        fallback_from = None if ep is first else first.name
+    chain = first._chain()
+    for ep in chain:
+        fallback_from = None if ep is chain[0] else chain[0].name
         for _ in range(1 + ep.stream_retries):
             if ep.breaker is not None and not ep.breaker.allow():
                 ep._refused("chat", meta, fallback_from, streamed=True)
@@ -849,7 +863,7 @@ async def _stream_tries(
                         ttft_ms=ttft,
                         streamed=True,
                     )
-                    if meta.on_cost is not None and cost:
+                    if meta.on_cost is not None and cost and current_replay() is None:
                         await meta.on_cost(cost)
                     last = exc
                     if emitted:
@@ -889,7 +903,7 @@ async def _stream_tries(
                     ttft_ms=ttft,
                     streamed=True,
                 )
-            if meta.on_cost is not None and cost:
+            if meta.on_cost is not None and cost and current_replay() is None:
                 await meta.on_cost(cost)
             if publisher is not None:
                 publisher.done(endpoint=ep.name, attempt=attempt, usage=usage, cost_usd=cost)

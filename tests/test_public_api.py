@@ -25,6 +25,7 @@ API_MODULES = [
     "weir.core.errors",
     "weir.processors",
     "weir.processors.providers",
+    "weir.replays",
 ]
 DOCTEST_MODULES = [
     "weir.streams",
@@ -54,6 +55,10 @@ DOCTEST_MODULES = [
     "weir.processors.providers.openai",
     "weir.processors.providers.anthropic",
     "weir.processors.providers.local",
+    "weir.streams.side_effects",
+    "weir.replays",
+    "weir.replays.step_replay",
+    "weir.replays.compare",
 ]
 # Typing helpers a module imports for its own annotations are not part of its API.
 _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc", "__future__"}
@@ -125,6 +130,7 @@ _STANDALONE = [
     "weir.streams",
     "weir.schemas",
     "weir.topics",
+    "weir.replays",
 ]
 
 

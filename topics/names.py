@@ -119,6 +119,10 @@ class PipelineTopics:
         """Compacted record of dead letters already replayed (key: ``topic:partition:offset``)."""
         return f"{self.prefix}.{self.pipeline}.dlq.replays"
 
+    def step_replay(self, replay_id: str) -> str:
+        """A step replay's own output: its plan, then one outcome per replayed input."""
+        return f"{self.prefix}.{self.pipeline}.replay.{replay_id}"
+
     def answers_transactional_id(self, partition: int) -> str:
         """One transactional producer per answers partition: a new owner fences the old one."""
         return f"{self.prefix}.{self.pipeline}.answers.{partition}"

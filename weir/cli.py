@@ -58,11 +58,12 @@ app.command("results")(request_commands.results)
 
 
 def _register_commands() -> None:
-    from weir.commands import bench, cost, routes
+    from weir.commands import bench, cost, replay, routes
 
     app.add_typer(routes.app, name="routes")
     app.command("cost")(cost.cost)
     app.command("bench")(bench.bench)
+    app.command("replay")(replay.replay)
 
 
 _register_commands()

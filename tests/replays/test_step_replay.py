@@ -1,0 +1,180 @@
+"""Step replay over recorded traffic: real broker, real worker, real local model servers."""
+
+from __future__ import annotations
+
+import collections
+from decimal import Decimal
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from tests._kafka import read_results
+from tests._model_servers import ModelServer, input_tokens
+from weir.core.config import WeirSettings
+from weir.processors import ModelEndpoint, OpenAICompatible, Price
+from weir.replays import StepReplay, in_sample
+from weir.replays.step_replay import read_outcomes
+from weir.schemas.messages import now_ms
+from weir.streams import Pipeline, WeirClient, Worker
+from weir.streams.side_effects import side_effect
+from weir.topics.names import PipelineTopics
+
+pytestmark = pytest.mark.kafka
+
+LIVE_PRICE = Price.per_token(input="0.0001", output="0.0002")
+CANDIDATE_PRICE = Price.per_token(input="0.0003", output="0.0005")
+
+
+def _candidate_reply(text: str) -> str:
+    # Scripted disagreement: every third question gets another answer than live.
+    n = int(text.split()[-1])
+    return f"you said {text}" if n % 3 else f"something else entirely {n}"
+
+
+async def _end_offsets(settings: WeirSettings, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+        return {tp: int(o) for tp, o in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+class _Setup:
+    def __init__(self, name: str, live: ModelServer, candidate: ModelServer) -> None:
+        self.notified: list[str] = []
+        self.candidate_heard: list[str] = []
+        candidate.behaviour.reply = self._heard
+        self.live_ep = ModelEndpoint(
+            f"{name}-live", provider=OpenAICompatible(live.url), model="live", price=LIVE_PRICE
+        )
+        self.candidate_ep = ModelEndpoint(
+            f"{name}-candidate",
+            provider=OpenAICompatible(candidate.url),
+            model="cand",
+            price=CANDIDATE_PRICE,
+        )
+        p = Pipeline(name)
+        self.pipeline = p
+
+        @side_effect
+        def notify(request_id: str) -> None:
+            self.notified.append(request_id)
+
+        @p.step()
+        def parse(text: str) -> str:
+            return text.strip()
+
+        @p.step(depends_on=[parse])
+        async def answer(parse: str) -> str:
+            reply = (await self.live_ep.chat([{"role": "user", "content": parse}])).text
+            notify(parse)
+            return reply
+
+    def _heard(self, text: str) -> str:
+        self.candidate_heard.append(text)
+        return _candidate_reply(text)
+
+
+async def _record(kafka: WeirSettings, setup: _Setup, count: int) -> list[str]:
+    p = setup.pipeline
+    texts = [f"question number {i}" for i in range(count)]
+    async with Worker(p, kafka), WeirClient(kafka) as client:
+        ids = await client.submit_many(p.name, [{"text": t} for t in texts])
+        results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
+    assert len(results) == count and all(r.status == "SUCCESS" for r in results.values())
+    return ids
+
+
+async def test_replay_sends_exactly_the_sampled_inputs_to_the_candidate_and_nothing_live(
+    kafka, pipeline_name, servers
+):
+    live, candidate = await servers("live"), await servers("candidate")
+    setup = _Setup(pipeline_name, live, candidate)
+    since = now_ms() - 1000
+    ids = await _record(kafka, setup, 300)
+    texts = {rid: f"question number {i}" for i, rid in enumerate(ids)}
+    live_calls, notified = live.total, len(setup.notified)
+    assert live_calls == 300 and notified == 300
+    topics = PipelineTopics(pipeline_name)
+    watched = [topics.results, topics.answers, topics.step("answer"), topics.stream]
+    before = await _end_offsets(kafka, watched)
+
+    job = await StepReplay.create(
+        kafka,
+        setup.pipeline,
+        step="answer",
+        since_ms=since,
+        sample=0.5,
+        endpoint=setup.candidate_ep.name,
+    )
+    sampled = {rid for rid in ids if in_sample(rid, 0.5)}
+    dry = await job.dry_run()
+    assert dry.replayed == len(sampled) and candidate.total == 0
+    # Priced from the live calls' usage at the candidate's price, by hand:
+    expected_estimate = sum(
+        (
+            CANDIDATE_PRICE.cost(
+                input_tokens([{"content": texts[rid]}]), len(f"you said {texts[rid]}".split())
+            )
+            for rid in sampled
+        ),
+        Decimal(0),
+    )
+    assert dry.estimated_usd == expected_estimate
+
+    progress = await job.run()
+    assert progress.replayed == len(sampled) and progress.failed == 0
+    assert sorted(setup.candidate_heard) == sorted(texts[rid] for rid in sampled)
+    assert live.total == live_calls, "the baseline endpoint was called during the replay"
+    assert len(setup.notified) == notified, "a @side_effect ran during the replay"
+    assert await _end_offsets(kafka, watched) == before, "a live topic received records"
+
+    outcomes = {o.request_id: o for o in await read_outcomes(kafka, job.topic)}
+    assert set(outcomes) == sampled
+    for rid, o in outcomes.items():
+        assert o.output == f'"{_candidate_reply(texts[rid])}"'
+        assert [c.endpoint for c in o.calls] == [setup.candidate_ep.name]
+        tokens_in = input_tokens([{"content": texts[rid]}])
+        tokens_out = len(_candidate_reply(texts[rid]).split())
+        assert o.cost_usd == CANDIDATE_PRICE.cost(tokens_in, tokens_out)
+    assert progress.spent_usd == sum((o.cost_usd for o in outcomes.values()), Decimal(0))
+
+    # Run again: everything was replayed already, nothing is sent twice.
+    again = await StepReplay.resume(kafka, setup.pipeline, job.plan.replay_id)
+    await again.run()
+    assert len(setup.candidate_heard) == len(sampled)
+
+
+async def test_budget_stops_within_one_call_and_resume_finishes_the_rest(
+    kafka, pipeline_name, servers
+):
+    live, candidate = await servers("live"), await servers("candidate")
+    setup = _Setup(pipeline_name, live, candidate)
+    since = now_ms() - 1000
+    ids = await _record(kafka, setup, 120)
+    budget = Decimal("0.05")  # five cents
+    job = await StepReplay.create(
+        kafka,
+        setup.pipeline,
+        step="answer",
+        since_ms=since,
+        endpoint=setup.candidate_ep.name,
+        budget_usd=budget,
+    )
+    first = await job.run()
+    outcomes = await read_outcomes(kafka, job.topic)
+    largest = max(o.cost_usd for o in outcomes)
+    assert first.stopped_by_budget
+    assert budget <= first.spent_usd < budget + largest
+    assert first.replayed == len(outcomes) == len(setup.candidate_heard) < len(ids)
+
+    more = await StepReplay.resume(
+        kafka, setup.pipeline, job.plan.replay_id, budget_usd=Decimal(100)
+    )
+    second = await more.run()
+    assert not second.stopped_by_budget
+    heard = collections.Counter(setup.candidate_heard)
+    assert len(heard) == len(ids) and max(heard.values()) == 1
+    assert {o.request_id for o in await read_outcomes(kafka, job.topic)} == set(ids)

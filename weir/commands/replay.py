@@ -1,0 +1,170 @@
+"""``weir replay``: run a candidate endpoint or function over a step's recorded inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from weir.commands._output import JsonOption, print_json
+from weir.core.config import load_settings
+from weir.core.errors import ConfigError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+Config = Annotated[str | None, typer.Option("--config", "-c", help="TOML settings file.")]
+
+
+def parse_share(text: str) -> float:
+    """``10%`` or ``0.1`` as a share in (0, 1].
+
+    >>> parse_share("10%"), parse_share("0.25")
+    (0.1, 0.25)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*", text)
+    if match is None:
+        raise ConfigError(f"--sample {text!r} is not a share; use a percentage (10%) or 0.1")
+    value = float(match.group(1)) / (100 if match.group(2) else 1)
+    if not 0 < value <= 1:
+        raise ConfigError(f"--sample {text!r} must be more than 0% and at most 100%")
+    return value
+
+
+def _usd(text: str) -> Decimal:
+    try:
+        value = Decimal(text.strip().lstrip("$"))
+    except InvalidOperation as exc:
+        raise ConfigError(f"--budget {text!r} is not an amount of USD (e.g. 5.00)") from exc
+    if not value.is_finite() or value <= 0:
+        raise ConfigError(f"--budget {text!r} must be a positive amount of USD")
+    return value
+
+
+def replay(
+    pipeline: Annotated[
+        str, typer.Argument(help="The pipeline, as module:attribute (as for weir worker).")
+    ],
+    step: Annotated[str | None, typer.Option("--step", "-s", help="The step to replay.")] = None,
+    since: Annotated[
+        str, typer.Option(help="Inputs recorded since: 30m, 24h, 7d or an ISO time.")
+    ] = "24h",
+    until: Annotated[str | None, typer.Option(help="...and before this (default: now).")] = None,
+    sample: Annotated[
+        str, typer.Option(help="Share of the inputs to replay: 10% or 0.1.")
+    ] = "100%",
+    endpoint: Annotated[
+        str | None, typer.Option(help="Candidate: send the step's model calls to this endpoint.")
+    ] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option(help="Candidate: run this module:function in place of the step's function."),
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="Stop once the candidate has spent this many USD.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Only count the inputs and price them; call nothing.")
+    ] = False,
+    resume: Annotated[
+        str | None, typer.Option(help="Carry on with this replay id where it stopped.")
+    ] = None,
+    as_json: JsonOption = False,
+    config: Config = None,
+) -> None:
+    """Replay a step's recorded inputs against a candidate, in its own consumer group and topic.
+
+    Nothing reaches the results topic or the step's dependents; functions marked
+    @side_effect are skipped. Compare with the live step afterwards: weir compare <replay-id>.
+    """
+    from weir.loader import load_pipeline
+    from weir.replays.step_replay import ReplayProgress, StepReplay
+    from weir.streams.replay import parse_since
+
+    settings = load_settings(config)
+    loaded = load_pipeline(pipeline, search_path=Path.cwd())
+
+    async def run() -> tuple[StepReplay, ReplayProgress]:
+        if resume is not None:
+            job = await StepReplay.resume(
+                settings, loaded, resume, budget_usd=_usd(budget) if budget else None
+            )
+        else:
+            if step is None:
+                raise ConfigError("--step is required (or --resume <replay-id>)")
+            job = await StepReplay.create(
+                settings,
+                loaded,
+                step=step,
+                since_ms=parse_since(since),
+                until_ms=parse_since(until) if until else None,
+                sample=parse_share(sample),
+                endpoint=endpoint,
+                variant=variant,
+                budget_usd=_usd(budget) if budget else None,
+            )
+        with Progress(
+            TextColumn("counting" if dry_run else "replaying"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=err,
+            disable=as_json,
+        ) as bar:
+            task = bar.add_task("replay", total=job.total, note="")
+
+            def show(p: ReplayProgress) -> None:
+                bar.update(
+                    task, completed=p.read, note=f"{p.replayed} replayed, ${p.spent_usd:.4f}"
+                )
+
+            result = await (job.dry_run(show) if dry_run else job.run(show))
+        return job, result
+
+    job, result = asyncio.run(run())
+    plan = job.plan
+    summary = {
+        "replay_id": plan.replay_id,
+        "pipeline": plan.pipeline,
+        "step": plan.step,
+        "variant": plan.label,
+        "dry_run": dry_run,
+        "inputs_in_window": result.total,
+        "replayed": result.replayed,
+        "failed": result.failed,
+        "spent_usd": result.spent_usd,
+        "estimated_usd": result.estimated_usd if dry_run else None,
+        "stopped_by_budget": result.stopped_by_budget,
+        "topic": job.topic,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    if dry_run:
+        out.print(
+            f"would replay {result.replayed} of {result.total} recorded input(s) of"
+            f" {plan.pipeline}/{plan.step} against {plan.label},"
+            f" estimated ${result.estimated_usd:.6f}",
+            highlight=False,
+        )
+        return
+    out.print(
+        f"replay {plan.replay_id}: {result.replayed} input(s) of {plan.pipeline}/{plan.step}"
+        f" against {plan.label}, {result.failed} failed, spent ${result.spent_usd:.6f}",
+        highlight=False,
+    )
+    if result.stopped_by_budget:
+        out.print(
+            f"stopped at the budget (${plan.budget_usd}); carry on with: weir replay {pipeline}"
+            f" --resume {plan.replay_id} --budget <more> (the spend so far counts)",
+            highlight=False,
+        )
+    out.print(
+        f"compare with the live step: weir compare {pipeline} {plan.replay_id}", highlight=False
+    )
