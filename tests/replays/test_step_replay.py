@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import json
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -10,7 +14,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests._kafka import read_results
 from tests._model_servers import ModelServer, input_tokens
+from tests.conftest import worker_env
 from weir.core.config import WeirSettings
+from weir.loader import load_pipeline
 from weir.processors import ModelEndpoint, OpenAICompatible, Price
 from weir.replays import StepReplay, in_sample
 from weir.replays.step_replay import read_outcomes
@@ -178,3 +184,72 @@ async def test_budget_stops_within_one_call_and_resume_finishes_the_rest(
     heard = collections.Counter(setup.candidate_heard)
     assert len(heard) == len(ids) and max(heard.values()) == 1
     assert {o.request_id for o in await read_outcomes(kafka, job.topic)} == set(ids)
+
+
+_MODULE = """
+from weir.streams import Pipeline
+
+pipeline = Pipeline("{name}")
+
+
+@pipeline.step()
+def shout(text: str) -> str:
+    return text.upper()
+
+
+@pipeline.step(depends_on=[shout])
+def measure(shout: str) -> int:
+    return len(shout)
+
+
+def whisper(text: str) -> str:
+    if "7" in text:
+        raise ValueError("no sevens")
+    return text.lower()
+"""
+
+
+async def test_weir_replay_of_a_root_step_reads_the_requests_topic_and_runs_a_variant(
+    kafka, pipeline_name, tmp_path
+):
+    module = f"replayed_{pipeline_name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(_MODULE.format(name=pipeline_name))
+    p = load_pipeline(f"{module}:pipeline", search_path=tmp_path)
+    texts = [f"Message {i}" for i in range(40)]
+    async with Worker(p, kafka), WeirClient(kafka) as client:
+        ids = await client.submit_many(p.name, [{"text": t} for t in texts])
+        await read_results(kafka, PipelineTopics(p.name).results, len(ids))
+
+    def weir(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "weir", *args],
+            cwd=tmp_path,
+            env=worker_env(kafka),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    common = [f"{module}:pipeline", "--step", "shout", "--since", "5m", "--json"]
+    variant = ["--variant", f"{module}:whisper"]
+    dry = await asyncio.to_thread(weir, "replay", *common, *variant, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["replayed"] == 40
+    done = await asyncio.to_thread(weir, "replay", *common, *variant, "--sample", "50%")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    sampled = {rid: text for rid, text in zip(ids, texts, strict=True) if in_sample(rid, 0.5)}
+    assert summary["replayed"] == len(sampled)
+    outcomes = {o.request_id: o for o in await read_outcomes(kafka, summary["topic"])}
+    assert set(outcomes) == set(sampled)
+    for rid, text in sampled.items():
+        o = outcomes[rid]
+        if "7" in text:
+            assert (o.status, o.error_type) == ("FAILURE", "step_error")
+            assert "no sevens" in (o.error_message or "")
+        else:
+            assert (o.status, o.output) == ("SUCCESS", json.dumps(text.lower()))
+    assert summary["failed"] == sum("7" in t for t in sampled.values())
+
+    bad = await asyncio.to_thread(weir, "replay", *common, "--endpoint", "nope")
+    assert bad.returncode == 2 and "no endpoint named 'nope'" in bad.stderr
