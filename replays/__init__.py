@@ -4,13 +4,8 @@
 """
 
 from weir.replays.recording import Baseline, PartitionRange, RecordedInput, Recording
-from weir.replays.step_replay import (
-    ReplayOutcome,
-    ReplayPlan,
-    ReplayProgress,
-    StepReplay,
-    in_sample,
-)
+from weir.replays.records import ReplayOutcome, ReplayPlan, find_replay, in_sample, read_outcomes
+from weir.replays.step_replay import ReplayProgress, StepReplay
 
 __all__ = [
     "Baseline",
@@ -21,5 +16,7 @@ __all__ = [
     "ReplayPlan",
     "ReplayProgress",
     "StepReplay",
+    "find_replay",
     "in_sample",
+    "read_outcomes",
 ]

@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from weir.core.errors import ConfigError
 from weir.processors.endpoint import ModelEndpoint
-from weir.replays.step_replay import ReplayOutcome, ReplayPlan
+from weir.replays.records import ReplayOutcome, ReplayPlan
 from weir.schemas.messages import total_usage
 
 __all__ = [

@@ -24,7 +24,7 @@ from weir.topics._aiokafka import read_until, retrying, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
 
-__all__ = ["Baseline", "PartitionRange", "RecordedInput", "Recording"]
+__all__ = ["Baseline", "PartitionRange", "RecordedInput", "Recording", "read_outputs"]
 
 
 @dataclass(frozen=True)
@@ -234,52 +234,73 @@ class Recording:
 
     async def baseline(self, request_ids: set[str], since_ms: int) -> dict[str, Baseline]:
         """What the step produced live for ``request_ids`` (absent: it produced nothing)."""
-        out: dict[str, Baseline] = {}
-        for topic in self.output_topics:
-            async for value in self._since(topic, since_ms):
-                found = self._output(topic, value)
-                if found is not None and found.request_id in request_ids:
-                    out.setdefault(found.request_id, found)  # the first is what the user got
-        return out
-
-    def _output(self, topic: str, value: bytes | None) -> Baseline | None:
-        name = self.step.name
-        if value is None:
-            return None
-        try:
-            if topic == self.topics.results:
-                result = Result.from_wire(value)
-                if result.status != "SUCCESS":
-                    return None
-                calls = [c for c in result.model_calls() if c.step == name]
-                return Baseline(result.request_id, result.output, calls)
-            env = Envelope.decode(value)
-        except MessageError:
-            return None
-        if env.source != name or env.kind != "VALUE":
-            return None
-        return Baseline(env.request_id, env.payload, [c for c in env.calls if c.step == name])
-
-    async def _since(self, topic: str, since_ms: int) -> AsyncIterator[bytes | None]:
-        """Values of ``topic``'s records written since ``since_ms``, partition by partition."""
-        async with TopicAdmin(self._settings) as admin:
-            count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
+        return await read_outputs(
+            self._settings,
+            step=self.step.name,
+            topics=self.output_topics,
+            results_topic=self.topics.results,
+            request_ids=request_ids,
+            since_ms=since_ms,
         )
-        await consumer.start()
-        try:
-            for partition in range(count):
-                tp = TopicPartition(topic, partition)
-                consumer.assign([tp])
-                end = int((await consumer.end_offsets([tp]))[tp])
-                found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
-                if found is None or found.offset >= end:
-                    continue
-                consumer.seek(tp, found.offset)
-                async for record in read_until(consumer, tp, end):
-                    yield record.value
-        finally:
-            await stop_consumer(consumer)
+
+
+async def read_outputs(
+    settings: WeirSettings,
+    *,
+    step: str,
+    topics: Iterable[str],
+    results_topic: str,
+    request_ids: set[str],
+    since_ms: int,
+) -> dict[str, Baseline]:
+    """``step``'s recorded outputs for ``request_ids`` on ``topics``, written since ``since_ms``."""
+    out: dict[str, Baseline] = {}
+    for topic in topics:
+        async for value in _since(settings, topic, since_ms):
+            found = _output(step, value, results=topic == results_topic)
+            if found is not None and found.request_id in request_ids:
+                out.setdefault(found.request_id, found)  # the first is what the user got
+    return out
+
+
+def _output(step: str, value: bytes | None, *, results: bool) -> Baseline | None:
+    if value is None:
+        return None
+    try:
+        if results:
+            result = Result.from_wire(value)
+            if result.status != "SUCCESS":
+                return None
+            calls = [c for c in result.model_calls() if c.step == step]
+            return Baseline(result.request_id, result.output, calls)
+        env = Envelope.decode(value)
+    except MessageError:
+        return None
+    if env.source != step or env.kind != "VALUE":
+        return None
+    return Baseline(env.request_id, env.payload, [c for c in env.calls if c.step == step])
+
+
+async def _since(settings: WeirSettings, topic: str, since_ms: int) -> AsyncIterator[bytes | None]:
+    """Values of ``topic``'s records written since ``since_ms``, partition by partition."""
+    async with TopicAdmin(settings) as admin:
+        count = (await admin.partitions([topic])).get(topic, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        for partition in range(count):
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            end = int((await consumer.end_offsets([tp]))[tp])
+            found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
+            if found is None or found.offset >= end:
+                continue
+            consumer.seek(tp, found.offset)
+            async for record in read_until(consumer, tp, end):
+                yield record.value
+    finally:
+        await stop_consumer(consumer)

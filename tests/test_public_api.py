@@ -57,7 +57,7 @@ DOCTEST_MODULES = [
     "weir.processors.providers.local",
     "weir.streams.side_effects",
     "weir.replays",
-    "weir.replays.step_replay",
+    "weir.replays.records",
     "weir.replays.compare",
 ]
 # Typing helpers a module imports for its own annotations are not part of its API.

@@ -64,6 +64,7 @@ def _register_commands() -> None:
     app.command("cost")(cost.cost)
     app.command("bench")(bench.bench)
     app.command("replay")(replay.replay)
+    app.command("compare")(replay.compare)
 
 
 _register_commands()

@@ -1,4 +1,4 @@
-"""``weir replay``: run a candidate endpoint or function over a step's recorded inputs."""
+"""``weir replay`` and ``weir compare``: a candidate over a step's past inputs, and how it did."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ import asyncio
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
-from weir.commands._output import JsonOption, print_json
+from weir.commands._output import JsonOption, print_json, print_table
 from weir.core.config import load_settings
 from weir.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from weir.replays.compare import Comparison, Side
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -168,3 +172,102 @@ def replay(
     out.print(
         f"compare with the live step: weir compare {pipeline} {plan.replay_id}", highlight=False
     )
+
+
+def compare(
+    replay_id: Annotated[str, typer.Argument(help="The replay id weir replay printed.")],
+    scorer: Annotated[
+        str,
+        typer.Option(
+            help="Output similarity: exact, embedding:<endpoint> (cosine) or module:function."
+        ),
+    ] = "exact",
+    load: Annotated[
+        str | None,
+        typer.Option(
+            "--import", help="Import this module first (where the scorer's endpoint is defined)."
+        ),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option(min=0, help="How many of the most different outputs to show.")
+    ] = 5,
+    as_json: JsonOption = False,
+    config: Config = None,
+) -> None:
+    """Baseline (the step live) against candidate (the replay) over the same inputs: count,
+    errors, latency p50/p95/p99, tokens, cost per request and per month, output agreement."""
+    import importlib
+    import sys
+
+    from weir.replays import find_replay, read_outcomes
+    from weir.replays.baseline import live_attempts
+    from weir.replays.compare import compare as compare_sides
+    from weir.replays.compare import load_scorer
+
+    settings = load_settings(config)
+    if load is not None:
+        sys.path.insert(0, str(Path.cwd()))
+        try:
+            importlib.import_module(load)
+        except ImportError as exc:
+            raise ConfigError(f"--import {load!r}: {exc}") from exc
+    score = load_scorer(scorer)
+
+    async def run() -> Comparison:
+        plan, topic = await find_replay(settings, replay_id)
+        outcomes = await read_outcomes(settings, topic)
+        live = await live_attempts(settings, plan, [o.request_id for o in outcomes])
+        return await compare_sides(plan, outcomes, live, scorer=score, examples=examples)
+
+    result = asyncio.run(run())
+    if as_json:
+        print_json(result)
+        return
+    render_comparison(result, out)
+
+
+def render_comparison(c: Comparison, console: Console) -> None:
+    """The comparison as a table, then the most different outputs side by side."""
+    console.print(
+        f"replay {c.replay_id} of {c.pipeline}/{c.step}: live (baseline) against {c.variant}",
+        highlight=False,
+    )
+    table = Table("", "baseline", "candidate")
+    b, k = c.baseline, c.candidate
+
+    def errors(side: Side) -> str:
+        return ", ".join(f"{t} {n}" for t, n in side.errors.items()) or "-"
+
+    rows = [
+        ("requests", str(b.count), str(k.count)),
+        ("succeeded", str(b.succeeded), str(k.succeeded)),
+        ("errors", errors(b), errors(k)),
+        *(
+            (f"latency {q}", f"{b.latency_ms[q]:,.1f} ms", f"{k.latency_ms[q]:,.1f} ms")
+            for q in ("p50", "p95", "p99")
+        ),
+        ("input tokens", f"{b.input_tokens:,}", f"{k.input_tokens:,}"),
+        ("output tokens", f"{b.output_tokens:,}", f"{k.output_tokens:,}"),
+        ("cost", f"${b.cost_usd:.6f}", f"${k.cost_usd:.6f}"),
+        ("cost per request", f"${b.cost_per_request_usd:.6f}", f"${k.cost_per_request_usd:.6f}"),
+        ("projected per month", f"${b.projected_month_usd:,}", f"${k.projected_month_usd:,}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    print_table(console, table)
+    console.print(
+        f"agreement over {c.compared} outputs: exact match {c.exact_match_rate:.1%},"
+        f" {c.scorer} mean {c.mean_score:.3f}",
+        highlight=False,
+    )
+    if c.missing_baseline:
+        console.print(
+            f"{c.missing_baseline} replayed input(s) have no live trace events (expired, or the"
+            " sink has not caught up) and are left out",
+            highlight=False,
+        )
+    if c.most_different:
+        diff = Table("request", "score", "baseline", "candidate")
+        for e in c.most_different:
+            diff.add_row(e.request_id, f"{e.score:.3f}", e.baseline or "", e.candidate or "")
+        print_table(console, diff)
