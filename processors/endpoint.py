@@ -58,7 +58,7 @@ from weir.processors.limits import LatencyStats, Limits, TokenBucket
 from weir.processors.providers._base import Message, Provider, ProviderCall
 from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
 from weir.processors.streaming import StreamPublisher
-from weir.processors.substitution import substitute
+from weir.processors.substitution import DirectCallProbed, probe, substitute
 from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
 from weir.streams.context import AttemptScope, current_scope
@@ -290,6 +290,8 @@ class ModelEndpoint:
     # -- the call machinery -------------------------------------------------------------
 
     def _chain(self) -> tuple[ModelEndpoint, ...]:
+        if probe() is not None:  # a what-if evaluation calls no model
+            raise DirectCallProbed(self.name)
         candidate = substitute()
         if candidate is not None and candidate is not self:  # a step replay's candidate
             return candidate._chain()

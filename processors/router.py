@@ -66,6 +66,7 @@ from weir.processors.features import DERIVED_FEATURES, Features
 from weir.processors.options import OptionTypeError, typed_options
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
+from weir.processors.substitution import probe
 from weir.streams.context import current_scope
 
 if TYPE_CHECKING:
@@ -680,6 +681,10 @@ class Router:
         output_tokens: int = 256,
     ) -> tuple[Decision, Reservation | None]:
         """Pick up rule changes, check the budget, decide; the decision and its reservation."""
+        if (what_if := probe()) is not None:  # ``weir routes what-if``: take the inputs, stop
+            what_if.routed(
+                self, text=text, messages=messages, features=features, output_tokens=output_tokens
+            )
         if self.watch:
             from weir.processors.routes import follow
 
