@@ -36,6 +36,7 @@ from weir.processors.limits import Limits
 from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
 from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
 from weir.processors.router import Router, Rule, RuleSet
+from weir.processors.shadow import Shadow
 from weir.processors.streaming import TokenChunk, TokenStream
 from weir.processors.trace_store import TraceStore
 from weir.processors.transform import Transform
@@ -60,6 +61,7 @@ __all__ = [
     "Router",
     "Rule",
     "RuleSet",
+    "Shadow",
     "StreamEvent",
     "TokenChunk",
     "TokenStream",

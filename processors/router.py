@@ -66,6 +66,7 @@ from weir.processors.features import DERIVED_FEATURES, Features
 from weir.processors.options import OptionTypeError, typed_options
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
+from weir.processors.shadow import Shadow, ShadowRunner, ShadowSpec
 from weir.processors.substitution import probe
 from weir.streams.context import current_scope
 
@@ -228,6 +229,8 @@ class RuleSpec(BaseModel):
     """``request.<field>``, ``options.<name>`` or ``input.<feature>`` that keeps a split sticky."""
     priority: int = 0
     hold_until: str | None = None
+    shadow: ShadowSpec | None = None
+    """Also send a share of this rule's calls to a candidate endpoint, after the answer."""
 
     @model_validator(mode="after")
     def _one_target(self) -> RuleSpec:
@@ -251,7 +254,8 @@ class RuleSpec(BaseModel):
         return self
 
     def endpoints(self) -> list[str]:
-        return [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        names = [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        return names + ([self.shadow.endpoint] if self.shadow is not None else [])
 
 
 class RuleSet(BaseModel):
@@ -351,6 +355,8 @@ class Rule:
     hold_until: str | None = None
     features: Sequence[str] = ()
     """Caller-given feature names this rule reads as ``input.<name>``."""
+    shadow: Shadow | None = None
+    """Mirror a share of this rule's calls to a candidate endpoint (``weir.processors.shadow``)."""
 
     def __post_init__(self) -> None:
         name = self.name or self.condition
@@ -365,6 +371,8 @@ class Rule:
 
     def endpoints(self) -> list[ModelEndpoint]:
         targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        if self.shadow is not None:
+            targets.append(self.shadow.endpoint)
         return [t for t in targets if isinstance(t, ModelEndpoint)]
 
     def spec(self) -> RuleSpec:
@@ -379,6 +387,7 @@ class Rule:
             sticky=self.sticky,
             priority=self.priority,
             hold_until=self.hold_until,
+            shadow=self.shadow.spec() if self.shadow is not None else None,
         )
 
 
@@ -450,6 +459,7 @@ class Router:
         """The newest rule-set version this router refused, and why (``None`` if none)."""
         self._option_warnings: set[tuple[str, int]] = set()
         """Rules (and versions) that met an option they cannot compare (logged once each)."""
+        self._shadows = ShadowRunner(self)
         _ROUTERS[name] = self
 
     def __repr__(self) -> str:
@@ -739,12 +749,14 @@ class Router:
             messages=messages, features=features, output_tokens=_max_tokens(params)
         )
         try:
-            return await decision.endpoint.chat(
+            result = await decision.endpoint.chat(
                 messages, meta=self._meta(decision, reservation), **params
             )
         finally:
             if reservation is not None:
                 reservation.release()
+        self._shadows.after(decision.rule, messages, params, result)
+        return result
 
     def stream_chat(
         self,

@@ -5,7 +5,6 @@ The topic is ``weir.<pipeline>.replay.<id>`` (one partition, so the plan comes f
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -14,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.errors import MessageError, ReplayNotFoundError
+from weir.processors.shadow import in_share
 from weir.replays.recording import PartitionRange
 from weir.schemas.messages import ModelCall, now_ms, total_usage
 from weir.topics._aiokafka import read_until, stop_consumer
@@ -37,13 +37,13 @@ PLAN_KEY = b"plan"
 def in_sample(request_id: str, share: float) -> bool:
     """Whether ``request_id`` is in a ``share`` sample (the same answer every time it is asked).
 
+    The same choice as a live shadow's share, so a replay and a shadow of one share
+    cover the same requests.
+
     >>> in_sample("r1", 1.0), in_sample("r1", 0.0)
     (True, False)
     """
-    if share >= 1.0:
-        return True
-    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
+    return in_share(request_id, share)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ DOCTEST_MODULES = [
     "weir.processors.providers.anthropic",
     "weir.processors.providers.local",
     "weir.streams.side_effects",
+    "weir.processors.shadow",
     "weir.replays",
     "weir.replays.records",
     "weir.replays.compare",

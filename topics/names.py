@@ -119,6 +119,11 @@ class PipelineTopics:
         """Compacted record of dead letters already replayed (key: ``topic:partition:offset``)."""
         return f"{self.prefix}.{self.pipeline}.dlq.replays"
 
+    @property
+    def shadow(self) -> str:
+        """Shadowed model calls: the primary's and the candidate's answers side by side."""
+        return f"{self.prefix}.{self.pipeline}.shadow"
+
     def step_replay(self, replay_id: str) -> str:
         """A step replay's own output: its plan, then one outcome per replayed input."""
         return f"{self.prefix}.{self.pipeline}.replay.{replay_id}"
@@ -162,6 +167,7 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
         spec(names.results, events),
         spec(names.answers, events),
         spec(names.stream, events),
+        spec(names.shadow, events),
         spec(names.dead_letter(INGRESS), dead),
         spec(names.dead_letter(ANSWER), dead),
         spec(names.answered_changelog, state),

@@ -175,7 +175,14 @@ def replay(
 
 
 def compare(
-    replay_id: Annotated[str, typer.Argument(help="The replay id weir replay printed.")],
+    replay_id: Annotated[
+        str | None, typer.Argument(help="The replay id weir replay printed.")
+    ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="Instead: this pipeline's live shadow calls (rules with shadow:)."),
+    ] = None,
+    since: Annotated[str, typer.Option(help="With --shadow: calls since 30m, 24h, 7d.")] = "24h",
     scorer: Annotated[
         str,
         typer.Option(
@@ -213,10 +220,22 @@ def compare(
             raise ConfigError(f"--import {load!r}: {exc}") from exc
     score = load_scorer(scorer)
 
+    if (replay_id is None) == (shadow is None):
+        raise ConfigError("give a replay id, or --shadow <pipeline>")
+
     async def run() -> Comparison:
-        plan, topic = await find_replay(settings, replay_id)
-        outcomes = await read_outcomes(settings, topic)
-        live = await live_attempts(settings, plan, [o.request_id for o in outcomes])
+        if shadow is not None:
+            from weir.replays.shadows import shadow_comparison_inputs
+            from weir.streams.replay import parse_since
+
+            plan, outcomes, live = await shadow_comparison_inputs(
+                settings, shadow, since_ms=parse_since(since)
+            )
+        else:
+            assert replay_id is not None
+            plan, topic = await find_replay(settings, replay_id)
+            outcomes = await read_outcomes(settings, topic)
+            live = await live_attempts(settings, plan, [o.request_id for o in outcomes])
         return await compare_sides(plan, outcomes, live, scorer=score, examples=examples)
 
     result = asyncio.run(run())
