@@ -10,6 +10,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -107,7 +108,7 @@ async def test_replay_sends_exactly_the_sampled_inputs_to_the_candidate_and_comp
         await sink.wait_placed()
         ids = await _record(settings, setup, 300)
         await wait_stored(sink.url, pipeline_name, 600)
-        await _replay_and_compare(settings, setup, live, candidate, since, ids, repo_root)
+        await _replay_and_compare(settings, setup, live, candidate, since, ids, repo_root, sink.url)
     finally:
         assert sink.stop() == 0, sink.text()[-3000:]
 
@@ -120,6 +121,7 @@ async def _replay_and_compare(
     since: int,
     ids: list[str],
     repo_root: Path,
+    sink_url: str,
 ) -> None:
     pipeline_name = setup.pipeline.name
     texts = {rid: f"question number {i}" for i, rid in enumerate(ids)}
@@ -226,6 +228,17 @@ async def _replay_and_compare(
         assert example["score"] == 0.0
     for q in ("p50", "p95", "p99"):
         assert base["latency_ms"][q] > 0 and cand["latency_ms"][q] > 0
+
+    # The same comparison on the dashboard (served here by the sink).
+    async with httpx.AsyncClient(base_url=sink_url, timeout=120) as http:
+        api = (await http.get(f"/api/replays/{job.plan.replay_id}")).json()
+        page = await http.get(f"/dashboard/replays/{job.plan.replay_id}")
+        missing = await http.get("/api/replays/rs-000000000000")
+    assert api["candidate"]["cost_usd"] == cand["cost_usd"]
+    assert api["exact_match_rate"] == body["exact_match_rate"]
+    assert page.status_code == 200 and f"exact match {same / n:.1%}" in page.text
+    assert f"${Decimal(cand['cost_usd']):.6f}" in page.text
+    assert missing.status_code == 404 and missing.json()["error_type"] == "replay_not_found"
 
 
 async def test_budget_stops_within_one_call_and_resume_finishes_the_rest(
