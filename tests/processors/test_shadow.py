@@ -159,3 +159,14 @@ def test_a_rules_file_shadow_is_checked_like_the_rest_of_the_rule():
         )
     with pytest.raises(RoutingError, match="shadow to 'b'"):
         Shadow("b", 0.0)
+
+
+def test_weir_routes_show_prints_a_shadow_that_reads_back_the_same():
+    from weir.processors.routes import dump_rule_set, load_rule_sets
+
+    text = (
+        "router: r\ndefault: a\nrules:\n  - name: all\n    condition: 'True'\n    endpoint: a\n"
+        "    shadow: {endpoint: b, share: 0.05, budget_usd: 2.50, window: hour}\n"
+    )
+    rule_set = load_rule_sets(text)[0]
+    assert load_rule_sets(dump_rule_set(rule_set))[0] == rule_set
