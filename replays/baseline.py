@@ -59,7 +59,7 @@ async def live_attempts(
 
     The trace store is asked through a running sink when one holds it, else directly.
     """
-    from weir.processors.trace_sql import run_sql
+    from weir.traces.sql import run_sql
 
     ids = sorted(set(request_ids))
     rows: list[list[Any]] = []

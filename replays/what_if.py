@@ -24,7 +24,8 @@ from typing import Any
 from weir.core.config import WeirSettings
 from weir.core.errors import ConfigError, RoutingError, WeirError
 from weir.processors.providers._base import Message
-from weir.processors.router import Router, RuleSet
+from weir.processors.router import Router
+from weir.processors.rules import RuleSet
 from weir.processors.substitution import DirectCallProbed, RouteProbed, probing
 from weir.replays.recording import PartitionRange, Recording
 from weir.replays.records import in_sample

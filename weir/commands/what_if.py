@@ -41,8 +41,8 @@ def what_if(
     call's tokens."""
     from weir.commands.replay import parse_share
     from weir.loader import load_pipeline
-    from weir.processors.router import RuleSet
     from weir.processors.routes import load_rule_sets, read_history
+    from weir.processors.rules import RuleSet
     from weir.replays.what_if import what_if as evaluate
     from weir.streams.replay import parse_since
 

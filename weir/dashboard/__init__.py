@@ -3,7 +3,7 @@
 Pages: ``/dashboard`` (latency percentiles over time per step, failures by
 error type, cost by model and pipeline, the slowest requests) and
 ``/dashboard/requests/<id>`` (one request's timeline), ``/dashboard/replays/<id>``
-(a step replay against the live step, as ``weir compare``; JSON ``/api/replays/<id>``).  JSON:
+(a step replay against the live step, as ``weir compare``).  JSON: ``/api/replays/<id>``,
 ``/api/traces/requests/<id>``, ``/api/traces/stats``, ``/api/traces/latency``,
 ``/api/traces/slowest`` (``weir trace``/``weir stats`` use them while a
 ``weir sink`` holds the embedded store), and on the sink ``POST /api/traces/sql``
@@ -11,11 +11,10 @@ error type, cost by model and pipeline, the slowest requests) and
 
 >>> from aiohttp import web
 >>> from weir.core.config import WeirSettings
-from weir.dashboard._replays import api_replay, replay_page
 >>> app = web.Application(middlewares=[store_errors])
 >>> add_routes(app, WeirSettings())
 >>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
-['/api/traces/latency', '/api/traces/requests/{request_id}']
+['/api/replays/{replay_id}', '/api/traces/latency']
 """
 
 from __future__ import annotations
