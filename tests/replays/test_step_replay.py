@@ -18,7 +18,7 @@ from tests._kafka import read_results
 from tests._model_servers import ModelServer, input_tokens
 from tests._sink import SinkProcess, sink_settings
 from tests.conftest import worker_env
-from tests.processors.test_clickhouse_sink import wait_stored
+from tests.traces.test_clickhouse_sink import wait_stored
 from weir.core.config import WeirSettings
 from weir.loader import load_pipeline
 from weir.processors import ModelEndpoint, OpenAICompatible, Price
