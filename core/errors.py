@@ -46,7 +46,8 @@ says whether trying the same input again can succeed.
     ├── ParameterInvalidError       parameter_invalid    (HTTP: a query parameter out of range)
     ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
     ├── TraceQueryError             trace_query_invalid  (weir sql: ClickHouse refused the query)
-    └── RequestNotFoundError        request_not_found    (no trace events for that id)
+    ├── RequestNotFoundError        request_not_found    (no trace events for that id)
+    └── ReplayNotFoundError         replay_not_found     (no step replay with that id)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PipelineDefinitionError",
     "RateLimitedError",
+    "ReplayNotFoundError",
     "RequestNotFoundError",
     "ResultTimeoutError",
     "RoutingError",
@@ -386,3 +388,9 @@ class RequestNotFoundError(WeirError):
     """The trace store holds no events for the request asked about."""
 
     error_type = "request_not_found"
+
+
+class ReplayNotFoundError(WeirError):
+    """No step replay has the id asked about (its topic expired, or a wrong id)."""
+
+    error_type = "replay_not_found"

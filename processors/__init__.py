@@ -46,6 +46,7 @@ from weir.processors.results import (
 from weir.processors.router import Router, Rule
 from weir.processors.rules import RuleSet
 from weir.processors.services import ModelServices
+from weir.processors.shadow import Shadow
 from weir.processors.transform import Transform
 from weir.streams.tokens import TokenChunk, TokenStream
 
@@ -73,6 +74,7 @@ __all__ = [
     "Router",
     "Rule",
     "RuleSet",
+    "Shadow",
     "StreamEvent",
     "TokenChunk",
     "TokenStream",

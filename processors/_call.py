@@ -28,6 +28,7 @@ from weir.processors.results import Usage
 from weir.processors.tokens import estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
 from weir.streams.context import AttemptScope, current_scope
+from weir.streams.side_effects import current_replay
 
 __all__ = ["CallMeta", "CallTry", "Callee", "Operation", "breaker_refused", "one_try", "usage_of"]
 
@@ -140,7 +141,7 @@ async def one_try(
                 error_type=exc.error_type,
                 streamed=streamed,
             )
-            if meta.on_cost is not None and failed.cost:
+            if meta.on_cost is not None and failed.cost and current_replay() is None:
                 await meta.on_cost(failed.cost)
             raise
         probe.success()
@@ -160,7 +161,9 @@ async def one_try(
             fallback_from,
             streamed=streamed,
         )
-    if meta.on_cost is not None and attempt.cost:
+    # A step replay's spend is counted by the replay against its own budget, never by the
+    # live budget ledger.
+    if meta.on_cost is not None and attempt.cost and current_replay() is None:
         await meta.on_cost(attempt.cost)
 
 

@@ -161,8 +161,9 @@ async def _stream_tries(
     last: ModelError | None = None
     attempt = 0
     restarts = 0
-    for ep in first.chain():
-        fallback_from = None if ep is first else first.name
+    chain = first.chain()
+    for ep in chain:
+        fallback_from = None if ep is chain[0] else chain[0].name
         for _ in range(1 + ep.stream_retries):
             refused = breaker_refused(ep, "chat", meta, fallback_from, streamed=True)
             if refused is not None:

@@ -64,6 +64,7 @@ from weir.processors.results import (
     Usage,
 )
 from weir.processors.services import ModelServices, services_in_use, services_now
+from weir.processors.substitution import DirectCallProbed, probe, substitute
 from weir.processors.tokens import estimate_messages, estimate_tokens
 
 if TYPE_CHECKING:
@@ -383,8 +384,9 @@ class ModelEndpoint:
         self, operation: Operation, once: Once, estimate: int, meta: CallMeta
     ) -> tuple[Any, Usage, Decimal, ModelEndpoint]:
         last: ModelError | None = None
-        for ep in self.chain():
-            fallback_from = None if ep is self else self.name
+        chain = self.chain()
+        for ep in chain:
+            fallback_from = None if ep is chain[0] else chain[0].name
             refused = breaker_refused(ep, operation, meta, fallback_from, streamed=False)
             if refused is not None:
                 last = refused
@@ -410,7 +412,16 @@ class ModelEndpoint:
     # -- what one try needs of the endpoint (``weir.processors._call.Callee``) -------------
 
     def chain(self) -> tuple[ModelEndpoint, ...]:
-        """This endpoint, then its fallbacks, in the order calls try them."""
+        """This endpoint, then its fallbacks, in the order calls try them.
+
+        In a step replay (``substituting``) the candidate's chain instead; in a what-if
+        evaluation (``probing``) no model may be called.
+        """
+        if probe() is not None:
+            raise DirectCallProbed(self.name)
+        candidate = substitute()
+        if candidate is not None and candidate is not self:
+            return candidate.chain()
         return (self, *self.fallbacks)
 
     async def provider_call(self) -> ProviderCall:

@@ -68,6 +68,8 @@ from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
 from weir.processors.rules import CompiledRule, RuleSet, RuleSpec, Strategy
 from weir.processors.services import services_now
+from weir.processors.shadow import Shadow, ShadowRunner
+from weir.processors.substitution import probe
 from weir.streams.context import current_scope
 
 __all__ = ["Decision", "Router", "Rule"]
@@ -92,6 +94,8 @@ class Rule:
     hold_until: str | None = None
     features: Sequence[str] = ()
     """Caller-given feature names this rule reads as ``input.<name>``."""
+    shadow: Shadow | None = None
+    """Mirror a share of this rule's calls to a candidate endpoint (``weir.processors.shadow``)."""
 
     def __post_init__(self) -> None:
         name = self.name or self.condition
@@ -106,6 +110,8 @@ class Rule:
 
     def endpoints(self) -> list[ModelEndpoint]:
         targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        if self.shadow is not None:
+            targets.append(self.shadow.endpoint)
         return [t for t in targets if isinstance(t, ModelEndpoint)]
 
     def spec(self) -> RuleSpec:
@@ -120,6 +126,7 @@ class Rule:
             sticky=self.sticky,
             priority=self.priority,
             hold_until=self.hold_until,
+            shadow=self.shadow.spec() if self.shadow is not None else None,
         )
 
 
@@ -180,6 +187,7 @@ class Router:
         """The newest rule-set version this router refused, and why (``None`` if none)."""
         self._option_warnings: set[tuple[str, int]] = set()
         """Rules (and versions) that met an option they cannot compare (logged once each)."""
+        self._shadows = ShadowRunner(self)
 
     def __repr__(self) -> str:
         return f"Router({self.name!r}, rules={len(self._active.rules)}, version={self.version})"
@@ -408,6 +416,10 @@ class Router:
         output_tokens: int = 256,
     ) -> tuple[Decision, Reservation | None]:
         """Pick up rule changes, check the budget, decide; the decision and its reservation."""
+        if (what_if := probe()) is not None:  # ``weir routes what-if``: take the inputs, stop
+            what_if.routed(
+                self, text=text, messages=messages, features=features, output_tokens=output_tokens
+            )
         if self.watch:
             await services_now().follow(self)
         if self.budget is None:
@@ -460,12 +472,14 @@ class Router:
             messages=messages, features=features, output_tokens=_max_tokens(params)
         )
         try:
-            return await decision.endpoint.chat(
+            result = await decision.endpoint.chat(
                 messages, meta=self._meta(decision, reservation), **params
             )
         finally:
             if reservation is not None:
                 reservation.release()
+        self._shadows.after(decision.rule, messages, params, result)
+        return result
 
     def stream_chat(
         self,

@@ -304,5 +304,5 @@ class RouteWatcher:
 
 def dump_rule_set(rule_set: RuleSet) -> str:
     """YAML of a rule set, as ``weir routes show`` prints it."""
-    data: dict[str, Any] = rule_set.model_dump(exclude_none=True)
+    data: dict[str, Any] = rule_set.model_dump(mode="json", exclude_none=True)
     return yaml.safe_dump(data, sort_keys=False)

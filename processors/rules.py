@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,9 +25,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from weir.core.errors import RoutingError
 from weir.processors.condition import Condition, compile_condition
 
-__all__ = ["CompiledRule", "RuleFollower", "RuleSet", "RuleSpec", "Strategy"]
+__all__ = ["CompiledRule", "RuleFollower", "RuleSet", "RuleSpec", "ShadowSpec", "Strategy"]
 
 Strategy = Literal["first", "cheapest", "fastest"]
+
+
+class ShadowSpec(BaseModel):
+    """``shadow:`` of a rule: mirror ``share`` of its calls to ``endpoint``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str = Field(min_length=1, max_length=128)
+    share: float = Field(gt=0, le=1)
+    budget_usd: Decimal | None = Field(default=None, ge=0)
+    """Most the shadow calls of this rule may spend per ``window`` (``None``: no limit)."""
+    window: Literal["hour", "day", "month"] = "day"
 
 
 class RuleSpec(BaseModel):
@@ -43,6 +56,8 @@ class RuleSpec(BaseModel):
     """``request.<field>``, ``options.<name>`` or ``input.<feature>`` that keeps a split sticky."""
     priority: int = 0
     hold_until: str | None = None
+    shadow: ShadowSpec | None = None
+    """Also send a share of this rule's calls to a candidate endpoint, after the answer."""
 
     @model_validator(mode="after")
     def _one_target(self) -> RuleSpec:
@@ -66,7 +81,8 @@ class RuleSpec(BaseModel):
         return self
 
     def endpoints(self) -> list[str]:
-        return [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        names = [self.endpoint] if self.endpoint is not None else list(self.split or {})
+        return names + ([self.shadow.endpoint] if self.shadow is not None else [])
 
 
 class RuleSet(BaseModel):

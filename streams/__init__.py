@@ -25,6 +25,7 @@ from weir.streams.dependencies import AnyOf, any_of
 from weir.streams.local import run_local
 from weir.streams.pipeline import Pipeline, Step
 from weir.streams.retry import NO_RETRY, Fallback, RetryPolicy
+from weir.streams.side_effects import side_effect
 from weir.streams.worker import Worker, WorkerStats
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "WorkerStats",
     "any_of",
     "run_local",
+    "side_effect",
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYER_PACKAGES = ("core", "streams", "topics", "processors", "schemas")
+LAYER_PACKAGES = ("core", "streams", "topics", "processors", "schemas", "traces", "replays")
 
 
 @pytest.fixture(scope="module")

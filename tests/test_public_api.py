@@ -25,6 +25,7 @@ API_MODULES = [
     "weir.core.errors",
     "weir.processors",
     "weir.processors.providers",
+    "weir.replays",
     "weir.traces",
 ]
 DOCTEST_MODULES = [
@@ -64,6 +65,11 @@ DOCTEST_MODULES = [
     "weir.processors.providers.openai",
     "weir.processors.providers.anthropic",
     "weir.processors.providers.local",
+    "weir.streams.side_effects",
+    "weir.processors.shadow",
+    "weir.replays",
+    "weir.replays.records",
+    "weir.replays.compare",
 ]
 # Typing helpers a module imports for its own annotations are not part of its API.
 _TYPING_MODULES = {"typing", "typing_extensions", "collections.abc", "__future__"}
@@ -135,6 +141,7 @@ _STANDALONE = [
     "weir.streams",
     "weir.schemas",
     "weir.topics",
+    "weir.replays",
 ]
 
 

@@ -120,6 +120,15 @@ class PipelineTopics:
         """Compacted record of dead letters already replayed (key: ``topic:partition:offset``)."""
         return f"{self.prefix}.{self.pipeline}.dlq.replays"
 
+    @property
+    def shadow(self) -> str:
+        """Shadowed model calls: the primary's and the candidate's answers side by side."""
+        return f"{self.prefix}.{self.pipeline}.shadow"
+
+    def step_replay(self, replay_id: str) -> str:
+        """A step replay's own output: its plan, then one outcome per replayed input."""
+        return f"{self.prefix}.{self.pipeline}.replay.{replay_id}"
+
     def answers_transactional_id(self, partition: int) -> str:
         """One transactional producer per answers partition: a new owner fences the old one."""
         return f"{self.prefix}.{self.pipeline}.answers.{partition}"
@@ -187,6 +196,7 @@ def topic_specs(pipeline: PipelineShape, settings: WeirSettings) -> list[TopicSp
         spec(names.results, events),
         spec(names.answers, events),
         spec(names.stream, events),
+        spec(names.shadow, events),
         spec(names.dead_letter(INGRESS), dead),
         spec(names.dead_letter(ANSWER), dead),
         spec(names.answered_changelog, state),

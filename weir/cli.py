@@ -64,11 +64,14 @@ app.command("lag")(request_commands.lag)
 
 
 def _register_commands() -> None:
-    from weir.commands import bench, cost, routes
+    from weir.commands import bench, cost, replay, routes, what_if
 
     app.add_typer(routes.app, name="routes")
     app.command("cost")(cost.cost)
     app.command("bench")(bench.bench)
+    app.command("replay")(replay.replay)
+    app.command("compare")(replay.compare)
+    routes.app.command("what-if")(what_if.what_if)
 
 
 _register_commands()

@@ -2,7 +2,8 @@
 
 Pages: ``/dashboard`` (latency percentiles over time per step, failures by
 error type, cost by model and pipeline, the slowest requests) and
-``/dashboard/requests/<id>`` (one request's timeline).  JSON:
+``/dashboard/requests/<id>`` (one request's timeline), ``/dashboard/replays/<id>``
+(a step replay against the live step, as ``weir compare``).  JSON: ``/api/replays/<id>``,
 ``/api/traces/requests/<id>``, ``/api/traces/stats``, ``/api/traces/latency``,
 ``/api/traces/slowest`` (``weir trace``/``weir stats`` use them while a
 ``weir sink`` holds the embedded store), and on the sink ``POST /api/traces/sql``
@@ -13,7 +14,7 @@ error type, cost by model and pipeline, the slowest requests) and
 >>> app = web.Application(middlewares=[store_errors])
 >>> add_routes(app, WeirSettings())
 >>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
-['/api/traces/latency', '/api/traces/requests/{request_id}']
+['/api/replays/{replay_id}', '/api/traces/latency']
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from weir.core.config import WeirSettings
+from weir.dashboard._replays import api_replay, replay_page
 from weir.dashboard._views import (
     QUERIES,
     SETTINGS,
@@ -57,3 +59,5 @@ def add_routes(
     app.router.add_get("/api/traces/stats", api_stats)
     app.router.add_get("/api/traces/latency", api_latency)
     app.router.add_get("/api/traces/slowest", api_slowest)
+    app.router.add_get("/dashboard/replays/{replay_id}", replay_page)
+    app.router.add_get("/api/replays/{replay_id}", api_replay)

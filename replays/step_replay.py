@@ -1,0 +1,338 @@
+"""Step replay: run a candidate (another endpoint or function) over a step's recorded inputs.
+
+A replay reads the inputs the step received in a time window (a sample of
+them, by request id, so a resumed replay samples the same ones), runs the
+candidate on each in its own consumer group, and writes one outcome per input
+to its own topic (``weir.<pipeline>.replay.<id>``): never the results topic,
+never a dependent's topic.  Inside a replay, functions marked
+``@side_effect`` are not called, token streams are not published, and model
+spend does not count against live budgets.  The first record of the replay
+topic is its plan, so ``resume`` carries on from the consumer group's
+committed offsets with the same sample, candidate and budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from weir.core.config import WeirSettings
+from weir.core.errors import ConfigError, ReplayNotFoundError, WeirError
+from weir.processors.endpoint import ModelEndpoint
+from weir.processors.substitution import substituting
+from weir.replays.endpoints import endpoints_of, pipeline_modules
+from weir.replays.recording import RecordedInput, Recording
+from weir.replays.records import (
+    PLAN_KEY,
+    ReplayOutcome,
+    ReplayPlan,
+    in_sample,
+    read_outcomes,
+    read_plan,
+)
+from weir.schemas.messages import ModelCall, now_ms
+from weir.streams.context import AttemptScope
+from weir.streams.executor import StepExecutor, encode_output, split_branch
+from weir.streams.pipeline import Pipeline
+from weir.streams.redaction import Redactor
+from weir.streams.side_effects import ReplayTag, replaying_as
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import PipelineTopics, TopicSpec
+
+__all__ = ["ReplayProgress", "StepReplay"]
+
+ERROR_MAX_BYTES = 2048
+
+
+@dataclass
+class ReplayProgress:
+    """Where a replay stands; passed to ``on_progress`` after every record read."""
+
+    replay_id: str
+    total: int
+    """Records in the window (sampled or not)."""
+    read: int = 0
+    replayed: int = 0
+    failed: int = 0
+    spent_usd: Decimal = Decimal(0)
+    stopped_by_budget: bool = False
+    estimated_usd: Decimal = Decimal(0)
+    """Dry run: what the sampled inputs would cost, priced from their live usage."""
+
+
+class StepReplay:
+    """One replay of ``plan``."""
+
+    def __init__(self, settings: WeirSettings, pipeline: Pipeline, plan: ReplayPlan) -> None:
+        self._settings = settings
+        self.pipeline = pipeline
+        self.plan = plan
+        self.recording = Recording(settings, pipeline, plan.step)
+        self.topic = PipelineTopics(pipeline.name).step_replay(plan.replay_id)
+        self._candidate_endpoint: ModelEndpoint | None = None
+        self._candidate_fn: Callable[..., Any] | None = None
+        if plan.endpoint is not None:
+            self._candidate_endpoint = _endpoint(plan.endpoint, pipeline)
+        if plan.variant is not None:
+            self._candidate_fn = _function(plan.variant)
+
+    @classmethod
+    async def create(
+        cls,
+        settings: WeirSettings,
+        pipeline: Pipeline,
+        *,
+        step: str,
+        since_ms: int,
+        until_ms: int | None = None,
+        sample: float = 1.0,
+        endpoint: str | None = None,
+        variant: str | None = None,
+        budget_usd: Decimal | None = None,
+    ) -> StepReplay:
+        """A new replay of ``step`` (not started): checks options, fixes the window's offsets."""
+        if step not in pipeline.steps:
+            raise ConfigError(
+                f"pipeline {pipeline.name!r} has no step {step!r}"
+                f" (it has: {', '.join(pipeline.order)})"
+            )
+        if (endpoint is None) == (variant is None):
+            raise ConfigError(
+                "a replay needs exactly one candidate: --endpoint NAME or --variant module:function"
+            )
+        if not 0 < sample <= 1:
+            raise ConfigError(f"--sample must be more than 0% and at most 100%, got {sample:.2%}")
+        if budget_usd is not None and budget_usd <= 0:
+            raise ConfigError("--budget must be a positive amount of USD")
+        if until_ms is not None and until_ms <= since_ms:
+            raise ConfigError("--until must be later than --since")
+        recording = Recording(settings, pipeline, step)
+        plan = ReplayPlan(
+            replay_id=f"rs-{uuid.uuid4().hex[:12]}",
+            pipeline=pipeline.name,
+            step=step,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            sample=sample,
+            endpoint=endpoint,
+            variant=variant,
+            budget_usd=budget_usd,
+            ranges=tuple(await recording.ranges(since_ms, until_ms)),
+            output_topics=tuple(recording.output_topics),
+        )
+        return cls(settings, pipeline, plan)
+
+    @classmethod
+    async def resume(
+        cls,
+        settings: WeirSettings,
+        pipeline: Pipeline,
+        replay_id: str,
+        *,
+        budget_usd: Decimal | None = None,
+    ) -> StepReplay:
+        """The replay ``replay_id`` as planned; ``run()`` carries on where it stopped.
+
+        ``budget_usd`` replaces the planned budget (the spend so far counts against it).
+        """
+        topic = PipelineTopics(pipeline.name).step_replay(replay_id)
+        plan = await read_plan(settings, topic)
+        if plan is None:
+            raise ReplayNotFoundError(
+                f"no step replay {replay_id!r} of pipeline {pipeline.name!r} ({topic})"
+            )
+        if budget_usd is not None:
+            plan = dataclasses.replace(plan, budget_usd=budget_usd)
+        return cls(settings, pipeline, plan)
+
+    @property
+    def total(self) -> int:
+        return sum(r.stop - r.start for r in self.plan.ranges)
+
+    async def dry_run(
+        self, on_progress: Callable[[ReplayProgress], None] | None = None
+    ) -> ReplayProgress:
+        """Count the sampled inputs and price them from the step's live usage, calling nothing."""
+        progress = ReplayProgress(self.plan.replay_id, self.total)
+        sampled: set[str] = set()
+        async for item, _tp, _next in self.recording.inputs(self.plan.ranges):
+            progress.read += 1
+            if item is not None and in_sample(item.request_id, self.plan.sample):
+                sampled.add(item.request_id)
+                progress.replayed += 1
+            if on_progress is not None:
+                on_progress(progress)
+        baseline = await self.recording.baseline(sampled, self.plan.since_ms)
+        for b in baseline.values():
+            for call in b.calls:
+                progress.estimated_usd += self._price(call)
+        return progress
+
+    def _price(self, call: ModelCall) -> Decimal:
+        """What ``call``'s usage costs on the candidate (its own cost for a function variant)."""
+        if self._candidate_endpoint is None:
+            return call.cost_usd
+        price = self._candidate_endpoint.price(self._settings)
+        return price.cost(call.input_tokens, call.output_tokens) if price else Decimal(0)
+
+    async def run(
+        self, on_progress: Callable[[ReplayProgress], None] | None = None
+    ) -> ReplayProgress:
+        """Replay the sampled inputs not replayed yet; stop early once the budget is spent.
+
+        Inputs run one at a time, so a budget is overrun by at most one input's calls.
+        """
+        plan = self.plan
+        async with TopicAdmin(self._settings) as admin:
+            # One partition: outcomes of a replay are read back in order, with the plan first.
+            spec = TopicSpec(
+                self.topic,
+                1,
+                self._settings.replication_factor,
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(self._settings.event_retention_ms),
+                },
+                keyed=False,
+            )
+            created = await admin.ensure([spec])
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        await producer.start()
+        progress = ReplayProgress(plan.replay_id, self.total)
+        executor = None
+        try:
+            if created:
+                await producer.send_and_wait(self.topic, key=PLAN_KEY, value=plan.encode())
+            else:
+                previous = await read_outcomes(self._settings, self.topic)
+                progress.replayed = len(previous)
+                progress.failed = sum(o.status != "SUCCESS" for o in previous)
+                progress.spent_usd = sum((o.cost_usd for o in previous), Decimal(0))
+            threads = ThreadPoolExecutor(4, thread_name_prefix=f"weir-replay-{plan.step}")
+            executor = StepExecutor(
+                self.pipeline.steps[plan.step],
+                pipeline=self.pipeline.name,
+                worker_id=f"replay-{plan.replay_id}",
+                default_timeout_s=self._settings.step_timeout_s,
+                threads=threads,
+            )
+            redactor = Redactor.from_settings(self._settings)
+            positions: dict[TopicPartition, int] = {}
+            last_commit = time.monotonic()
+            async for item, tp, next_offset in self.recording.inputs(
+                plan.ranges, group=plan.consumer_group
+            ):
+                if plan.budget_usd is not None and progress.spent_usd >= plan.budget_usd:
+                    progress.stopped_by_budget = True
+                    break
+                progress.read += 1
+                if item is not None and in_sample(item.request_id, plan.sample):
+                    outcome = await self._replay_one(executor, item, redactor)
+                    await producer.send_and_wait(
+                        self.topic, key=item.request_id.encode(), value=outcome.encode()
+                    )
+                    progress.replayed += 1
+                    progress.failed += outcome.status != "SUCCESS"
+                    progress.spent_usd += outcome.cost_usd
+                positions[tp] = next_offset
+                if time.monotonic() - last_commit > 1.0:
+                    await self.recording.commit(plan.consumer_group, positions)
+                    last_commit = time.monotonic()
+                if on_progress is not None:
+                    on_progress(progress)
+            if plan.budget_usd is not None and progress.spent_usd >= plan.budget_usd:
+                progress.stopped_by_budget = True
+            if positions:
+                await self.recording.commit(plan.consumer_group, positions)
+        finally:
+            await producer.stop()
+            if executor is not None:
+                threads.shutdown(wait=False, cancel_futures=True)
+        return progress
+
+    async def _replay_one(
+        self, executor: StepExecutor, item: RecordedInput, redactor: Redactor
+    ) -> ReplayOutcome:
+        plan = self.plan
+        ctx = executor.context(item.envelope)
+        scope = AttemptScope(
+            context=ctx,
+            settings=self._settings,
+            publish=_discard,
+            lag=lambda: 0,
+        )
+        started_at, t0 = now_ms(), time.perf_counter()
+        output: str | None = None
+        error: WeirError | None = None
+        with replaying_as(ReplayTag(plan.replay_id, plan.label)):
+            try:
+                if self._candidate_endpoint is not None:
+                    with substituting(self._candidate_endpoint):
+                        value = await executor.run(item.inputs, item.envelope, scope)
+                else:
+                    kwargs = executor.arguments(item.inputs, item.envelope, ctx)
+                    value = await executor.call(kwargs, scope, fn=self._candidate_fn)
+                output = encode_output(split_branch(value)[0], step=plan.step)
+            except WeirError as exc:
+                error = exc
+        return ReplayOutcome(
+            replay_id=plan.replay_id,
+            variant=plan.label,
+            request_id=item.request_id,
+            partition=item.partition,
+            offset=item.offset,
+            status="SUCCESS" if error is None else "FAILURE",
+            started_at=started_at,
+            duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+            output=output,
+            error_type=None if error is None else error.error_type,
+            error_message=None
+            if error is None
+            else redactor.redact(str(error), max_bytes=ERROR_MAX_BYTES),
+            calls=tuple(scope.calls),
+        )
+
+
+async def _discard(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    """A replay publishes nothing on the pipeline's topics (no token streams to live clients)."""
+
+
+def _endpoint(name: str, pipeline: Pipeline) -> ModelEndpoint:
+    defined = endpoints_of(pipeline_modules(pipeline))
+    found = defined.get(name)
+    if found is None:
+        known = ", ".join(sorted(defined)) or "none"
+        raise ConfigError(
+            f"no endpoint named {name!r} is defined by the pipeline's module (defined: {known});"
+            " define the candidate next to the pipeline, or use --variant module:function"
+        )
+    return found
+
+
+def _function(ref: str) -> Callable[..., Any]:
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"--variant {ref!r} is not a function reference; use 'module.path:function'"
+        )
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--variant {ref!r}: {exc}") from exc
+    if not callable(fn):
+        raise ConfigError(f"--variant {ref!r} is a {type(fn).__name__}, not a function")
+    return fn  # type: ignore[no-any-return]
