@@ -25,6 +25,7 @@ from weir.streams.dependencies import AnyOf, any_of
 from weir.streams.local import run_local
 from weir.streams.pipeline import Pipeline, Step
 from weir.streams.retry import NO_RETRY, Fallback, RetryPolicy
+from weir.streams.sync_client import SyncWeirClient
 from weir.streams.worker import Worker, WorkerStats
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "RetryPolicy",
     "Step",
     "StepContext",
+    "SyncWeirClient",
     "WeirClient",
     "Worker",
     "WorkerStats",

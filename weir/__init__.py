@@ -30,7 +30,15 @@ if TYPE_CHECKING:
         Router,
         Rule,
     )
-    from weir.streams import Branch, Pipeline, StepContext, WeirClient, Worker, any_of
+    from weir.streams import (
+        Branch,
+        Pipeline,
+        StepContext,
+        SyncWeirClient,
+        WeirClient,
+        Worker,
+        any_of,
+    )
     from weir.streams.local import run_local
 
 __all__ = [
@@ -45,6 +53,7 @@ __all__ = [
     "Router",
     "Rule",
     "StepContext",
+    "SyncWeirClient",
     "WeirClient",
     "WeirError",
     "WeirSettings",
@@ -60,6 +69,7 @@ _HOME = {
     "Branch": "weir.streams",
     "Pipeline": "weir.streams",
     "StepContext": "weir.streams",
+    "SyncWeirClient": "weir.streams",
     "WeirClient": "weir.streams",
     "Worker": "weir.streams",
     "any_of": "weir.streams",
