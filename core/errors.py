@@ -45,7 +45,10 @@ says whether trying the same input again can succeed.
     ├── ParameterInvalidError       parameter_invalid    (HTTP: a query parameter out of range)
     ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
     ├── TraceQueryError             trace_query_invalid  (weir sql: ClickHouse refused the query)
-    └── RequestNotFoundError        request_not_found    (no trace events for that id)
+    ├── RequestNotFoundError        request_not_found    (no trace events for that id)
+    └── ReviewError                 review_invalid       (weir review: an empty answer)
+        ├── ReviewNotFoundError     review_not_found     (no such escalated request)
+        └── ReviewClosedError       review_closed        (answered or expired already)
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ __all__ = [
     "RateLimitedError",
     "RequestNotFoundError",
     "ResultTimeoutError",
+    "ReviewClosedError",
+    "ReviewError",
+    "ReviewNotFoundError",
     "RoutingError",
     "SchemaInvalidError",
     "SecretError",
@@ -377,3 +383,21 @@ class RequestNotFoundError(WeirError):
     """The trace store holds no events for the request asked about."""
 
     error_type = "request_not_found"
+
+
+class ReviewError(WeirError):
+    """A human review cannot be answered: unknown, already closed, or the answer is invalid."""
+
+    error_type = "review_invalid"
+
+
+class ReviewNotFoundError(ReviewError):
+    """No review of that request (never escalated, or gone with the topic's retention)."""
+
+    error_type = "review_not_found"
+
+
+class ReviewClosedError(ReviewError):
+    """The review was answered, or its deadline passed, before this answer."""
+
+    error_type = "review_closed"

@@ -25,6 +25,7 @@ from weir.streams.dependencies import AnyOf, any_of
 from weir.streams.local import run_local
 from weir.streams.pipeline import Pipeline, Step
 from weir.streams.retry import NO_RETRY, Fallback, RetryPolicy
+from weir.streams.review import Escalate
 from weir.streams.sync_client import SyncWeirClient
 from weir.streams.worker import Worker, WorkerStats
 
@@ -32,6 +33,7 @@ __all__ = [
     "NO_RETRY",
     "AnyOf",
     "Branch",
+    "Escalate",
     "Fallback",
     "Pipeline",
     "RetryPolicy",

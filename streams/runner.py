@@ -26,6 +26,7 @@ from weir.core.errors import (
     MessageError,
     OutputTooLargeError,
     SchemaInvalidError,
+    StepError,
     WeirError,
 )
 from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
@@ -36,6 +37,7 @@ from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.join import JoinTable, eviction_messages
 from weir.streams.outbox import OutMessage, Owned
+from weir.streams.review import Escalate, escalation_record
 from weir.streams.tracing import mark_failed, span_ids, traceparent_of
 from weir.topics.names import ANSWER, retry_tiers
 
@@ -186,6 +188,7 @@ class StepRunner:
         )
         rt.stats.attempts += 1
         error: WeirError | None = None
+        escalate: Escalate | None = None
         output: Any = None
         encoded: str | None = None
         targets: tuple[str, ...] | None = None
@@ -209,6 +212,7 @@ class StepRunner:
                     # Never a null answer: the join cannot run, so the request fails here.
                     raise JoinInputSkippedError(join_skipped_message(self.name, list(a.missing)))
                 value = await self._executor.run(a.inputs, base, scope)
+                escalate = self._check_escalate(value)
                 output, targets = self._check_branch(split_branch(value))
                 encoded = encode_output(output, step=self.name)
             except WeirError as exc:
@@ -246,11 +250,50 @@ class StepRunner:
             if encoded is not None:
                 event.output = await rt.redacted(encoded)
         a.calls = calls
-        if error is None:
+        if error is None and escalate is not None:
+            event.disposition = "escalated"
+            out = self._escalate(a, escalate, traceparent)
+        elif error is None:
             out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
             out = await self._failed(record, a, error, event, ctx, scope, traceparent)
         return out, event
+
+    def _check_escalate(self, value: Any) -> Escalate | None:
+        if not isinstance(value, Escalate):
+            return None
+        if self._dependents:
+            raise StepError(
+                f"step {self.name!r} returned Escalate but has dependents"
+                f" ({', '.join(self._dependents)}): escalate from a final step"
+            )
+        return value
+
+    def _escalate(
+        self, a: _Attempt, escalate: Escalate, traceparent: str | None
+    ) -> list[OutMessage]:
+        """To the review topic instead of the answer stage (``weir.streams.review``)."""
+        base = a.base
+        template = Envelope(
+            request_id=base.request_id,
+            pipeline=base.pipeline,
+            step=ANSWER,
+            source=self.name,
+            kind="VALUE",
+            submitted_at=base.submitted_at,
+            created_at=now_us(),
+            request=base.request,
+            payload=None,
+            traceparent=traceparent,
+            options=base.options,
+            path=[*a.path, self.name],
+            calls=a.calls,
+            replay=base.replay,
+        )
+        record = escalation_record(
+            escalate, envelope=template, inputs=a.inputs, settings=self._rt.settings
+        )
+        return [OutMessage(self._rt.topics.reviews, base.request_id.encode(), record, None)]
 
     def _check_branch(
         self, split: tuple[Any, tuple[str, ...] | None]

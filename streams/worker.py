@@ -47,6 +47,7 @@ from weir.streams.offsets import PartitionOffsets
 from weir.streams.outbox import Abandoned, Outbox, OutMessage, Owned
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
+from weir.streams.review_desk import ReviewDesk
 from weir.streams.runner import NOT_BEFORE_HEADER, StepRunner
 from weir.streams.threads import StepThreads
 from weir.streams.tracing import Tracing
@@ -139,6 +140,8 @@ class Worker:
         self._assigned: set[TopicPartition] = set()
         self._revoking: set[TopicPartition] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.review_desk = ReviewDesk(self.settings, self.pipeline.name)
+        """Delivers answered reviews and expires overdue ones (``weir.streams.review``)."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._started = False
@@ -233,6 +236,7 @@ class Worker:
         ]
         for task in self._tasks:
             task.add_done_callback(self._loop_ended)
+        await self.review_desk.start()
         tune_gc(self.settings.gc_gen0_threshold)
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
@@ -302,6 +306,7 @@ class Worker:
         await _cancel(commit)
         with contextlib.suppress(KafkaError):
             await self._commit()
+        await self.review_desk.stop()
         if self.answers is not None:
             await self.answers.stop()
         if self._consumer is not None:

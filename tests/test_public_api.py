@@ -37,6 +37,7 @@ DOCTEST_MODULES = [
     "weir.core.config",
     "weir",
     "weir.streams.redaction",
+    "weir.streams.review",
     "weir.processors.trace_store",
     "weir.dashboard",
     "weir.core.secrets",

@@ -115,6 +115,11 @@ class PipelineTopics:
         return f"{self.prefix}.{self.pipeline}.stream"
 
     @property
+    def reviews(self) -> str:
+        """Escalations to a person and what became of them (answered, expired), per request."""
+        return f"{self.prefix}.{self.pipeline}.reviews"
+
+    @property
     def replays(self) -> str:
         """Compacted record of dead letters already replayed (key: ``topic:partition:offset``)."""
         return f"{self.prefix}.{self.pipeline}.dlq.replays"
@@ -158,6 +163,7 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
         spec(names.results, events),
         spec(names.answers, events),
         spec(names.stream, events),
+        spec(names.reviews, events),
         spec(names.dead_letter(INGRESS), dead),
         spec(names.dead_letter(ANSWER), dead),
         spec(names.answered_changelog, state),

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from weir.streams import (
         Branch,
+        Escalate,
         Pipeline,
         StepContext,
         SyncWeirClient,
@@ -45,6 +46,7 @@ __all__ = [
     "Anthropic",
     "Branch",
     "Budget",
+    "Escalate",
     "LocalModel",
     "ModelEndpoint",
     "OpenAICompatible",
@@ -67,6 +69,7 @@ __all__ = [
 # so importing them here eagerly would be circular.
 _HOME = {
     "Branch": "weir.streams",
+    "Escalate": "weir.streams",
     "Pipeline": "weir.streams",
     "StepContext": "weir.streams",
     "SyncWeirClient": "weir.streams",

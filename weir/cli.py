@@ -58,9 +58,10 @@ app.command("results")(request_commands.results)
 
 
 def _register_commands() -> None:
-    from weir.commands import bench, cost, routes
+    from weir.commands import bench, cost, review, routes
 
     app.add_typer(routes.app, name="routes")
+    app.add_typer(review.app, name="review")
     app.command("cost")(cost.cost)
     app.command("bench")(bench.bench)
 

@@ -75,6 +75,9 @@ def create_app(
     from weir.processors.sse import add_routes as add_model_routes
 
     add_model_routes(app, settings)
+    from weir._review_routes import add_routes as add_review_routes
+
+    add_review_routes(app, settings)
     return app
 
 
