@@ -19,6 +19,7 @@
 """
 
 from weir.streams.branch import Branch
+from weir.streams.cache import Cache
 from weir.streams.client import WeirClient
 from weir.streams.context import StepContext
 from weir.streams.dependencies import AnyOf, any_of
@@ -33,6 +34,7 @@ __all__ = [
     "NO_RETRY",
     "AnyOf",
     "Branch",
+    "Cache",
     "Escalate",
     "Fallback",
     "Pipeline",

@@ -307,6 +307,9 @@ class Worker:
         with contextlib.suppress(KafkaError):
             await self._commit()
         await self.review_desk.stop()
+        for runner in self.runners.values():
+            if runner.cache is not None:
+                await runner.cache.stop()
         if self.answers is not None:
             await self.answers.stop()
         if self._consumer is not None:

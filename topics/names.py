@@ -114,6 +114,10 @@ class PipelineTopics:
         """Token chunks of streaming model calls, in order per request."""
         return f"{self.prefix}.{self.pipeline}.stream"
 
+    def cache(self, step: str) -> str:
+        """Compacted table of ``step``'s cached outputs, keyed by input hash."""
+        return f"{self.prefix}.{self.pipeline}.cache.{step}"
+
     @property
     def reviews(self) -> str:
         """Escalations to a person and what became of them (answered, expired), per request."""
@@ -170,6 +174,8 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
         spec(names.replays, state),
     ]
     specs += [spec(names.step(s), events) for s in steps]
+    cached = [(s, c) for s in steps if (c := pipeline.steps[s].cache) is not None]
+    specs += [spec(names.cache(s), c.topic_config()) for s, c in cached]
     specs += [spec(names.dead_letter(s), dead) for s in steps]
     for s in steps:
         tiers = retry_tiers(pipeline.retry_policy(s).maximum_attempts, settings)

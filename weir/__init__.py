@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from weir.streams import (
         Branch,
+        Cache,
         Escalate,
         Pipeline,
         StepContext,
@@ -46,6 +47,7 @@ __all__ = [
     "Anthropic",
     "Branch",
     "Budget",
+    "Cache",
     "Escalate",
     "LocalModel",
     "ModelEndpoint",
@@ -69,6 +71,7 @@ __all__ = [
 # so importing them here eagerly would be circular.
 _HOME = {
     "Branch": "weir.streams",
+    "Cache": "weir.streams",
     "Escalate": "weir.streams",
     "Pipeline": "weir.streams",
     "StepContext": "weir.streams",
