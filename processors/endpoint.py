@@ -62,6 +62,7 @@ from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
 from weir.streams.context import AttemptScope, current_scope
 from weir.streams.dead_letter import error_type_of
+from weir.streams.journal import journaled_call
 
 __all__ = ["ChatStream", "ModelEndpoint", "endpoint_states"]
 
@@ -200,6 +201,7 @@ class ModelEndpoint:
 
     # -- public calls -------------------------------------------------------------------
 
+    @journaled_call(ChatResult)
     async def chat(
         self, messages: Sequence[Message], *, meta: CallMeta = _NO_META, **params: Any
     ) -> ChatResult:
@@ -226,6 +228,7 @@ class ModelEndpoint:
             raw=done.raw,
         )
 
+    @journaled_call(Embeddings)
     async def embed(
         self, texts: Sequence[str], *, meta: CallMeta = _NO_META, **params: Any
     ) -> Embeddings:
@@ -254,6 +257,7 @@ class ModelEndpoint:
             vectors=done.vectors,
         )
 
+    @journaled_call(Classification)
     async def classify(
         self, text: str, *, meta: CallMeta = _NO_META, **params: Any
     ) -> Classification:

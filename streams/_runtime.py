@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
@@ -18,6 +18,9 @@ from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
 from weir.streams.tracing import Tracing
 from weir.topics.names import PipelineTopics
+
+if TYPE_CHECKING:
+    from weir.streams.journal import CallJournal
 
 __all__ = [
     "ERROR_MAX_BYTES",
@@ -75,6 +78,8 @@ class Runtime:
     lag: Callable[[str], int]
     """Unprocessed messages on this worker's partitions of a step's input topic."""
     rank: dict[str, int] = field(default_factory=dict)
+    journal: CallJournal | None = None
+    """The model-call journal (``weir.streams.journal``), when ``journal_calls`` is on."""
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.pipeline.order)}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from weir.core.config import WeirSettings
     from weir.schemas.messages import ModelCall
+    from weir.streams.journal import CallJournal
     from weir.streams.tracing import Tracing
 
 __all__ = ["AttemptScope", "StepContext", "current_scope"]
@@ -54,6 +55,16 @@ class AttemptScope:
     """The worker's spans: model calls open child spans of the attempt's span with it."""
     calls: list[ModelCall] = field(default_factory=list)
     """Model calls of this attempt, appended by the model layer as they finish."""
+    journal: CallJournal | None = None
+    """Completed calls of the pipeline, so a redelivered attempt does not pay twice."""
+    calls_made: int = 0
+    """Journaled calls this attempt has started (``next_call_index``)."""
+
+    def next_call_index(self) -> int:
+        """The index of the attempt's next model call (0, 1, ...), in the order made."""
+        index = self.calls_made
+        self.calls_made += 1
+        return index
 
     def record(self, call: ModelCall, *, traced: bool = False) -> None:
         """Add a finished model call to the attempt, and its span to the attempt's trace.

@@ -194,6 +194,7 @@ class StepRunner:
             publish=self._publish,
             lag=lambda: rt.lag(self.name),
             tracing=rt.tracing,
+            journal=rt.journal,
         )
         rt.stats.attempts += 1
         error: WeirError | None = None

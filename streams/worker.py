@@ -43,6 +43,7 @@ from weir.streams.dead_letter import DeadLetters, error_type_of
 from weir.streams.executor import StepExecutor
 from weir.streams.ingress import Ingress, RootHandler
 from weir.streams.join import eviction_messages
+from weir.streams.journal import CallJournal
 from weir.streams.offsets import PartitionOffsets
 from weir.streams.outbox import Abandoned, Outbox, OutMessage, Owned
 from weir.streams.pipeline import Pipeline
@@ -141,6 +142,8 @@ class Worker:
         self._revoking: set[TopicPartition] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.review_desk = ReviewDesk(self.settings, self.pipeline.name)
+        if self.settings.journal_calls:
+            self._runtime.journal = CallJournal(self.settings, self.topics.journal)
         """Delivers answered reviews and expires overdue ones (``weir.streams.review``)."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -206,6 +209,9 @@ class Worker:
         )
         await self._producer.start()
         self._runtime.outbox.attach(self._producer)
+        if self._runtime.journal is not None:
+            # Loaded before any record is taken: a redelivered attempt must find its calls.
+            await self._runtime.journal.start()
         if self.answers is not None:
             # A final step's output is answered here when this worker owns its answers
             # partition: no answers-topic hop that only moves data.
@@ -307,6 +313,8 @@ class Worker:
         with contextlib.suppress(KafkaError):
             await self._commit()
         await self.review_desk.stop()
+        if self._runtime.journal is not None:
+            await self._runtime.journal.stop()
         for runner in self.runners.values():
             if runner.cache is not None:
                 await runner.cache.stop()

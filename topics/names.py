@@ -114,6 +114,11 @@ class PipelineTopics:
         """Token chunks of streaming model calls, in order per request."""
         return f"{self.prefix}.{self.pipeline}.stream"
 
+    @property
+    def journal(self) -> str:
+        """Completed model calls by request, step, attempt and index (``weir.streams.journal``)."""
+        return f"{self.prefix}.{self.pipeline}.journal"
+
     def cache(self, step: str) -> str:
         """Compacted table of ``step``'s cached outputs, keyed by input hash."""
         return f"{self.prefix}.{self.pipeline}.cache.{step}"
@@ -154,6 +159,10 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
     # Dead letters carry the failed record as it is (up to MAX_MESSAGE_BYTES with headers);
     # stated explicitly so a cluster whose default is lower still takes them.
     dead = {**events, "max.message.bytes": str(DEAD_LETTER_TOPIC_MAX_BYTES)}
+    journal = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(settings.journal_retention_s * 1000)),
+    }
 
     def spec(name: str, config: dict[str, str]) -> TopicSpec:
         return TopicSpec(name, settings.partitions, settings.replication_factor, dict(config))
@@ -168,6 +177,7 @@ def topic_specs(pipeline: Pipeline, settings: WeirSettings) -> list[TopicSpec]:
         spec(names.answers, events),
         spec(names.stream, events),
         spec(names.reviews, events),
+        spec(names.journal, journal),
         spec(names.dead_letter(INGRESS), dead),
         spec(names.dead_letter(ANSWER), dead),
         spec(names.answered_changelog, state),
