@@ -38,7 +38,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter
 
 from weir.core.config import WeirSettings
 from weir.core.errors import (
@@ -62,7 +62,7 @@ from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
 from weir.streams.context import AttemptScope, current_scope
 from weir.streams.dead_letter import error_type_of
-from weir.streams.journal import journaled_call
+from weir.streams.journal import journaled, journaled_call
 
 __all__ = ["ChatStream", "ModelEndpoint", "endpoint_states"]
 
@@ -617,6 +617,10 @@ def _usage(
 _Resolved = tuple[ModelEndpoint, CallMeta, Callable[[], None] | None]
 
 
+_CHAT_RESULT = TypeAdapter(ChatResult)
+"""Journals streamed answers (``weir.streams.journal``)."""
+
+
 class _End:
     __slots__ = ("error",)
 
@@ -714,8 +718,22 @@ class ChatStream:
         release: Callable[[], None] | None = None
         try:
             endpoint, meta, release = await self._resolve()
-            self.result = await _stream_tries(
-                endpoint, self._messages, self._params, meta, self._queue, publisher
+
+            def replayed(done: ChatResult) -> None:
+                # A redelivered attempt: the answer comes from the journal, in one piece.
+                self._queue.put_nowait(StreamEvent("delta", done.text, done.endpoint))
+                if publisher is not None:
+                    publisher.delta(done.text, endpoint=done.endpoint, attempt=1)
+                    publisher.done(
+                        endpoint=done.endpoint, attempt=1, usage=done.usage, cost_usd=done.cost_usd
+                    )
+
+            self.result = await journaled(
+                lambda: _stream_tries(
+                    endpoint, self._messages, self._params, meta, self._queue, publisher
+                ),
+                _CHAT_RESULT,
+                replayed=replayed,
             )
             if publisher is not None:
                 await publisher.close()

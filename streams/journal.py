@@ -151,10 +151,17 @@ def _key(scope: AttemptScope, index: int) -> str:
     return f"{ctx.request_id}/{ctx.step}/{ctx.attempt}/{index}"
 
 
-async def journaled(call: Callable[[], Awaitable[T]], adapter: TypeAdapter[T]) -> T:
+async def journaled(
+    call: Callable[[], Awaitable[T]],
+    adapter: TypeAdapter[T],
+    *,
+    replayed: Callable[[T], None] | None = None,
+) -> T:
     """Run one model call of the current attempt through the journal.
 
     Outside a worker (or with the journal off) it is just ``await call()``.
+    ``replayed(response)`` is called when the response comes from the journal
+    (a stream republishes its text with it).
     """
     scope = current_scope()
     journal = scope.journal if scope is not None else None
@@ -167,7 +174,10 @@ async def journaled(call: Callable[[], Awaitable[T]], adapter: TypeAdapter[T]) -
         journal.replayed += 1
         for record in found["calls"]:
             scope.record(ModelCall.from_record(record))
-        return adapter.validate_python(found["response"])
+        response = adapter.validate_python(found["response"])
+        if replayed is not None:
+            replayed(response)
+        return response
     before = len(scope.calls)
     response = await call()
     calls = [c.to_record() for c in scope.calls[before:]]

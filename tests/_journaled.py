@@ -24,7 +24,7 @@ def journaled(name: str, url: str, hold_s: float) -> Pipeline:
     @p.step()
     async def answer(text: str) -> dict[str, Any]:
         first = await llm.chat([{"role": "user", "content": text}])
-        second = await llm.chat([{"role": "user", "content": f"again {text}"}])
+        second = await llm.stream_chat([{"role": "user", "content": f"again {text}"}]).collect()
         await asyncio.sleep(hold_s)  # between the calls and the output: where the kill lands
         return {"first": first.text, "second": second.text}
 

@@ -1,8 +1,11 @@
-"""Model calls paid once: a worker killed between its model calls and its output."""
+"""Model calls paid once: a worker killed between its model calls (one of them streamed)
+and its output."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import re
 import signal
 import subprocess
@@ -88,7 +91,8 @@ async def test_a_worker_killed_after_its_model_calls_does_not_call_them_again(
         # Every call answered and journaled: all 200 requests now sit between their calls
         # and their output, for ten minutes.
         journal = await read_topic(kafka, topics.journal, until=2 * N, timeout=180)
-        assert len(journal) == 2 * N and server.calls["chat"] == 2 * N
+        assert len(journal) == 2 * N
+        assert server.calls["chat"] == N and server.calls["stream"] == N
         first.kill()
         second = _Worker(repo_root, env(0), tmp_path / "second.log")
         results, counts = await read_results(kafka, topics.results, N, timeout=240)
@@ -97,7 +101,8 @@ async def test_a_worker_killed_after_its_model_calls_does_not_call_them_again(
         if second is not None:
             second.stop()
         await server.stop()
-    assert server.calls["chat"] == 2 * N  # not one call more after the restart
+    # Not one call more after the restart, streamed or not.
+    assert server.calls["chat"] == N and server.calls["stream"] == N
     assert set(results) == set(ids) and max(counts.values()) == 1
     for n, rid in enumerate(ids):
         result = results[rid]
@@ -110,3 +115,8 @@ async def test_a_worker_killed_after_its_model_calls_does_not_call_them_again(
             expected += PRICE.cost(tokens_in, len(reply.split()))
         assert result.cost_usd == expected  # counted once
         assert len(result.calls) == 2
+    # A replayed stream is published again, whole, for clients that follow the request:
+    # a done from the call, and one from its replay.
+    chunks = [json.loads(r.value) for r in await read_topic(kafka, topics.stream)]
+    done = collections.Counter(c["request_id"] for c in chunks if c["type"] == "done")
+    assert done == dict.fromkeys(ids, 2)
