@@ -34,11 +34,11 @@ from linear import broker_settings, run_weir
 
 from weir.core.config import WeirSettings
 from weir.core.urls import SecretUrl
-from weir.processors.clickhouse_sink import ClickHouseSink
-from weir.processors.trace_store import TraceStore, event_row
 from weir.schemas.messages import ModelCall, TraceEvent
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
+from weir.traces import TraceStore, event_row
+from weir.traces.clickhouse_sink import ClickHouseSink
 
 
 def _event(i: int, now: int) -> bytes:

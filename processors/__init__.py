@@ -1,10 +1,9 @@
-"""Reusable step processors: model endpoints, routing, budgets, streaming, transforms,
-and the trace sink.
+"""Reusable step processors and the model layer: model endpoints, routing, budgets,
+streaming, transforms.
 
 Step processors are step bodies that pipelines plug in with ``add_step`` or call
-from a step (``ModelEndpoint``, ``Router``); ``ClickHouseSink`` and ``TraceStore``
-move trace events into ClickHouse and read them back (``weir sink``, ``weir
-trace``, ``weir stats``, the dashboard).
+from a step (``ModelEndpoint``, ``Router``).  The trace store and its sink live
+one layer up, in ``weir.traces``.
 
 >>> from weir.streams import Pipeline
 >>> from weir.processors import Transform
@@ -28,16 +27,16 @@ True
 
 from weir.processors._env import aclose_model_layer
 from weir.processors.budget import Budget
+from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker, circuit_states
-from weir.processors.clickhouse_sink import ClickHouseSink
 from weir.processors.cost import DEFAULT_PRICES, Price, format_usd
-from weir.processors.endpoint import ChatStream, ModelEndpoint, endpoint_states
+from weir.processors.endpoint import ModelEndpoint, endpoint_states
 from weir.processors.limits import Limits
 from weir.processors.providers import Anthropic, LocalModel, OpenAICompatible, Provider
 from weir.processors.results import ChatResult, Classification, Embeddings, StreamEvent, Usage
-from weir.processors.router import Router, Rule, RuleSet
+from weir.processors.router import Router
+from weir.processors.rules import Rule, RuleSet
 from weir.processors.streaming import TokenChunk, TokenStream
-from weir.processors.trace_store import TraceStore
 from weir.processors.transform import Transform
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "ChatStream",
     "CircuitBreaker",
     "Classification",
-    "ClickHouseSink",
     "Embeddings",
     "Limits",
     "LocalModel",
@@ -63,7 +61,6 @@ __all__ = [
     "StreamEvent",
     "TokenChunk",
     "TokenStream",
-    "TraceStore",
     "Transform",
     "Usage",
     "aclose_model_layer",

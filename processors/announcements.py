@@ -20,25 +20,22 @@ import json
 import logging
 import socket
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import RoutingError
-from weir.processors.router import RuleSet
-from weir.processors.routes import (
+from weir.processors.router import Router
+from weir.processors.routes_topic import (
     ANNOUNCEMENT_HEADER,
     ANNOUNCEMENT_KIND,
-    _ensure_topics,
-    _publish,
-    _read_all,
+    ensure_topics,
+    publish,
+    read_all,
 )
+from weir.processors.rules import RuleSet
 from weir.schemas.messages import now_ms
 from weir.topics.names import ROUTES_TOPIC
-
-if TYPE_CHECKING:
-    from weir.processors.router import Router
 
 __all__ = [
     "RouterAnnouncement",
@@ -92,8 +89,8 @@ async def announce_routers(
     ]
     if not sent:
         return []
-    await _ensure_topics(settings)
-    await _publish(
+    await ensure_topics(settings)
+    await publish(
         settings,
         [(KEY_PREFIX + a.router, a.model_dump_json().encode()) for a in sent],
         history=False,
@@ -104,9 +101,9 @@ async def announce_routers(
 
 async def read_announcements(settings: WeirSettings) -> dict[str, RouterAnnouncement]:
     """The latest announcement per router on the routes topic."""
-    await _ensure_topics(settings)
+    await ensure_topics(settings)
     latest: dict[str, RouterAnnouncement] = {}
-    for key, value, _ in await _read_all(settings, ROUTES_TOPIC, announcements=True):
+    for key, value, _ in await read_all(settings, ROUTES_TOPIC, announcements=True):
         if not key.startswith(KEY_PREFIX) or value is None:
             continue
         try:

@@ -46,339 +46,33 @@ rule and the version that chose its endpoint.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import logging
-import math
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from simpleeval import InvalidExpression, SimpleEval
+from simpleeval import InvalidExpression
 
 from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
-from weir.processors.condition_check import type_mismatch, units_hint
-from weir.processors.endpoint import CallMeta, ChatStream, ModelEndpoint
-from weir.processors.features import DERIVED_FEATURES, Features
-from weir.processors.options import OptionTypeError, typed_options
+from weir.processors._call import CallMeta
+from weir.processors.budget import Budget, Reservation
+from weir.processors.chat_stream import ChatStream
+from weir.processors.condition import condition_names, lookup
+from weir.processors.endpoint import ModelEndpoint
+from weir.processors.features import Features
+from weir.processors.options import OptionTypeError
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
+from weir.processors.routes import follow
+from weir.processors.rules import CompiledRule, Rule, RuleSet, Strategy
 from weir.streams.context import current_scope
 
-if TYPE_CHECKING:
-    from weir.processors.budget import Budget, Reservation
-
-__all__ = ["Decision", "Router", "Rule", "RuleSet", "RuleSpec", "Strategy", "compile_condition"]
+__all__ = ["Decision", "Router"]
 
 log = logging.getLogger("weir.models")
-
-Strategy = Literal["first", "cheapest", "fastest"]
-ROOT_NAMES = frozenset(
-    {
-        "input",
-        "request",
-        "options",
-        "latency_sla",
-        "lag",
-        "budget_exceeded",
-        "budget_spent",
-        "budget_remaining",
-    }
-)
-_FUNCTIONS = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "len": len,
-    "min": min,
-    "max": max,
-    "abs": abs,
-}
-_CONSTANTS = {"True": True, "False": False, "None": None, "true": True, "false": False}
-MAX_CONDITION_CHARS = 2000
-
-
-# -- conditions ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A parsed, checked condition; ``names`` are the root names it reads."""
-
-    text: str
-    tree: ast.AST = field(repr=False)
-    names: frozenset[str]
-
-    def evaluate(self, namespace: Mapping[str, Any]) -> bool:
-        evaluator = SimpleEval(functions=_FUNCTIONS, names={**_CONSTANTS, **namespace})
-        evaluator.expr = self.text
-        return bool(evaluator._eval(self.tree))
-
-
-class _Anything:
-    """A stand-in request field for the dry run: compares false with everything."""
-
-    def __eq__(self, other: object) -> bool:
-        return False
-
-    def __ne__(self, other: object) -> bool:
-        return True
-
-    def __lt__(self, other: object) -> bool:
-        return False
-
-    __le__ = __gt__ = __ge__ = __lt__
-
-    def __hash__(self) -> int:
-        return 0
-
-    def __getattr__(self, name: str) -> _Anything:
-        return self
-
-    def __getitem__(self, name: object) -> _Anything:
-        return self
-
-    def __contains__(self, item: object) -> bool:
-        return False
-
-    def __bool__(self) -> bool:
-        return False
-
-
-def compile_condition(text: str, *, rule: str, features: frozenset[str] = frozenset()) -> Condition:
-    """Parse and check a condition; ``RoutingError`` naming ``rule`` and the problem."""
-    where = f"rule {rule!r}"
-    if not isinstance(text, str) or not text.strip():
-        raise RoutingError(f"{where}: the condition is empty (use 'True' to always match)")
-    if len(text) > MAX_CONDITION_CHARS:
-        raise RoutingError(f"{where}: the condition is longer than {MAX_CONDITION_CHARS} chars")
-    try:
-        module = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as exc:
-        hint = units_hint(text)
-        if hint is not None:
-            raise RoutingError(f"{where}: {hint}") from None
-        raise RoutingError(
-            f"{where}: the condition is not a valid expression ({exc.msg} in {text.strip()!r});"
-            " expected a Python-like expression such as"
-            " input.token_count < 500 and input.language == 'en'"
-        ) from None
-    known = DERIVED_FEATURES | features
-    names: set[str] = set()
-    for node in ast.walk(module):
-        if isinstance(node, ast.Lambda | ast.comprehension | ast.NamedExpr):
-            raise RoutingError(f"{where}: {type(node).__name__} is not allowed in conditions")
-    for node in ast.walk(module):
-        if isinstance(node, ast.Name):
-            if node.id in _CONSTANTS or node.id in _FUNCTIONS:
-                continue
-            if node.id not in ROOT_NAMES:
-                raise RoutingError(
-                    f"{where}: unknown name {node.id!r} (known: {', '.join(sorted(ROOT_NAMES))})"
-                )
-            names.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            if node.attr.startswith("_"):
-                raise RoutingError(f"{where}: attribute {node.attr!r} is not allowed")
-            reads_input = isinstance(node.value, ast.Name) and node.value.id == "input"
-            if reads_input and node.attr not in known:
-                raise RoutingError(
-                    f"{where}: input.{node.attr} is not a feature"
-                    f" (known: {', '.join(sorted(known))})"
-                )
-    mismatch = type_mismatch(module.body)
-    if mismatch is not None:
-        raise RoutingError(f"{where}: {mismatch}")
-    condition = Condition(text.strip(), module.body, frozenset(names))
-    sample = {
-        "input": Features("sample text", extra={name: _Anything() for name in features}),
-        "request": _Anything(),
-        "options": _Anything(),
-        "latency_sla": 1000.0,
-        "lag": 0,
-        "budget_exceeded": False,
-        "budget_spent": 0.0,
-        "budget_remaining": 1.0,
-    }
-    try:
-        condition.evaluate(sample)
-    except (InvalidExpression, TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
-        raise RoutingError(f"{where}: the condition fails on a sample request: {exc}") from None
-    return condition
-
-
-# -- rule sets (what the routes topic carries) ----------------------------------------------
-
-
-class RuleSpec(BaseModel):
-    """One rule as written in a rules file (endpoints by name)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=128)
-    condition: str
-    endpoint: str | None = None
-    split: dict[str, float] | None = None
-    """Endpoint name → weight (any positive numbers; 95 and 5 is a 95/5 canary)."""
-    sticky: str | None = None
-    """``request.<field>``, ``options.<name>`` or ``input.<feature>`` that keeps a split sticky."""
-    priority: int = 0
-    hold_until: str | None = None
-
-    @model_validator(mode="after")
-    def _one_target(self) -> RuleSpec:
-        if (self.endpoint is None) == (self.split is None):
-            raise ValueError(f"rule {self.name!r} needs exactly one of endpoint or split")
-        if self.split is not None:
-            if not self.split:
-                raise ValueError(f"rule {self.name!r}: split is empty")
-            bad = [k for k, w in self.split.items() if not (w > 0 and math.isfinite(w))]
-            if bad:
-                raise ValueError(f"rule {self.name!r}: split weights must be > 0 ({bad})")
-        if self.sticky is not None and self.sticky.split(".", 1)[0] not in (
-            "request",
-            "options",
-            "input",
-        ):
-            raise ValueError(
-                f"rule {self.name!r}: sticky must be request.<field>, options.<name> or"
-                f" input.<feature>, got {self.sticky!r}"
-            )
-        return self
-
-    def endpoints(self) -> list[str]:
-        return [self.endpoint] if self.endpoint is not None else list(self.split or {})
-
-
-class RuleSet(BaseModel):
-    """A router's rules: one version on the routes topic."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    router: str = Field(min_length=1, max_length=128)
-    version: int = Field(default=0, ge=0)
-    """Set by ``weir routes apply`` (0: the rules in code)."""
-    strategy: Strategy = "first"
-    default: str | None = None
-    rules: list[RuleSpec] = Field(default_factory=list)
-    features: list[str] = Field(default_factory=list)
-    """Caller-given feature names the conditions may read besides the derived ones."""
-    applied_at: int | None = None
-    applied_by: str | None = None
-    comment: str | None = None
-
-    @field_validator("rules")
-    @classmethod
-    def _unique_names(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
-        seen: set[str] = set()
-        for rule in rules:
-            if rule.name in seen:
-                raise ValueError(f"two rules are named {rule.name!r}")
-            seen.add(rule.name)
-        return rules
-
-    def compile(self) -> list[_CompiledRule]:
-        """Check every condition (``RoutingError`` naming the rule); the compiled rules."""
-        features = frozenset(self.features)
-        out = []
-        for index, spec in enumerate(self.rules):
-            out.append(
-                _CompiledRule(
-                    spec=spec,
-                    index=index,
-                    condition=compile_condition(spec.condition, rule=spec.name, features=features),
-                    hold=compile_condition(spec.hold_until, rule=spec.name, features=features)
-                    if spec.hold_until
-                    else None,
-                )
-            )
-        return out
-
-    def endpoint_names(self) -> set[str]:
-        names = {n for r in self.rules for n in r.endpoints()}
-        if self.default:
-            names.add(self.default)
-        return names
-
-    @classmethod
-    def parse(cls, data: Any, *, source: str = "rule set") -> RuleSet:
-        """Validate ``data`` (a mapping) and compile its conditions; ``RoutingError`` if bad."""
-        try:
-            rule_set = cls.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
-                for e in exc.errors()[:5]
-            )
-            raise RoutingError(f"{source} is invalid: {problems}") from None
-        try:
-            rule_set.compile()
-        except RoutingError as exc:
-            raise RoutingError(f"{source} (router {rule_set.router!r}): {exc}") from None
-        return rule_set
-
-
-@dataclass(frozen=True)
-class _CompiledRule:
-    spec: RuleSpec
-    index: int
-    condition: Condition
-    hold: Condition | None
-
-    @property
-    def reads_budget(self) -> bool:
-        return "budget_exceeded" in self.condition.names
-
-
-# -- rules in code ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A routing rule in code; ``endpoint``/``split`` take endpoints or their names."""
-
-    condition: str
-    endpoint: ModelEndpoint | str | None = None
-    split: Mapping[ModelEndpoint | str, float] | None = None
-    name: str | None = None
-    """Defaults to the condition's text; shown on every call the rule routes."""
-    priority: int = 0
-    sticky: str | None = None
-    hold_until: str | None = None
-    features: Sequence[str] = ()
-    """Caller-given feature names this rule reads as ``input.<name>``."""
-
-    def __post_init__(self) -> None:
-        name = self.name or self.condition
-        object.__setattr__(self, "name", name)
-        compile_condition(self.condition, rule=name, features=frozenset(self.features))
-        if self.hold_until is not None:
-            compile_condition(self.hold_until, rule=name, features=frozenset(self.features))
-        try:
-            self.spec()
-        except ValidationError as exc:
-            raise RoutingError(f"rule {name!r}: {exc.errors()[0]['msg']}") from None
-
-    def endpoints(self) -> list[ModelEndpoint]:
-        targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
-        return [t for t in targets if isinstance(t, ModelEndpoint)]
-
-    def spec(self) -> RuleSpec:
-        def name_of(target: ModelEndpoint | str) -> str:
-            return target.name if isinstance(target, ModelEndpoint) else target
-
-        return RuleSpec(
-            name=str(self.name),
-            condition=self.condition,
-            endpoint=name_of(self.endpoint) if self.endpoint is not None else None,
-            split={name_of(k): float(v) for k, v in self.split.items()} if self.split else None,
-            sticky=self.sticky,
-            priority=self.priority,
-            hold_until=self.hold_until,
-        )
 
 
 # -- the router ---------------------------------------------------------------------------------
@@ -398,7 +92,7 @@ class Decision:
 @dataclass
 class _Active:
     rule_set: RuleSet
-    rules: list[_CompiledRule]
+    rules: list[CompiledRule]
 
 
 _ROUTERS: weakref.WeakValueDictionary[str, Router] = weakref.WeakValueDictionary()
@@ -573,17 +267,15 @@ class Router:
         active = self._active
         exceeded, spent, remaining = budget or (False, Decimal(0), Decimal("Infinity"))
         feats = Features(text, messages=messages, extra=features)
-        namespace = {
-            "input": feats,
-            "request": dict(request or {}),
-            "options": typed_options(options),
-            "latency_sla": _latency_sla(options, features),
-            "lag": lag or 0,
-            "budget_exceeded": exceeded,
-            "budget_spent": float(spent),
-            "budget_remaining": float(remaining),
-        }
-        matched: list[_CompiledRule] = []
+        namespace = condition_names(
+            feats,
+            request=request,
+            options=options,
+            features=features,
+            lag=lag or 0,
+            budget=(exceeded, spent, remaining),
+        )
+        matched: list[CompiledRule] = []
         for rule in active.rules:
             if exceeded and not rule.reads_budget:
                 continue  # over budget, only rules written for that case may route
@@ -624,7 +316,7 @@ class Router:
             )
         return Decision(endpoint, rule.spec.name, version, exceeded)
 
-    def _matches(self, rule: _CompiledRule, namespace: dict[str, Any]) -> bool:
+    def _matches(self, rule: CompiledRule, namespace: dict[str, Any]) -> bool:
         name = rule.spec.name
         try:
             if rule.hold is not None and name in self._held:
@@ -650,7 +342,7 @@ class Router:
         return hit
 
     def _target(
-        self, rule: _CompiledRule, namespace: dict[str, Any], request_id: str
+        self, rule: CompiledRule, namespace: dict[str, Any], request_id: str
     ) -> ModelEndpoint:
         spec = rule.spec
         if spec.endpoint is not None:
@@ -658,7 +350,7 @@ class Router:
         assert spec.split is not None
         key = request_id
         if spec.sticky is not None:
-            value = _lookup(namespace, spec.sticky)
+            value = lookup(namespace, spec.sticky)
             if value is not None:
                 key = str(value)
         digest = hashlib.sha256(f"{self.name}\0{spec.name}\0{key}".encode()).digest()
@@ -681,8 +373,6 @@ class Router:
     ) -> tuple[Decision, Reservation | None]:
         """Pick up rule changes, check the budget, decide; the decision and its reservation."""
         if self.watch:
-            from weir.processors.routes import follow
-
             await follow(self)
         if self.budget is None:
             return self.decide(
@@ -789,30 +479,3 @@ class Router:
 def _max_tokens(params: Mapping[str, Any]) -> int:
     value = params.get("max_tokens") or params.get("max_completion_tokens")
     return int(value) if isinstance(value, int) and value > 0 else 1024
-
-
-def _latency_sla(options: Mapping[str, str] | None, features: Mapping[str, Any] | None) -> float:
-    raw = (features or {}).get("latency_sla", (options or {}).get("latency_sla"))
-    if raw is None or raw == "":
-        return math.inf
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        log.warning("latency_sla %r is not a number of milliseconds; ignoring it", raw)
-        return math.inf
-
-
-def _lookup(namespace: Mapping[str, Any], path: str) -> Any:
-    root, _, rest = path.partition(".")
-    value: Any = namespace.get(root)
-    for part in rest.split(".") if rest else ():
-        if isinstance(value, Features):
-            try:
-                value = value.get(part)
-            except KeyError:
-                return None
-        elif isinstance(value, Mapping):
-            value = value.get(part)
-        else:
-            return None
-    return value

@@ -16,16 +16,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from weir.core.config import WeirSettings
+from weir.processors.routes_topic import ANNOUNCEMENT_HEADER, ensure_topics, publish, read_all
+from weir.processors.rules import RuleFollower
 from weir.schemas.messages import now_ms
 from weir.topics.names import ROUTES_TOPIC
-
-if TYPE_CHECKING:
-    from weir.processors.router import Router
 
 __all__ = ["RouterStatus", "StatusReporter", "read_statuses", "withdraw_statuses"]
 
@@ -59,7 +57,7 @@ def _key(router: str, worker_id: str) -> str:
     return f"{KEY_PREFIX}{router}/{worker_id}"
 
 
-def status_of(router: Router, worker_id: str) -> RouterStatus:
+def status_of(router: RuleFollower, worker_id: str) -> RouterStatus:
     refused = router.refused
     return RouterStatus(
         router=router.name,
@@ -79,7 +77,7 @@ class StatusReporter:
         self._last: dict[str, tuple[int, tuple[int, str] | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def report(self, router: Router) -> None:
+    def report(self, router: RuleFollower) -> None:
         state = (router.version, router.refused)
         if self._last.get(router.name) == state:
             return
@@ -90,10 +88,8 @@ class StatusReporter:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, status: RouterStatus) -> None:
-        from weir.processors.routes import ANNOUNCEMENT_HEADER, _publish
-
         try:
-            await _publish(
+            await publish(
                 self._settings,
                 [(_key(status.router, status.worker_id), status.model_dump_json().encode())],
                 history=False,
@@ -111,22 +107,18 @@ class StatusReporter:
 
 async def withdraw_statuses(settings: WeirSettings, routers: Iterable[str]) -> None:
     """Tombstone this worker's statuses (a worker that stops no longer runs any version)."""
-    from weir.processors.routes import ANNOUNCEMENT_HEADER, _publish
-
     keys = [(_key(name, settings.worker_id), None) for name in routers]
     if keys:
-        await _publish(settings, keys, history=False, headers=[(ANNOUNCEMENT_HEADER, STATUS_KIND)])
+        await publish(settings, keys, history=False, headers=[(ANNOUNCEMENT_HEADER, STATUS_KIND)])
 
 
 async def read_statuses(settings: WeirSettings) -> dict[str, list[RouterStatus]]:
     """The workers' statuses per router (latest per worker, withdrawn ones left out)."""
     import json
 
-    from weir.processors.routes import _ensure_topics, _read_all
-
-    await _ensure_topics(settings)
+    await ensure_topics(settings)
     latest: dict[str, RouterStatus | None] = {}
-    for key, value, _ in await _read_all(settings, ROUTES_TOPIC, announcements=True):
+    for key, value, _ in await read_all(settings, ROUTES_TOPIC, announcements=True):
         if not key.startswith(KEY_PREFIX):
             continue
         if value is None:

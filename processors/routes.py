@@ -30,26 +30,24 @@ import json
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import RoutingError
 from weir.processors._env import register_closer, settings_now
-from weir.processors.router import RuleSet, registered_routers
 from weir.processors.router_status import StatusReporter
+from weir.processors.routes_topic import ensure_topics, is_announcement, publish, read_all
+from weir.processors.rules import RuleFollower, RuleSet
 from weir.processors.rules_file import load_rule_sets
 from weir.schemas.messages import now_ms
 from weir.topics._aiokafka import stop_consumer
-from weir.topics.admin import TopicAdmin
-from weir.topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC, global_topic_specs
-
-if TYPE_CHECKING:
-    from weir.processors.router import Router
+from weir.topics.names import ROUTES_HISTORY_TOPIC, ROUTES_TOPIC
 
 __all__ = [
     "RouteWatcher",
@@ -66,56 +64,10 @@ log = logging.getLogger("weir.models")
 _TPS = [TopicPartition(ROUTES_TOPIC, 0)]
 
 
-async def _ensure_topics(settings: WeirSettings) -> None:
-    wanted = {ROUTES_TOPIC, ROUTES_HISTORY_TOPIC}
-    async with TopicAdmin(settings) as admin:
-        await admin.ensure([s for s in global_topic_specs(settings) if s.name in wanted])
-
-
-ANNOUNCEMENT_HEADER = "weir.record"
-"""Header marking a worker's note on the routes topic (not a rule set): a router
-announcement (``weir.processors.announcements``) or a status (``weir.processors.router_status``)."""
-ANNOUNCEMENT_KIND = b"router-announcement"
-
-
-def is_announcement(headers: Iterable[tuple[str, bytes]] | None) -> bool:
-    """Whether a routes-topic record is a worker's note rather than a rule set."""
-    return any(k == ANNOUNCEMENT_HEADER for k, _ in headers or ())
-
-
-async def _read_all(
-    settings: WeirSettings, topic: str, *, announcements: bool = False
-) -> list[tuple[str, bytes | None, int]]:
-    """``(key, value, timestamp)`` of every record of one-partition ``topic`` as of now.
-
-    Rule sets only, or with ``announcements`` the workers' router announcements only.
-    """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    out: list[tuple[str, bytes | None, int]] = []
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    if r.key is not None and is_announcement(r.headers) == announcements:
-                        out.append((r.key.decode(), r.value, r.timestamp))
-    finally:
-        await stop_consumer(consumer)
-    return out
-
-
 async def read_rule_sets(settings: WeirSettings) -> dict[str, RuleSet]:
     """The rule set in force per router (latest record per key on the routes topic)."""
-    await _ensure_topics(settings)
-    return latest_rule_sets(await _read_all(settings, ROUTES_TOPIC))
+    await ensure_topics(settings)
+    return latest_rule_sets(await read_all(settings, ROUTES_TOPIC))
 
 
 def latest_rule_sets(records: Iterable[tuple[str, bytes | None, int]]) -> dict[str, RuleSet]:
@@ -132,9 +84,9 @@ def latest_rule_sets(records: Iterable[tuple[str, bytes | None, int]]) -> dict[s
 
 async def read_history(settings: WeirSettings, router: str | None = None) -> list[RuleSet | str]:
     """Every version applied (oldest first); a reset shows as the router's name alone."""
-    await _ensure_topics(settings)
+    await ensure_topics(settings)
     out: list[RuleSet | str] = []
-    for key, value, _ in await _read_all(settings, ROUTES_HISTORY_TOPIC):
+    for key, value, _ in await read_all(settings, ROUTES_HISTORY_TOPIC):
         if router is not None and key != router:
             continue
         if value is None:
@@ -145,7 +97,7 @@ async def read_history(settings: WeirSettings, router: str | None = None) -> lis
     return out
 
 
-def check_against_routers(rule_set: RuleSet, routers: Mapping[str, Router]) -> None:
+def check_against_routers(rule_set: RuleSet, routers: Mapping[str, RuleFollower]) -> None:
     """``RoutingError`` when a known router lacks an endpoint the rule set names."""
     router = routers.get(rule_set.router)
     if router is None:
@@ -166,13 +118,13 @@ async def apply_rule_set(
     rule_set: RuleSet,
     *,
     comment: str | None = None,
-    routers: Mapping[str, Router] | None = None,
+    routers: Mapping[str, RuleFollower] | None = None,
 ) -> RuleSet:
     """Validate, version and publish ``rule_set``; the published version."""
     rule_set = RuleSet.parse(rule_set.model_dump(), source=f"rule set for {rule_set.router!r}")
     if routers is not None:
         check_against_routers(rule_set, routers)
-    await _ensure_topics(settings)
+    await ensure_topics(settings)
     versions = [
         r.version for r in await read_history(settings, rule_set.router) if isinstance(r, RuleSet)
     ]
@@ -185,36 +137,14 @@ async def apply_rule_set(
         }
     )
     value = published.model_dump_json().encode()
-    await _publish(settings, [(rule_set.router, value)])
+    await publish(settings, [(rule_set.router, value)])
     return published
 
 
 async def reset_rule_set(settings: WeirSettings, router: str) -> None:
     """Send ``router`` back to the rules in its code (a tombstone on both topics)."""
-    await _ensure_topics(settings)
-    await _publish(settings, [(router, None)])
-
-
-async def _publish(
-    settings: WeirSettings,
-    records: Iterable[tuple[str, bytes | None]],
-    *,
-    history: bool = True,
-    headers: list[tuple[str, bytes]] | None = None,
-) -> None:
-    """Write ``records`` to the routes topic (and, with ``history``, to its history first)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-    )
-    await producer.start()
-    try:
-        for key, value in records:
-            # History first: a version in force is always in the history.
-            if history:
-                await producer.send_and_wait(ROUTES_HISTORY_TOPIC, value, key=key.encode())
-            await producer.send_and_wait(ROUTES_TOPIC, value, key=key.encode(), headers=headers)
-    finally:
-        await producer.stop()
+    await ensure_topics(settings)
+    await publish(settings, [(router, None)])
 
 
 class RouteWatcher:
@@ -248,9 +178,17 @@ class RouteWatcher:
         """Offset after the last record read (a reconnection resumes there)."""
         self._closer = False
         self.reporter = StatusReporter(settings)
+        self._routers: weakref.WeakValueDictionary[str, RuleFollower] = (
+            weakref.WeakValueDictionary()
+        )
+        """The routers this watcher keeps up to date (added by ``add``)."""
         self.records = 0
         self.failures = 0
         """Connection attempts that failed (for health reports and tests)."""
+
+    def add(self, router: RuleFollower) -> None:
+        """Keep ``router`` on the latest rule set as records arrive (not only at its calls)."""
+        self._routers[router.name] = router
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -299,7 +237,7 @@ class RouteWatcher:
 
     async def _follow(self) -> None:
         """Connect and read the topic until an error (or cancellation) stops it."""
-        await _ensure_topics(self._settings)
+        await ensure_topics(self._settings)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers,
             enable_auto_commit=False,
@@ -319,7 +257,7 @@ class RouteWatcher:
                     self._ready.set()
                     self._settled.set()
                     self._failed = False
-                    for router in registered_routers().values():
+                    for router in list(self._routers.values()):
                         self.settle(router)
                 try:
                     batch = await consumer.getmany(timeout_ms=200)
@@ -352,11 +290,11 @@ class RouteWatcher:
                 # apply_rule_set never writes such a record; someone wrote the topic by hand.
                 log.error("routes: ignoring an invalid rule set for %s: %s", name, exc)
                 return
-        router = registered_routers().get(name)
+        router = self._routers.get(name)
         if router is not None and self._ready.is_set():
             self.settle(router)  # on arrival, so its status is reported without a call
 
-    def settle(self, router: Router) -> None:
+    def settle(self, router: RuleFollower) -> None:
         """Bring a watching ``router`` to the latest rule set read; report its status."""
         if not router.watch:
             return
@@ -365,10 +303,11 @@ class RouteWatcher:
         self.reporter.report(router)
 
 
-async def follow(router: Router) -> None:
+async def follow(router: RuleFollower) -> None:
     """Bring ``router`` to the latest rule set on the topic (the first call waits for it)."""
     settings = settings_now()
     watcher = RouteWatcher.for_settings(settings)
+    watcher.add(router)
     if not watcher._ready.is_set():
         started = time.monotonic()
         if not await watcher.wait_ready(settings.routes_wait_s) and not watcher._failed:

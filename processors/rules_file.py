@@ -29,7 +29,8 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from weir.core.errors import RoutingError
-from weir.processors.router import RuleSet, RuleSpec, compile_condition
+from weir.processors.condition import compile_condition
+from weir.processors.rules import RuleSet, RuleSpec
 
 __all__ = ["load_rule_sets"]
 

@@ -25,7 +25,7 @@ carry on as usual, but once the request has its result without a ``done``
 ``StreamAbortedError`` (``reason``: the request's error type).  The worker's
 HTTP server serves the same as Server-Sent Events on
 ``GET /streams/{pipeline}/{request_id}`` (an ``abort`` event ends that; see
-``weir.processors.sse``).
+``weir.sse``).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.processors.test_trace_store import rows, synthetic_events
+from tests.traces.test_store import rows, synthetic_events
 from weir.core.config import load_settings
-from weir.processors.trace_store import TraceStore
+from weir.traces import TraceStore
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"

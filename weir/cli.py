@@ -243,7 +243,7 @@ def _prepare_trace_store(settings: WeirSettings) -> None:
     store this worker cannot open it (nor needs to).
     """
     from weir.core.errors import TraceStoreError
-    from weir.processors.trace_store import TraceStore, running_sink_url
+    from weir.traces import TraceStore, running_sink_url
 
     if running_sink_url(settings) is not None:
         return
@@ -279,7 +279,10 @@ async def _announce_routers(settings: WeirSettings, pipeline: str) -> None:
 
         # Follow the routes topic from the start (not from the first model call), so each
         # router's status is on the topic before any request arrives.
-        RouteWatcher.for_settings(settings).start()
+        watcher = RouteWatcher.for_settings(settings)
+        for router in registered_routers().values():
+            watcher.add(router)
+        watcher.start()
 
 
 async def _withdraw_router_statuses(settings: WeirSettings) -> None:

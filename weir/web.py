@@ -54,7 +54,7 @@ def create_app(
 
     ``trace_queries``: the trace store, when this process holds it (the sink).
     """
-    from weir import dashboard
+    from weir import dashboard, sse
 
     # The token check runs first, so no route (or its errors) is reached without it.
     app = web.Application(middlewares=[_require_token, dashboard.store_errors])
@@ -72,9 +72,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
     dashboard.add_routes(app, settings, trace_queries)
-    from weir.processors.sse import add_routes as add_model_routes
-
-    add_model_routes(app, settings)
+    sse.add_routes(app, settings)
     from weir._review_routes import add_routes as add_review_routes
 
     add_review_routes(app, settings)

@@ -539,7 +539,7 @@ async def test_a_stream_failing_before_any_token_publishes_abort(monkeypatch):
 
 
 async def test_the_models_route_prices_with_the_apps_settings_not_the_environment():
-    from weir.processors.sse import add_routes
+    from weir.sse import add_routes
 
     settings = load_settings(model_prices={"m-config-priced": {"input_per_1m": "3.5"}})
     llm = ModelEndpoint(

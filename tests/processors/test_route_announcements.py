@@ -18,9 +18,9 @@ import pytest
 
 from tests.conftest import worker_env
 from weir.processors.announcements import read_announcements
-from weir.processors.router import RuleSet
 from weir.processors.router_status import read_statuses
 from weir.processors.routes import apply_rule_set
+from weir.processors.rules import RuleSet
 
 pytestmark = pytest.mark.kafka
 

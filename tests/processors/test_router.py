@@ -14,8 +14,9 @@ from weir.core.config import load_settings
 from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
 from weir.processors.features import Features, document_type
-from weir.processors.router import Router, Rule, RuleSet
+from weir.processors.router import Router
 from weir.processors.routes import RouteWatcher, latest_rule_sets, load_rule_sets
+from weir.processors.rules import Rule, RuleSet
 
 LEGAL = (
     "This Agreement is entered into by the parties hereto. Whereas the Licensor shall indemnify"

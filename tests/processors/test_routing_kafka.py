@@ -345,8 +345,8 @@ async def test_routers_follow_applied_versions_refuse_unknown_endpoints_and_rese
 async def test_the_route_watcher_catches_up_once_the_broker_can_be_reached(kafka, pipeline_name):
     """No broker at first (a closed port), then a TCP relay to the real one: a blip."""
     from weir.core.config import load_settings
-    from weir.processors.router import RuleSet
     from weir.processors.routes import RouteWatcher, apply_rule_set
+    from weir.processors.rules import RuleSet
 
     host, port = kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
 

@@ -9,7 +9,8 @@ import pytest
 from weir.core.errors import RoutingError
 from weir.processors import LocalModel, ModelEndpoint
 from weir.processors.options import OptionTypeError, OptionValue
-from weir.processors.router import Router, Rule
+from weir.processors.router import Router
+from weir.processors.rules import Rule
 from weir.processors.rules_file import load_rule_sets
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from tests._sink import SinkProcess, sink_settings
 from weir.core.errors import PipelineDefinitionError
-from weir.processors.trace_store import RemoteTraceStore, TraceStore
 from weir.streams import Cache, Pipeline, WeirClient, Worker
+from weir.traces import RemoteTraceStore, TraceStore
 
 
 def _cached(name: str, version: str, calls: collections.Counter[str]) -> Pipeline:

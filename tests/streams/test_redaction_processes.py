@@ -25,7 +25,7 @@ from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests.conftest import worker_env
-from tests.processors.test_clickhouse_sink import wait_stored
+from tests.traces.test_clickhouse_sink import wait_stored
 from weir.core.config import WeirSettings
 from weir.streams import WeirClient
 from weir.topics.admin import TopicAdmin

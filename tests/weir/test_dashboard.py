@@ -17,9 +17,9 @@ import pytest
 from playwright.async_api import async_playwright
 
 from tests._sink import free_port
-from tests.processors.test_trace_store import STEPS, rows, synthetic_events
+from tests.traces.test_store import STEPS, rows, synthetic_events
 from weir.core.config import load_settings
-from weir.processors.trace_store import TraceStore
+from weir.traces import TraceStore
 from weir.web import WebServer
 
 ROOT = Path(__file__).resolve().parents[2]

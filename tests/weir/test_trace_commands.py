@@ -12,7 +12,7 @@ from tests._kafka import read_results
 from tests._sink import SinkProcess, sink_settings
 from tests._traced import slow_step
 from tests.conftest import worker_env
-from tests.processors.test_clickhouse_sink import wait_stored
+from tests.traces.test_clickhouse_sink import wait_stored
 from weir.streams import WeirClient, Worker
 from weir.topics.names import PipelineTopics
 

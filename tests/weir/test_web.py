@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 
 from tests._sink import free_port
-from tests.processors.test_trace_store import rows, synthetic_events
+from tests.traces.test_store import rows, synthetic_events
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import SecretError
-from weir.processors.trace_store import TraceStore
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics, TopicSpec
+from weir.traces import TraceStore
 from weir.web import WebServer, create_app
 
 TOKEN = "test-web-token-5f1c9e"

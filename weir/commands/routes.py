@@ -17,8 +17,8 @@ from weir.core.errors import BrokerError, RoutingError
 
 if TYPE_CHECKING:
     from weir.processors.announcements import RouterAnnouncement
-    from weir.processors.router import RuleSet
     from weir.processors.router_status import RouterStatus
+    from weir.processors.rules import RuleSet
 
 app = typer.Typer(
     help="Routing rules on the routes topic: workers switch within seconds.", no_args_is_help=True
@@ -163,8 +163,8 @@ def history(
     config: ConfigOption = None,
 ) -> None:
     """Every version applied, oldest first: when, by whom, why, and its rules."""
-    from weir.processors.router import RuleSet
     from weir.processors.routes import read_history
+    from weir.processors.rules import RuleSet
 
     entries = asyncio.run(read_history(load_settings(config), router))
     if as_json:

@@ -3,7 +3,7 @@
 The statement runs in the store's database (``weir`` unless
 ``WEIR_CLICKHOUSE_DATABASE`` says otherwise), so the seed's query over
 ``pipeline_events`` runs verbatim; through the running ``weir sink`` when it
-holds the embedded store, directly otherwise (``weir.processors.trace_sql``).
+holds the embedded store, directly otherwise (``weir.traces.sql``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from rich.text import Text
 
 from weir.commands._output import json_text, print_table
 from weir.core.config import load_settings
-from weir.processors.sink_status import empty_store_hint
-from weir.processors.trace_sql import SqlResult, run_sql
+from weir.traces.sink_status import empty_store_hint
+from weir.traces.sql import SqlResult, run_sql
 
 __all__ = ["render", "sql"]
 

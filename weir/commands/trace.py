@@ -29,8 +29,7 @@ from rich.text import Text
 from weir.commands._output import JsonOption, print_table
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import RequestNotFoundError
-from weir.processors.sink_status import empty_store_hint, sink_status
-from weir.processors.trace_store import (
+from weir.traces import (
     Stats,
     Timeline,
     dumps,
@@ -38,6 +37,7 @@ from weir.processors.trace_store import (
     parse_window,
     sink_file,
 )
+from weir.traces.sink_status import empty_store_hint, sink_status
 
 __all__ = ["render_stats", "render_timeline", "sink", "stats", "trace"]
 
@@ -127,8 +127,8 @@ def sink(
 
 async def _run_sink(settings: WeirSettings) -> None:
     from weir.core.errors import TraceStoreError
-    from weir.processors.clickhouse_sink import ClickHouseSink
-    from weir.processors.trace_store import TraceQueries
+    from weir.traces import TraceQueries
+    from weir.traces.clickhouse_sink import ClickHouseSink
     from weir.web import WebServer
 
     runner = ClickHouseSink(settings)

@@ -20,7 +20,7 @@ from weir.core.errors import (
     TraceStoreError,
 )
 from weir.dashboard._charts import bar_chart, gantt, line_chart
-from weir.processors.trace_store import (
+from weir.traces import (
     LatencyPoint,
     TraceQueries,
     dumps,
@@ -148,7 +148,7 @@ async def api_slowest(request: web.Request) -> web.Response:
 
 async def api_sql(request: web.Request) -> web.Response:
     """``POST {"query": "..."}``: one read-only statement (``weir sql`` while a sink runs)."""
-    from weir.processors.trace_sql import select
+    from weir.traces.sql import select
 
     provider: QueriesProvider | None = request.app.get(QUERIES)  # type: ignore[assignment]
     if provider is None:

@@ -43,12 +43,13 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import TraceStoreError
-from weir.processors.trace_store import TraceStore, event_row
 from weir.schemas.messages import TraceEvent
 from weir.streams._bounded import RecentSet
 from weir.topics._aiokafka import retrying
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
+from weir.traces.rows import event_row
+from weir.traces.store import TraceStore
 
 __all__ = ["ClickHouseSink", "SinkStats"]
 

@@ -12,14 +12,14 @@ import pytest
 
 from weir.core.config import load_settings
 from weir.core.errors import RequestNotFoundError
-from weir.processors.trace_store import (
+from weir.schemas.messages import ModelCall, TraceEvent
+from weir.traces import (
     StepAttempt,
     TraceStore,
     build_timeline,
     event_row,
     parse_window,
 )
-from weir.schemas.messages import ModelCall, TraceEvent
 
 SEED_QUERY = (
     "SELECT step_name, AVG(duration_ms), COUNT(*) FROM pipeline_events WHERE status = 'FAILURE'"

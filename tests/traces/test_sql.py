@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.processors.test_trace_store import synthetic_events
+from tests.traces.test_store import synthetic_events
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import TraceQueryError
-from weir.processors.trace_sql import run_sql
-from weir.processors.trace_store import TraceStore, event_row
 from weir.schemas.messages import TraceEvent
+from weir.traces import TraceStore, event_row
+from weir.traces.sql import run_sql
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from weir._http import epoch_ms, error_response, positive_seconds
 from weir.core.config import WeirSettings
 from weir.core.errors import StreamAbortedError, TooManyStreamsError, UnknownPipelineError
+from weir.processors.endpoint import endpoint_states
 from weir.processors.streaming import TokenStream
 
 __all__ = ["add_routes"]
@@ -129,7 +130,5 @@ async def _last_write(response: web.StreamResponse, text: str) -> None:
 
 
 async def _models(request: web.Request) -> web.Response:
-    from weir.processors.endpoint import endpoint_states
-
     # The worker's settings (its --config), never ones re-read from the environment.
     return web.json_response(endpoint_states(request.app[_SETTINGS]))

@@ -16,10 +16,10 @@ from tests._clickhouse_http import ClickHouseHttp
 from tests._kafka import read_results, read_topic
 from tests._sink import SinkProcess, free_port, sink_settings
 from tests._traced import expected_attempts, flaky
-from weir.processors.trace_store import RemoteTraceStore, TraceStore
 from weir.schemas.messages import TraceEvent
 from weir.streams import WeirClient, Worker
 from weir.topics.names import PipelineTopics
+from weir.traces import RemoteTraceStore, TraceStore
 
 pytestmark = pytest.mark.kafka
 

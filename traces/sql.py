@@ -27,7 +27,9 @@ from typing import Any
 
 from weir.core.config import WeirSettings
 from weir.core.errors import TraceQueryError, TraceStoreError
-from weir.processors.sink_status import check_store_free, sink_status
+from weir.traces.schema import EVENTS_TABLE
+from weir.traces.sink_status import check_store_free, sink_status
+from weir.traces.store import TraceStore
 
 __all__ = ["SqlResult", "plain_value", "run_sql", "run_sql_here"]
 
@@ -95,8 +97,6 @@ def plain_value(value: Any) -> Any:
 
 def run_sql_here(settings: WeirSettings, sql: str) -> SqlResult:
     """Open the store in this process, run ``sql``, close it (the sink's side of the API)."""
-    from weir.processors.trace_store import TraceStore
-
     store = TraceStore.connect(settings)
     try:
         return select(store, sql)
@@ -106,8 +106,6 @@ def run_sql_here(settings: WeirSettings, sql: str) -> SqlResult:
 
 def select(store: Any, sql: str) -> SqlResult:
     """``sql`` on an open ``TraceStore``, as plain values."""
-    from weir.processors.trace_store import EVENTS_TABLE
-
     columns, types, rows = store.select(sql)
     empty = None
     if not rows:  # nothing found: say whether there is anything to find at all
