@@ -73,6 +73,9 @@ class AttemptScope:
         ``ModelEndpoint`` does), so no second one is made from the record.
         """
         self.calls.append(call)
+        collected = _COLLECTED.get()
+        if collected is not None:
+            collected.append(call)
         if self.tracing is not None and not traced:
             self.tracing.model_call(call)
 
@@ -80,6 +83,19 @@ class AttemptScope:
 _SCOPE: contextvars.ContextVar[AttemptScope | None] = contextvars.ContextVar(
     "weir_attempt_scope", default=None
 )
+_COLLECTED: contextvars.ContextVar[list[ModelCall] | None] = contextvars.ContextVar(
+    "weir_collected_calls", default=None
+)
+
+
+def collect_calls() -> tuple[list[ModelCall], contextvars.Token[list[ModelCall] | None]]:
+    """Start collecting the calls this task records (the journal: one call's records)."""
+    calls: list[ModelCall] = []
+    return calls, _COLLECTED.set(calls)
+
+
+def stop_collecting(token: contextvars.Token[list[ModelCall] | None]) -> None:
+    _COLLECTED.reset(token)
 
 
 def current_scope() -> AttemptScope | None:

@@ -41,7 +41,7 @@ from pydantic import TypeAdapter
 
 from weir.core.config import WeirSettings
 from weir.schemas.messages import ModelCall
-from weir.streams.context import AttemptScope, current_scope
+from weir.streams.context import AttemptScope, collect_calls, current_scope, stop_collecting
 from weir.topics._aiokafka import read_until, retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
 
@@ -178,9 +178,13 @@ async def journaled(
         if replayed is not None:
             replayed(response)
         return response
-    before = len(scope.calls)
-    response = await call()
-    calls = [c.to_record() for c in scope.calls[before:]]
+    # This task's records only: calls made concurrently by the same attempt are their own.
+    collected, token = collect_calls()
+    try:
+        response = await call()
+    finally:
+        stop_collecting(token)
+    calls = [c.to_record() for c in collected]
     body = {"response": adapter.dump_python(response, mode="json"), "calls": calls}
     try:
         await journal.write(scope, key, body)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
+from weir.core.errors import WeirError
 from weir.schemas.messages import now_ms
 from weir.streams.review import Review, ReviewBook, closing_record, review_answer
 from weir.topics._aiokafka import rewind, stop_consumer
@@ -132,9 +133,14 @@ class ReviewDesk:
         oldest = now_ms() - int(self._settings.answer_dedup_window_s * 1000)
         for rid, review in list(self._undelivered.items()):
             if review.closed_at is not None and review.closed_at >= oldest:
-                await producer.send_and_wait(
-                    self._topics.answers, review_answer(review), key=rid.encode()
-                )
+                try:
+                    answer = review_answer(review)
+                except (WeirError, ValueError) as exc:
+                    # A damaged escalation record: say so, and keep serving the others.
+                    log.error("cannot deliver the review of request %s: %s", rid, exc)
+                    del self._undelivered[rid]
+                    continue
+                await producer.send_and_wait(self._topics.answers, answer, key=rid.encode())
                 self.delivered += 1
                 log.info("review of request %s %s; its answer is delivered", rid, review.status)
             del self._undelivered[rid]

@@ -82,6 +82,9 @@ async def test_a_thousand_concurrent_result_awaits_share_one_consumer(
         repo_root, worker_env(kafka, WEIR_TEST_PIPELINE=pipeline_name), tmp_path / "worker.log"
     )
     try:
+        # Other tests of this process may hold connections of their own: count ours as a
+        # difference.
+        outside = _broker_connections(kafka)
         async with WeirClient(kafka) as client:
             ids = await client.submit_many(pipeline_name, [{"n": n} for n in range(1000)])
             before = _broker_connections(kafka)
@@ -107,9 +110,10 @@ async def test_a_thousand_concurrent_result_awaits_share_one_consumer(
         assert result.request_id == rid and result.status == "SUCCESS"
         assert result.value == {"double": 2 * (n + 1), "square": (n + 1) ** 2,
                                 "sum": 2 * (n + 1) + (n + 1) ** 2}  # fmt: skip
-    # A producer and one listener: awaiting a thousand results opened no connection more.
-    assert before <= 4, before
-    assert peak == before, (before, peak)
+    # A producer and one listener; awaiting a thousand results opened no consumer more (a
+    # consumer per await would be a thousand connections; a reconnect is one or two).
+    assert before - outside <= 4, (outside, before)
+    assert peak - before <= 2, (before, peak)
     assert received >= 1000
 
 
