@@ -184,9 +184,9 @@ async def journaled(
         response = await call()
     finally:
         stop_collecting(token)
-    calls = [c.to_record() for c in collected]
-    body = {"response": adapter.dump_python(response, mode="json"), "calls": calls}
     try:
+        calls = [c.to_record() for c in collected]
+        body = {"response": adapter.dump_python(response, mode="json"), "calls": calls}
         await journal.write(scope, key, body)
     except Exception as exc:
         # The answer stands; only a crash before the output would make this call again.

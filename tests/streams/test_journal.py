@@ -80,6 +80,7 @@ async def test_a_worker_killed_after_its_model_calls_does_not_call_them_again(
             WEIR_TEST_MODEL_URL=server.url,
             WEIR_TEST_HOLD_S=str(hold),
             WEIR_MAX_IN_FLIGHT="1000",
+            WEIR_JOURNAL_CALLS="true",
         )
 
     first = _Worker(repo_root, env(600), tmp_path / "first.log")
