@@ -107,10 +107,9 @@ class WeirSettings(BaseSettings):
     max_waiting_joins: int = Field(default=100_000, ge=1)
     """Fan-ins waiting for inputs, per join step and worker; beyond it the oldest is evicted
     and its request ends with a FAILURE (``join_evicted``)."""
-    journal_calls: bool = False
+    journal_calls: bool = True
     """Journal completed model calls, so a step redelivered after a crash replays them
-    instead of calling (and paying) again (off by default until the regressions it shows
-    under failure injection are understood; see README)."""
+    instead of calling (and paying) again."""
     journal_retention_s: float = Field(default=3600.0, gt=0)
     """How long journaled calls are kept (topic retention, and in each worker's memory)."""
     journal_max_entries: int = Field(default=100_000, ge=1)
