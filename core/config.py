@@ -165,6 +165,18 @@ class WeirSettings(BaseSettings):
     max_waiting_joins: int = Field(default=100_000, ge=1)
     """Fan-ins waiting for inputs, per join step and worker; beyond it the oldest is evicted
     and its request ends with a FAILURE (``join_evicted``)."""
+    journal_calls: bool = True
+    """Journal completed model calls, so a step redelivered after a crash replays them
+    instead of calling (and paying) again."""
+    journal_retention_s: float = Field(default=3600.0, gt=0)
+    """How long journaled calls are kept (topic retention, and in each worker's memory)."""
+    journal_max_entries: int = Field(default=100_000, ge=1)
+    """Journaled calls a worker keeps in memory at most (oldest dropped first)."""
+    review_deadline_s: float = Field(default=3600.0, gt=0)
+    """An escalated request no person answered within this long ends with its fallback
+    (``Escalate(deadline_s=...)`` overrides it per request)."""
+    review_check_interval_s: float = Field(default=1.0, gt=0)
+    """How often a worker's review desk looks for reviews past their deadline."""
     dead_letter_patience_s: float = Field(default=120.0, gt=0)
     """How long a worker keeps trying to dead-letter one record before letting it go."""
     stuck_record_after_s: float = Field(default=300.0, gt=0)

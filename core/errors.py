@@ -47,7 +47,10 @@ says whether trying the same input again can succeed.
     ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
     ├── TraceQueryError             trace_query_invalid  (weir sql: ClickHouse refused the query)
     ├── RequestNotFoundError        request_not_found    (no trace events for that id)
-    └── ReplayNotFoundError         replay_not_found     (no step replay with that id)
+    ├── ReplayNotFoundError         replay_not_found     (no step replay with that id)
+    └── ReviewError                 review_invalid       (weir review: an empty answer)
+        ├── ReviewNotFoundError     review_not_found     (no such escalated request)
+        └── ReviewClosedError       review_closed        (answered or expired already)
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ __all__ = [
     "ReplayNotFoundError",
     "RequestNotFoundError",
     "ResultTimeoutError",
+    "ReviewClosedError",
+    "ReviewError",
+    "ReviewNotFoundError",
     "RoutingError",
     "SchemaInvalidError",
     "SchemaRegistryError",
@@ -394,3 +400,21 @@ class ReplayNotFoundError(WeirError):
     """No step replay has the id asked about (its topic expired, or a wrong id)."""
 
     error_type = "replay_not_found"
+
+
+class ReviewError(WeirError):
+    """A human review cannot be answered: unknown, already closed, or the answer is invalid."""
+
+    error_type = "review_invalid"
+
+
+class ReviewNotFoundError(ReviewError):
+    """No review of that request (never escalated, or gone with the topic's retention)."""
+
+    error_type = "review_not_found"
+
+
+class ReviewClosedError(ReviewError):
+    """The review was answered, or its deadline passed, before this answer."""
+
+    error_type = "review_closed"

@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from weir.core.errors import ModelError, ModelTimeoutError, StreamInterruptedError
 from weir.processors._call import Callee, CallMeta, CallTry, breaker_refused, one_try, usage_of
 from weir.processors.providers._base import Message, Piece
@@ -21,12 +23,17 @@ from weir.processors.results import ChatResult, StreamEvent
 from weir.processors.tokens import estimate_messages
 from weir.streams.context import current_scope
 from weir.streams.dead_letter import error_type_of
+from weir.streams.journal import journaled
 from weir.streams.tokens import StreamPublisher
 
 __all__ = ["ChatStream"]
 
 
 _Resolved = tuple[Callee, CallMeta, Callable[[], None] | None]
+
+
+_CHAT_RESULT = TypeAdapter(ChatResult)
+"""Journals streamed answers (``weir.streams.journal``)."""
 
 
 class _End:
@@ -126,8 +133,27 @@ class ChatStream:
         release: Callable[[], None] | None = None
         try:
             endpoint, meta, release = await self._resolve()
-            self.result = await _stream_tries(
-                endpoint, self._messages, self._params, meta, self._queue, publisher
+
+            def replayed(done: ChatResult) -> None:
+                # A redelivered attempt: the answer comes from the journal, in one piece.
+                self._queue.put_nowait(StreamEvent("delta", done.text, done.endpoint))
+                if publisher is not None:
+                    publisher.delta(done.text, endpoint=done.endpoint, attempt=1)
+                    publisher.done(
+                        endpoint=done.endpoint,
+                        attempt=1,
+                        input_tokens=done.usage.input_tokens,
+                        output_tokens=done.usage.output_tokens,
+                        usage_source=done.usage.source,
+                        cost_usd=done.cost_usd,
+                    )
+
+            self.result = await journaled(
+                lambda: _stream_tries(
+                    endpoint, self._messages, self._params, meta, self._queue, publisher
+                ),
+                _CHAT_RESULT,
+                replayed=replayed,
             )
             if publisher is not None:
                 await publisher.close()

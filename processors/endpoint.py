@@ -66,6 +66,7 @@ from weir.processors.results import (
 from weir.processors.services import ModelServices, services_in_use, services_now
 from weir.processors.substitution import DirectCallProbed, probe, substitute
 from weir.processors.tokens import estimate_messages, estimate_tokens
+from weir.streams.journal import journaled_call
 
 if TYPE_CHECKING:
     from weir.processors.batcher import Batching, EmbeddingBatcher
@@ -207,6 +208,7 @@ class ModelEndpoint:
 
     # -- public calls -------------------------------------------------------------------
 
+    @journaled_call(ChatResult)
     async def chat(
         self, messages: Sequence[Message], *, meta: CallMeta = NO_META, **params: Any
     ) -> ChatResult:
@@ -233,6 +235,7 @@ class ModelEndpoint:
             raw=done.raw,
         )
 
+    @journaled_call(Embeddings)
     async def embed(
         self, texts: Sequence[str], *, meta: CallMeta = NO_META, **params: Any
     ) -> Embeddings:
@@ -279,6 +282,7 @@ class ModelEndpoint:
             vectors=done.vectors,
         )
 
+    @journaled_call(Classification)
     async def classify(
         self, text: str, *, meta: CallMeta = NO_META, **params: Any
     ) -> Classification:

@@ -14,10 +14,11 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.errors import MessageError
+from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Envelope, ModelCall, Request, Result, now_us
 from weir.streams.pipeline import Pipeline
 from weir.topics._aiokafka import read_until, retrying, stop_consumer
@@ -97,7 +98,7 @@ class Recording:
         async with TopicAdmin(self._settings) as admin:
             count = (await admin.partitions([self.topic])).get(self.topic, 0)
         tps = [TopicPartition(self.topic, p) for p in range(count)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap_servers)
+        consumer = KafkaConnection.of(self._settings).consumer()
         await consumer.start()
         try:
             ends = await retrying(lambda: consumer.end_offsets(tps), what=f"ends of {self.topic}")
@@ -132,8 +133,7 @@ class Recording:
         partition starts at the group's committed offset when it has one, so a
         replay carries on where it stopped.
         """
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             group_id=group,
             enable_auto_commit=False,
             isolation_level="read_committed",
@@ -172,8 +172,7 @@ class Recording:
 
     async def commit(self, consumer_group: str, positions: dict[TopicPartition, int]) -> None:
         """Remember ``positions`` as where replay group ``consumer_group`` carries on."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        consumer = KafkaConnection.of(self._settings).consumer(
             group_id=consumer_group,
             enable_auto_commit=False,
         )
@@ -285,8 +284,7 @@ async def _since(settings: WeirSettings, topic: str, since_ms: int) -> AsyncIter
     """Values of ``topic``'s records written since ``since_ms``, partition by partition."""
     async with TopicAdmin(settings) as admin:
         count = (await admin.partitions([topic])).get(topic, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConnection.of(settings).consumer(
         enable_auto_commit=False,
         isolation_level="read_committed",
     )

@@ -9,10 +9,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.errors import MessageError, ReplayNotFoundError
+from weir.core.kafka import KafkaConnection
 from weir.processors.shadow import in_share
 from weir.replays.recording import PartitionRange
 from weir.schemas.messages import ModelCall, now_ms, total_usage
@@ -140,9 +141,7 @@ async def _read(
     settings: WeirSettings, topic: str, *, plan_only: bool
 ) -> tuple[ReplayPlan | None, list[ReplayOutcome]]:
     tp = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = KafkaConnection.of(settings).consumer(enable_auto_commit=False)
     await consumer.start()
     plan: ReplayPlan | None = None
     seen: dict[tuple[int, int], ReplayOutcome] = {}

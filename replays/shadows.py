@@ -10,10 +10,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.errors import ReplayNotFoundError
+from weir.core.kafka import KafkaConnection
 from weir.replays.compare import LiveAttempt
 from weir.replays.recording import PartitionRange
 from weir.replays.records import ReplayOutcome, ReplayPlan
@@ -110,9 +111,7 @@ def _model_call(record: dict[str, Any]) -> ModelCall:
 async def _records(settings: WeirSettings, topic: str, since_ms: int) -> AsyncIterator[Any]:
     async with TopicAdmin(settings) as admin:
         count = (await admin.partitions([topic])).get(topic, 0)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )
+    consumer = KafkaConnection.of(settings).consumer(enable_auto_commit=False)
     await consumer.start()
     try:
         for partition in range(count):

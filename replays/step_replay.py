@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.errors import ConfigError, ReplayNotFoundError, WeirError
+from weir.core.kafka import KafkaConnection
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.substitution import substituting
 from weir.replays.endpoints import endpoints_of, pipeline_modules
@@ -205,8 +206,7 @@ class StepReplay:
                 keyed=False,
             )
             created = await admin.ensure([spec])
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+        producer = KafkaConnection.of(self._settings).producer(
             acks="all",
             enable_idempotence=True,
             linger_ms=5,

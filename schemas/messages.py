@@ -383,7 +383,7 @@ class TraceEvent:
     step_name: str
     request_id: str
     attempt: int
-    status: Literal["SUCCESS", "FAILURE", "SKIPPED"]
+    status: Literal["SUCCESS", "FAILURE", "SKIPPED", "CACHE_HIT"]
     disposition: str
     """emitted, retry_scheduled, dead_lettered, fallback, skipped, rejected."""
     created_at: int

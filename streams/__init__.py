@@ -19,24 +19,30 @@
 """
 
 from weir.streams.branch import Branch
+from weir.streams.cache import Cache
 from weir.streams.client import WeirClient
 from weir.streams.context import StepContext
 from weir.streams.dependencies import AnyOf, any_of
 from weir.streams.local import run_local
 from weir.streams.pipeline import Pipeline, Step
 from weir.streams.retry import NO_RETRY, Fallback, RetryPolicy
+from weir.streams.review import Escalate
 from weir.streams.side_effects import side_effect
+from weir.streams.sync_client import SyncWeirClient
 from weir.streams.worker import Worker, WorkerStats
 
 __all__ = [
     "NO_RETRY",
     "AnyOf",
     "Branch",
+    "Cache",
+    "Escalate",
     "Fallback",
     "Pipeline",
     "RetryPolicy",
     "Step",
     "StepContext",
+    "SyncWeirClient",
     "WeirClient",
     "Worker",
     "WorkerStats",

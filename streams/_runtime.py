@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
@@ -20,6 +20,9 @@ from weir.streams.redaction import Redactor
 from weir.streams.services import WorkerServices
 from weir.streams.tracing import Tracing
 from weir.topics.names import PipelineTopics
+
+if TYPE_CHECKING:
+    from weir.streams.journal import CallJournal
 
 __all__ = [
     "ERROR_MAX_BYTES",
@@ -82,6 +85,8 @@ class Runtime:
     """The schema registry requests' writer schemas are looked up in (when configured)."""
     result_schema_id: int | None = None
     """The result schema's registry id, which Avro results are framed with (when registered)."""
+    journal: CallJournal | None = None
+    """The model-call journal (``weir.streams.journal``), when ``journal_calls`` is on."""
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.pipeline.order)}

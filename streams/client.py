@@ -1,4 +1,11 @@
-"""Submitting requests to a pipeline and reading its results."""
+"""Submitting requests to a pipeline and awaiting their results, for applications.
+
+One ``WeirClient`` holds one producer and one result listener (a single
+consumer for every pipeline it submits to), so a web application makes one
+client at start-up and awaits each request's result with ``result()``; no
+call opens a consumer of its own except ``results()`` (a scan) and
+``stream()`` (a request's tokens).  ``SyncWeirClient`` wraps it for scripts.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -20,8 +28,9 @@ from weir.core.errors import (
     WeirError,
 )
 from weir.core.kafka import KafkaConnection
-from weir.schemas.messages import REQUEST_SCHEMA, Request, Result
+from weir.schemas.messages import REQUEST_SCHEMA, Request, Result, now_ms
 from weir.schemas.registry import SchemaRegistry
+from weir.streams._result_listener import ResultListener
 from weir.streams.tokens import TokenStream
 from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
@@ -31,21 +40,35 @@ __all__ = ["WeirClient"]
 
 
 class WeirClient:
-    """Produce requests and consume results; use as ``async with``.
+    """Produce requests and await their results; use as ``async with``.
 
     >>> async with WeirClient(settings) as client:                       # doctest: +SKIP
     ...     rid = await client.submit("greeter", {"name": "ada"})
-    ...     result = (await client.wait_for("greeter", [rid]))[rid]
+    ...     result = await client.result(rid, timeout=30)
+
+    ``keep_results`` bounds the results kept for requests nobody awaits yet
+    (the oldest are dropped first).
     """
 
-    def __init__(self, settings: WeirSettings) -> None:
+    stream_lookback_ms = 60_000
+    """How far before a request's submission its token stream is read (clock skew)."""
+
+    def __init__(self, settings: WeirSettings, *, keep_results: int = 10_000) -> None:
         self.settings = settings
+        self.client_id = f"weir-client-{uuid.uuid4().hex[:8]}"
+        """The Kafka client id of this client's producer and result listener."""
         self._producer: AIOKafkaProducer | None = None
         self._checked: set[str] = set()
-        self._marks: dict[str, dict[int, int]] = {}
-        """Results-topic end offsets per pipeline, taken before this client first submitted."""
         self._schema_ids: dict[str, int] = {}
         """The request schema's registry id per requests topic (with a schema registry)."""
+        self._listener = ResultListener(settings, keep=keep_results, client_id=self.client_id)
+        self._submitted: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        """Recent request ids -> (pipeline, epoch ms at submission), for ``stream()``."""
+        self._keep = keep_results
+
+    @property
+    def listener(self) -> ResultListener:
+        return self._listener
 
     async def __aenter__(self) -> WeirClient:
         await self.start()
@@ -58,7 +81,9 @@ class WeirClient:
         if self._producer is not None:
             return
         kafka = KafkaConnection.of(self.settings)
-        producer = kafka.producer(acks="all", enable_idempotence=True, linger_ms=5)
+        producer = kafka.producer(
+            client_id=self.client_id, acks="all", enable_idempotence=True, linger_ms=5
+        )
         try:
             await producer.start()
         except BaseException as exc:
@@ -66,9 +91,15 @@ class WeirClient:
             if isinstance(exc, KafkaConnectionError):
                 raise await kafka.unavailable(exc) from exc
             raise
+        try:
+            await self._listener.start()
+        except BaseException:
+            await producer.stop()
+            raise
         self._producer = producer
 
     async def stop(self) -> None:
+        await self._listener.stop()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -82,24 +113,10 @@ class WeirClient:
                         f"pipeline {pipeline!r} has no requests topic ({topic}): start a worker"
                         " for it first, or create its topics with 'weir topics create'"
                     )
-            # Answers to what this client submits can only come after these offsets, so
-            # wait_for() need not read the results topic from its beginning.
-            self._marks[pipeline] = await self._result_ends(pipeline)
+            # Results can only follow requests: listening from now on misses none of them.
+            await self._listener.watch(pipeline)
             self._checked.add(topic)
         return topic
-
-    async def _result_ends(self, pipeline: str) -> dict[int, int]:
-        topic = PipelineTopics(pipeline).results
-        async with TopicAdmin(self.settings) as admin:
-            count = (await admin.partitions([topic])).get(topic, 0)
-        consumer = KafkaConnection.of(self.settings).consumer()
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(count)]
-            ends = await retrying(lambda: consumer.end_offsets(tps), what="reading result ends")
-        finally:
-            await stop_consumer(consumer)
-        return {tp.partition: offset for tp, offset in ends.items()}
 
     async def submit(
         self,
@@ -148,6 +165,7 @@ class WeirClient:
         schema_id = await self._request_schema_id(topic) if fmt == "avro" else None
         ids: list[str] = []
         futures = []
+        sent_at = now_ms()
         for n, payload in enumerate(payloads):
             rid = given[n] if given is not None else uuid.uuid4().hex
             request = Request(
@@ -162,6 +180,9 @@ class WeirClient:
                 fut.add_done_callback(lambda _: on_sent(1))
             futures.append(fut)
             ids.append(rid)
+            self._submitted[rid] = (pipeline, sent_at)
+            if len(self._submitted) > self._keep:
+                self._submitted.popitem(last=False)
         await asyncio.gather(*futures)
         return ids
 
@@ -203,6 +224,68 @@ class WeirClient:
             topic, value=raw, key=request_id.encode()
         )
         return future
+
+    async def watch(self, pipeline: str) -> None:
+        """Listen for ``pipeline``'s results from now on.
+
+        ``submit`` does this itself; call it to await results of requests that
+        another process submits after this call.
+        """
+        if self._producer is None:
+            raise WeirError("WeirClient is not started")
+        await self._listener.watch(pipeline)
+
+    async def result(self, request_id: str, *, timeout: float = 60.0) -> Result:
+        """The result of a request this client submitted (or of a watched pipeline).
+
+        Raises ``ResultTimeoutError`` (a ``TimeoutError``) after ``timeout`` seconds.
+        """
+        if self._producer is None:
+            raise WeirError("WeirClient is not started")
+        return await self._listener.result(request_id, timeout=timeout)
+
+    async def map(
+        self,
+        pipeline: str,
+        payloads: Iterable[Mapping[str, Any]],
+        *,
+        timeout: float = 300.0,
+        progress: bool | Callable[[int, int], None] = False,
+        options: Mapping[str, str] | None = None,
+    ) -> list[Result]:
+        """Submit every payload and return their results in the same order.
+
+        ``progress=True`` draws a progress bar on the terminal (stderr);
+        a callable is called as ``progress(done, total)`` instead.
+        ``timeout`` bounds the whole call (``ResultTimeoutError`` names how many
+        are missing).
+        """
+        payloads = list(payloads)
+        ids = await self.submit_many(pipeline, payloads, options=options)
+        total = len(ids)
+        bar = _ProgressBar(pipeline, total) if progress is True else None
+        report = progress if callable(progress) else (bar.update if bar else None)
+        done = 0
+
+        async def one(rid: str) -> Result:
+            nonlocal done
+            result = await self._listener.result(rid, timeout=timeout)
+            done += 1
+            if report is not None:
+                report(done, total)
+            return result
+
+        try:
+            async with asyncio.timeout(timeout):
+                return list(await asyncio.gather(*(one(rid) for rid in ids)))
+        except TimeoutError:
+            raise ResultTimeoutError(
+                f"{total - done} of {total} results of {pipeline!r} did not arrive within"
+                f" {timeout:g}s; is a worker for it running ('weir worker')?"
+            ) from None
+        finally:
+            if bar is not None:
+                bar.close()
 
     async def send_raw(self, pipeline: str, value: bytes | None, key: bytes | None = None) -> None:
         """Put arbitrary bytes on the requests topic (for tools and tests of bad input)."""
@@ -275,18 +358,31 @@ class WeirClient:
         self,
         request_id: str,
         *,
-        pipeline: str,
+        pipeline: str | None = None,
         step: str | None = None,
         since_ms: int | None = None,
         idle_timeout: float = 60.0,
     ) -> TokenStream:
         """The token stream of one request, as streaming model calls publish it.
 
-        ``async for chunk in client.stream(rid, pipeline="support")`` yields
-        ``delta`` chunks, a ``restart`` chunk whenever the answer broke off and
-        starts again (drop the text so far), and ends with ``done``.  Open it
-        (``async with``) before submitting to be sure to miss nothing.
+        ``async for chunk in client.stream(rid)`` yields ``delta`` chunks, a
+        ``restart`` chunk whenever the answer broke off and starts again (drop
+        the text so far), and ends with ``done``.  For a request this client
+        submitted, ``pipeline`` and where to start reading are known; for
+        another, give ``pipeline`` and open the stream (``async with``) before
+        the request is submitted, or give ``since_ms``.  Each open stream reads
+        with a consumer of its own (tokens are few streams, results are many).
         """
+        known = self._submitted.get(request_id)
+        if pipeline is None:
+            if known is None:
+                raise ConfigError(
+                    f"request {request_id} was not submitted by this client: give its pipeline"
+                    " (client.stream(request_id, pipeline=...))"
+                )
+            pipeline = known[0]
+        if since_ms is None and known is not None:
+            since_ms = known[1] - self.stream_lookback_ms
         return TokenStream(
             self.settings,
             pipeline,
@@ -301,25 +397,50 @@ class WeirClient:
     ) -> dict[str, Result]:
         """Wait until every id has a result; the first result per id wins.
 
-        Reads from where the results topic ended before this client first
-        submitted to ``pipeline``, or from its beginning if it never did.
-
-        Raises ``ResultTimeoutError`` (a ``TimeoutError``) naming how many are missing.
+        For a pipeline this client submitted to (or watches), the result
+        listener has every result since; otherwise the results topic is read
+        from its beginning.  Raises ``ResultTimeoutError`` (a ``TimeoutError``)
+        naming how many are missing.
         """
-        wanted = set(request_ids)
+        wanted = list(dict.fromkeys(request_ids))
         found: dict[str, Result] = {}
         try:
             async with asyncio.timeout(timeout):
-                async for result in self.results(
-                    pipeline, follow=True, start=self._marks.get(pipeline)
-                ):
-                    if result.request_id in wanted and result.request_id not in found:
-                        found[result.request_id] = result
-                        if len(found) == len(wanted):
-                            break
+                if pipeline in self._listener.watched:
+
+                    async def one(rid: str) -> None:
+                        found[rid] = await self._listener.result(rid, timeout=timeout + 1)
+
+                    await asyncio.gather(*(one(rid) for rid in wanted))
+                else:
+                    remaining = set(wanted)
+                    async for result in self.results(pipeline, follow=True):
+                        if result.request_id in remaining:
+                            remaining.discard(result.request_id)
+                            found[result.request_id] = result
+                            if not remaining:
+                                break
         except TimeoutError:
             raise ResultTimeoutError(
                 f"{len(wanted) - len(found)} of {len(wanted)} results of {pipeline!r} did not"
                 f" arrive within {timeout:g}s; is a worker for it running ('weir worker')?"
             ) from None
         return found
+
+
+class _ProgressBar:
+    """``map(progress=True)``: a rich progress bar on stderr."""
+
+    def __init__(self, pipeline: str, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._progress = Progress(console=Console(stderr=True), transient=False)
+        self._task = self._progress.add_task(pipeline, total=total)
+        self._progress.start()
+
+    def update(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        self._progress.stop()

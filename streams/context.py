@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from weir.core.config import WeirSettings
     from weir.schemas.messages import ModelCall
+    from weir.streams.journal import CallJournal
     from weir.streams.services import WorkerServices
     from weir.streams.tracing import Tracing
 
@@ -57,6 +58,16 @@ class AttemptScope:
     """Model calls of this attempt, appended by the model layer as they finish."""
     services: WorkerServices | None = None
     """The services the worker was given (the model layer's, for model calls)."""
+    journal: CallJournal | None = None
+    """Completed calls of the pipeline, so a redelivered attempt does not pay twice."""
+    calls_made: int = 0
+    """Journaled calls this attempt has started (``next_call_index``)."""
+
+    def next_call_index(self) -> int:
+        """The index of the attempt's next model call (0, 1, ...), in the order made."""
+        index = self.calls_made
+        self.calls_made += 1
+        return index
 
     def record(self, call: ModelCall, *, traced: bool = False) -> None:
         """Add a finished model call to the attempt, and its span to the attempt's trace.
@@ -65,6 +76,9 @@ class AttemptScope:
         ``ModelEndpoint`` does), so no second one is made from the record.
         """
         self.calls.append(call)
+        collected = _COLLECTED.get()
+        if collected is not None:
+            collected.append(call)
         if self.tracing is not None and not traced:
             self.tracing.model_call(call)
 
@@ -72,6 +86,19 @@ class AttemptScope:
 _SCOPE: contextvars.ContextVar[AttemptScope | None] = contextvars.ContextVar(
     "weir_attempt_scope", default=None
 )
+_COLLECTED: contextvars.ContextVar[list[ModelCall] | None] = contextvars.ContextVar(
+    "weir_collected_calls", default=None
+)
+
+
+def collect_calls() -> tuple[list[ModelCall], contextvars.Token[list[ModelCall] | None]]:
+    """Start collecting the calls this task records (the journal: one call's records)."""
+    calls: list[ModelCall] = []
+    return calls, _COLLECTED.set(calls)
+
+
+def stop_collecting(token: contextvars.Token[list[ModelCall] | None]) -> None:
+    _COLLECTED.reset(token)
 
 
 def current_scope() -> AttemptScope | None:

@@ -11,6 +11,7 @@ from weir.schemas.messages import Envelope, now_ms, now_us
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.pipeline import Pipeline
+from weir.streams.review import Escalate
 
 __all__ = ["run_local"]
 
@@ -27,7 +28,8 @@ async def run_local(
     Same injection, validation, branching and result rules as the worker, so
     a pipeline's logic can be tested without a broker.  Step errors propagate
     (no retries, no fallbacks), and so does ``JoinInputSkippedError`` where the
-    worker would answer a FAILURE.
+    worker would answer a FAILURE.  A step that escalates (``Escalate``) ends the
+    run: it is returned as the output.
 
     >>> from weir.streams import Pipeline
     >>> import asyncio
@@ -77,7 +79,11 @@ async def run_local(
                 threads=threads,
             )
             inputs = {d: outputs[d] for d in arrived}
-            value, targets = split_branch(await executor.run(inputs, first))
+            raw = await executor.run(inputs, first)
+            if isinstance(raw, Escalate):
+                # Where a worker sends the request to a person: the run ends with the Escalate.
+                return raw, [*path, name]
+            value, targets = split_branch(raw)
             dependents = pipeline.dependents(name)
             if targets is not None and (bad := [t for t in targets if t not in dependents]):
                 raise BranchError(f"step {name!r} branched to {bad}, which do not depend on it")

@@ -35,6 +35,7 @@ from weir.core.errors import (
     UnknownDependencyError,
     UnsatisfiedParameterError,
 )
+from weir.streams.cache import Cache
 from weir.streams.context import StepContext
 from weir.streams.dependencies import AnyOf
 from weir.streams.retry import Fallback, RetryPolicy
@@ -88,6 +89,8 @@ class Step:
     joins: JoinMode = "all"
     """``all``: runs once every dependency produced; ``any``: once each produced or was
     skipped, if at least one produced (``depends_on=any_of(...)``)."""
+    cache: Cache | None = None
+    """Reuse outputs of earlier attempts with the same inputs (``weir.streams.cache``)."""
 
     @property
     def is_root(self) -> bool:
@@ -158,6 +161,7 @@ class Pipeline:
         fallback: Fallback | None = None,
         inline: bool = False,
         log_io: bool = False,
+        cache: Cache | None = None,
     ) -> Callable[[F], F]:
         """Declare the decorated function as a step; the function itself is returned unchanged.
 
@@ -169,7 +173,8 @@ class Pipeline:
         of dead-lettering.  ``inline=True`` runs a cheap sync function on the
         event loop rather than in the step thread pool (nothing can interrupt it
         there, so no timeout applies).  ``log_io=True`` puts the
-        step's PII-redacted inputs and output on its trace events.
+        step's PII-redacted inputs and output on its trace events.  ``cache``
+        reuses the output of an earlier attempt with the same inputs (``Cache``).
         """
 
         def decorate(fn: F) -> F:
@@ -183,6 +188,7 @@ class Pipeline:
                 fallback=fallback,
                 inline=inline,
                 log_io=log_io,
+                cache=cache,
             )
             # Builtins and some callables refuse attributes.
             with contextlib.suppress(AttributeError):
@@ -202,6 +208,7 @@ class Pipeline:
         fallback: Fallback | None = None,
         inline: bool = False,
         log_io: bool = False,
+        cache: Cache | None = None,
     ) -> Step:
         """Declare ``fn`` (a function or a processor) as step ``name``."""
         where = f"pipeline {self.name!r}"
@@ -224,6 +231,11 @@ class Pipeline:
             raise PipelineDefinitionError(
                 f"{where}: step {name!r} fallback must be a Fallback(value=...) or"
                 f" Fallback(function=...), got {fallback!r}"
+            )
+        if cache is not None and not isinstance(cache, Cache):
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r} cache must be a Cache(ttl=..., key=..., version=...),"
+                f" got {cache!r}"
             )
         if isinstance(depends_on, str) or callable(depends_on):
             depends_on = [depends_on]  # one dependency, written without the list
@@ -258,6 +270,7 @@ class Pipeline:
             fallback=fallback,
             log_io=log_io,
             joins=joins,
+            cache=cache,
         )
         self._steps[name] = step
         self._validated = False

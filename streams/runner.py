@@ -27,16 +27,19 @@ from weir.core.errors import (
     MessageError,
     OutputTooLargeError,
     SchemaInvalidError,
+    StepError,
     WeirError,
 )
 from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
 from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
+from weir.streams.cache import StepCache
 from weir.streams.context import AttemptScope, StepContext
 from weir.streams.dead_letter import error_type_of
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.join import JoinTable, eviction_messages
 from weir.streams.outbox import Outcome, OutMessage, Owned
+from weir.streams.review import Escalate, escalation_record
 from weir.streams.tracing import mark_failed, span_ids, traceparent_of
 from weir.topics.names import ANSWER, retry_tiers
 
@@ -80,6 +83,14 @@ class StepRunner:
         self._policy = pipeline.retry_policy(step)
         self._tiers = retry_tiers(self._policy.maximum_attempts, runtime.settings)
         self._rng = random.Random()
+        self.cache: StepCache | None = None
+        if self.step.cache is not None:
+            self.cache = StepCache(
+                runtime.settings,
+                self.step.cache,
+                topic=runtime.topics.cache(step),
+                step=step,
+            )
         self.join: JoinTable | None = None
         if self.step.is_join:
             self.join = JoinTable(
@@ -200,10 +211,12 @@ class StepRunner:
             lag=lambda: rt.lag(self.name),
             tracing=rt.tracing,
             services=rt.services,
+            journal=rt.journal,
         )
         rt.stats.attempts += 1
         error: WeirError | None = None
-        output: Any = None
+        escalate: Escalate | None = None
+        hit = False
         encoded: str | None = None
         targets: tuple[str, ...] | None = None
         attributes: dict[str, Any] = {}
@@ -232,9 +245,7 @@ class StepRunner:
                 if a.missing and self.step.joins == "all":
                     # Never a null answer: the join cannot run, so the request fails here.
                     raise JoinInputSkippedError(join_skipped_message(self.name, list(a.missing)))
-                value = await self._executor.run(a.inputs, base, scope)
-                output, targets = self._check_branch(split_branch(value))
-                encoded = encode_output(output, step=self.name)
+                encoded, targets, escalate, hit = await self._outcome(a, scope)
             except WeirError as exc:
                 error = exc
                 if span is not None:
@@ -273,11 +284,80 @@ class StepRunner:
             if encoded is not None:
                 event.output = await rt.redacted(encoded)
         a.calls = calls
-        if error is None:
+        if hit:
+            event.status = "CACHE_HIT"  # costs nothing: no call was made
+        if error is None and escalate is not None:
+            event.disposition = "escalated"
+            out = self._escalate(a, escalate, traceparent)
+        elif error is None:
             out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
             out = await self._failed(record, a, error, event, ctx, scope, traceparent)
         return out, event
+
+    async def _outcome(
+        self, a: _Attempt, scope: AttemptScope
+    ) -> tuple[str, tuple[str, ...] | None, Escalate | None, bool]:
+        """Run the step (or find its output cached): ``(output JSON, targets, escalate, hit)``."""
+        base = a.base
+        computed: list[tuple[str, tuple[str, ...] | None, Escalate | None]] = []
+
+        async def compute() -> str | None:
+            value = await self._executor.run(a.inputs, base, scope)
+            escalate = self._check_escalate(value)
+            output, targets = self._check_branch(split_branch(value))
+            encoded = encode_output(None if escalate else output, step=self.name)
+            computed.append((encoded, targets, escalate))
+            return encoded if targets is None and escalate is None else None
+
+        cache = self.cache
+        if cache is None:
+            await compute()
+            return (*computed[0], False)
+        arguments: Any = None
+        if cache.cache.key is not None:
+            arguments = self._executor.arguments(a.inputs, base, scope.context)
+        key = cache.key_of(a.inputs, base.request, arguments)
+        found, hit = await cache.run(key, compute, self._publish)
+        if hit and found is not None:
+            return found, None, None, True
+        return (*computed[0], False)
+
+    def _check_escalate(self, value: Any) -> Escalate | None:
+        if not isinstance(value, Escalate):
+            return None
+        if self._dependents:
+            raise StepError(
+                f"step {self.name!r} returned Escalate but has dependents"
+                f" ({', '.join(self._dependents)}): escalate from a final step"
+            )
+        return value
+
+    def _escalate(
+        self, a: _Attempt, escalate: Escalate, traceparent: str | None
+    ) -> list[OutMessage]:
+        """To the review topic instead of the answer stage (``weir.streams.review``)."""
+        base = a.base
+        template = Envelope(
+            request_id=base.request_id,
+            pipeline=base.pipeline,
+            step=ANSWER,
+            source=self.name,
+            kind="VALUE",
+            submitted_at=base.submitted_at,
+            created_at=now_us(),
+            request=base.request,
+            payload=None,
+            traceparent=traceparent,
+            options=base.options,
+            path=[*a.path, self.name],
+            calls=a.calls,
+            replay=base.replay,
+        )
+        record = escalation_record(
+            escalate, envelope=template, inputs=a.inputs, settings=self._rt.settings
+        )
+        return [OutMessage(self._rt.topics.reviews, base.request_id.encode(), record, None)]
 
     def _check_branch(
         self, split: tuple[Any, tuple[str, ...] | None]

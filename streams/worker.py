@@ -50,10 +50,12 @@ from weir.streams.dead_letter import DeadLetters, error_type_of
 from weir.streams.executor import StepExecutor
 from weir.streams.ingress import Ingress, RootHandler
 from weir.streams.join import eviction_messages
+from weir.streams.journal import CallJournal
 from weir.streams.offsets import PartitionOffsets
 from weir.streams.outbox import Abandoned, Outbox, Outcome, OutMessage, Owned
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
+from weir.streams.review_desk import ReviewDesk
 from weir.streams.runner import NOT_BEFORE_HEADER, StepRunner
 from weir.streams.services import WorkerServices
 from weir.streams.threads import StepThreads
@@ -157,6 +159,10 @@ class Worker:
         self._assigned: set[TopicPartition] = set()
         self._revoking: set[TopicPartition] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.review_desk = ReviewDesk(self.settings, self.pipeline.name)
+        if self.settings.journal_calls:
+            self._runtime.journal = CallJournal(self.settings, self.topics.journal)
+        """Delivers answered reviews and expires overdue ones (``weir.streams.review``)."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._started = False
@@ -229,6 +235,9 @@ class Worker:
         )
         await self._producer.start()
         self._runtime.outbox.attach(self._producer)
+        if self._runtime.journal is not None:
+            # Loaded before any record is taken: a redelivered attempt must find its calls.
+            await self._runtime.journal.start()
         if self.answers is not None:
             # A final step's output is answered here when this worker owns its answers
             # partition: no answers-topic hop that only moves data.
@@ -258,6 +267,7 @@ class Worker:
         ]
         for task in self._tasks:
             task.add_done_callback(self._loop_ended)
+        await self.review_desk.start()
         tune_gc(self.settings.gc_gen0_threshold)
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
@@ -356,6 +366,12 @@ class Worker:
         await _cancel(commit)
         with contextlib.suppress(KafkaError):
             await self._commit()
+        await self.review_desk.stop()
+        if self._runtime.journal is not None:
+            await self._runtime.journal.stop()
+        for runner in self.runners.values():
+            if runner.cache is not None:
+                await runner.cache.stop()
         if self.answers is not None:
             await self.answers.stop()
         if self._consumer is not None:

@@ -40,6 +40,7 @@ DOCTEST_MODULES = [
     "weir.core.config",
     "weir",
     "weir.streams.redaction",
+    "weir.streams.review",
     "weir.traces",
     "weir.traces.schema",
     "weir.traces.rows",

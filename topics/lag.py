@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import ANSWER, INGRESS, PipelineTopics
@@ -72,7 +73,7 @@ async def pipeline_lag(settings: WeirSettings, pipeline: str) -> list[PartitionL
     if not tps:
         return []
     committed = {tp: meta.offset for tp, meta in committed_raw.items() if meta.offset >= 0}
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConnection.of(settings).consumer()
     await consumer.start()
     try:
         ends = await consumer.end_offsets(tps)

@@ -116,6 +116,20 @@ class PipelineTopics:
         return f"{self.prefix}.{self.pipeline}.stream"
 
     @property
+    def journal(self) -> str:
+        """Completed model calls by request, step, attempt and index (``weir.streams.journal``)."""
+        return f"{self.prefix}.{self.pipeline}.journal"
+
+    def cache(self, step: str) -> str:
+        """Compacted table of ``step``'s cached outputs, keyed by input hash."""
+        return f"{self.prefix}.{self.pipeline}.cache.{step}"
+
+    @property
+    def reviews(self) -> str:
+        """Escalations to a person and what became of them (answered, expired), per request."""
+        return f"{self.prefix}.{self.pipeline}.reviews"
+
+    @property
     def replays(self) -> str:
         """Compacted record of dead letters already replayed (key: ``topic:partition:offset``)."""
         return f"{self.prefix}.{self.pipeline}.dlq.replays"
@@ -147,9 +161,16 @@ def retry_tiers(maximum_attempts: int, settings: WeirSettings) -> int:
     return min(maximum_attempts - 1, settings.max_retry_topics)
 
 
+class _Cache(Protocol):
+    def topic_config(self) -> dict[str, str]: ...
+
+
 class _Step(Protocol):
     @property
     def is_join(self) -> bool: ...
+
+    @property
+    def cache(self) -> _Cache | None: ...
 
 
 class _Attempts(Protocol):
@@ -183,6 +204,10 @@ def topic_specs(pipeline: PipelineShape, settings: WeirSettings) -> list[TopicSp
     # Dead letters carry the failed record as it is (up to MAX_MESSAGE_BYTES with headers);
     # stated explicitly so a cluster whose default is lower still takes them.
     dead = {**events, "max.message.bytes": str(DEAD_LETTER_TOPIC_MAX_BYTES)}
+    journal = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(int(settings.journal_retention_s * 1000)),
+    }
 
     def spec(name: str, config: dict[str, str]) -> TopicSpec:
         return TopicSpec(name, settings.partitions, settings.replication_factor, dict(config))
@@ -197,12 +222,16 @@ def topic_specs(pipeline: PipelineShape, settings: WeirSettings) -> list[TopicSp
         spec(names.answers, events),
         spec(names.stream, events),
         spec(names.shadow, events),
+        spec(names.reviews, events),
+        spec(names.journal, journal),
         spec(names.dead_letter(INGRESS), dead),
         spec(names.dead_letter(ANSWER), dead),
         spec(names.answered_changelog, state),
         spec(names.replays, state),
     ]
     specs += [spec(names.step(s), events) for s in steps]
+    cached = [(s, c) for s in steps if (c := pipeline.steps[s].cache) is not None]
+    specs += [spec(names.cache(s), c.topic_config()) for s, c in cached]
     specs += [spec(names.dead_letter(s), dead) for s in steps]
     for s in steps:
         tiers = retry_tiers(pipeline.retry_policy(s).maximum_attempts, settings)

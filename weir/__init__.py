@@ -30,13 +30,25 @@ if TYPE_CHECKING:
         Router,
         Rule,
     )
-    from weir.streams import Branch, Pipeline, StepContext, WeirClient, Worker, any_of
+    from weir.streams import (
+        Branch,
+        Cache,
+        Escalate,
+        Pipeline,
+        StepContext,
+        SyncWeirClient,
+        WeirClient,
+        Worker,
+        any_of,
+    )
     from weir.streams.local import run_local
 
 __all__ = [
     "Anthropic",
     "Branch",
     "Budget",
+    "Cache",
+    "Escalate",
     "LocalModel",
     "ModelEndpoint",
     "OpenAICompatible",
@@ -45,6 +57,7 @@ __all__ = [
     "Router",
     "Rule",
     "StepContext",
+    "SyncWeirClient",
     "WeirClient",
     "WeirError",
     "WeirSettings",
@@ -60,8 +73,11 @@ __all__ = [
 # (and every CLI command) load Kafka, OpenTelemetry and the providers: 30x the CPU time.
 _HOME = {
     "Branch": "weir.streams",
+    "Cache": "weir.streams",
+    "Escalate": "weir.streams",
     "Pipeline": "weir.streams",
     "StepContext": "weir.streams",
+    "SyncWeirClient": "weir.streams",
     "WeirClient": "weir.streams",
     "Worker": "weir.streams",
     "any_of": "weir.streams",

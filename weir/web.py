@@ -24,6 +24,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from weir._http import error_response
+from weir._review_routes import add_routes as add_review_routes
 from weir.core.config import WeirSettings
 from weir.core.errors import SecretError, UnauthorizedError
 from weir.core.secrets import SecretResolver
@@ -74,6 +75,7 @@ def create_app(
     app.router.add_get("/stats", _stats)
     dashboard.add_routes(app, settings, trace_queries)
     sse.add_routes(app, settings, _model_services(worker))
+    add_review_routes(app, settings)
     return app
 
 

@@ -13,7 +13,7 @@ from weir.core.config import load_settings
 from weir.demo import SAMPLE_MESSAGES
 from weir.demo.pipeline import pipeline as intent_support
 from weir.processors import ModelServices
-from weir.streams import WeirClient, Worker, run_local
+from weir.streams import Escalate, WeirClient, Worker, run_local
 
 
 def test_customer_support_v3_joins_context_and_history() -> None:
@@ -40,7 +40,8 @@ def test_intent_support_takes_one_path_per_intent(text: str, end: str) -> None:
     answer, path = asyncio.run(run())
     assert path[-1] == end
     if end == "escalate_to_human":
-        assert any(text in line for line in answer["transcript"])  # the full context
+        assert isinstance(answer, Escalate)  # run_local returns it; a worker sends it to review
+        assert any(text in line for line in answer.transcript)  # the full context
     if end == "balance_lookup":
         assert "draft_reply" not in path  # no LLM on the balance path
 
@@ -48,14 +49,29 @@ def test_intent_support_takes_one_path_per_intent(text: str, end: str) -> None:
 @pytest.mark.kafka
 async def test_intent_support_on_the_broker_reports_cost_per_request(kafka):
     payloads = [{"customer_id": c, "text": t} for c, t in SAMPLE_MESSAGES]
-    services = ModelServices(kafka)
-    async with Worker(intent_support, kafka, services=services), WeirClient(kafka) as client:
+    settings = kafka.model_copy(update={"review_deadline_s": 2.0, "review_check_interval_s": 0.2})
+    services = ModelServices(settings)
+    async with (
+        Worker(intent_support, settings, services=services),
+        WeirClient(settings) as client,
+    ):
         ids = await client.submit_many(intent_support.name, payloads)
         results = await client.wait_for(intent_support.name, ids, timeout=90)
     for rid, payload in zip(ids, payloads, strict=True):
         result = results[rid]
         async with services.bound():
             expected, path = await run_local(intent_support, payload)
+        if isinstance(expected, Escalate):  # nobody answered: the fallback, after the deadline
+            expected = {
+                "answer": expected.fallback,
+                "human_answered": False,
+                "answered_by": None,
+                "waited_ms": result.value["waited_ms"],
+                "reason": expected.reason,
+                "answer_id": result.value["answer_id"],
+                "timed_out": True,
+            }
+            assert result.value["waited_ms"] >= 2000
         assert result.status == "SUCCESS" and result.value == expected and result.path == path
         endpoints = [c["endpoint"] for c in result.calls]
         if "draft_reply" in path:  # classifier, embedder and the priced LLM were called

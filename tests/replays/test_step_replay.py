@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from tests._kafka import read_results
 from tests._model_servers import ModelServer, input_tokens
@@ -20,6 +20,7 @@ from tests._sink import SinkProcess, sink_settings
 from tests.conftest import worker_env
 from tests.traces.test_clickhouse_sink import wait_stored
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.loader import load_pipeline
 from weir.processors import ModelEndpoint, OpenAICompatible, Price
 from weir.replays import StepReplay, in_sample, read_outcomes
@@ -41,7 +42,7 @@ def _candidate_reply(text: str) -> str:
 
 
 async def _end_offsets(settings: WeirSettings, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConnection.of(settings).consumer()
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]

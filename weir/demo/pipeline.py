@@ -6,7 +6,8 @@ classify_intent -> route --(account_balance)--> balance_lookup
                                                    \\-(confidence < 0.8)--> escalate_to_human
 
 Every request takes exactly one path; the result is the output of the final
-step it reached (``balance_lookup``, ``deliver`` or ``escalate_to_human``).
+step it reached (``balance_lookup``, ``deliver``), or for ``escalate_to_human``
+the answer of the person who reviewed it (or its fallback after the deadline).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 
 from weir.demo.models import POLICY_CASES, classify_intent, draft_with_policy, embed
 from weir.processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
-from weir.streams import Branch, Pipeline, StepContext
+from weir.streams import Branch, Escalate, Pipeline, StepContext
 
 
 class SupportMessage(BaseModel):
@@ -119,14 +120,22 @@ def deliver(review: Draft) -> dict[str, str]:
 
 
 @pipeline.step(depends_on=[review])
-def escalate_to_human(review: Draft, ctx: StepContext) -> dict[str, str | list[str]]:
-    """Low confidence: a human gets the whole context transcript."""
-    return {
-        "path": "human",
-        "transcript": [
+def escalate_to_human(review: Draft, ctx: StepContext) -> Escalate:
+    """Low confidence: a person answers, with the whole context in front of them.
+
+    The request waits on the review topic (``weir review list``); if nobody
+    answers before the deadline (``review_deadline_s``), the customer gets the
+    fallback.
+    """
+    return Escalate(
+        f"confidence {review.confidence:.2f} < 0.8",
+        transcript=[
             f"customer {ctx.request['customer_id']}: {ctx.request['text']}",
             f"similar cases: {', '.join(review.cases)}",
             f"draft reply: {review.reply}",
         ],
-        "reason": f"confidence {review.confidence:.2f} < 0.8",
-    }
+        fallback={
+            "reply": "A specialist will look into this and contact you within one business day.",
+            "path": "human",
+        },
+    )
