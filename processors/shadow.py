@@ -112,6 +112,7 @@ class ShadowRunner:
             settings=scope.settings,
             publish=scope.publish,
             lag=scope.lag,
+            services=scope.services,
         )
         first = next((c for c in reversed(scope.calls) if c.endpoint == primary.endpoint), None)
         task = asyncio.create_task(

@@ -29,6 +29,7 @@ from weir.core.config import WeirSettings
 from weir.core.errors import ConfigError, ReplayNotFoundError, WeirError
 from weir.core.kafka import KafkaConnection
 from weir.processors.endpoint import ModelEndpoint
+from weir.processors.services import ModelServices
 from weir.processors.substitution import substituting
 from weir.replays.endpoints import endpoints_of, pipeline_modules
 from weir.replays.recording import RecordedInput, Recording
@@ -75,6 +76,8 @@ class StepReplay:
 
     def __init__(self, settings: WeirSettings, pipeline: Pipeline, plan: ReplayPlan) -> None:
         self._settings = settings
+        self._services = ModelServices(settings)
+        """The replay's own model-layer state (breakers, secret cache), stopped when it ends."""
         self.pipeline = pipeline
         self.plan = plan
         self.recording = Recording(settings, pipeline, plan.step)
@@ -212,6 +215,7 @@ class StepReplay:
             linger_ms=5,
         )
         await producer.start()
+        await self._services.start()
         progress = ReplayProgress(plan.replay_id, self.total)
         executor = None
         try:
@@ -260,6 +264,7 @@ class StepReplay:
                 await self.recording.commit(plan.consumer_group, positions)
         finally:
             await producer.stop()
+            await self._services.stop()
             if executor is not None:
                 threads.shutdown(wait=False, cancel_futures=True)
         return progress
@@ -274,6 +279,7 @@ class StepReplay:
             settings=self._settings,
             publish=_discard,
             lag=lambda: 0,
+            services=self._services,
         )
         started_at, t0 = now_ms(), time.perf_counter()
         output: str | None = None

@@ -26,6 +26,7 @@ from weir.core.errors import ConfigError, RoutingError, WeirError
 from weir.processors.providers._base import Message
 from weir.processors.router import Router
 from weir.processors.rules import RuleSet
+from weir.processors.services import ModelServices
 from weir.processors.substitution import DirectCallProbed, RouteProbed, probing
 from weir.replays.recording import PartitionRange, Recording
 from weir.replays.records import in_sample
@@ -163,6 +164,8 @@ async def what_if(
     )
     calls: list[RoutedCall] = []
     skipped: Counter[str] = Counter()
+    services = ModelServices(settings)
+    await services.start()
     try:
         for n, item in enumerate(items, 1):
             baseline = live.get(item.request_id)
@@ -171,7 +174,7 @@ async def what_if(
             if not routed:
                 skipped["no routed call recorded live"] += 1
                 continue
-            found = await _probe_one(settings, executor, item, candidate.router)
+            found = await _probe_one(settings, services, executor, item, candidate.router)
             if isinstance(found, str):
                 skipped[found] += 1
                 continue
@@ -181,6 +184,7 @@ async def what_if(
                 on_progress(n)
     finally:
         threads.shutdown(wait=False, cancel_futures=True)
+        await services.stop()
     report.skipped = dict(skipped)
     if calls:
         _evaluate(report, calls, candidate, history)
@@ -188,11 +192,17 @@ async def what_if(
 
 
 async def _probe_one(
-    settings: WeirSettings, executor: StepExecutor, item: Any, router_name: str
+    settings: WeirSettings,
+    services: ModelServices,
+    executor: StepExecutor,
+    item: Any,
+    router_name: str,
 ) -> tuple[Router, dict[str, Any]] | str:
     """The router and inputs of the step's first call through ``router_name``, or why not."""
     ctx: StepContext = executor.context(item.envelope)
-    scope = AttemptScope(context=ctx, settings=settings, publish=_discard, lag=lambda: 0)
+    scope = AttemptScope(
+        context=ctx, settings=settings, publish=_discard, lag=lambda: 0, services=services
+    )
     probe = _Probe(router_name)
     with replaying_as(ReplayTag("what-if", "what-if")), probing(probe):
         try:

@@ -15,7 +15,8 @@ from examples.fastapi_app import create_app
 from tests._model_servers import ModelServer
 from tests._pipelines import diamond
 from weir.core.config import WeirSettings
-from weir.processors import ModelEndpoint, OpenAICompatible, Price, aclose_model_layer
+from weir.processors import ModelEndpoint, OpenAICompatible, Price
+from weir.processors.services import ModelServices
 from weir.streams import Pipeline, Worker
 
 pytestmark = pytest.mark.kafka
@@ -57,7 +58,7 @@ def _sse(body: str) -> list[tuple[str, dict[str, object]]]:
 async def test_the_handler_submits_awaits_and_returns_each_result(kafka, pipeline_name):
     p = diamond(pipeline_name)
     async with (
-        Worker(p, kafka),
+        Worker(p, kafka, services=ModelServices(kafka)),
         _served(kafka, p.name) as url,
         httpx.AsyncClient(base_url=url, timeout=60) as http,
     ):
@@ -92,13 +93,12 @@ async def test_the_stream_route_relays_tokens_in_order_then_the_result(kafka, pi
 
     try:
         async with (
-            Worker(p, kafka),
+            Worker(p, kafka, services=ModelServices(kafka)),
             _served(kafka, p.name) as url,
             httpx.AsyncClient(base_url=url, timeout=60) as http,
         ):
             response = await http.post("/ask/stream", json={"text": "why?"})
     finally:
-        await aclose_model_layer()
         await server.stop()
     assert response.headers["content-type"].startswith("text/event-stream")
     events = _sse(response.text)

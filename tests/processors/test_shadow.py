@@ -14,6 +14,7 @@ from tests._kafka import read_results, read_topic
 from tests._model_servers import input_tokens
 from tests.conftest import worker_env
 from weir.processors import ModelEndpoint, OpenAICompatible, Price, Router, Rule, Shadow
+from weir.processors.services import ModelServices
 from weir.processors.shadow import in_share
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.topics.names import PipelineTopics
@@ -59,7 +60,7 @@ async def test_a_5_percent_shadow_of_2000_requests_leaves_results_alone_and_is_c
     )
     p = _pipeline(pipeline_name, router)
     texts = [f"question {i}" for i in range(2000)]
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, [{"text": t} for t in texts])
         results, counts = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
         shadowed = {rid: t for rid, t in zip(ids, texts, strict=True) if in_share(rid, 0.05)}
@@ -130,7 +131,7 @@ async def test_shadow_spend_stops_at_its_own_budget(kafka, pipeline_name, server
         Rule("True", endpoint=eps[0], name="all", shadow=Shadow(eps[1], 1.0, budget_usd=budget))
     )
     p = _pipeline(pipeline_name, router)
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, [{"text": f"question {i}"} for i in range(200)])
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
         records = await read_topic(kafka, PipelineTopics(p.name).shadow, idle_s=3.0)

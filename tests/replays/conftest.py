@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from tests._model_servers import ModelServer
-from weir.processors import aclose_model_layer
 
 
 @pytest.fixture
@@ -21,6 +20,5 @@ async def servers() -> AsyncIterator[Callable[[str], Awaitable[ModelServer]]]:
         return server
 
     yield start
-    await aclose_model_layer()
     for server in started:
         await server.stop()

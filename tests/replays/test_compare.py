@@ -8,8 +8,10 @@ from decimal import Decimal
 import pytest
 
 from tests._model_servers import vector
+from weir.core.config import load_settings
 from weir.core.errors import ConfigError
 from weir.processors import ModelEndpoint, OpenAICompatible
+from weir.processors.services import ModelServices
 from weir.replays.compare import EmbeddingScorer, LiveAttempt, compare, load_scorer
 from weir.replays.recording import PartitionRange
 from weir.replays.records import ReplayOutcome, ReplayPlan
@@ -88,7 +90,8 @@ async def test_embedding_scorer_ranks_the_most_different_outputs_first(servers):
         "c": _live("c", '"live c"', "0.001"),
         "dd": _live("dd", '"live d"', "0.001"),
     }
-    c = await compare(_plan(), outcomes, live, scorer=scorer, examples=1)
+    async with ModelServices(load_settings()):
+        c = await compare(_plan(), outcomes, live, scorer=scorer, examples=1)
     assert (c.baseline.count, c.candidate.count, c.missing_baseline) == (4, 4, 1)
     assert c.candidate.errors == {"model_timeout": 1} and c.baseline.errors == {}
     assert c.compared == 3 and c.exact_match_rate == pytest.approx(1 / 3)

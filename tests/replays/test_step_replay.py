@@ -23,6 +23,7 @@ from weir.core.config import WeirSettings
 from weir.core.kafka import KafkaConnection
 from weir.loader import load_pipeline
 from weir.processors import ModelEndpoint, OpenAICompatible, Price
+from weir.processors.services import ModelServices
 from weir.replays import StepReplay, in_sample, read_outcomes
 from weir.schemas.messages import now_ms
 from weir.streams import Pipeline, WeirClient, Worker
@@ -90,7 +91,7 @@ class _Setup:
 async def _record(kafka: WeirSettings, setup: _Setup, count: int) -> list[str]:
     p = setup.pipeline
     texts = [f"question number {i}" for i in range(count)]
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, [{"text": t} for t in texts])
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
     assert len(results) == count and all(r.status == "SUCCESS" for r in results.values())
@@ -305,7 +306,7 @@ async def test_weir_replay_of_a_root_step_reads_the_requests_topic_and_runs_a_va
     (tmp_path / f"{module}.py").write_text(_MODULE.format(name=pipeline_name))
     p = load_pipeline(f"{module}:pipeline", search_path=tmp_path)
     texts = [f"Message {i}" for i in range(40)]
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = await client.submit_many(p.name, [{"text": t} for t in texts])
         await read_results(kafka, PipelineTopics(p.name).results, len(ids))
 

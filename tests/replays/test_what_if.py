@@ -10,6 +10,7 @@ from tests._kafka import read_results
 from tests._model_servers import input_tokens
 from weir.processors import ModelEndpoint, OpenAICompatible, Price, Router, Rule
 from weir.processors.routes import load_rule_sets
+from weir.processors.services import ModelServices
 from weir.replays.what_if import what_if
 from weir.schemas.messages import now_ms
 from weir.streams import Pipeline, WeirClient, Worker
@@ -52,7 +53,7 @@ async def test_what_if_reproduces_the_live_split_and_prices_a_candidate(
         text = f"{LONG} {i}" if i % 3 == 0 else f"short question {i}"
         workload.append((text, {"tier": "gold"} if i % 5 == 0 else {}))
     since = now_ms() - 1000
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         ids = [await client.submit(p.name, {"text": t}, options=o) for t, o in workload]
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
     assert all(r.status == "SUCCESS" for r in results.values())

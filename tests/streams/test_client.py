@@ -17,7 +17,8 @@ from tests.conftest import worker_env
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import ConfigError, ResultTimeoutError
 from weir.core.kafka import KafkaConnection
-from weir.processors import ModelEndpoint, OpenAICompatible, Price, aclose_model_layer
+from weir.processors import ModelEndpoint, OpenAICompatible, Price
+from weir.processors.services import ModelServices
 from weir.streams import Pipeline, Worker
 from weir.streams.client import WeirClient
 from weir.topics.admin import TopicAdmin
@@ -120,7 +121,7 @@ async def test_a_thousand_concurrent_result_awaits_share_one_consumer(
 @pytest.mark.kafka
 async def test_result_survives_an_unreadable_record_and_times_out_clearly(kafka, pipeline_name):
     p = diamond(pipeline_name)
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         first = await client.submit(p.name, {"n": 1})
         assert (await client.result(first, timeout=60)).value["sum"] == 8
         # Garbage on the results topic must not stop the listener for everyone else.
@@ -140,7 +141,7 @@ async def test_result_survives_an_unreadable_record_and_times_out_clearly(kafka,
 async def test_map_returns_results_in_order_and_reports_progress(kafka, pipeline_name):
     p = diamond(pipeline_name)
     seen: list[tuple[int, int]] = []
-    async with Worker(p, kafka), WeirClient(kafka) as client:
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
         results = await client.map(
             p.name,
             [{"n": n} for n in range(50)],
@@ -170,13 +171,12 @@ async def test_stream_yields_a_submitted_requests_chunks_in_order(kafka, pipelin
         return (await llm.stream_chat([{"role": "user", "content": text}]).collect()).text
 
     try:
-        async with Worker(p, kafka), WeirClient(kafka) as client:
+        async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
             rid = await client.submit(p.name, {"text": "refund?"})
             # Opened after submitting: the client knows when, and reads from there.
             chunks = [chunk async for chunk in client.stream(rid, idle_timeout=30)]
             result = await client.result(rid, timeout=30)
     finally:
-        await aclose_model_layer()
         await server.stop()
     assert [c.kind for c in chunks][-1] == "done"
     assert "restart" not in [c.kind for c in chunks]

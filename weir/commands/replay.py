@@ -206,6 +206,7 @@ def compare(
     import importlib
     import sys
 
+    from weir.processors.services import ModelServices
     from weir.replays import find_replay, read_outcomes
     from weir.replays.baseline import live_attempts
     from weir.replays.compare import compare as compare_sides
@@ -237,7 +238,9 @@ def compare(
             plan, topic = await find_replay(settings, replay_id)
             outcomes = await read_outcomes(settings, topic)
             live = await live_attempts(settings, plan, [o.request_id for o in outcomes])
-        return await compare_sides(plan, outcomes, live, scorer=score, examples=examples)
+        # An embedding scorer calls its endpoint: through services of this command's own.
+        async with ModelServices(settings):
+            return await compare_sides(plan, outcomes, live, scorer=score, examples=examples)
 
     result = asyncio.run(run())
     if as_json:
