@@ -17,7 +17,7 @@ import dataclasses
 import importlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -74,7 +74,14 @@ class ReplayProgress:
 class StepReplay:
     """One replay of ``plan``."""
 
-    def __init__(self, settings: WeirSettings, pipeline: Pipeline, plan: ReplayPlan) -> None:
+    def __init__(
+        self,
+        settings: WeirSettings,
+        pipeline: Pipeline,
+        plan: ReplayPlan,
+        *,
+        endpoints: Iterable[ModelEndpoint] = (),
+    ) -> None:
         self._settings = settings
         self._services = ModelServices(settings)
         """The replay's own model-layer state (breakers, secret cache), stopped when it ends."""
@@ -85,7 +92,7 @@ class StepReplay:
         self._candidate_endpoint: ModelEndpoint | None = None
         self._candidate_fn: Callable[..., Any] | None = None
         if plan.endpoint is not None:
-            self._candidate_endpoint = _endpoint(plan.endpoint, pipeline)
+            self._candidate_endpoint = _endpoint(plan.endpoint, pipeline, endpoints)
         if plan.variant is not None:
             self._candidate_fn = _function(plan.variant)
 
@@ -102,8 +109,13 @@ class StepReplay:
         endpoint: str | None = None,
         variant: str | None = None,
         budget_usd: Decimal | None = None,
+        endpoints: Iterable[ModelEndpoint] = (),
     ) -> StepReplay:
-        """A new replay of ``step`` (not started): checks options, fixes the window's offsets."""
+        """A new replay of ``step`` (not started): checks options, fixes the window's offsets.
+
+        ``endpoint`` names the candidate: one the pipeline's module defines, or one of
+        ``endpoints`` (for pipelines built inside a function).
+        """
         if step not in pipeline.steps:
             raise ConfigError(
                 f"pipeline {pipeline.name!r} has no step {step!r}"
@@ -133,7 +145,7 @@ class StepReplay:
             ranges=tuple(await recording.ranges(since_ms, until_ms)),
             output_topics=tuple(recording.output_topics),
         )
-        return cls(settings, pipeline, plan)
+        return cls(settings, pipeline, plan, endpoints=endpoints)
 
     @classmethod
     async def resume(
@@ -143,6 +155,7 @@ class StepReplay:
         replay_id: str,
         *,
         budget_usd: Decimal | None = None,
+        endpoints: Iterable[ModelEndpoint] = (),
     ) -> StepReplay:
         """The replay ``replay_id`` as planned; ``run()`` carries on where it stopped.
 
@@ -156,7 +169,7 @@ class StepReplay:
             )
         if budget_usd is not None:
             plan = dataclasses.replace(plan, budget_usd=budget_usd)
-        return cls(settings, pipeline, plan)
+        return cls(settings, pipeline, plan, endpoints=endpoints)
 
     @property
     def total(self) -> int:
@@ -317,8 +330,9 @@ async def _discard(topic: str, key: bytes, value: bytes, headers: list[tuple[str
     """A replay publishes nothing on the pipeline's topics (no token streams to live clients)."""
 
 
-def _endpoint(name: str, pipeline: Pipeline) -> ModelEndpoint:
+def _endpoint(name: str, pipeline: Pipeline, given: Iterable[ModelEndpoint]) -> ModelEndpoint:
     defined = endpoints_of(pipeline_modules(pipeline))
+    defined.update({ep.name: ep for ep in given})
     found = defined.get(name)
     if found is None:
         known = ", ".join(sorted(defined)) or "none"

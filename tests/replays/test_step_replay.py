@@ -141,6 +141,7 @@ async def _replay_and_compare(
         since_ms=since,
         sample=0.5,
         endpoint=setup.candidate_ep.name,
+        endpoints=[setup.candidate_ep],
     )
     sampled = {rid for rid in ids if in_sample(rid, 0.5)}
     dry = await job.dry_run()
@@ -175,7 +176,9 @@ async def _replay_and_compare(
     assert progress.spent_usd == sum((o.cost_usd for o in outcomes.values()), Decimal(0))
 
     # Run again: everything was replayed already, nothing is sent twice.
-    again = await StepReplay.resume(kafka, setup.pipeline, job.plan.replay_id)
+    again = await StepReplay.resume(
+        kafka, setup.pipeline, job.plan.replay_id, endpoints=[setup.candidate_ep]
+    )
     await again.run()
     assert len(setup.candidate_heard) == len(sampled)
 
@@ -257,6 +260,7 @@ async def test_budget_stops_within_one_call_and_resume_finishes_the_rest(
         step="answer",
         since_ms=since,
         endpoint=setup.candidate_ep.name,
+        endpoints=[setup.candidate_ep],
         budget_usd=budget,
     )
     first = await job.run()
@@ -267,7 +271,11 @@ async def test_budget_stops_within_one_call_and_resume_finishes_the_rest(
     assert first.replayed == len(outcomes) == len(setup.candidate_heard) < len(ids)
 
     more = await StepReplay.resume(
-        kafka, setup.pipeline, job.plan.replay_id, budget_usd=Decimal(100)
+        kafka,
+        setup.pipeline,
+        job.plan.replay_id,
+        budget_usd=Decimal(100),
+        endpoints=[setup.candidate_ep],
     )
     second = await more.run()
     assert not second.stopped_by_budget
