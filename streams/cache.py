@@ -33,14 +33,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import PipelineDefinitionError
-from weir.core.kafka import KafkaConnection
-from weir.topics._aiokafka import read_until, retrying, rewind, stop_consumer
-from weir.topics.admin import TopicAdmin
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.table import load_table
 
 __all__ = ["Cache", "StepCache"]
 
@@ -129,21 +128,7 @@ class StepCache:
         await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
-        async with TopicAdmin(self._settings) as admin:
-            count = (await admin.partitions([self.topic])).get(self.topic, 0)
-        consumer = KafkaConnection.of(self._settings).consumer(enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topic, p) for p in range(count)]
-            consumer.assign(tps)
-            await rewind(consumer, tps)
-            ends = await retrying(lambda: consumer.end_offsets(tps), what="reading cache ends")
-            for tp in tps:
-                async for record in read_until(consumer, tp, ends[tp]):
-                    self._take(record.key, record.value)
-        except BaseException:
-            await stop_consumer(consumer)
-            raise
+        consumer = await load_table(self._settings, self.topic, self._take)
         self._consumer = consumer
         self._follow = asyncio.create_task(self._follow_loop(), name=f"weir-cache-{self._step}")
         log.info("cache of step %s loaded: %d entries", self._step, len(self._entries))

@@ -35,16 +35,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter
 
 from weir.core.config import WeirSettings
-from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import ModelCall
 from weir.streams.context import AttemptScope, collect_calls, current_scope, stop_collecting
-from weir.topics._aiokafka import read_until, retrying, rewind, stop_consumer
-from weir.topics.admin import TopicAdmin
+from weir.topics._aiokafka import stop_consumer
+from weir.topics.table import load_table
 
 __all__ = ["CallJournal", "journaled", "journaled_call"]
 
@@ -68,21 +67,9 @@ class CallJournal:
 
     async def start(self) -> None:
         """Read every entry there is (before the worker takes any record)."""
-        async with TopicAdmin(self._settings) as admin:
-            count = (await admin.partitions([self.topic])).get(self.topic, 0)
-        consumer = KafkaConnection.of(self._settings).consumer(enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topic, p) for p in range(count)]
-            consumer.assign(tps)
-            await rewind(consumer, tps)
-            ends = await retrying(lambda: consumer.end_offsets(tps), what="reading journal ends")
-            for tp in tps:
-                async for record in read_until(consumer, tp, ends[tp]):
-                    self._take(record.value)
-        except BaseException:
-            await stop_consumer(consumer)
-            raise
+        consumer = await load_table(
+            self._settings, self.topic, lambda _key, value: self._take(value)
+        )
         self._consumer = consumer
         self._follow = asyncio.create_task(self._follow_loop(), name="weir-journal")
         log.info("model-call journal loaded: %d entries", len(self._entries))
