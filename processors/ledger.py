@@ -11,14 +11,17 @@ Why a topic of its own rather than the trace topic: trace events are written
 when a step attempt ends (too late to stop a long step from overspending) and
 do not carry the request's tenant field.
 
-Enforcement is by reservation: before a call, its worst-case cost (input
-estimate plus ``max_tokens`` of output, at the endpoint's price) is reserved.
-Calls run concurrently while their reservations fit under the limit; near the
-limit they wait for the calls in flight to settle their real spend, and the
-last one runs alone while the spend is still below the limit.  Once the spend
-reaches the limit, calls are over budget.  So in one worker the spend stops
-within one call's cost of the limit; several workers may overshoot further by
-the calls they start within the ledger's propagation delay (about a second).
+Enforcement is by reservation, group-wide: before a call, its worst-case cost
+(input estimate plus ``max_tokens`` of output, at the endpoint's price) is
+claimed by a claim event on the topic, which every worker decides the same way
+in the topic's order (``weir.processors._claims``).  Calls run concurrently
+while their claims fit under the limit; near the limit they wait for the calls
+in flight to settle their real spend, and the last one runs alone while the
+spend is still below the limit.  Once the spend reaches the limit, calls are
+over budget.  So the spend of all the pipeline's workers together stops within
+one call's cost of the limit.  The price: a budgeted call waits for its claim
+to come back from the topic (a produce and a read, milliseconds), and its cost
+is counted when its event has come back (``record`` returns then).
 
 Budget keys come from request fields, so their number is capped: past
 ``budget_max_keys`` the least recently used keys without a call in flight are
@@ -49,7 +52,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
+from weir.core.errors import BrokerError
 from weir.core.kafka import KafkaConnection
+from weir.processors._claims import Claim, ClaimBook, Verdict
 from weir.processors._spend_sketch import SpendSketch
 from weir.schemas.messages import now_ms
 from weir.streams._bounded import RecentSet
@@ -58,7 +63,7 @@ from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import COSTS_TOPIC, global_topic_specs
 
-__all__ = ["BudgetStatus", "CostLedger", "Window", "window_start"]
+__all__ = ["BudgetStatus", "Claim", "CostLedger", "Window", "window_start"]
 
 log = logging.getLogger("weir.models")
 
@@ -107,8 +112,12 @@ class CostLedger:
         self._settings = settings
         self._hours: collections.OrderedDict[str, dict[int, Decimal]] = collections.OrderedDict()
         """Per budget key, spend per hour; least recently used key first."""
-        self._reserved: dict[str, Decimal] = {}
+        self._claims = ClaimBook()
+        """Reservations held group-wide, decided in the topic's order."""
         self._own: set[str] = set()
+        """Own events counted before they came back (their send failed): skipped if they do."""
+        self._applied: dict[str, asyncio.Future[None]] = {}
+        """Own cost events waited for until they come back from the topic."""
         self._seen: RecentSet[str] = RecentSet(settings.cost_events_seen_max)
         """Recent event ids, so an event sent twice (a retried send) counts once."""
         self._evicted = SpendSketch()
@@ -201,6 +210,7 @@ class CostLedger:
             self._task = None
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        self._claims.fail_waiting(BrokerError("the cost ledger stopped before a claim came back"))
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
                 await stop_consumer(self._consumer)
@@ -226,19 +236,33 @@ class CostLedger:
                 try:
                     event = json.loads(record.value)
                     event_id = str(event["event_id"])
+                    kind = event.get("type", "cost")
+                    if kind == "claim":
+                        if self._seen.add(event_id):
+                            self._claims.decide(event, self.spent)
+                        continue
+                    key = str(event["key"])
+                    if kind == "release":
+                        if self._seen.add(event_id) and self._claims.release(key, event["claim"]):
+                            self._notify()
+                        continue
                     cost = Decimal(str(event["cost_usd"]))
                     at = int(event["ts"])
-                    key = str(event["key"])
                 except (KeyError, TypeError, ValueError, InvalidOperation, json.JSONDecodeError):
                     log.warning("cost ledger: skipping a malformed cost event at %s", record.offset)
                     continue
                 self.events_read += 1
                 if not self._seen.add(event_id):
                     continue
+                if self._claims.settle(key, event.get("claim"), cost):
+                    self._notify()
                 if event_id in self._own:
                     self._own.discard(event_id)  # counted when it was spent
                     continue
                 self._add(key, at, cost)
+                waiter = self._applied.pop(event_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
     # -- sums --------------------------------------------------------------------------
 
@@ -280,7 +304,7 @@ class CostLedger:
         for key in list(self._hours):
             if len(self._hours) <= limit:
                 break
-            if self._reserved.get(key):
+            if self._claims.holds(key):
                 continue
             for hour, cost in self._hours.pop(key).items():
                 self._evicted.add(key, hour, cost)
@@ -309,40 +333,75 @@ class CostLedger:
 
     def status(self, key: str, window: Window, limit: Decimal) -> BudgetStatus:
         return BudgetStatus(
-            key, limit, self.spent(key, window), self._reserved.get(key, Decimal(0))
+            key, limit, self.spent(key, window), self._claims.reserved(key, now_ms())
         )
 
     async def reserve(
         self, key: str, window: Window, limit: Decimal, amount: Decimal, *, wait_s: float = 60.0
-    ) -> bool:
-        """Reserve ``amount`` under ``limit``; ``False`` once the spend has reached it."""
+    ) -> Claim | None:
+        """Claim ``amount`` under ``limit`` for the group; ``None`` once the spend has reached it.
+
+        While other calls' claims leave no room but their actual spend may, it
+        waits (up to ``wait_s``) for them to settle, then claims again.
+        """
         deadline = time.monotonic() + wait_s
         while True:
-            spent = self.spent(key, window)
-            reserved = self._reserved.get(key, Decimal(0))
-            # Concurrent calls are admitted while their worst cases fit; the last one alone
-            # while the spend is below the limit, so the overshoot is at most one call.
-            fits = spent + reserved + amount <= limit
-            if fits or (reserved == 0 and spent < limit):
-                if amount:
-                    self._reserved[key] = reserved + amount
-                return True
-            if spent >= limit or time.monotonic() > deadline:
-                return False
+            if self.spent(key, window) >= limit:
+                return None
+            if not amount:
+                return Claim("", key, amount)
+            verdict = await self._claim(key, window, limit, amount)
+            if isinstance(verdict, Claim):
+                return verdict
+            if verdict == "spent" or time.monotonic() > deadline:
+                return None
             # Calls in flight hold the room; what they really spend decides.
             async with self._settled:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                         await self._settled.wait()
 
-    def unreserve(self, key: str, amount: Decimal) -> None:
-        if amount:
-            left = max(Decimal(0), self._reserved.get(key, Decimal(0)) - amount)
-            if left:
-                self._reserved[key] = left
-            else:  # no entry per key that was ever used: they come from request fields
-                self._reserved.pop(key, None)
-        self._notify()
+    async def _claim(
+        self, key: str, window: Window, limit: Decimal, amount: Decimal
+    ) -> Claim | Verdict:
+        """Put a claim on the topic and wait for it to come back decided."""
+        claim_id = uuid.uuid4().hex
+        event = {
+            "type": "claim",
+            "event_id": claim_id,
+            "key": key,
+            "amount_usd": str(amount),
+            "limit_usd": str(limit),
+            "window": window,
+            "ts": now_ms(),
+        }
+        verdict = self._claims.expect(claim_id)
+        try:
+            if not await self._send(key, event):
+                raise BrokerError(f"cost ledger: cannot put a budget claim of {key} on the topic")
+            async with asyncio.timeout(self.send_patience_s):
+                decided = await verdict
+        except TimeoutError:
+            raise BrokerError(
+                f"cost ledger: a budget claim of {key} did not come back from {COSTS_TOPIC}"
+            ) from None
+        finally:
+            self._claims.forget(claim_id)
+        return Claim(claim_id, key, amount) if decided == "granted" else decided
+
+    def release(self, claim: Claim, left: Decimal) -> None:
+        """Free what ``claim`` still holds (``left``), for every worker; sent in the background."""
+        if not claim.id or left <= 0:
+            return
+        # Freed here at once; the event frees it in the other workers (and is a no-op here).
+        if self._claims.release(claim.key, claim.id):
+            self._notify()
+        event: dict[str, Any] = {"type": "release", "event_id": uuid.uuid4().hex}
+        event |= {"key": claim.key, "claim": claim.id, "ts": now_ms()}
+        with contextlib.suppress(RuntimeError):  # no running loop: the claim expires instead
+            task = asyncio.get_running_loop().create_task(self._send(claim.key, event))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     def _notify(self) -> None:
         async def wake() -> None:
@@ -354,18 +413,16 @@ class CostLedger:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def record(self, key: str, cost: Decimal, *, reserved_part: Decimal = Decimal(0)) -> None:
-        """Count ``cost`` now, then put its event on the topic and wait for the broker's ack.
+    async def record(self, key: str, cost: Decimal, *, claim: str | None = None) -> None:
+        """Put ``cost`` on the topic and return once it is counted (read back from the topic).
 
-        Broker errors are retried with back-off (as the worker's outbox does) for
-        up to ``send_patience_s``; the caller's cancellation (a step timeout, a
-        worker draining) ends the wait, and so does the ledger stopping.  An
-        event that is not written is logged: this worker still counts it, but
-        other workers and a restarted one do not see it.
+        ``claim``: the claim it uses up.  Broker errors are retried with back-off
+        (as the worker's outbox does) for up to ``send_patience_s``; the caller's
+        cancellation (a step timeout, a worker draining) ends the wait, and so does
+        the ledger stopping.  An event that is not written is logged and counted
+        here only: other workers and a restarted one do not see it.
         """
         at = now_ms()
-        self.unreserve(key, reserved_part)
-        self._add(key, at, cost)
         event_id = uuid.uuid4().hex
         scope = current_scope()
         event = {
@@ -373,31 +430,48 @@ class CostLedger:
             "key": key,
             "cost_usd": str(cost),
             "ts": at,
+            "claim": claim,
             "pipeline": scope.context.pipeline if scope else None,
             "request_id": scope.context.request_id if scope else None,
             "step": scope.context.step if scope else None,
         }
+        applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied[event_id] = applied
+        try:
+            if await self._send(key, event):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.send_patience_s):
+                        await asyncio.shield(applied)
+                        return
+        finally:
+            self._applied.pop(event_id, None)
+        if not applied.done():
+            # Not back from the topic: count it here now (and not again if it comes back).
+            self._own.add(event_id)
+            self._add(key, at, cost)
+            if claim is not None and self._claims.settle(key, claim, cost):
+                self._notify()
+
+    async def _send(self, key: str, event: dict[str, Any]) -> bool:
+        """Send ``event``; whether the broker acknowledged it (retried for ``send_patience_s``)."""
         value = json.dumps(event).encode()
-        self._own.add(event_id)
         deadline = time.monotonic() + self.send_patience_s
         backoff = 0.2
         while True:
             producer = self._producer
             if producer is None:
                 log.warning("cost ledger is not running; spend of %s counted locally only", key)
-                self._own.discard(event_id)  # it will not come back from the topic
-                return
+                return False
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                     await producer.send_and_wait(COSTS_TOPIC, value, key.encode())
-                return
+                return True
             except (KafkaError, TimeoutError) as exc:
                 if time.monotonic() + backoff > deadline:
-                    # It may still arrive (so its id stays among ours, to count it once).
-                    log.error("cost ledger: a cost event of %s was not written: %s", key, exc)
-                    return
+                    log.error("cost ledger: an event of %s was not written: %s", key, exc)
+                    return False
                 log.warning(
-                    "cost ledger: the broker did not take a cost event (%s); again in %.1fs",
+                    "cost ledger: the broker did not take an event (%s); again in %.1fs",
                     exc,
                     backoff,
                 )

@@ -17,6 +17,7 @@ __all__ = [
     "ANSWER",
     "COSTS_TOPIC",
     "INGRESS",
+    "PAUSES_TOPIC",
     "ROUTES_HISTORY_TOPIC",
     "ROUTES_TOPIC",
     "TRACES_TOPIC",
@@ -40,6 +41,8 @@ ROUTES_HISTORY_TOPIC = "weir.routes.history"
 """Every rule set ever applied, in order (key: router name; kept forever)."""
 COSTS_TOPIC = "weir.costs"
 """Spend of budgeted model calls (key: budget key); the budget ledger sums it."""
+PAUSES_TOPIC = "weir.pauses"
+"""An endpoint's ``Retry-After`` pauses, so every worker of a group waits (key: group)."""
 COSTS_RETENTION_MS = 35 * 24 * 3600 * 1000
 """At least a month plus slack, so a monthly budget can be summed from the topic."""
 
@@ -253,9 +256,12 @@ def global_topic_specs(settings: WeirSettings) -> list[TopicSpec]:
     # Rule sets are few and small: one partition keeps every change in one order.
     routes = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
     history = {"cleanup.policy": "delete", "retention.ms": "-1"}
+    # A pause matters for minutes at most (Retry-After is capped at 10 minutes).
+    pauses = {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}
     return [
         TopicSpec(settings.trace_topic, settings.partitions, rf, events, keyed=False),
         TopicSpec(COSTS_TOPIC, settings.partitions, rf, costs, keyed=False),
         TopicSpec(ROUTES_TOPIC, 1, rf, routes, keyed=False),
         TopicSpec(ROUTES_HISTORY_TOPIC, 1, rf, history, keyed=False),
+        TopicSpec(PAUSES_TOPIC, 1, rf, pauses, keyed=False),
     ]

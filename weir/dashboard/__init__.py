@@ -3,8 +3,9 @@
 Pages: ``/dashboard`` (latency percentiles over time per step, failures by
 error type, cost by model and pipeline, the slowest requests) and
 ``/dashboard/requests/<id>`` (one request's timeline), ``/dashboard/replays/<id>``
-(a step replay against the live step, as ``weir compare``).  JSON: ``/api/replays/<id>``,
-``/api/traces/requests/<id>``, ``/api/traces/stats``, ``/api/traces/latency``,
+(a step replay against the live step, as ``weir compare``), ``/dashboard/lag`` (the
+pipeline's lag per step and partition, group-wide, as ``weir lag``).  JSON: ``/api/replays/<id>``,
+``/api/lag``, ``/api/traces/requests/<id>``, ``/api/traces/stats``, ``/api/traces/latency``,
 ``/api/traces/slowest`` (``weir trace``/``weir stats`` use them while a
 ``weir sink`` holds the embedded store), and on the sink ``POST /api/traces/sql``
 (``weir sql``).  Charts are SVG drawn on the server.
@@ -22,6 +23,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from weir.core.config import WeirSettings
+from weir.dashboard._lag import PIPELINE, api_lag, lag_page
 from weir.dashboard._replays import api_replay, replay_page
 from weir.dashboard._views import (
     QUERIES,
@@ -41,14 +43,21 @@ __all__ = ["QUERIES", "QueriesProvider", "add_routes", "store_errors"]
 
 
 def add_routes(
-    app: web.Application, settings: WeirSettings, queries: QueriesProvider | None = None
+    app: web.Application,
+    settings: WeirSettings,
+    queries: QueriesProvider | None = None,
+    *,
+    pipeline: str | None = None,
 ) -> None:
     """Add the dashboard and trace API to ``app``.
 
     ``queries`` gives the store when this process holds it (the sink); without
     it each request opens the store named by ``settings`` (or asks the sink).
+    ``pipeline``: the worker's, whose lag ``/dashboard/lag`` shows by default.
     """
     app[SETTINGS] = settings
+    if pipeline is not None:
+        app[PIPELINE] = pipeline
     if queries is not None:
         app[QUERIES] = queries
         # Only the process holding the store answers SQL (``weir sql`` asks the sink).
@@ -61,3 +70,5 @@ def add_routes(
     app.router.add_get("/api/traces/slowest", api_slowest)
     app.router.add_get("/dashboard/replays/{replay_id}", replay_page)
     app.router.add_get("/api/replays/{replay_id}", api_replay)
+    app.router.add_get("/dashboard/lag", lag_page)
+    app.router.add_get("/api/lag", api_lag)

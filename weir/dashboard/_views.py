@@ -183,7 +183,8 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     text = (
         f"<!doctype html><html><head><meta charset=utf-8><title>weir: {html.escape(title)}"
         f"</title><style>{_STYLE}</style></head><body>"
-        f'<nav><a href="/dashboard">dashboard</a></nav>{body}</body></html>'
+        '<nav><a href="/dashboard">dashboard</a><a href="/dashboard/lag">lag</a></nav>'
+        f"{body}</body></html>"
     )
     return web.Response(text=text, status=status, content_type="text/html")
 
