@@ -132,6 +132,8 @@ class CostLedger:
         self._starting: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._settled = asyncio.Condition()
+        self._settlements = 0
+        """Claims settled or released so far: a waiter sees any that came after it looked."""
         self.events_read = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -231,6 +233,8 @@ class CostLedger:
                 await asyncio.sleep(1.0)
 
     def _apply_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        if any(batch.values()):
+            self._notify()  # spend or claims changed: waiting claims look again
         for records in batch.values():
             for record in records:
                 try:
@@ -243,8 +247,8 @@ class CostLedger:
                         continue
                     key = str(event["key"])
                     if kind == "release":
-                        if self._seen.add(event_id) and self._claims.release(key, event["claim"]):
-                            self._notify()
+                        if self._seen.add(event_id):
+                            self._claims.release(key, str(event["claim"]))
                         continue
                     cost = Decimal(str(event["cost_usd"]))
                     at = int(event["ts"])
@@ -254,8 +258,7 @@ class CostLedger:
                 self.events_read += 1
                 if not self._seen.add(event_id):
                     continue
-                if self._claims.settle(key, event.get("claim"), cost):
-                    self._notify()
+                self._claims.settle(key, event.get("claim"), cost)
                 if event_id in self._own:
                     self._own.discard(event_id)  # counted when it was spent
                     continue
@@ -350,6 +353,7 @@ class CostLedger:
                 return None
             if not amount:
                 return Claim("", key, amount)
+            seen = self._settlements
             verdict = await self._claim(key, window, limit, amount)
             if isinstance(verdict, Claim):
                 return verdict
@@ -359,7 +363,7 @@ class CostLedger:
             async with self._settled:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        await self._settled.wait()
+                        await self._settled.wait_for(lambda: self._settlements != seen)
 
     async def _claim(
         self, key: str, window: Window, limit: Decimal, amount: Decimal
@@ -393,9 +397,8 @@ class CostLedger:
         """Free what ``claim`` still holds (``left``), for every worker; sent in the background."""
         if not claim.id or left <= 0:
             return
-        # Freed here at once; the event frees it in the other workers (and is a no-op here).
-        if self._claims.release(claim.key, claim.id):
-            self._notify()
+        # Freed when the event comes back, here as in every worker: claims are decided the
+        # same way everywhere only if every worker frees it at the same place in the log.
         event: dict[str, Any] = {"type": "release", "event_id": uuid.uuid4().hex}
         event |= {"key": claim.key, "claim": claim.id, "ts": now_ms()}
         with contextlib.suppress(RuntimeError):  # no running loop: the claim expires instead
@@ -404,6 +407,8 @@ class CostLedger:
             task.add_done_callback(self._pending.discard)
 
     def _notify(self) -> None:
+        self._settlements += 1
+
         async def wake() -> None:
             async with self._settled:
                 self._settled.notify_all()

@@ -9,6 +9,8 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from aiokafka.errors import GroupCoordinatorNotAvailableError
+
 from tests.conftest import worker_env
 from weir.core.config import WeirSettings
 from weir.topics.admin import TopicAdmin
@@ -40,10 +42,10 @@ async def group_workers(
         group = PipelineTopics(pipeline).consumer_group
         async with TopicAdmin(kafka) as admin:
             for _ in range(600):
-                if await admin.group_members(group) == count:
+                if await _stable_members(admin, group) == count:
                     break
                 await asyncio.sleep(0.2)
-            assert await admin.group_members(group) == count
+            assert await _stable_members(admin, group) == count
         yield workers
     finally:
         for worker in workers:
@@ -57,3 +59,20 @@ async def group_workers(
                 await worker.wait()
         for f in files:
             f.close()
+
+
+async def _stable_members(admin: TopicAdmin, group: str) -> int:
+    """Members of ``group`` once its partitions are handed out (0 while it rebalances).
+
+    A member counts as soon as it asks to join; work submitted before the group is
+    stable may all go to the first member until the rebalance ends.
+    """
+    try:
+        responses = await admin._admin.describe_consumer_groups([group])
+    except GroupCoordinatorNotAvailableError:  # no member has joined it yet
+        return 0
+    for response in responses:
+        for described in response.groups:
+            if described[1] == group and not described[0] and described[2] == "Stable":
+                return len(described[5])
+    return 0

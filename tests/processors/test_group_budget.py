@@ -40,7 +40,9 @@ async def test_two_worker_processes_stop_within_one_request_of_a_one_dollar_budg
     served = [r for r in results.values() if r.status == "SUCCESS"]
     failed = [r for r in results.values() if r.status == "FAILURE"]
     assert len(results) == REQUESTS
-    assert {r.error_type for r in failed} == {"budget_exceeded"}
+    assert {r.error_type for r in failed} == {"budget_exceeded"}, {
+        (r.error_type, r.error_message) for r in failed
+    }
     costs = {c.cost_usd for r in served for c in r.model_calls() if c.status == "SUCCESS"}
     [one_request] = costs
     # Spend counted at the endpoint: every chat call it answered, at the one price.
