@@ -39,6 +39,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -363,7 +364,7 @@ class CostLedger:
             async with self._settled:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        await self._settled.wait_for(lambda: self._settlements != seen)
+                        await self._settled.wait_for(functools.partial(self._changed_since, seen))
 
     async def _claim(
         self, key: str, window: Window, limit: Decimal, amount: Decimal
@@ -405,6 +406,9 @@ class CostLedger:
             task = asyncio.get_running_loop().create_task(self._send(claim.key, event))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+
+    def _changed_since(self, seen: int) -> bool:
+        return self._settlements != seen
 
     def _notify(self) -> None:
         self._settlements += 1
