@@ -464,12 +464,7 @@ class ModelEndpoint:
         deadline = time.monotonic() + self.queue_timeout_s
         what = f"endpoint {self.name!r}"
         await self._take_group_share()
-        while (paused := max(self._paused_until - time.monotonic(), group_pause_s(self.name))) > 0:
-            if time.monotonic() + paused > deadline:
-                raise RateLimitedError(
-                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
-                )
-            await asyncio.sleep(paused)
+        await self._wait_out_pause(deadline, what)
         if self._requests is not None:
             await self._requests.take(1, deadline=deadline, what=what)
         if self._tokens is not None:
@@ -484,6 +479,12 @@ class ModelEndpoint:
                     f"{what}: all {self._concurrency} call slots stayed busy for"
                     f" {self.queue_timeout_s:g}s"
                 ) from None
+            try:
+                # A pause may have begun while this call waited for its slot.
+                await self._wait_out_pause(deadline, what)
+            except BaseException:
+                slots.release()
+                raise
         self.in_flight += 1
         try:
             yield
@@ -491,6 +492,15 @@ class ModelEndpoint:
             self.in_flight -= 1
             if slots is not None:
                 slots.release()
+
+    async def _wait_out_pause(self, deadline: float, what: str) -> None:
+        """Wait while a ``Retry-After`` of this process or of the group holds the endpoint."""
+        while (paused := max(self._paused_until - time.monotonic(), group_pause_s(self.name))) > 0:
+            if time.monotonic() + paused > deadline:
+                raise RateLimitedError(
+                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
+                )
+            await asyncio.sleep(paused)
 
     async def _take_group_share(self) -> None:
         """Inside a worker, per-minute limits are the group's: keep 1/members of them."""

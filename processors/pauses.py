@@ -90,6 +90,12 @@ class GroupPauses:
         """
         until = time.time() + wait_s
         self._note(group, endpoint, until)
+        log.info(
+            "endpoint %s asked to wait %.1fs (Retry-After): pausing it for %s",
+            endpoint,
+            wait_s,
+            group,
+        )
         value = json.dumps({"group": group, "endpoint": endpoint, "until": until}).encode()
         task = asyncio.create_task(self._send(group, value), name="weir-pause-send")
         self._sending.add(task)
@@ -157,6 +163,7 @@ class GroupPauses:
                     await stop_consumer(consumer)
         self._producer, self._consumer = producer, consumer
         self._task = asyncio.create_task(self._follow(), name="weir-pauses")
+        log.info("following other workers' endpoint pauses (Retry-After) on %s", PAUSES_TOPIC)
 
     async def _follow(self) -> None:
         consumer = self._consumer

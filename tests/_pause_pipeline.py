@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 
-from weir.processors import ModelEndpoint, OpenAICompatible
+from weir.processors import Limits, ModelEndpoint, OpenAICompatible
 from weir.streams import Pipeline
 
 _endpoint = ModelEndpoint(
     "paused",
     provider=OpenAICompatible(os.environ.get("WEIR_TEST_MODEL_URL", "http://127.0.0.1:1/v1")),
+    limits=Limits(max_concurrency=2),
     queue_timeout_s=600,
     timeout_s=600,
 )

@@ -16,6 +16,7 @@ from weir.streams import WeirClient
 pytestmark = pytest.mark.kafka
 
 RETRY_AFTER_S = 3.0
+FOLLOWING = "following other workers' endpoint pauses"
 PROPAGATION_S = 0.7
 """Calls already admitted when the 429 came, and the pause's trip through the topic."""
 
@@ -84,7 +85,7 @@ async def test_a_429_with_retry_after_pauses_the_endpoint_in_every_worker_of_the
             ),
             WeirClient(kafka) as client,
         ):
-            await client.submit_many(pipeline_name, [{"text": f"t{i}"} for i in range(3000)])
+            await client.submit_many(pipeline_name, [{"text": f"t{i}"} for i in range(4000)])
             # Both workers call the endpoint (each follows the group's pauses from its
             # first call) before the one 429 is answered.
             for _ in range(600):
@@ -92,7 +93,14 @@ async def test_a_429_with_retry_after_pauses_the_endpoint_in_every_worker_of_the
                     break
                 await asyncio.sleep(0.1)
             assert len(server.pids(since=time.monotonic() - 1)) == 2, server.calls[-5:]
-            await asyncio.sleep(2)
+            # ...and both follow the group's pauses (they start to at their first call).
+            logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+            for _ in range(600):
+                if all(FOLLOWING in log.read_text() for log in logs):
+                    break
+                await asyncio.sleep(0.1)
+            assert all(FOLLOWING in log.read_text() for log in logs)
+            await asyncio.sleep(1)
             server.armed = True
             for _ in range(100):
                 if server.throttled is not None:
