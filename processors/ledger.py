@@ -26,7 +26,7 @@ is counted when its event has come back (``record`` returns then).
 Budget keys come from request fields, so their number is capped: past
 ``budget_max_keys`` the least recently used keys without a call in flight are
 evicted, and their spend moves into a fixed-size sketch that can only
-over-estimate it (``weir.processors._spend_sketch``).  An evicted key that comes back
+over-estimate it (``weir.processors._spend_table``).  An evicted key that comes back
 is counted at least what it spent: it may be refused slightly early, it is
 never allowed past its limit.  Event ids remembered to count a re-sent event
 once are capped too (``cost_events_seen_max``, oldest forgotten first): a
@@ -36,9 +36,7 @@ re-send arrives within seconds, far inside that many events.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -47,7 +45,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -56,7 +54,7 @@ from weir.core.config import WeirSettings
 from weir.core.errors import BrokerError
 from weir.core.kafka import KafkaConnection
 from weir.processors._claims import Claim, ClaimBook, Verdict
-from weir.processors._spend_sketch import SpendSketch
+from weir.processors._spend_table import SpendTable, Window, window_start
 from weir.schemas.messages import now_ms
 from weir.streams._bounded import RecentSet
 from weir.streams.context import current_scope
@@ -67,21 +65,6 @@ from weir.topics.names import COSTS_TOPIC, global_topic_specs
 __all__ = ["BudgetStatus", "Claim", "CostLedger", "Window", "window_start"]
 
 log = logging.getLogger("weir.models")
-
-Window = Literal["hour", "day", "month"]
-_HOUR_MS = 3600 * 1000
-
-
-def window_start(window: Window, at_ms: int) -> int:
-    """Epoch ms where the UTC calendar ``window`` containing ``at_ms`` starts."""
-    if window == "hour":
-        return at_ms - at_ms % _HOUR_MS
-    moment = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC)
-    if window == "day":
-        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return int(start.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -111,8 +94,8 @@ class CostLedger:
 
     def __init__(self, settings: WeirSettings) -> None:
         self._settings = settings
-        self._hours: collections.OrderedDict[str, dict[int, Decimal]] = collections.OrderedDict()
-        """Per budget key, spend per hour; least recently used key first."""
+        self._table = SpendTable(settings.budget_max_keys)
+        """Spend per budget key and hour, in the topic's order."""
         self._claims = ClaimBook()
         """Reservations held group-wide, decided in the topic's order."""
         self._own: set[str] = set()
@@ -121,12 +104,6 @@ class CostLedger:
         """Own cost events waited for until they come back from the topic."""
         self._seen: RecentSet[str] = RecentSet(settings.cost_events_seen_max)
         """Recent event ids, so an event sent twice (a retried send) counts once."""
-        self._evicted = SpendSketch()
-        """Spend of the keys evicted from ``_hours`` (an over-estimate; see ``_spend_sketch``)."""
-        self._approximate: set[str] = set()
-        """Keys in ``_hours`` made after evictions began: they may have spend in the sketch."""
-        self.evicted_keys = 0
-        """Budget keys moved out of memory since start (``budget_max_keys``)."""
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -271,20 +248,7 @@ class CostLedger:
     # -- sums --------------------------------------------------------------------------
 
     def _add(self, key: str, at_ms: int, cost: Decimal) -> None:
-        hours = self._hours.get(key)
-        if hours is None:
-            hours = self._hours[key] = {}
-            if self._evicted:
-                self._approximate.add(key)
-            self._evict()
-        else:
-            self._hours.move_to_end(key)
-        hour = window_start("hour", at_ms)
-        hours[hour] = hours.get(hour, Decimal(0)) + cost
-        # Keep about two months of hours per key.
-        if len(hours) > 1600:
-            for old in sorted(hours)[: len(hours) - 1600]:
-                del hours[old]
+        self._table.add(key, at_ms, cost, keep=self._claims.holds)
 
     @property
     def event_ids_remembered(self) -> int:
@@ -294,46 +258,16 @@ class CostLedger:
     @property
     def keys_in_memory(self) -> int:
         """Budget keys whose spend is held exactly (at most ``budget_max_keys``)."""
-        return len(self._hours)
+        return self._table.keys_in_memory
 
-    def _evict(self) -> None:
-        """Move least recently used keys past ``budget_max_keys`` into the sketch.
-
-        Keys with a reservation (a call in flight) stay: their spend is about to change,
-        so the table may exceed the cap by the number of keys with calls in flight.
-        """
-        limit = self._settings.budget_max_keys
-        if len(self._hours) <= limit:
-            return
-        for key in list(self._hours):
-            if len(self._hours) <= limit:
-                break
-            if self._claims.holds(key):
-                continue
-            for hour, cost in self._hours.pop(key).items():
-                self._evicted.add(key, hour, cost)
-            self._approximate.discard(key)
-            self.evicted_keys += 1
-            if self.evicted_keys == 1 or self.evicted_keys % 10_000 == 0:
-                log.warning(
-                    "cost ledger: more than %d budget keys (budget_max_keys); %d evicted so far,"
-                    " their spend kept as an over-estimate",
-                    limit,
-                    self.evicted_keys,
-                )
-        self._evicted.forget_before(window_start("month", now_ms()))
+    @property
+    def evicted_keys(self) -> int:
+        """Budget keys moved out of memory since start (``budget_max_keys``)."""
+        return self._table.evicted_keys
 
     def spent(self, key: str, window: Window, at_ms: int | None = None) -> Decimal:
         """What ``key`` spent in the current ``window``: exact, or at least that once evicted."""
-        at = now_ms() if at_ms is None else at_ms
-        start = window_start(window, at)
-        hours = self._hours.get(key)
-        exact = sum((v for h, v in (hours or {}).items() if h >= start), Decimal(0))
-        if hours is not None:
-            self._hours.move_to_end(key)
-        if self._evicted and (hours is None or key in self._approximate):
-            return exact + self._evicted.estimate(key, since_ms=start)
-        return exact
+        return self._table.spent(key, window, now_ms() if at_ms is None else at_ms)
 
     def status(self, key: str, window: Window, limit: Decimal) -> BudgetStatus:
         return BudgetStatus(
