@@ -60,6 +60,7 @@ DOCTEST_MODULES = [
     "weir.processors.budget",
     "weir.processors.batcher",
     "weir.processors._spend_sketch",
+    "weir.processors._spend_table",
     "weir.streams._bounded",
     "weir.streams.threads",
     "weir.schemas.trace_batch",

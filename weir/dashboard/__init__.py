@@ -14,8 +14,8 @@ pipeline's lag per step and partition, group-wide, as ``weir lag``).  JSON: ``/a
 >>> from weir.core.config import WeirSettings
 >>> app = web.Application(middlewares=[store_errors])
 >>> add_routes(app, WeirSettings())
->>> sorted({r.resource.canonical for r in app.router.routes()})[:2]
-['/api/replays/{replay_id}', '/api/traces/latency']
+>>> sorted({r.resource.canonical for r in app.router.routes()})[:3]
+['/api/lag', '/api/replays/{replay_id}', '/api/traces/latency']
 """
 
 from __future__ import annotations
