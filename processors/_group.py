@@ -39,8 +39,8 @@ def group_pause_s(endpoint: str) -> float:
     Also starts following the group's pauses, so this worker hears of the next one.
     """
     group, services = group_now(), services_in_use()
-    if group is None or services is None:
-        return 0.0
+    if group is None or services is None or services.stopped:
+        return 0.0  # (stopped services: nothing would stop a follower started now)
     pauses = services.pauses()
     pauses.follow_soon()
     return max(0.0, pauses.until(group, endpoint) - time.time())
@@ -49,14 +49,14 @@ def group_pause_s(endpoint: str) -> float:
 def tell_group_of_pause(endpoint: str, wait_s: float) -> None:
     """Pause ``endpoint`` for ``wait_s`` in every worker of the calling group."""
     group, services = group_now(), services_in_use()
-    if group is not None and services is not None:
+    if group is not None and services is not None and not services.stopped:
         services.pauses().announce(group, endpoint, wait_s)
 
 
 def step_lag_now(scope: AttemptScope) -> int:
     """The group's lag for the scope's step as last read; this worker's own before that."""
     services = services_in_use()
-    if services is not None:
+    if services is not None and not services.stopped:
         ctx = scope.context
         known = services.group_lag().step_lag(ctx.pipeline, ctx.step)
         if known is not None:
