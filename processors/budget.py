@@ -134,7 +134,9 @@ class Reservation:
     async def spend(self, cost: Decimal) -> None:
         """Count ``cost`` (against the claim) and return once it is counted (see ``record``)."""
         self.spent += cost
-        await self.ledger.record(self.key, cost, claim=self.claim.id if self.claim else None)
+        await self.ledger.record(
+            self.key, cost, claim=self.claim.id or None if self.claim else None
+        )
 
     def release(self) -> None:
         if not self._released:

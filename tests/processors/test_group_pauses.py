@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -11,7 +12,10 @@ from aiohttp import web
 
 from tests._group_workers import group_workers
 from tests._model_servers import vector
+from weir.core.kafka import KafkaConnection
+from weir.processors.pauses import GroupPauses
 from weir.streams import WeirClient
+from weir.topics.names import PAUSES_TOPIC
 
 pytestmark = pytest.mark.kafka
 
@@ -123,3 +127,26 @@ async def test_a_429_with_retry_after_pauses_the_endpoint_in_every_worker_of_the
         assert after, "the other worker calls again once the pause is over"
     finally:
         await server.stop()
+
+
+async def test_a_malformed_pause_is_skipped_and_a_far_one_is_capped_at_ten_minutes(kafka):
+    pauses = GroupPauses(kafka)
+    await pauses.start()
+    producer = KafkaConnection.of(kafka).producer()
+    await producer.start()
+    try:
+        far = json.dumps({"group": "g", "endpoint": "far", "until": time.time() + 86400})
+        near = json.dumps({"group": "g", "endpoint": "near", "until": time.time() + 5})
+        for value in (b"not json", b'{"group": "g"}', far.encode(), near.encode()):
+            await producer.send_and_wait(PAUSES_TOPIC, value, b"g")
+        for _ in range(100):
+            if pauses.until("g", "near"):
+                break
+            await asyncio.sleep(0.1)
+        assert 0 < pauses.until("g", "near") - time.time() <= 5
+        assert pauses.until("g", "far") - time.time() <= 600
+        assert pauses.pauses_read == 2
+        assert pauses.until("other-group", "near") == 0.0
+    finally:
+        await producer.stop()
+        await pauses.aclose()
