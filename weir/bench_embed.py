@@ -138,7 +138,14 @@ async def _worker_child(
     name: str, bootstrap: str, url: str, mode: str, cfg: EmbedBenchConfig
 ) -> None:
     from weir.core.config import load_settings
-    from weir.processors import EmbeddingBatcher, Limits, ModelEndpoint, OpenAICompatible, Price
+    from weir.processors import (
+        EmbeddingBatcher,
+        Limits,
+        ModelEndpoint,
+        ModelServices,
+        OpenAICompatible,
+        Price,
+    )
     from weir.streams.pipeline import Pipeline
     from weir.streams.worker import Worker
 
@@ -171,7 +178,7 @@ async def _worker_child(
             answers = await asyncio.gather(*(endpoint.embed([t]) for t in texts))
             return [a.vectors[0] for a in answers]
 
-    worker = Worker(p, settings)
+    worker = Worker(p, settings, services=ModelServices(settings))
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)
     await worker.start()
     print(_READY, flush=True)
@@ -332,6 +339,12 @@ def run_embed_bench(
                     bootstrap, url, "batched", cfg, cfg.texts, progress
                 )
                 calls = await _stats(url)
+                if calls["items"] < cfg.texts:
+                    # Failed results count as arrivals too: a figure without the calls is void.
+                    raise RuntimeError(
+                        f"the endpoint embedded {calls['items']} of {cfg.texts} texts: the"
+                        " worker's calls failed (run with WEIR_BENCH_DEBUG=1 to see its log)"
+                    )
                 status(f"per item: {cfg.per_item_texts} texts through a worker")
                 _, single, _, _, _ = await _pipeline_run(
                     bootstrap, url, "per-item", cfg, cfg.per_item_texts, progress
