@@ -7,7 +7,9 @@ import re
 
 import httpx
 import pytest
+from playwright.async_api import async_playwright
 
+from tests.weir.test_dashboard import ARTIFACTS, CHROMIUM, FLAGS, HAVE_CHROMIUM
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.topics.lag import group_members, lag_report, pipeline_lag
 from weir.web import WebServer
@@ -57,6 +59,26 @@ async def test_the_worker_dashboard_shows_lag_per_step_and_partition_as_weir_lag
             r["partition"]: r["lag"] for r in shown["partitions"] if r["step"] == "requests"
         }
         assert {int(p): int(lag.replace(",", "")) for p, lag in cells} == by_partition
+        # In a browser, as the dashboard's other pages are checked: the same rows.
+        assert HAVE_CHROMIUM, "Debian's chromium is needed: run `make deps`"
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                tab = await browser.new_page()
+                await tab.goto(f"{web.url}/dashboard/lag")
+                rows = tab.locator("#partitions tr")
+                shown_rows = [
+                    [c.strip() for c in (await rows.nth(i).inner_text()).split("\t")]
+                    for i in range(1, await rows.count())
+                ]
+                ARTIFACTS.mkdir(exist_ok=True)
+                await tab.screenshot(path=str(ARTIFACTS / "dashboard-lag.png"), full_page=True)
+            finally:
+                await browser.close()
+        assert len(shown_rows) == len(shown["partitions"])
+        assert {(r[0], int(r[2]), int(r[5].replace(",", ""))) for r in shown_rows} == {
+            (r["step"], r["partition"], r["lag"]) for r in shown["partitions"]
+        }
         # Another pipeline by name; one without topics is a clear 404.
         missing = await http.get("/api/lag", params={"pipeline": "no-such-pipeline-here"})
         assert missing.status_code == 404
