@@ -58,7 +58,7 @@ def step_lag_now(scope: AttemptScope) -> int:
     services = services_in_use()
     if services is not None and not services.stopped:
         ctx = scope.context
-        known = services.group_lag().step_lag(ctx.pipeline, ctx.step)
+        known = services.group_lag().step_lag(ctx.pipeline, ctx.step, scope.lag)
         if known is not None:
             return known
     return scope.lag()
