@@ -120,11 +120,15 @@ class StepRunner:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
 
-    async def prepare(self, record: Record) -> Outcome:
-        """Run the record's attempt (if it completes one); return what it must write."""
+    async def prepare(self, record: Record, decoded: Envelope | None = None) -> Outcome:
+        """Run the record's attempt (if it completes one); return what it must write.
+
+        ``decoded``: the record's envelope, when the caller has it as an object already
+        (the ingress, for a root step run on the request's record).
+        """
         rt = self._rt
         try:
-            env = Envelope.decode(record.value)
+            env = decoded if decoded is not None else Envelope.decode(record.value)
             if env.pipeline != rt.pipeline.name or env.step != self.name:
                 raise SchemaInvalidError(
                     f"envelope for {env.pipeline}/{env.step} arrived on {record.topic}"

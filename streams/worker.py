@@ -184,8 +184,10 @@ class Worker:
             for topic in retries:
                 self._routes[topic] = Route(name, runner.handle, delayed=True, prepare=prepare)
         if ingress is not None:
-            prepare = ingress.prepare if ingress.batchable else None
-            self._routes[self.topics.requests] = Route(INGRESS, ingress.handle, prepare=prepare)
+            requests = Route(
+                INGRESS, ingress.handle, prepare=ingress.prepare if ingress.batchable else None
+            )
+            self._routes[self.topics.requests] = requests
         if only is None or ANSWER in only or any(s in p.final_steps for s in steps):
             held = self._partitions.assigned
             self.answers = AnswerStage(

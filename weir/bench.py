@@ -64,6 +64,10 @@ class BenchConfig:
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     """More weir runs, by name: environment overrides (``WEIR_GC_GEN0_THRESHOLD=0``...);
     ``WEIR_BENCH_TREE=<dir>`` runs that worker from another checkout (a baseline)."""
+    slow_model_s: float = 0.0
+    """Also run weir with one async step awaiting this long (a slow model): ``weir-slow``,
+    a burst of ``slow_burst`` requests."""
+    slow_burst: int = 10_000
     profile: str | None = None
     """Sample the (first) weir worker during each burst; write ``<profile>-r<round>.txt``."""
     timeout_s: float = 300.0
@@ -87,6 +91,8 @@ class RunFigures:
     probe_p99_ms: float
     peak_rss_mb: float
     processes: int = 1
+    warm_rss_mb: float = 0.0
+    """Resident set after the warm-up, before the burst (the burst's cost is the peak minus it)."""
 
 
 @dataclass
@@ -127,13 +133,16 @@ async def _run_one(
     else:
         name = f"bench-{tag}"
         tracing = system != "weir-notrace"
+        slow = ["--slow", str(cfg.slow_model_s)] if system == "weir-slow" else []
         count = 2 if system == "weir-2w" else 1
         t = PipelineTopics(name)
         source, results = t.requests, t.results
         flags = [] if tracing else ["--no-tracing"]
         profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
         extra = cfg.variants.get(system)
-        procs.append(await spawn("weir", name, bootstrap, *flags, *profiled, env_extra=extra))
+        procs.append(
+            await spawn("weir", name, bootstrap, *flags, *slow, *profiled, env_extra=extra)
+        )
         for _ in range(count - 1):
             procs.append(await spawn("weir", name, bootstrap, *flags, env_extra=extra))
 
@@ -149,6 +158,10 @@ async def _run_one(
     await producer.start()
     reader = ResultReader(bootstrap, results)
     await reader.start()
+    slow_run = system == "weir-slow"
+    requests = cfg.slow_burst if slow_run else cfg.requests
+    # A slow model's unloaded latency is the model's: a few probes say so.
+    probes = min(cfg.probe, 10) if slow_run else cfg.probe
     try:
         async with asyncio.timeout(cfg.timeout_s):
             # Warm-up: one request (the group has joined), then a small burst.
@@ -159,13 +172,14 @@ async def _run_one(
             reader.on_arrival = progress
             if cfg.profile and system.startswith("weir"):
                 procs[0].send_signal(signal.SIGUSR1)
+            warm_rss = max(peak_rss_mb(p.pid, "VmRSS") for p in procs)
             cpu0 = sum(process_cpu_s(p.pid) for p in procs)
-            seconds, submit_s = await _burst(producer, reader, source, encode, cfg.requests, "b")
+            seconds, submit_s = await _burst(producer, reader, source, encode, requests, "b")
             cpu_s = sum(process_cpu_s(p.pid) for p in procs) - cpu0
             reader.on_arrival = lambda n: None
             # Unloaded: one at a time.
             latencies = []
-            for i in range(cfg.probe):
+            for i in range(probes):
                 latencies.append(await _one(producer, reader, source, encode, f"p-{i}"))
                 progress(0)
             rss = max(peak_rss_mb(p.pid) for p in procs)
@@ -177,16 +191,17 @@ async def _run_one(
     return RunFigures(
         system=system,
         round=round_no,
-        requests=cfg.requests,
+        requests=requests,
         seconds=round(seconds, 3),
-        rps=round(cfg.requests / seconds, 1),
+        rps=round(requests / seconds, 1),
         cpu_s=round(cpu_s, 3),
-        cpu_ms_per_request=round(cpu_s * 1000 / cfg.requests, 4),
+        cpu_ms_per_request=round(cpu_s * 1000 / requests, 4),
         submit_s=round(submit_s, 3),
         probe_p50_ms=round(percentile(latencies, 50), 2),
         probe_p99_ms=round(percentile(latencies, 99), 2),
         peak_rss_mb=round(rss, 1),
         processes=len(procs),
+        warm_rss_mb=round(warm_rss, 1),
     )
 
 
@@ -231,6 +246,8 @@ def systems(cfg: BenchConfig) -> list[str]:
         out.append("weir-2w")
     if cfg.confluent:
         out.append("chain-ck")
+    if cfg.slow_model_s:
+        out.append("weir-slow")
     return out + list(cfg.variants)
 
 
@@ -281,6 +298,7 @@ def summary(rounds: list[Round]) -> dict[str, dict[str, float]]:
             "probe_p99_ms": statistics.median(r.probe_p99_ms for r in runs),
             "p50_ratio": round(statistics.median(p50_ratios), 3) if p50_ratios else float("nan"),
             "peak_rss_mb": max(r.peak_rss_mb for r in runs),
+            "burst_rss_mb": max(r.peak_rss_mb - r.warm_rss_mb for r in runs),
             "submit_s": statistics.median(r.submit_s for r in runs),
         }
     return out

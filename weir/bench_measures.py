@@ -44,10 +44,10 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (``VmHWM``) in MB."""
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident set (``VmHWM``; ``VmRSS``: the current one) in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

@@ -19,7 +19,15 @@ from typing import Any
 from weir.bench_sampler import Sampler
 from weir.core.kafka import KafkaConnection
 
-__all__ = ["HOPS", "PARTITIONS", "READY", "chain_topics", "child_main", "linear_pipeline"]
+__all__ = [
+    "HOPS",
+    "PARTITIONS",
+    "READY",
+    "chain_topics",
+    "child_main",
+    "linear_pipeline",
+    "slow_pipeline",
+]
 
 PARTITIONS = 4
 HOPS = 3
@@ -47,7 +55,23 @@ def linear_pipeline(name: str) -> Any:
     return p
 
 
-async def _weir_child(name: str, bootstrap: str, tracing: bool, profile: str | None = None) -> None:
+def slow_pipeline(name: str, latency_s: float) -> Any:
+    """One async step awaiting a ``latency_s`` "model call", then adding 1 to ``n``."""
+    from weir.streams.pipeline import Pipeline
+
+    p = Pipeline(name)
+
+    @p.step()
+    async def model(n: int) -> dict[str, int]:
+        await asyncio.sleep(latency_s)
+        return {"n": n + 1}
+
+    return p
+
+
+async def _weir_child(
+    name: str, bootstrap: str, tracing: bool, profile: str | None = None, slow_s: float = 0.0
+) -> None:
     from weir.core.config import load_settings
     from weir.streams.worker import Worker
 
@@ -57,7 +81,8 @@ async def _weir_child(name: str, bootstrap: str, tracing: bool, profile: str | N
         trace_events=tracing,
         otel_enabled=tracing,
     )
-    worker = Worker(linear_pipeline(name), settings)
+    pipeline = slow_pipeline(name, slow_s) if slow_s else linear_pipeline(name)
+    worker = Worker(pipeline, settings)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.request_stop)
     await worker.start()
@@ -196,9 +221,12 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("bootstrap")
     parser.add_argument("--no-tracing", action="store_true")
     parser.add_argument("--profile", help="write a sampling profile here (starts on SIGUSR1)")
+    parser.add_argument("--slow", type=float, default=0.0, help="one step awaiting this many s")
     args = parser.parse_args(argv)
     if args.kind == "weir":
-        asyncio.run(_weir_child(args.name, args.bootstrap, not args.no_tracing, args.profile))
+        asyncio.run(
+            _weir_child(args.name, args.bootstrap, not args.no_tracing, args.profile, args.slow)
+        )
     elif args.kind == "chain-ck":
         _confluent_child(args.name, args.bootstrap)
     else:
