@@ -280,7 +280,7 @@ class Worker:
         for task in self._tasks:
             task.add_done_callback(self._loop_ended)
         await self.review_desk.start()
-        tune_gc(self.settings.gc_gen0_threshold)
+        tune_gc(self.settings.gc_gen0_threshold, self.settings.gc_gen2_threshold)
         log.info(
             "worker %s started pipeline %s on %s (%d topics)",
             self.settings.worker_id,
