@@ -185,6 +185,8 @@ class AnswerStage:
         """
         if not self._owns(partition) or partition not in self._writers:
             return False
+        # Not encoded when handed over (``OutMessage.decoded``): the record only stands
+        # for where the envelope would have been read from.
         value = message.value or b""
         record: Record = ConsumerRecord(
             topic=self.topic,

@@ -540,7 +540,9 @@ class StepRunner:
 
         if not self._dependents:
             answer = envelope(ANSWER, not skipped)
-            return [OutMessage(rt.topics.answers, key, answer.encode(), headers, decoded=answer)]
+            # Encoded only if it goes to the answers topic: the answer stage of this worker
+            # takes it as the object (``Outbox.shortcut``) when it owns its partition.
+            return [OutMessage(rt.topics.answers, key, None, headers, decoded=answer)]
         return [
             OutMessage(
                 rt.topics.step(dep),
