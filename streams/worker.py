@@ -38,9 +38,9 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import WeirError
-from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import REQUEST_SCHEMA, RESULT_SCHEMA
 from weir.schemas.registry import SchemaRegistry
+from weir.streams._clients import cancel, drain, worker_consumer, worker_producer
 from weir.streams._fetcher import Fetcher
 from weir.streams._gc import tune_gc
 from weir.streams._partitions import Partitions
@@ -215,15 +215,7 @@ class Worker:
             await admin.ensure(topic_specs(self.pipeline, self.settings))
         if self.settings.schema_registry_url is not None:
             await self._register_schemas()
-        self._producer = KafkaConnection.of(self.settings).producer(
-            client_id=f"weir-{self.settings.worker_id}",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.settings.producer_linger_ms,
-            max_batch_size=self.settings.producer_batch_bytes,
-            request_timeout_ms=30000,
-            partitioner=self._partitioner,
-        )
+        self._producer = worker_producer(self.settings, self._partitioner)
         await self._producer.start()
         self._placement.producer = self._producer
         self._runtime.outbox.attach(self._producer)
@@ -234,22 +226,7 @@ class Worker:
             # A final step's output is answered here when this worker owns its answers
             # partition: no answers-topic hop that only moves data.
             self._runtime.outbox.shortcut(self.topics.answers, self._answer_here)
-        self._consumer = KafkaConnection.of(self.settings).consumer(
-            group_id=self.topics.consumer_group,
-            client_id=f"weir-{self.settings.worker_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.max_poll_records,
-            # A slow model call must not cost the group its member: liveness is the
-            # heartbeat, and the fetch loop keeps polling while tasks run.
-            max_poll_interval_ms=300_000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-            # A revocation waits up to shutdown_timeout_s for in-flight work; the group must
-            # wait longer than that, or it expels this member while it still writes answers.
-            rebalance_timeout_ms=int((self.settings.shutdown_timeout_s + 30) * 1000),
-            isolation_level="read_committed",
-        )
+        self._consumer = worker_consumer(self.settings, self.topics.consumer_group)
         await self._consumer.start()
         self._placement.consumer = self._consumer
         rebalance = Rebalance(
@@ -346,10 +323,10 @@ class Worker:
             return
         self._stopping.set()
         fetch, commit, maintenance = self._tasks
-        await _cancel(fetch)
-        await _cancel(maintenance)
+        await cancel(fetch)
+        await cancel(maintenance)
         await self._drain(self._partitions.tasks())
-        await _cancel(commit)
+        await cancel(commit)
         with contextlib.suppress(KafkaError):
             await self._commit()
         await self.review_desk.stop()
@@ -385,15 +362,7 @@ class Worker:
         )
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Wait for ``tasks`` up to the shutdown timeout; cancel the rest."""
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
-        for task in late:
-            task.cancel()
-        if late:
-            log.warning("handing back %d unfinished message(s)", len(late))
-            await asyncio.wait(late)
+        await drain(tasks, self.settings.shutdown_timeout_s)
 
     # -- observation ---------------------------------------------------------------
 
@@ -451,13 +420,3 @@ class Worker:
             if tombstones:
                 with contextlib.suppress(Abandoned):
                     await self._runtime.outbox.send_all(tombstones, owned=lambda: True)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel and await ``task``; an error it already ended with was logged when it ended."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        try:
-            await task
-        except Exception:
-            log.debug("task %s had ended with an error", task.get_name(), exc_info=True)
