@@ -120,11 +120,15 @@ class StepRunner:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
 
-    async def prepare(self, record: Record) -> Outcome:
-        """Run the record's attempt (if it completes one); return what it must write."""
+    async def prepare(self, record: Record, decoded: Envelope | None = None) -> Outcome:
+        """Run the record's attempt (if it completes one); return what it must write.
+
+        ``decoded``: the record's envelope, when the caller has it as an object already
+        (the ingress, for a root step run on the request's record).
+        """
         rt = self._rt
         try:
-            env = Envelope.decode(record.value)
+            env = decoded if decoded is not None else Envelope.decode(record.value)
             if env.pipeline != rt.pipeline.name or env.step != self.name:
                 raise SchemaInvalidError(
                     f"envelope for {env.pipeline}/{env.step} arrived on {record.topic}"
@@ -536,7 +540,9 @@ class StepRunner:
 
         if not self._dependents:
             answer = envelope(ANSWER, not skipped)
-            return [OutMessage(rt.topics.answers, key, answer.encode(), headers, decoded=answer)]
+            # Encoded only if it goes to the answers topic: the answer stage of this worker
+            # takes it as the object (``Outbox.shortcut``) when it owns its partition.
+            return [OutMessage(rt.topics.answers, key, None, headers, decoded=answer)]
         return [
             OutMessage(
                 rt.topics.step(dep),
