@@ -69,7 +69,11 @@ class StepExecutor:
         )
 
     def arguments(
-        self, inputs: Mapping[str, str | None], first: Envelope, ctx: StepContext | None = None
+        self,
+        inputs: Mapping[str, str | None],
+        first: Envelope,
+        ctx: StepContext | None = None,
+        history: Any = None,
     ) -> dict[str, Any]:
         """Keyword arguments for the step function; ``SchemaInvalidError`` if one does not fit.
 
@@ -80,6 +84,9 @@ class StepExecutor:
         kwargs: dict[str, Any] = {}
         for b in self.step.bindings:
             try:
+                if b.source == "history":
+                    kwargs[b.parameter] = history
+                    continue
                 if b.source in ("dependency", "any"):
                     name = next((n for n in b.names if n in inputs), b.name)
                     if name not in inputs:  # a skipped branch of an any_of rejoin
@@ -191,7 +198,8 @@ class StepExecutor:
     ) -> Any:
         """Inject, call; return the output (possibly a ``Branch``)."""
         ctx = scope.context if scope is not None else None
-        return await self.call(self.arguments(inputs, first, ctx), scope)
+        history = scope.history if scope is not None else None
+        return await self.call(self.arguments(inputs, first, ctx, history), scope)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
