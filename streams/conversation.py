@@ -66,9 +66,8 @@ def conversation_id_of(payload: Mapping[str, Any]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConversationIdError(
-            f"conversation_id must be a string, got {type(value).__name__} {value!r:.60}"
-        )
+        # Not the value itself: it may be personal data, and errors travel (results, traces).
+        raise ConversationIdError(f"conversation_id must be a string, got {type(value).__name__}")
     if not value:
         raise ConversationIdError("conversation_id must not be empty; omit it for no conversation")
     if len(value.encode()) > MAX_CONVERSATION_ID_BYTES:

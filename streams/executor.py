@@ -19,10 +19,11 @@ from weir.core.errors import SchemaInvalidError, StepError, StepTimeoutError, We
 from weir.schemas.messages import Envelope
 from weir.streams.branch import Branch
 from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope
+from weir.streams.conversation import Conversation, ConversationState, History
 from weir.streams.pipeline import Step
 from weir.streams.threads import StepThreads
 
-__all__ = ["StepExecutor", "encode_output", "split_branch"]
+__all__ = ["StepExecutor", "detached_history", "encode_output", "split_branch"]
 
 
 def encode_output(value: Any, *, step: str) -> str:
@@ -85,7 +86,8 @@ class StepExecutor:
         for b in self.step.bindings:
             try:
                 if b.source == "history":
-                    kwargs[b.parameter] = history
+                    # Outside a worker's attempt (a replay): an empty history, kept nowhere.
+                    kwargs[b.parameter] = history or detached_history(self.step, first)
                     continue
                 if b.source in ("dependency", "any"):
                     name = next((n for n in b.names if n in inputs), b.name)
@@ -200,6 +202,12 @@ class StepExecutor:
         ctx = scope.context if scope is not None else None
         history = scope.history if scope is not None else None
         return await self.call(self.arguments(inputs, first, ctx, history), scope)
+
+
+def detached_history(step: Step, first: Envelope) -> History:
+    """An empty ``History`` whose turns go nowhere (replays, what-if)."""
+    config = step.conversation or Conversation()
+    return History(None, ConversationState(), config, request_id=first.request_id, step=step.name)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -11,8 +11,15 @@ from tests._conversations import chat
 from weir.core.errors import ConversationIdError, PipelineDefinitionError
 from weir.core.kafka import KafkaConnection
 from weir.streams import Cache, Conversation, History, Pipeline, WeirClient, Worker
-from weir.streams.conversation import ConversationState, Turn, conversation_id_of, trimmed
+from weir.streams.conversation import (
+    ConversationState,
+    Turn,
+    conversation_id_of,
+    trimmed,
+    weigh,
+)
 from weir.streams.conversation_store import read_conversation
+from weir.streams.local import run_local
 from weir.topics.names import PipelineTopics
 
 
@@ -159,3 +166,15 @@ async def test_a_raw_request_keyed_by_its_conversation_gets_its_own_request_id(
     turns = found[0][2].turns
     assert [t.content for t in turns] == ["one", "re: one", "two", "re: two"]
     assert turns[0].request_id != turns[2].request_id != "conv-raw"
+
+
+async def test_run_local_gives_a_history_step_the_turns_it_is_handed() -> None:
+    earlier = [_turn(1), Turn("assistant", "re: 001", 2, "r1", "answer")]
+    p = chat("local")
+    value, path = await run_local(p, {"text": "next", "conversation_id": "c"}, turns=earlier)
+    assert path == ["answer", "deliver"]
+    assert value["seen"] == [earlier[0].content, "re: 001"]
+    value, _ = await run_local(p, {"text": "alone"})  # no conversation: an empty history
+    assert value["seen"] == [] and value["tokens"] == weigh(
+        Conversation(system="You answer tests."), None, []
+    )
