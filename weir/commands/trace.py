@@ -132,7 +132,7 @@ def _review_rows(
         return []
 
     async def read() -> list[ReviewFigures]:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(10):  # the trace figures stand without them
             return await review_figures(settings, names, since_ms=since_ms)
 
     try:
