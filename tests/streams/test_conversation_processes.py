@@ -42,6 +42,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
+async def _settled(logs: list[Path], quiet_s: float = 5.0) -> None:
+    """Until every worker has partitions and no assignment changed for ``quiet_s``."""
+    seen = ""
+    quiet_since = asyncio.get_running_loop().time()
+    async with asyncio.timeout(180):
+        while True:
+            texts = [log.read_text() if log.exists() else "" for log in logs]
+            now = asyncio.get_running_loop().time()
+            state = "|".join(str(t.count("assigned")) for t in texts)
+            if state != seen:
+                seen, quiet_since = state, now
+            elif all("assigned" in t for t in texts) and now - quiet_since >= quiet_s:
+                return
+            await asyncio.sleep(0.5)
+
+
 def _said(n: int) -> list[str]:
     """The contents of the turns of questions 0 .. n-1, in order."""
     return [text for i in range(n) for text in (f"q{i:02d}", f"re: q{i:02d}")]
@@ -103,12 +119,7 @@ async def test_two_workers_each_keep_the_conversations_of_their_own_partitions(
     ]
     conversations = [f"conv-{i}" for i in range(12)]
     try:
-        async with asyncio.timeout(120):  # both members of the group, settled
-            while not all("assigned" in log.read_text() for log in logs if log.exists()) or not all(
-                log.exists() for log in logs
-            ):
-                await asyncio.sleep(0.5)
-        await asyncio.sleep(5)
+        await _settled(logs)
         async with WeirClient(kafka) as client:
             for turn in range(3):
                 ids = {
