@@ -87,7 +87,9 @@ class StepExecutor:
             try:
                 if b.source == "history":
                     # Outside a worker's attempt (a replay): an empty history, kept nowhere.
-                    kwargs[b.parameter] = history or detached_history(self.step, first)
+                    kwargs[b.parameter] = (
+                        history if history is not None else detached_history(self.step, first)
+                    )
                     continue
                 if b.source in ("dependency", "any"):
                     name = next((n for n in b.names if n in inputs), b.name)

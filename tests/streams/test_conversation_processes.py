@@ -120,6 +120,7 @@ async def test_two_workers_each_keep_the_conversations_of_their_own_partitions(
     conversations = [f"conv-{i}" for i in range(12)]
     try:
         await _settled(logs)
+        handled: dict[str, list[str]] = {}
         async with WeirClient(kafka) as client:
             for turn in range(3):
                 ids = {
@@ -130,9 +131,10 @@ async def test_two_workers_each_keep_the_conversations_of_their_own_partitions(
                 }
                 for c, rid in ids.items():
                     value = (await client.result(rid, timeout=120)).value
+                    handled.setdefault(c, []).append(value["worker"])
                     assert value["seen"] == [
                         text for t in range(turn) for text in (f"{c}/{t}", f"re: {c}/{t}")
-                    ]
+                    ], f"{c} turn {turn}: handled by {handled[c]}; {logs[0].read_text()[-1500:]}"
         stored = {
             c: await read_conversation(kafka, c, pipeline=pipeline_name) for c in conversations
         }
