@@ -40,7 +40,9 @@ class RootHandler(Protocol):
     @property
     def batchable(self) -> bool: ...
 
-    def prepare(self, record: ConsumerRecord[bytes, bytes]) -> Coroutine[Any, Any, Outcome]: ...
+    def prepare(
+        self, record: ConsumerRecord[bytes, bytes], decoded: Envelope | None = None
+    ) -> Coroutine[Any, Any, Outcome]: ...
 
 
 REPLAY_HEADER = "weir.replay"
@@ -126,7 +128,9 @@ class Ingress:
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
                 step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
-                here.append(runner.prepare(step_record))
+                # Handed over as the object it was encoded from: no decode of what was
+                # just encoded (the bytes are kept for dead letters and the size check).
+                here.append(runner.prepare(step_record, env))
             else:
                 out.append(OutMessage(rt.topics.step(root), key, encoded))
         parts: list[Outcome] = []

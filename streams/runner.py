@@ -131,11 +131,15 @@ class StepRunner:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
 
-    async def prepare(self, record: Record) -> Outcome:
-        """Run the record's attempt (if it completes one); return what it must write."""
+    async def prepare(self, record: Record, decoded: Envelope | None = None) -> Outcome:
+        """Run the record's attempt (if it completes one); return what it must write.
+
+        ``decoded``: the record's envelope, when the caller has it as an object already
+        (the ingress, for a root step run on the request's record).
+        """
         rt = self._rt
         try:
-            env = Envelope.decode(record.value)
+            env = decoded if decoded is not None else Envelope.decode(record.value)
             if env.pipeline != rt.pipeline.name or env.step != self.name:
                 raise SchemaInvalidError(
                     f"envelope for {env.pipeline}/{env.step} arrived on {record.topic}"
@@ -553,9 +557,11 @@ class StepRunner:
 
         if not self._dependents:
             answer = envelope(ANSWER, not skipped)
-            # Answers stay keyed by request id: the answer stage deduplicates per partition.
+            # Encoded only if it goes to the answers topic: the answer stage of this worker
+            # takes it as the object (``Outbox.shortcut``) when it owns its partition.
+            # Keyed by request id: the answer stage deduplicates per partition.
             rid = base.request_id.encode()
-            return [OutMessage(rt.topics.answers, rid, answer.encode(), headers, decoded=answer)]
+            return [OutMessage(rt.topics.answers, rid, None, headers, decoded=answer)]
         return [
             OutMessage(
                 rt.topics.step(dep),

@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from weir.bench import PARTITIONS, _broker, _Reader, peak_rss_mb, process_cpu_s
+from weir.bench_measures import ResultReader, broker, peak_rss_mb, process_cpu_s
+from weir.bench_systems import PARTITIONS
 
 __all__ = ["EmbedBenchConfig", "EmbedFigures", "run_embed_bench"]
 
@@ -263,7 +264,7 @@ async def _pipeline_run(
     worker, _ = await _spawn("worker", name, bootstrap, url, mode, *_child_flags(cfg))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
-    reader = _Reader(bootstrap, topics.results)
+    reader = ResultReader(bootstrap, topics.results)
     await reader.start()
     per = cfg.texts_per_request
     try:
@@ -317,7 +318,7 @@ def run_embed_bench(
     status: Callable[[str], None] = lambda s: None,
 ) -> EmbedFigures:
     """Start (or use) a broker and the endpoint; measure direct, batched and per-item."""
-    with _broker(cfg.bootstrap) as bootstrap:
+    with broker(cfg.bootstrap) as bootstrap:
 
         async def main() -> EmbedFigures:
             server, port = await _spawn("server", *_child_flags(cfg))
