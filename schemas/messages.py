@@ -129,7 +129,11 @@ class Request(BaseModel):
             record["payload"] = _json_object(record["payload"], "request payload")
         record.setdefault("pipeline", pipeline)
         if "request_id" not in record and key:
-            record["request_id"] = key.decode("utf-8", errors="replace")
+            named = key.decode("utf-8", errors="replace")
+            payload = record.get("payload")
+            # A conversation's requests are keyed by its id: that key names no request.
+            if not (isinstance(payload, dict) and payload.get("conversation_id") == named):
+                record["request_id"] = named
         try:
             request = cls.model_validate(record)
         except ValidationError as exc:

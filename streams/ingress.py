@@ -25,6 +25,7 @@ from weir.core.errors import (
 )
 from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from weir.streams._runtime import Runtime, guess_request_id
+from weir.streams.conversation import conversation_id_of, routing_key
 from weir.streams.dead_letter import error_type_of
 from weir.streams.outbox import MAX_MESSAGE_BYTES, Outcome, OutMessage, Owned
 from weir.streams.tracing import TRACEPARENT_HEADER
@@ -101,6 +102,8 @@ class Ingress:
         traceparent = request.traceparent or _header(record, TRACEPARENT_HEADER)
         created = now_us()
         key = request.request_id.encode()
+        if rt.pipeline.has_conversations:  # one conversation, one partition
+            key = routing_key(payload, request.request_id)
         out = []
         here = []
         for root in self._roots:
@@ -150,6 +153,8 @@ class Ingress:
 
         The client then hears about it from the requests topic, not from a step.
         """
+        if self._rt.pipeline.has_conversations:
+            conversation_id_of(request.payload)  # a clear error for an unusable id
         model = self._rt.pipeline.input_model
         if model is not None:
             try:

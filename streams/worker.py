@@ -335,6 +335,8 @@ class Worker:
         for runner in self.runners.values():
             if runner.cache is not None:
                 await runner.cache.stop()
+            if runner.conversations is not None:
+                await runner.conversations.stop()
         if self.answers is not None:
             await self.answers.stop()
         if self._consumer is not None:

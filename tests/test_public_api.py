@@ -41,6 +41,7 @@ DOCTEST_MODULES = [
     "weir",
     "weir.streams.redaction",
     "weir.streams.review",
+    "weir.streams.conversation",
     "weir.traces",
     "weir.traces.schema",
     "weir.traces.rows",

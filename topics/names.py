@@ -127,6 +127,10 @@ class PipelineTopics:
         """Compacted table of ``step``'s cached outputs, keyed by input hash."""
         return f"{self.prefix}.{self.pipeline}.cache.{step}"
 
+    def conversation(self, step: str) -> str:
+        """Compacted table of ``step``'s conversations, keyed by conversation id."""
+        return f"{self.prefix}.{self.pipeline}.conversation.{step}"
+
     @property
     def reviews(self) -> str:
         """Escalations to a person and what became of them (answered, expired), per request."""
@@ -174,6 +178,9 @@ class _Step(Protocol):
 
     @property
     def cache(self) -> _Cache | None: ...
+
+    @property
+    def conversation(self) -> _Cache | None: ...
 
 
 class _Attempts(Protocol):
@@ -235,6 +242,8 @@ def topic_specs(pipeline: PipelineShape, settings: WeirSettings) -> list[TopicSp
     specs += [spec(names.step(s), events) for s in steps]
     cached = [(s, c) for s in steps if (c := pipeline.steps[s].cache) is not None]
     specs += [spec(names.cache(s), c.topic_config()) for s, c in cached]
+    talking = [(s, c) for s in steps if (c := pipeline.steps[s].conversation) is not None]
+    specs += [spec(names.conversation(s), c.topic_config()) for s, c in talking]
     specs += [spec(names.dead_letter(s), dead) for s in steps]
     for s in steps:
         tiers = retry_tiers(pipeline.retry_policy(s).maximum_attempts, settings)

@@ -1,7 +1,8 @@
 """The trace dashboard and the JSON trace API, served by a worker's or the sink's web server.
 
 Pages: ``/dashboard`` (latency percentiles over time per step, failures by
-error type, cost by model and pipeline, the slowest requests) and
+error type, cost by model and pipeline, the slowest requests, escalations to a
+person from the review topics) and
 ``/dashboard/requests/<id>`` (one request's timeline), ``/dashboard/replays/<id>``
 (a step replay against the live step, as ``weir compare``), ``/dashboard/lag`` (the
 pipeline's lag per step and partition, group-wide, as ``weir lag``).  JSON: ``/api/replays/<id>``,
