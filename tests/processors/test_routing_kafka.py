@@ -221,7 +221,12 @@ async def test_canary_split_is_sticky_per_conversation_end_to_end(kafka, pipelin
     payloads = [
         {"text": f"turn {t}", "conversation_id": f"c{c}"} for t in range(5) for c in range(400)
     ]
-    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
+    # Exact call counts: a step deadline hit on a starved CPU would retry a call.
+    settings = kafka.model_copy(update={"step_timeout_s": 300.0})
+    async with (
+        Worker(p, settings, services=ModelServices(settings)),
+        WeirClient(settings) as client,
+    ):
         ids = await client.submit_many(p.name, payloads)
         results, _ = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
     by_conversation: dict[str, set[str]] = collections.defaultdict(set)

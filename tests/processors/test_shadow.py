@@ -60,7 +60,12 @@ async def test_a_5_percent_shadow_of_2000_requests_leaves_results_alone_and_is_c
     )
     p = _pipeline(pipeline_name, router)
     texts = [f"question {i}" for i in range(2000)]
-    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
+    # One call per result: a step deadline hit on a starved CPU would retry a call.
+    settings = kafka.model_copy(update={"step_timeout_s": 300.0})
+    async with (
+        Worker(p, settings, services=ModelServices(settings)),
+        WeirClient(settings) as client,
+    ):
         ids = await client.submit_many(p.name, [{"text": t} for t in texts])
         results, counts = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
         shadowed = {rid: t for rid, t in zip(ids, texts, strict=True) if in_share(rid, 0.05)}
