@@ -73,6 +73,9 @@ def replay(
     budget: Annotated[
         str | None, typer.Option(help="Stop once the candidate has spent this many USD.")
     ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Inputs replayed at once (the budget still holds).")
+    ] = 4,
     dry_run: Annotated[
         bool, typer.Option(help="Only count the inputs and price them; call nothing.")
     ] = False,
@@ -97,7 +100,11 @@ def replay(
     async def run() -> tuple[StepReplay, ReplayProgress]:
         if resume is not None:
             job = await StepReplay.resume(
-                settings, loaded, resume, budget_usd=_usd(budget) if budget else None
+                settings,
+                loaded,
+                resume,
+                budget_usd=_usd(budget) if budget else None,
+                concurrency=concurrency,
             )
         else:
             if step is None:
@@ -112,6 +119,7 @@ def replay(
                 endpoint=endpoint,
                 variant=variant,
                 budget_usd=_usd(budget) if budget else None,
+                concurrency=concurrency,
             )
         with Progress(
             TextColumn("counting" if dry_run else "replaying"),
