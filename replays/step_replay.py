@@ -197,8 +197,12 @@ class StepReplay:
                 on_progress(progress)
         baseline = await self.recording.baseline(sampled, self.plan.since_ms)
         for b in baseline.values():
+            # The candidate runs each input once: the calls of the attempt that answered
+            # live are priced, not those of attempts that timed out before it.
+            last = max((c.attempt for c in b.calls), default=0)
             for call in b.calls:
-                progress.estimated_usd += self._price(call)
+                if call.attempt == last and call.status == "SUCCESS":
+                    progress.estimated_usd += self._price(call)
         return progress
 
     def _price(self, call: ModelCall) -> Decimal:

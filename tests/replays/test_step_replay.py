@@ -80,7 +80,9 @@ class _Setup:
         def parse(text: str) -> str:
             return text.strip()
 
-        @p.step(depends_on=[parse])
+        # A generous timeout: on a loaded machine a call can take most of the default 30 s,
+        # and a timed-out attempt's paid call would count in the baseline twice.
+        @p.step(depends_on=[parse], timeout=300)
         async def answer(parse: str) -> str:
             reply = (await self.live_ep.chat([{"role": "user", "content": parse}])).text
             notify(parse)
@@ -160,7 +162,10 @@ async def _replay_and_compare(
         ),
         Decimal(0),
     )
-    assert dry.estimated_usd == expected_estimate
+    if dry.estimated_usd != expected_estimate:  # say which live calls were priced
+        baseline = await job.recording.baseline(sampled, since)
+        extra = {r: b.calls for r, b in baseline.items() if len(b.calls) != 1}
+        raise AssertionError(f"{dry.estimated_usd} != {expected_estimate}: {extra}")
 
     candidate.behaviour.latency_s = 0.01  # so that calls overlap when they run at once
     progress = await job.run()

@@ -191,6 +191,9 @@ def compare(
         typer.Option(help="Instead: this pipeline's live shadow calls (rules with shadow:)."),
     ] = None,
     since: Annotated[str, typer.Option(help="With --shadow: calls since 30m, 24h, 7d.")] = "24h",
+    router: Annotated[
+        str | None, typer.Option(help="With --shadow: only this router's shadowed calls.")
+    ] = None,
     scorer: Annotated[
         str,
         typer.Option(
@@ -239,7 +242,7 @@ def compare(
             from weir.streams.replay import parse_since
 
             plan, outcomes, live = await shadow_comparison_inputs(
-                settings, shadow, since_ms=parse_since(since)
+                settings, shadow, since_ms=parse_since(since), router=router
             )
         else:
             assert replay_id is not None
