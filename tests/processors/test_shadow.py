@@ -275,9 +275,7 @@ async def test_streamed_embedding_and_classification_calls_are_shadowed_and_comp
         n = int(text.split()[-1])
         assert by_router[routers["chat"].name][rid]["shadow"]["call"]["streamed"] is True
         assert by_router[routers["emb"].name][rid]["shadow"]["output"] == [vector(text)]
-        assert by_router[routers["clf"].name][rid]["shadow"]["output"] == (
-            "small" if n < 50 else "large"
-        )
+        assert by_router[routers["clf"].name][rid]["shadow"]["output"] == _candidate_label(n)
 
     def compare(kind: str) -> dict[str, Any]:
         args = ["compare", "--shadow", p.name, "--since", "1h", "--router", routers[kind].name]
