@@ -389,27 +389,12 @@ class StepReplay:
             else redactor.redact(str(error), max_bytes=ERROR_MAX_BYTES),
             calls=tuple(scope.calls),
         )
-        event = TraceEvent(
-            pipeline_id=plan.pipeline,
-            step_name=plan.step,
-            request_id=item.request_id,
+        event = outcome.trace_event(
+            step=plan.step,
+            pipeline=plan.pipeline,
             attempt=item.envelope.attempt,
-            status=outcome.status,  # type: ignore[arg-type]
-            disposition="replayed",
-            created_at=now_ms(),
-            started_at=started_at,
             submitted_at=item.envelope.submitted_at,
-            duration_ms=outcome.duration_ms,
-            queue_wait_ms=0.0,
-            worker_id=f"replay-{plan.replay_id}",
             topic=self.recording.topic,
-            partition=item.partition,
-            offset=item.offset,
-            error_type=outcome.error_type,
-            error_message=outcome.error_message,
-            calls=list(outcome.calls),
-            replay_id=plan.replay_id,
-            variant=plan.label,
         )
         return outcome, event
 
