@@ -4,7 +4,8 @@ A replay reads the inputs the step received in a time window (a sample of
 them, by request id, so a resumed replay samples the same ones), runs the
 candidate on each in its own consumer group, and writes one outcome per input
 to its own topic (``weir.<pipeline>.replay.<id>``): never the results topic,
-never a dependent's topic.  Inside a replay, functions marked
+never a dependent's topic; each also goes to the trace topic as a trace event
+tagged with the replay id and variant.  Inputs run ``concurrency`` at a time.  Inside a replay, functions marked
 ``@side_effect`` are not called, token streams are not published, and model
 spend does not count against live budgets.  The first record of the replay
 topic is its plan, so ``resume`` carries on from the consumer group's
