@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from weir.core._kafka_settings import KafkaSaslMechanism, KafkaSecurityProtocol, KafkaSettings
 from weir.core.errors import ConfigError
 from weir.core.urls import SecretUrl, mask_url
 
@@ -39,9 +40,6 @@ __all__ = [
 ]
 
 DEFAULT_HOME = Path.home() / ".cache" / "weir"
-
-KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
 
 class BrokerSettings(BaseSettings):
@@ -70,44 +68,11 @@ class ModelPrice(BaseModel):
     output_per_1m: Decimal = Field(default=Decimal(0), ge=0)
 
 
-class WeirSettings(BaseSettings):
+class WeirSettings(KafkaSettings):
     """All of weir's settings; build once at the edge and pass down."""
 
     model_config = SettingsConfigDict(env_prefix="WEIR_", extra="forbid")
 
-    kafka_bootstrap: str | None = None
-    """An existing cluster (``host:port,...``); when unset, the local broker is used."""
-    kafka_client_id: str = Field(default="weir", min_length=1)
-    """Client id of connections that do not name their own (brokers log and quota by it)."""
-    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
-    """``SSL`` and ``SASL_SSL`` encrypt; ``SASL_*`` authenticate with ``kafka_sasl_mechanism``."""
-    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
-    kafka_sasl_username: str | None = None
-    """User of PLAIN and SCRAM (an API key on Confluent Cloud)."""
-    kafka_sasl_password: SecretStr | None = None
-    """A secret reference (``env:``, ``file:``, ``vault:``, ``aws-sm:``) to the SASL password."""
-    kafka_ssl_cafile: Path | None = None
-    """PEM file of the CAs that sign the brokers' certificates; unset: the system's CAs."""
-    kafka_ssl_certfile: Path | None = None
-    """PEM client certificate (mutual TLS), with ``kafka_ssl_keyfile``."""
-    kafka_ssl_keyfile: Path | None = None
-    kafka_ssl_key_password: SecretStr | None = None
-    """A secret reference to the password of an encrypted ``kafka_ssl_keyfile``."""
-    kafka_ssl_check_hostname: bool = True
-    """Check that a broker's certificate names the host connected to."""
-    kafka_oauth_token_url: SecretUrl | None = None
-    """OAUTHBEARER: the OIDC token endpoint of the client-credentials grant."""
-    kafka_oauth_client_id: str | None = None
-    kafka_oauth_client_secret: SecretStr | None = None
-    """A secret reference to the OIDC client secret."""
-    kafka_oauth_scope: str | None = None
-    kafka_oauth_token_provider: str | None = Field(
-        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-    )
-    """OAUTHBEARER: ``package.module:factory``, called with the settings, returning an
-    ``aiokafka.abc.AbstractTokenProvider``; replaces the OIDC client-credentials provider."""
-    kafka_request_timeout_ms: int = Field(default=40_000, ge=1_000)
-    """Request timeout of clients that do not set their own."""
     home: Path = DEFAULT_HOME
     """Cache for the broker's jars, its data and logs (never inside the repository)."""
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -288,13 +253,6 @@ class WeirSettings(BaseSettings):
     routes_wait_s: float = Field(default=5.0, ge=0)
     """How long a router's first call waits for the rule sets on the routes topic."""
 
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap_not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            return None
-        return value
-
     @field_validator("clickhouse_dsn", mode="before")
     @classmethod
     def _dsn_scheme(cls, value: object) -> object:
@@ -341,34 +299,7 @@ class WeirSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _kafka_security_consistent(self) -> WeirSettings:
-        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
-        sasl = protocol.startswith("SASL_")
-        if sasl and mechanism is None:
-            raise ValueError(
-                f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism (PLAIN,"
-                " SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)"
-            )
-        if mechanism is not None and not sasl:
-            raise ValueError(
-                f"kafka_sasl_mechanism {mechanism} needs kafka_security_protocol SASL_SSL"
-                " (or SASL_PLAINTEXT on a trusted network)"
-            )
-        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and (
-            not self.kafka_sasl_username or self.kafka_sasl_password is None
-        ):
-            raise ValueError(
-                f"SASL {mechanism} needs kafka_sasl_username and kafka_sasl_password"
-                " (a secret reference such as env:KAFKA_PASSWORD)"
-            )
-        if mechanism == "OAUTHBEARER" and not (
-            self.kafka_oauth_token_provider
-            or (self.kafka_oauth_token_url and self.kafka_oauth_client_id)
-        ):
-            raise ValueError(
-                "SASL OAUTHBEARER needs kafka_oauth_token_url and kafka_oauth_client_id (with"
-                " kafka_oauth_client_secret), or kafka_oauth_token_provider"
-            )
+    def _topics_consistent(self) -> WeirSettings:
         if (
             self.replication_factor is not None
             and self.min_insync_replicas is not None
@@ -378,8 +309,6 @@ class WeirSettings(BaseSettings):
                 f"min_insync_replicas {self.min_insync_replicas} is above replication_factor"
                 f" {self.replication_factor}: no write could ever succeed"
             )
-        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
-            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mutual TLS)")
         return self
 
     @property

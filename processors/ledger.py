@@ -162,14 +162,13 @@ class CostLedger:
             tps = [TopicPartition(COSTS_TOPIC, p) for p in range(count)]
             consumer.assign(tps)
             since = window_start("month", now_ms())
+            # The ends first: a cost written between the two lookups is then read, where
+            # seeking to the end after an empty time lookup would skip it.
+            end = await consumer.end_offsets(tps)
             found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
             for tp in tps:
                 at = found.get(tp)
-                if at is None:
-                    await consumer.seek_to_end(tp)
-                else:
-                    consumer.seek(tp, at.offset)
-            end = await consumer.end_offsets(tps)
+                consumer.seek(tp, at.offset if at is not None else end[tp])
             deadline = time.monotonic() + 60
             while any([await consumer.position(tp) < end[tp] for tp in tps]):
                 if time.monotonic() > deadline:

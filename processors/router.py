@@ -53,22 +53,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
 from simpleeval import InvalidExpression
 
 from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors._call import CallMeta
 from weir.processors.budget import Budget, Reservation
 from weir.processors.chat_stream import ChatStream
-from weir.processors.condition import compile_condition, condition_names, lookup
+from weir.processors.condition import condition_names, lookup
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.features import Features
 from weir.processors.options import OptionTypeError
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
-from weir.processors.rules import CompiledRule, RuleSet, RuleSpec, Strategy
+from weir.processors.routing_rule import Rule
+from weir.processors.rules import CompiledRule, RuleSet, Strategy
 from weir.processors.services import services_now
-from weir.processors.shadow import Shadow, ShadowRunner
+from weir.processors.shadow import ShadowRunner
 from weir.processors.substitution import probe
 from weir.streams.context import current_scope
 
@@ -78,56 +78,6 @@ log = logging.getLogger("weir.models")
 
 
 # -- the router ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A routing rule in code; ``endpoint``/``split`` take endpoints or their names."""
-
-    condition: str
-    endpoint: ModelEndpoint | str | None = None
-    split: Mapping[ModelEndpoint | str, float] | None = None
-    name: str | None = None
-    """Defaults to the condition's text; shown on every call the rule routes."""
-    priority: int = 0
-    sticky: str | None = None
-    hold_until: str | None = None
-    features: Sequence[str] = ()
-    """Caller-given feature names this rule reads as ``input.<name>``."""
-    shadow: Shadow | None = None
-    """Mirror a share of this rule's calls to a candidate endpoint (``weir.processors.shadow``)."""
-
-    def __post_init__(self) -> None:
-        name = self.name or self.condition
-        object.__setattr__(self, "name", name)
-        compile_condition(self.condition, rule=name, features=frozenset(self.features))
-        if self.hold_until is not None:
-            compile_condition(self.hold_until, rule=name, features=frozenset(self.features))
-        try:
-            self.spec()
-        except ValidationError as exc:
-            raise RoutingError(f"rule {name!r}: {exc.errors()[0]['msg']}") from None
-
-    def endpoints(self) -> list[ModelEndpoint]:
-        targets = [self.endpoint] if self.endpoint is not None else list(self.split or {})
-        if self.shadow is not None:
-            targets.append(self.shadow.endpoint)
-        return [t for t in targets if isinstance(t, ModelEndpoint)]
-
-    def spec(self) -> RuleSpec:
-        def name_of(target: ModelEndpoint | str) -> str:
-            return target.name if isinstance(target, ModelEndpoint) else target
-
-        return RuleSpec(
-            name=str(self.name),
-            condition=self.condition,
-            endpoint=name_of(self.endpoint) if self.endpoint is not None else None,
-            split={name_of(k): float(v) for k, v in self.split.items()} if self.split else None,
-            sticky=self.sticky,
-            priority=self.priority,
-            hold_until=self.hold_until,
-            shadow=self.shadow.spec() if self.shadow is not None else None,
-        )
 
 
 @dataclass(frozen=True)

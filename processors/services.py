@@ -213,7 +213,8 @@ def services_now() -> ModelServices:
     scope = current_scope()
     where = "this worker was created without them" if scope is not None else "none is in use"
     raise ConfigError(
-        f"a model call needs ModelServices and {where}: create the worker with"
+        f"a model call needs ModelServices and {where}: use weir.Worker / weir.run_local"
+        " (they make their own), create the worker with"
         " Worker(pipeline, settings, services=ModelServices(settings)) (`weir worker` does),"
         " or call models inside `async with ModelServices(settings):`"
     )

@@ -110,7 +110,7 @@ class DeadLetters:
         )
         if size > MAX_MESSAGE_BYTES:
             return bounded
-        return OutMessage(topic, record.key, body, headers, fallback=bounded)
+        return OutMessage(topic, record.key, body, headers, fallback=bounded, ahead=True)
 
     def bounded(
         self,
@@ -156,7 +156,7 @@ class DeadLetters:
         redacted_head = self._redactor.redact(head).encode()[:HEAD_BYTES]
         headers = [*letter.headers(), (PAYLOAD_HEAD_HEADER, redacted_head)]
         key = record.key[:_MAX_KEY_BYTES] if record.key is not None else None
-        return OutMessage(topic, key, None, headers)
+        return OutMessage(topic, key, None, headers, ahead=True)
 
     def _letter(
         self,

@@ -39,6 +39,9 @@ class OutMessage(NamedTuple):
     decoded: object = None
     """The object ``value`` was encoded from (an envelope), for a stage of this process
     that takes the message (``Outbox.shortcut``) without decoding it again."""
+    ahead: bool = False
+    """Acknowledged before the rest of the same send goes out: a dead letter before its
+    request's FAILURE answer, so whoever reads the answer can list the letter."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
@@ -163,6 +166,9 @@ class Outbox:
             return
         if self._producer is None:
             raise RuntimeError("Outbox has no producer yet")
+        if len(messages) > 1 and any(m.ahead for m in messages):
+            await self._send([m for m in messages if m.ahead], owned=owned)
+            messages = [m for m in messages if not m.ahead]
         if self._shortcuts and any(m.topic in self._shortcuts for m in messages):
             # Taken first: what goes with it (a join's done marker, say) must not be
             # written before it, or a crash in between would lose it on redelivery.

@@ -301,13 +301,11 @@ class TokenStream:
         await consumer.start()
         try:
             consumer.assign([tp])
-            found = await consumer.offsets_for_times({tp: self._since})
-            at = found.get(tp)
-            if at is not None:
-                consumer.seek(tp, at.offset)
-            else:
-                await consumer.seek_to_end(tp)
-            await consumer.position(tp)  # resolve now, so records produced from here are seen
+            # The end first: a record produced between the two lookups is then read, not
+            # skipped (the time lookup found nothing, and the end would be past it).
+            end = (await consumer.end_offsets([tp]))[tp]
+            at = (await consumer.offsets_for_times({tp: self._since})).get(tp)
+            consumer.seek(tp, at.offset if at is not None else end)
         except BaseException:
             await stop_consumer(consumer)
             raise
@@ -334,8 +332,9 @@ class TokenStream:
         try:
             tps = [TopicPartition(topic, p) for p in range(count)]
             consumer.assign(tps)
-            found = await consumer.offsets_for_times(dict.fromkeys(tps, self._since))
+            # The ends first (see ``start``): the result may be committed right now.
             ends = await consumer.end_offsets(tps)
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, self._since))
             for tp in tps:  # explicit offsets: a position reset could skip the result
                 at = found.get(tp)
                 consumer.seek(tp, at.offset if at is not None else ends[tp])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -13,6 +12,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
 
 from weir.core.kafka import KafkaConnection
 
@@ -50,19 +55,27 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
 async def retrying(op: Callable[[], Awaitable[T]], *, what: str, timeout: float = 60.0) -> T:
     """Run ``op`` until it stops raising ``KafkaError`` (leaders moving, a broker restarting).
 
-    Raises the last error after ``timeout`` seconds.
+    Waits 0.1 s, doubling to 1 s, between tries; raises the last error rather than
+    sleep past ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    backoff = 0.1
-    while True:
-        try:
+    retry = AsyncRetrying(
+        retry=retry_if_exception_type(KafkaError),
+        wait=wait_exponential(multiplier=0.1, max=1.0),
+        stop=stop_before_delay(timeout),
+        before_sleep=lambda state: log.info(
+            "%s failed (%s); retrying in %.1fs",
+            what,
+            state.outcome.exception() if state.outcome else None,
+            state.upcoming_sleep,
+        ),
+        reraise=True,
+    )
+    # The iterator form: ``op`` may be a plain callable returning an awaitable (a lambda),
+    # which ``AsyncRetrying.__call__`` would not await.
+    async for attempt in retry:
+        with attempt:
             return await op()
-        except KafkaError as exc:
-            if time.monotonic() + backoff > deadline:
-                raise
-            log.info("%s failed (%s); retrying in %.1fs", what, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(1.0, backoff * 2)
+    raise AssertionError("unreachable: tenacity either returns or raises")
 
 
 async def started_consumer(

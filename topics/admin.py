@@ -17,6 +17,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_fixed
 
 from weir.core.config import WeirSettings
 from weir.core.errors import BrokerError, ConfigError
@@ -203,13 +204,13 @@ class TopicAdmin:
         await probe.start()
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    try:
+                answered = AsyncRetrying(
+                    retry=retry_if_exception_type(KafkaError), wait=wait_fixed(0.1)
+                )
+                async for attempt in answered:
+                    with attempt:
                         await probe.end_offsets(tps)
                         await probe.beginning_offsets(tps)
-                        return
-                    except KafkaError:
-                        await asyncio.sleep(0.1)
         finally:
             await stop_consumer(probe)
 

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -44,53 +41,17 @@ from aiokafka.errors import KafkaError
 from weir.core.config import WeirSettings
 from weir.core.errors import TraceStoreError
 from weir.core.kafka import KafkaConnection
-from weir.schemas.messages import TraceEvent
-from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams._bounded import RecentSet
-from weir.topics._aiokafka import retrying
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
-from weir.traces.rows import event_row
+from weir.traces._sink_batch import SinkBatch, SinkStats, batch_token, rows_by_day
+from weir.traces._sink_placement import start_offsets
+from weir.traces._sink_store import StoreFactory, StoreLink
 from weir.traces.store import TraceStore
 
 __all__ = ["ClickHouseSink", "SinkStats"]
 
 log = logging.getLogger("weir.sink")
-
-
-@dataclasses.dataclass
-class SinkStats:
-    """Counters of a running sink."""
-
-    consumed: int = 0
-    inserted: int = 0
-    batches: int = 0
-    undecodable: int = 0
-    duplicates: int = 0
-    """Resent events dropped by event id."""
-    skipped: int = 0
-    """Events not read again because the store already held them (after a crash)."""
-    ids_forgotten: int = 0
-    """Event ids dropped from the dedup memory (``sink_seen_max``); a resend of one would
-    be stored again, but resends come within seconds, far inside that many events."""
-    store_failures: int = 0
-    available: bool = False
-    """Whether the last store operation succeeded."""
-
-
-@dataclasses.dataclass
-class _Pending:
-    rows: list[list[Any]] = dataclasses.field(default_factory=list)
-    first: dict[TopicPartition, int] = dataclasses.field(default_factory=dict)
-    last: dict[TopicPartition, int] = dataclasses.field(default_factory=dict)
-    since: float = 0.0
-    """``time.monotonic()`` of the first buffered record."""
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-StoreFactory = Callable[[], TraceStore]
 
 
 class ClickHouseSink:
@@ -111,23 +72,26 @@ class ClickHouseSink:
         self.settings = settings
         self.topic = topic or settings.trace_topic
         self.stats = SinkStats()
-        self._open_store = store or (lambda: TraceStore.connect(settings))
-        self.store: TraceStore | None = None
+        self._link = StoreLink(
+            store or (lambda: TraceStore.connect(settings)),
+            stats=self.stats,
+            max_backoff_s=settings.sink_max_backoff_s,
+            held=lambda: len(self._pending),
+        )
         self._consumer: AIOKafkaConsumer | None = None
-        self._pending = _Pending()
+        self._pending = SinkBatch()
         self._recent: RecentSet[str] = RecentSet(settings.sink_seen_max)
         """Event ids remembered to drop resent duplicates (a few minutes of heavy traffic);
         the oldest are forgotten first (``SinkStats.ids_forgotten``)."""
         self._assigned: set[TopicPartition] = set()
         self._unplaced: set[TopicPartition] = set()
         """Assigned partitions whose start offset still needs the store's progress."""
-        self._backoff = 0.0
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inserting: asyncio.Task[None] | None = None
         """The insert of ``_sealed`` (at most one), while the next batch is fetched."""
-        self._sealed: _Pending | None = None
+        self._sealed: SinkBatch | None = None
         self._per_record = 1.0
         """Events per trace record lately (workers pack a batch's events in one)."""
 
@@ -147,7 +111,7 @@ class ClickHouseSink:
         async with TopicAdmin(self.settings) as admin:
             await admin.ensure(global_topic_specs(self.settings))
         with contextlib.suppress(TraceStoreError):  # a store still down is waited for
-            await self._ensure_store()
+            await self._link.ensure()
         self._consumer = KafkaConnection.of(self.settings).consumer(
             group_id=self.settings.sink_group,
             client_id=f"weir-sink-{self.settings.worker_id}",
@@ -208,8 +172,7 @@ class ClickHouseSink:
                 )
         if self._consumer is not None:
             await self._consumer.stop()
-        if self.store is not None:
-            self.store.close()
+        self._link.close()
         self._stopped.set()
         log.info("sink stopped: %s", self.stats)
 
@@ -267,36 +230,10 @@ class ClickHouseSink:
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
         """Buffer the rows of one record: one event, or a worker's batch of them."""
-        pending = self._pending
-        if not pending:
-            pending.since = time.monotonic()
-        pending.first.setdefault(tp, offset)
-        pending.last[tp] = offset
-        try:
-            if not value:
-                raise ValueError("empty message")
-            events = unpack_trace_events(value, headers)
-        except Exception as exc:  # any malformed record: count it, never stop the sink
-            self.stats.consumed += 1
-            self.stats.undecodable += 1
-            log.warning("skipping undecodable trace record %s@%d: %s", tp, offset, exc)
-            return
-        self.stats.consumed += len(events)
-        self._per_record = 0.9 * self._per_record + 0.1 * len(events)
-        recent = self._recent
-        for raw in events:
-            try:
-                event = TraceEvent.decode(raw)
-                row = event_row(event, tp.partition, offset)
-            except Exception as exc:  # any malformed event: count it, never stop the sink
-                self.stats.undecodable += 1
-                log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
-                continue
-            if not recent.add(event["event_id"]):
-                self.stats.duplicates += 1
-                continue
-            pending.rows.append(row)
-        self.stats.ids_forgotten = recent.evicted
+        events = self._pending.take(
+            tp, offset, value, headers, stats=self.stats, recent=self._recent
+        )
+        self._per_record = 0.9 * self._per_record + 0.1 * events
 
     async def _seal(self) -> None:
         """Start inserting the pending batch; the next one is fetched and decoded meanwhile.
@@ -307,18 +244,18 @@ class ClickHouseSink:
         await self._settle()
         if not self._pending:
             return
-        batch, self._pending = self._pending, _Pending()
+        batch, self._pending = self._pending, SinkBatch()
         self._sealed = batch
         self._inserting = asyncio.create_task(self._insert(batch), name="weir-sink-insert")
 
-    async def _insert(self, batch: _Pending) -> None:
-        store = await self._ensure_store()
-        token = _token(self.topic, batch)
+    async def _insert(self, batch: SinkBatch) -> None:
+        store = await self._link.ensure()
+        token = batch_token(self.topic, batch)
         try:
-            for part, rows in enumerate(_by_day(batch.rows)):
+            for part, rows in enumerate(rows_by_day(batch.rows)):
                 await asyncio.to_thread(store.insert, rows, token=f"{token}-{part}")
         except TraceStoreError as exc:
-            self._unavailable(exc)
+            self._link.unavailable(exc)
             raise
 
     async def _settle(self, *, retry: bool = True) -> None:
@@ -342,7 +279,7 @@ class ClickHouseSink:
         self._inserting = self._sealed = None
         await self._inserted(batch)
 
-    def _rewind(self, batch: _Pending) -> None:
+    def _rewind(self, batch: SinkBatch) -> None:
         """Forget ``batch`` unread: its partitions are read again from its first offsets."""
         consumer = self._consumer
         assert consumer is not None
@@ -352,11 +289,11 @@ class ClickHouseSink:
             if tp in self._assigned:
                 consumer.seek(tp, first)
 
-    async def _inserted(self, batch: _Pending) -> None:
+    async def _inserted(self, batch: SinkBatch) -> None:
         """Count and commit a batch the store holds now."""
         consumer = self._consumer
         assert consumer is not None
-        self._available()
+        self._link.available()
         self.stats.inserted += len(batch.rows)
         self.stats.batches += 1
         offsets = {tp: last + 1 for tp, last in batch.last.items() if tp in self._assigned}
@@ -372,16 +309,16 @@ class ClickHouseSink:
         pending = self._pending
         if not pending:
             return
-        token = _token(self.topic, pending)
+        token = batch_token(self.topic, pending)
         consumer = self._consumer
         assert consumer is not None
         while True:
             try:
-                store = await self._ensure_store()
-                for part, rows in enumerate(_by_day(pending.rows)):
+                store = await self._link.ensure()
+                for part, rows in enumerate(rows_by_day(pending.rows)):
                     await asyncio.to_thread(store.insert, rows, token=f"{token}-{part}")
             except TraceStoreError as exc:
-                self._unavailable(exc)
+                self._link.unavailable(exc)
                 if not retry:
                     raise
                 # Fetch nothing meanwhile; keep polling so the group keeps us.
@@ -391,10 +328,10 @@ class ClickHouseSink:
                     return
                 if self._pending is not pending:
                     pending = self._pending
-                    token = _token(self.topic, pending)
+                    token = batch_token(self.topic, pending)
                 continue
             break
-        self._pending = _Pending()
+        self._pending = SinkBatch()
         await self._inserted(pending)
         consumer.resume(*(self._assigned - self._unplaced))
 
@@ -402,13 +339,13 @@ class ClickHouseSink:
         """Forget the buffered batch (uncommitted: it is read again, so its ids are no dupes)."""
         for row in self._pending.rows:
             self._recent.discard(row[0])
-        self._pending = _Pending()
+        self._pending = SinkBatch()
 
     async def _wait_backoff(self) -> None:
         """Sleep for the current back-off while still polling (partitions paused)."""
         consumer = self._consumer
         assert consumer is not None
-        deadline = time.monotonic() + self._backoff
+        deadline = time.monotonic() + self._link.backoff
         while time.monotonic() < deadline:
             with contextlib.suppress(KafkaError):
                 got = await consumer.getmany(timeout_ms=200)
@@ -417,36 +354,10 @@ class ClickHouseSink:
                         consumer.seek(tp, records[0].offset)
                         consumer.pause(tp)
 
-    def _unavailable(self, exc: Exception) -> None:
-        self.stats.store_failures += 1
-        self.stats.available = False
-        self._backoff = min(self.settings.sink_max_backoff_s, max(0.25, self._backoff * 2))
-        log.warning(
-            "trace store unavailable (%s); %d events held, retrying in %.1fs",
-            exc,
-            len(self._pending),
-            self._backoff,
-        )
-        if self.store is not None and self.store.dsn.startswith("chdb://"):
-            # The embedded engine is reopened rather than reused after a failure.
-            self.store.close()
-            self.store = None
-
-    def _available(self) -> None:
-        if not self.stats.available and self.stats.store_failures:
-            log.info("trace store is back")
-        self.stats.available = True
-        self._backoff = 0.0
-
-    async def _ensure_store(self) -> TraceStore:
-        if self.store is None:
-            try:
-                self.store = await asyncio.to_thread(self._open_store)
-            except TraceStoreError as exc:
-                self._unavailable(exc)
-                raise
-            self._available()
-        return self.store
+    @property
+    def store(self) -> TraceStore | None:
+        """The trace store while it is open."""
+        return self._link.store
 
     # -- where assigned partitions start ---------------------------------------------------
 
@@ -456,32 +367,16 @@ class ClickHouseSink:
         assert consumer is not None
         tps = sorted(self._unplaced, key=lambda tp: tp.partition)
         try:
-            store = await self._ensure_store()
+            store = await self._link.ensure()
             stored = await asyncio.to_thread(store.progress, [tp.partition for tp in tps])
         except TraceStoreError as exc:
-            self._unavailable(exc)
+            self._link.unavailable(exc)
             return False
-        ends: dict[TopicPartition, int] = await retrying(
-            lambda: consumer.end_offsets(tps), what="reading trace end offsets"
+        starts, skipped = await start_offsets(
+            consumer, tps, stored, sink_start=self.settings.sink_start
         )
-        begins: dict[TopicPartition, int] = await retrying(
-            lambda: consumer.beginning_offsets(tps), what="reading trace first offsets"
-        )
-        for tp in tps:
-
-            async def committed_offset(tp: TopicPartition = tp) -> int | None:
-                return await consumer.committed(tp)  # type: ignore[no-any-return]
-
-            start = await retrying(committed_offset, what=f"reading the committed offset of {tp}")
-            if start is None:
-                start = ends[tp] if self.settings.sink_start == "latest" else begins[tp]
-            held = stored.get(tp.partition)
-            # Ahead of the commit and not past the end: inserted, then the commit was lost.
-            # (Past the end: the topic was recreated; the store's offsets are another log's.)
-            if held is not None and start < held <= ends[tp]:
-                log.info("%s: store already holds offsets up to %d; skipping them", tp, held - 1)
-                self.stats.skipped += held - start
-                start = held
+        self.stats.skipped += skipped
+        for tp, start in starts.items():
             consumer.seek(tp, start)
             self._unplaced.discard(tp)
             consumer.resume(tp)
@@ -517,26 +412,3 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._sink._on_assigned(set(assigned))
-
-
-def _token(topic: str, pending: _Pending) -> str:
-    """The same batch (same offset ranges) always gets the same deduplication token."""
-    ranges = ",".join(
-        f"{tp.partition}:{pending.first[tp]}-{pending.last[tp]}"
-        for tp in sorted(pending.last, key=lambda tp: tp.partition)
-    )
-    return hashlib.sha256(f"{topic}|{ranges}".encode()).hexdigest()[:32]
-
-
-def _by_day(rows: list[list[Any]]) -> list[list[list[Any]]]:
-    """Split rows into runs of one day each (one table partition per insert), in order."""
-    created = 9  # index of created_at in event_columns()
-    runs: list[list[list[Any]]] = []
-    day = None
-    for row in rows:
-        this = row[created].date()
-        if this != day or not runs:
-            runs.append([])
-            day = this
-        runs[-1].append(row)
-    return runs

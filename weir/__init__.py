@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from weir.core.config import WeirSettings, load_settings
     from weir.core.errors import WeirError
+    from weir.local import run_local
     from weir.processors import (
         Anthropic,
         Budget,
@@ -38,10 +39,9 @@ if TYPE_CHECKING:
         StepContext,
         SyncWeirClient,
         WeirClient,
-        Worker,
         any_of,
     )
-    from weir.streams.local import run_local
+    from weir.worker import Worker
 
 __all__ = [
     "Anthropic",
@@ -79,9 +79,9 @@ _HOME = {
     "StepContext": "weir.streams",
     "SyncWeirClient": "weir.streams",
     "WeirClient": "weir.streams",
-    "Worker": "weir.streams",
+    "Worker": "weir.worker",
     "any_of": "weir.streams",
-    "run_local": "weir.streams.local",
+    "run_local": "weir.local",
     "WeirSettings": "weir.core.config",
     "load_settings": "weir.core.config",
     "WeirError": "weir.core.errors",

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from weir.commands import broker as broker_commands
 from weir.commands import dlq
 from weir.commands import requests as request_commands
+from weir.commands import schemas as schema_commands
 from weir.commands import sql as sql_commands
+from weir.commands import topics as topic_commands
 from weir.commands import trace as trace_commands
-from weir.commands._output import JsonOption, print_json, print_table
-from weir.core.config import WeirSettings, load_settings
+from weir.commands._options import EXIT_FAILURE, EXIT_USAGE, ConfigOption, settings_from
+from weir.core.config import WeirSettings
 from weir.core.errors import (
     ConfigError,
     MessageError,
@@ -45,14 +45,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-broker_app = typer.Typer(
-    help="Run the local single-node Kafka broker (KRaft).", no_args_is_help=True
-)
-topics_app = typer.Typer(help="List and create weir's topics.", no_args_is_help=True)
-schemas_app = typer.Typer(help="The Avro schemas of weir's messages.", no_args_is_help=True)
-app.add_typer(broker_app, name="broker")
-app.add_typer(topics_app, name="topics")
-app.add_typer(schemas_app, name="schemas")
+app.add_typer(broker_commands.app, name="broker")
+app.add_typer(topic_commands.app, name="topics")
+app.add_typer(schema_commands.app, name="schemas")
 app.add_typer(dlq.app, name="dlq")
 app.command("trace")(trace_commands.trace)
 app.command("stats")(trace_commands.stats)
@@ -80,23 +75,10 @@ _register_commands()
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 err = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML settings file (else WEIR_CONFIG).")
-]
-
-
-def _settings(config: Path | None, **overrides: Any) -> WeirSettings:
-    return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
-
-EXIT_FAILURE = 1
-"""The command ran and could not do what it was asked (broker down, nothing found, ...)."""
-EXIT_USAGE = 2
-"""The command was given something wrong: arguments, settings, a pipeline or rules file."""
 
 _USAGE_ERRORS = (
     ConfigError,
@@ -125,75 +107,6 @@ def main() -> None:
         sys.exit(130)
 
 
-# -- broker ---------------------------------------------------------------------------
-
-
-def _broker(config: Path | None, *, secure: bool = False) -> Any:
-    from weir.topics.broker import LocalBroker
-
-    settings = _settings(config)
-    if secure:
-        settings = settings.model_copy(
-            update={"broker": settings.broker.model_copy(update={"secure": True})}
-        )
-    if not settings.uses_local_broker:
-        raise ConfigError(
-            f"WEIR_KAFKA_BOOTSTRAP points at {settings.kafka_bootstrap}; 'weir broker' manages"
-            " only the local broker (unset it to use the local one)"
-        )
-    return LocalBroker(settings)
-
-
-@broker_app.command("start")
-def broker_start(
-    secure: Annotated[
-        bool,
-        typer.Option(
-            "--secure",
-            help="Serve a SASL_SSL listener (SCRAM users and a CA generated in the state"
-            " directory; same as WEIR_BROKER_SECURE=true) and print how clients connect.",
-        ),
-    ] = False,
-    config: ConfigOption = None,
-) -> None:
-    """Fetch Kafka from Maven Central (once), start it on 127.0.0.1 and wait until it serves."""
-    started = time.monotonic()
-    broker = _broker(config, secure=secure)
-    status = broker.start()
-    out.print(
-        f"kafka {status.version} running (pid {status.pid}) at {status.bootstrap}"
-        f" in {time.monotonic() - started:.1f}s; logs: {status.log_file}"
-    )
-    if broker.security is not None:
-        out.print("clients connect with (the password stays in its file):", highlight=False)
-        for key, value in broker.client_environment().items():
-            out.print(f"export {key}={value}", highlight=False, soft_wrap=True)
-
-
-@broker_app.command("stop")
-def broker_stop(config: ConfigOption = None) -> None:
-    """Stop the local broker (no-op when it is not running)."""
-    _broker(config).stop()
-    out.print("kafka stopped")
-
-
-@broker_app.command("status")
-def broker_status(as_json: JsonOption = False, config: ConfigOption = None) -> None:
-    """Say whether the local broker runs, where, and where its data and logs are (exit 1 if
-    it does not run)."""
-    status = _broker(config).status()
-    if as_json:
-        print_json(status)
-        if not status.running:
-            raise typer.Exit(EXIT_FAILURE)
-        return
-    state = "[green]running[/]" if status.running else "[red]stopped[/]"
-    out.print(f"kafka {status.version}: {state} pid={status.pid} bootstrap={status.bootstrap}")
-    out.print(f"data: {status.data_dir}\nlogs: {status.log_file}")
-    if not status.running:
-        raise typer.Exit(1)
-
-
 # -- worker ---------------------------------------------------------------------------
 
 
@@ -213,7 +126,7 @@ def worker(
     from weir.processors import ModelServices
     from weir.streams.worker import Worker
 
-    settings = _settings(config, max_in_flight=max_in_flight)
+    settings = settings_from(config, max_in_flight=max_in_flight)
     configure_logging(settings, log_level)
     pipe = load_pipeline(pipeline, search_path=Path.cwd())
     only = [s.strip() for s in steps.split(",")] if steps else None
@@ -324,144 +237,6 @@ async def _withdraw_router_statuses(settings: WeirSettings, services: ModelServi
         logging.getLogger("weir.models").warning("routes: statuses not withdrawn: %s", exc)
 
 
-# -- topics / schemas ---------------------------------------------------------------------
-
-
-@topics_app.command("list")
-def topics_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
-    """List the cluster's topics with their partition counts."""
-    from weir.topics.admin import TopicAdmin
-
-    async def run() -> dict[str, int]:
-        async with TopicAdmin(_settings(config)) as admin:
-            return await admin.list()
-
-    listed = _run(run())
-    if as_json:
-        print_json([{"topic": name, "partitions": n} for name, n in listed.items()])
-        return
-    table = Table("topic", "partitions")
-    for name, partitions in listed.items():
-        table.add_row(name, str(partitions))
-    print_table(out, table)
-
-
-@topics_app.command("create")
-def topics_create(
-    pipeline: Annotated[str, typer.Argument(help="The pipeline, as module.path:attribute.")],
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Print every topic the pipeline needs (partitions, replication, configs) and"
-            " whether it exists; create nothing.",
-        ),
-    ] = False,
-    as_json: JsonOption = False,
-    config: ConfigOption = None,
-) -> None:
-    """Create every topic a pipeline needs (workers also do this when they start)."""
-    from weir.loader import load_pipeline
-    from weir.topics.admin import TopicAdmin
-    from weir.topics.names import topic_specs
-
-    settings = _settings(config)
-    pipe = load_pipeline(pipeline, search_path=Path.cwd())
-    specs = topic_specs(pipe, settings)
-
-    if dry_run:
-
-        async def plan() -> list[Any]:
-            async with TopicAdmin(settings) as admin:
-                return await admin.plan(specs)
-
-        plans = _run(plan())
-        missing = sum(1 for p in plans if not p.exists)
-        err.print(f"dry run: {missing} of {len(plans)} topic(s) would be created")
-        if as_json:
-            print_json(
-                [
-                    {
-                        "topic": p.name,
-                        "partitions": p.partitions,
-                        "replication_factor": p.replication_factor,
-                        "config": p.config,
-                        "exists": p.exists,
-                    }
-                    for p in plans
-                ]
-            )
-            return
-        table = Table("topic", "partitions", "replication", "config", "action")
-        for p in plans:
-            configs = " ".join(f"{k}={v}" for k, v in sorted(p.config.items()))
-            action = "exists" if p.exists else "create"
-            table.add_row(p.name, str(p.partitions), str(p.replication_factor), configs, action)
-        print_table(out, table)
-        return
-
-    async def run() -> list[str]:
-        async with TopicAdmin(settings) as admin:
-            return await admin.ensure(specs)
-
-    created = _run(run())
-    if as_json:
-        print_json({"created": created})
-        return
-    out.print(f"created {len(created)} topic(s)" + "".join(f"\n  {t}" for t in created))
-
-
-@schemas_app.command("list")
-def schemas_list(as_json: JsonOption = False) -> None:
-    """Each schema with its wire id (the Confluent header's schema id)."""
-    from weir.schemas import (
-        DEAD_LETTER_SCHEMA,
-        ENVELOPE_SCHEMA,
-        REQUEST_SCHEMA,
-        RESULT_SCHEMA,
-        TRACE_EVENT_SCHEMA,
-    )
-
-    rows = [
-        {
-            "schema": s.name,
-            "record": s.definition["name"],
-            "schema_id": s.schema_id,
-            "file": f"schemas/{s.name}.avsc",
-        }
-        for s in (
-            REQUEST_SCHEMA,
-            ENVELOPE_SCHEMA,
-            RESULT_SCHEMA,
-            DEAD_LETTER_SCHEMA,
-            TRACE_EVENT_SCHEMA,
-        )
-    ]
-    if as_json:
-        print_json(rows)
-        return
-    table = Table("schema", "record", "schema id", "file")
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    print_table(out, table)
-
-
-@schemas_app.command("show")
-def schemas_show(
-    name: Annotated[
-        str, typer.Argument(help="request, envelope, result, dead_letter, trace_event")
-    ],
-) -> None:
-    """Print one schema (the .avsc JSON)."""
-    from weir.schemas import load_schema
-
-    try:
-        schema = load_schema(name)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(f"no schema {name!r}") from exc
-    out.print_json(json.dumps(schema.definition))
-
-
 # -- demo -----------------------------------------------------------------------------
 
 
@@ -474,4 +249,4 @@ def demo(
     """Start the broker and a worker, run the support pipeline on a batch, print the results."""
     from weir.demo import run_demo
 
-    run_demo(_settings(config), requests=requests, keep_broker=keep_broker, console=out)
+    run_demo(settings_from(config), requests=requests, keep_broker=keep_broker, console=out)
