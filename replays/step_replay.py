@@ -7,9 +7,9 @@ to its own topic (``weir.<pipeline>.replay.<id>``): never the results topic,
 never a dependent's topic; each also goes to the trace topic as a trace event
 tagged with the replay id and variant.  Inputs run ``concurrency`` at a time.
 Inside a replay, functions marked ``@side_effect`` are not called, token
-streams are not published, and model spend does not count against live budgets.  The first record of the replay
-topic is its plan, so ``resume`` carries on from the consumer group's
-committed offsets with the same sample, candidate and budget.
+streams are not published, and model spend does not count against live budgets.
+The first record of the replay topic is its plan, so ``resume`` carries on from
+the consumer group's committed offsets with the same sample, candidate and budget.
 """
 
 from __future__ import annotations
