@@ -109,6 +109,9 @@ class WeirSettings(KafkaSettings):
     collections stop walking long-lived objects; with that, higher thresholds measured no
     better, batched or not (BENCHMARKS.md).
     """
+    gc_gen2_threshold: int = Field(default=10, ge=1)
+    """Generation-1 collections between full ones (Python's default: 10).  After
+    ``gc.freeze`` hardly anything counts as long-lived, so each of them is a full one."""
     max_payload_bytes: int = Field(default=262_144, ge=1024)
     """Larger requests are dead-lettered as ``payload_too_large``.
 

@@ -63,6 +63,8 @@ __all__ = [
     "BudgetExceededError",
     "CircuitOpenError",
     "ConfigError",
+    "ConversationIdError",
+    "ConversationNotFoundError",
     "CycleError",
     "DuplicateStepError",
     "JoinEvictedError",
@@ -196,6 +198,18 @@ class SchemaInvalidError(MessageError):
     """The message decodes but does not match the schema or the pipeline's input."""
 
     error_type = "schema_invalid"
+
+
+class ConversationIdError(SchemaInvalidError):
+    """A request's ``conversation_id`` is not a usable id (not a string, empty, too long)."""
+
+    error_type = "conversation_id_invalid"
+
+
+class ConversationNotFoundError(WeirError):
+    """No conversational step holds the conversation asked for."""
+
+    error_type = "conversation_not_found"
 
 
 class PayloadTooLargeError(MessageError):

@@ -5,8 +5,8 @@
     ('day', Decimal('25.00'))
 
 A ``Router`` with a budget checks it before each call, against the worker's
-``CostLedger`` (``weir.processors.ledger``: the ``weir.costs`` topic, reservations,
-and what happens past ``budget_max_keys``).
+``CostLedger`` (``weir.processors.ledger``: the ``weir.costs`` topic, reservations
+that hold for every worker of the group, and what happens past ``budget_max_keys``).
 
 Over budget, ``on_exceeded="reject"`` fails the call with ``budget_exceeded``
 (not retried); ``"downgrade"`` evaluates the router's rules with
@@ -24,7 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from weir.core.errors import ConfigError
-from weir.processors.ledger import BudgetStatus, CostLedger, Window, window_start
+from weir.processors.ledger import BudgetStatus, Claim, CostLedger, Window, window_start
 from weir.processors.services import services_now
 from weir.streams.context import current_scope
 
@@ -95,17 +95,18 @@ class Budget:
         return ledger.status(self.key(), self.window, self.limit)
 
     async def reserve(self, amount: Decimal) -> Reservation | None:
-        """Reserve ``amount`` for a call; ``None`` when the spend leaves no room for it.
+        """Reserve ``amount`` for a call, for all the group's workers; ``None`` when the spend
+        leaves no room for it.
 
-        While other calls' reservations block it but their actual spend may leave
-        room, it waits for them to settle (so concurrency does not stop spending
-        early).
+        While other calls' reservations (in any worker) block it but their actual
+        spend may leave room, it waits for them to settle (so concurrency does not
+        stop spending early).
         """
         ledger = await self._ledger()
-        key = self.key()
-        if not await ledger.reserve(key, self.window, self.limit, amount):
+        claim = await ledger.reserve(self.key(), self.window, self.limit, amount)
+        if claim is None:
             return None
-        return Reservation(ledger, key, amount)
+        return Reservation(ledger, claim.key, amount, claim=claim)
 
     async def unreserved(self) -> Reservation:
         """A reservation of nothing, to record the spend of a call allowed over budget."""
@@ -125,16 +126,20 @@ class Reservation:
     ledger: CostLedger
     key: str
     amount: Decimal
+    claim: Claim | None = None
+    """The group-wide claim holding ``amount`` (``None``: nothing was reserved)."""
     spent: Decimal = field(default=Decimal(0))
     _released: bool = False
 
     async def spend(self, cost: Decimal) -> None:
-        """Count ``cost`` and return once its event is on the costs topic (see ``record``)."""
-        take = min(cost, max(Decimal(0), self.amount - self.spent))
+        """Count ``cost`` (against the claim) and return once it is counted (see ``record``)."""
         self.spent += cost
-        await self.ledger.record(self.key, cost, reserved_part=take)
+        await self.ledger.record(
+            self.key, cost, claim=self.claim.id or None if self.claim else None
+        )
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self.ledger.unreserve(self.key, max(Decimal(0), self.amount - self.spent))
+            if self.claim is not None:
+                self.ledger.release(self.claim, self.amount - self.spent)

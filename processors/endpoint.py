@@ -47,7 +47,7 @@ from weir.core.errors import (
 )
 from weir.core.secrets import SecretRef
 from weir.processors._call import NO_META, CallMeta, Operation, breaker_refused, one_try, usage_of
-from weir.processors._group import group_now
+from weir.processors._group import group_now, group_pause_s, tell_group_of_pause
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
 from weir.processors.cost import FREE, Price, price_of
@@ -440,13 +440,14 @@ class ModelEndpoint:
     def key_refused(self, error: ModelError) -> None:
         """After a 401/403 the key may have been rotated: resolve it afresh next time.
 
-        After a 429 with ``Retry-After``, every call of this process waits that long.
+        After a 429 with ``Retry-After``, every call of the group's workers waits that long.
         """
         if error.status in (401, 403) and self._key_ref is not None:
             services_now().resolver.invalidate(self._key_ref)
         wait = getattr(error, "retry_after_s", None)
         if isinstance(error, RateLimitedError) and isinstance(wait, int | float) and wait > 0:
             self._paused_until = max(self._paused_until, time.monotonic() + min(wait, 600.0))
+            tell_group_of_pause(self.name, min(wait, 600.0))
 
     def debit_tokens(self, tokens: int) -> None:
         """Charge tokens used beyond the admission's estimate to the tokens-per-minute limit."""
@@ -463,12 +464,7 @@ class ModelEndpoint:
         deadline = time.monotonic() + self.queue_timeout_s
         what = f"endpoint {self.name!r}"
         await self._take_group_share()
-        while (paused := self._paused_until - time.monotonic()) > 0:
-            if time.monotonic() + paused > deadline:
-                raise RateLimitedError(
-                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
-                )
-            await asyncio.sleep(paused)
+        await self._wait_out_pause(deadline, what)
         if self._requests is not None:
             await self._requests.take(1, deadline=deadline, what=what)
         if self._tokens is not None:
@@ -483,6 +479,12 @@ class ModelEndpoint:
                     f"{what}: all {self._concurrency} call slots stayed busy for"
                     f" {self.queue_timeout_s:g}s"
                 ) from None
+            try:
+                # A pause may have begun while this call waited for its slot.
+                await self._wait_out_pause(deadline, what)
+            except BaseException:
+                slots.release()
+                raise
         self.in_flight += 1
         try:
             yield
@@ -490,6 +492,15 @@ class ModelEndpoint:
             self.in_flight -= 1
             if slots is not None:
                 slots.release()
+
+    async def _wait_out_pause(self, deadline: float, what: str) -> None:
+        """Wait while a ``Retry-After`` of this process or of the group holds the endpoint."""
+        while (paused := max(self._paused_until - time.monotonic(), group_pause_s(self.name))) > 0:
+            if time.monotonic() + paused > deadline:
+                raise RateLimitedError(
+                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
+                )
+            await asyncio.sleep(paused)
 
     async def _take_group_share(self) -> None:
         """Inside a worker, per-minute limits are the group's: keep 1/members of them."""

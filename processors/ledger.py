@@ -11,19 +11,22 @@ Why a topic of its own rather than the trace topic: trace events are written
 when a step attempt ends (too late to stop a long step from overspending) and
 do not carry the request's tenant field.
 
-Enforcement is by reservation: before a call, its worst-case cost (input
-estimate plus ``max_tokens`` of output, at the endpoint's price) is reserved.
-Calls run concurrently while their reservations fit under the limit; near the
-limit they wait for the calls in flight to settle their real spend, and the
-last one runs alone while the spend is still below the limit.  Once the spend
-reaches the limit, calls are over budget.  So in one worker the spend stops
-within one call's cost of the limit; several workers may overshoot further by
-the calls they start within the ledger's propagation delay (about a second).
+Enforcement is by reservation, group-wide: before a call, its worst-case cost
+(input estimate plus ``max_tokens`` of output, at the endpoint's price) is
+claimed by a claim event on the topic, which every worker decides the same way
+in the topic's order (``weir.processors._claims``).  Calls run concurrently
+while their claims fit under the limit; near the limit they wait for the calls
+in flight to settle their real spend, and the last one runs alone while the
+spend is still below the limit.  Once the spend reaches the limit, calls are
+over budget.  So the spend of all the pipeline's workers together stops within
+one call's cost of the limit.  The price: a budgeted call waits for its claim
+to come back from the topic (a produce and a read, milliseconds), and its cost
+is counted when its event has come back (``record`` returns then).
 
 Budget keys come from request fields, so their number is capped: past
 ``budget_max_keys`` the least recently used keys without a call in flight are
 evicted, and their spend moves into a fixed-size sketch that can only
-over-estimate it (``weir.processors._spend_sketch``).  An evicted key that comes back
+over-estimate it (``weir.processors._spend_table``).  An evicted key that comes back
 is counted at least what it spent: it may be refused slightly early, it is
 never allowed past its limit.  Event ids remembered to count a re-sent event
 once are capped too (``cost_events_seen_max``, oldest forgotten first): a
@@ -33,9 +36,8 @@ re-send arrives within seconds, far inside that many events.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -43,14 +45,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
+from weir.core.errors import BrokerError
 from weir.core.kafka import KafkaConnection
-from weir.processors._spend_sketch import SpendSketch
+from weir.processors._claims import Claim, ClaimBook, Verdict
+from weir.processors._spend_table import SpendTable, Window, window_start
 from weir.schemas.messages import now_ms
 from weir.streams._bounded import RecentSet
 from weir.streams.context import current_scope
@@ -58,24 +62,9 @@ from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import COSTS_TOPIC, global_topic_specs
 
-__all__ = ["BudgetStatus", "CostLedger", "Window", "window_start"]
+__all__ = ["BudgetStatus", "Claim", "CostLedger", "Window", "window_start"]
 
 log = logging.getLogger("weir.models")
-
-Window = Literal["hour", "day", "month"]
-_HOUR_MS = 3600 * 1000
-
-
-def window_start(window: Window, at_ms: int) -> int:
-    """Epoch ms where the UTC calendar ``window`` containing ``at_ms`` starts."""
-    if window == "hour":
-        return at_ms - at_ms % _HOUR_MS
-    moment = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.UTC)
-    if window == "day":
-        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return int(start.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -105,24 +94,24 @@ class CostLedger:
 
     def __init__(self, settings: WeirSettings) -> None:
         self._settings = settings
-        self._hours: collections.OrderedDict[str, dict[int, Decimal]] = collections.OrderedDict()
-        """Per budget key, spend per hour; least recently used key first."""
-        self._reserved: dict[str, Decimal] = {}
+        self._table = SpendTable(settings.budget_max_keys)
+        """Spend per budget key and hour, in the topic's order."""
+        self._claims = ClaimBook()
+        """Reservations held group-wide, decided in the topic's order."""
         self._own: set[str] = set()
+        """Own events counted before they came back (their send failed): skipped if they do."""
+        self._applied: dict[str, asyncio.Future[None]] = {}
+        """Own cost events waited for until they come back from the topic."""
         self._seen: RecentSet[str] = RecentSet(settings.cost_events_seen_max)
         """Recent event ids, so an event sent twice (a retried send) counts once."""
-        self._evicted = SpendSketch()
-        """Spend of the keys evicted from ``_hours`` (an over-estimate; see ``_spend_sketch``)."""
-        self._approximate: set[str] = set()
-        """Keys in ``_hours`` made after evictions began: they may have spend in the sketch."""
-        self.evicted_keys = 0
-        """Budget keys moved out of memory since start (``budget_max_keys``)."""
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
         self._settled = asyncio.Condition()
+        self._settlements = 0
+        """Claims settled or released so far: a waiter sees any that came after it looked."""
         self.events_read = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -200,6 +189,7 @@ class CostLedger:
             self._task = None
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        self._claims.fail_waiting(BrokerError("the cost ledger stopped before a claim came back"))
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
                 await stop_consumer(self._consumer)
@@ -220,42 +210,44 @@ class CostLedger:
                 await asyncio.sleep(1.0)
 
     def _apply_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        if any(batch.values()):
+            self._notify()  # spend or claims changed: waiting claims look again
         for records in batch.values():
             for record in records:
                 try:
                     event = json.loads(record.value)
                     event_id = str(event["event_id"])
+                    kind = event.get("type", "cost")
+                    if kind == "claim":
+                        if self._seen.add(event_id):
+                            self._claims.decide(event, self.spent)
+                        continue
+                    key = str(event["key"])
+                    if kind == "release":
+                        if self._seen.add(event_id):
+                            self._claims.release(key, str(event["claim"]))
+                        continue
                     cost = Decimal(str(event["cost_usd"]))
                     at = int(event["ts"])
-                    key = str(event["key"])
                 except (KeyError, TypeError, ValueError, InvalidOperation, json.JSONDecodeError):
                     log.warning("cost ledger: skipping a malformed cost event at %s", record.offset)
                     continue
                 self.events_read += 1
                 if not self._seen.add(event_id):
                     continue
+                self._claims.settle(key, event.get("claim"), cost)
                 if event_id in self._own:
                     self._own.discard(event_id)  # counted when it was spent
                     continue
                 self._add(key, at, cost)
+                waiter = self._applied.pop(event_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
     # -- sums --------------------------------------------------------------------------
 
     def _add(self, key: str, at_ms: int, cost: Decimal) -> None:
-        hours = self._hours.get(key)
-        if hours is None:
-            hours = self._hours[key] = {}
-            if self._evicted:
-                self._approximate.add(key)
-            self._evict()
-        else:
-            self._hours.move_to_end(key)
-        hour = window_start("hour", at_ms)
-        hours[hour] = hours.get(hour, Decimal(0)) + cost
-        # Keep about two months of hours per key.
-        if len(hours) > 1600:
-            for old in sorted(hours)[: len(hours) - 1600]:
-                del hours[old]
+        self._table.add(key, at_ms, cost, keep=self._claims.holds)
 
     @property
     def event_ids_remembered(self) -> int:
@@ -265,85 +257,95 @@ class CostLedger:
     @property
     def keys_in_memory(self) -> int:
         """Budget keys whose spend is held exactly (at most ``budget_max_keys``)."""
-        return len(self._hours)
+        return self._table.keys_in_memory
 
-    def _evict(self) -> None:
-        """Move least recently used keys past ``budget_max_keys`` into the sketch.
-
-        Keys with a reservation (a call in flight) stay: their spend is about to change,
-        so the table may exceed the cap by the number of keys with calls in flight.
-        """
-        limit = self._settings.budget_max_keys
-        if len(self._hours) <= limit:
-            return
-        for key in list(self._hours):
-            if len(self._hours) <= limit:
-                break
-            if self._reserved.get(key):
-                continue
-            for hour, cost in self._hours.pop(key).items():
-                self._evicted.add(key, hour, cost)
-            self._approximate.discard(key)
-            self.evicted_keys += 1
-            if self.evicted_keys == 1 or self.evicted_keys % 10_000 == 0:
-                log.warning(
-                    "cost ledger: more than %d budget keys (budget_max_keys); %d evicted so far,"
-                    " their spend kept as an over-estimate",
-                    limit,
-                    self.evicted_keys,
-                )
-        self._evicted.forget_before(window_start("month", now_ms()))
+    @property
+    def evicted_keys(self) -> int:
+        """Budget keys moved out of memory since start (``budget_max_keys``)."""
+        return self._table.evicted_keys
 
     def spent(self, key: str, window: Window, at_ms: int | None = None) -> Decimal:
         """What ``key`` spent in the current ``window``: exact, or at least that once evicted."""
-        at = now_ms() if at_ms is None else at_ms
-        start = window_start(window, at)
-        hours = self._hours.get(key)
-        exact = sum((v for h, v in (hours or {}).items() if h >= start), Decimal(0))
-        if hours is not None:
-            self._hours.move_to_end(key)
-        if self._evicted and (hours is None or key in self._approximate):
-            return exact + self._evicted.estimate(key, since_ms=start)
-        return exact
+        return self._table.spent(key, window, now_ms() if at_ms is None else at_ms)
 
     def status(self, key: str, window: Window, limit: Decimal) -> BudgetStatus:
         return BudgetStatus(
-            key, limit, self.spent(key, window), self._reserved.get(key, Decimal(0))
+            key, limit, self.spent(key, window), self._claims.reserved(key, now_ms())
         )
 
     async def reserve(
         self, key: str, window: Window, limit: Decimal, amount: Decimal, *, wait_s: float = 60.0
-    ) -> bool:
-        """Reserve ``amount`` under ``limit``; ``False`` once the spend has reached it."""
+    ) -> Claim | None:
+        """Claim ``amount`` under ``limit`` for the group; ``None`` once the spend has reached it.
+
+        While other calls' claims leave no room but their actual spend may, it
+        waits (up to ``wait_s``) for them to settle, then claims again.
+        """
         deadline = time.monotonic() + wait_s
         while True:
-            spent = self.spent(key, window)
-            reserved = self._reserved.get(key, Decimal(0))
-            # Concurrent calls are admitted while their worst cases fit; the last one alone
-            # while the spend is below the limit, so the overshoot is at most one call.
-            fits = spent + reserved + amount <= limit
-            if fits or (reserved == 0 and spent < limit):
-                if amount:
-                    self._reserved[key] = reserved + amount
-                return True
-            if spent >= limit or time.monotonic() > deadline:
-                return False
+            if self.spent(key, window) >= limit:
+                return None
+            if not amount:
+                return Claim("", key, amount)
+            seen = self._settlements
+            verdict = await self._claim(key, window, limit, amount)
+            if isinstance(verdict, Claim):
+                return verdict
+            if verdict == "spent" or time.monotonic() > deadline:
+                return None
             # Calls in flight hold the room; what they really spend decides.
             async with self._settled:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        await self._settled.wait()
+                        await self._settled.wait_for(functools.partial(self._changed_since, seen))
 
-    def unreserve(self, key: str, amount: Decimal) -> None:
-        if amount:
-            left = max(Decimal(0), self._reserved.get(key, Decimal(0)) - amount)
-            if left:
-                self._reserved[key] = left
-            else:  # no entry per key that was ever used: they come from request fields
-                self._reserved.pop(key, None)
-        self._notify()
+    async def _claim(
+        self, key: str, window: Window, limit: Decimal, amount: Decimal
+    ) -> Claim | Verdict:
+        """Put a claim on the topic and wait for it to come back decided."""
+        claim_id = uuid.uuid4().hex
+        event = {
+            "type": "claim",
+            "event_id": claim_id,
+            "key": key,
+            "amount_usd": str(amount),
+            "limit_usd": str(limit),
+            "window": window,
+            "ts": now_ms(),
+        }
+        verdict = self._claims.expect(claim_id)
+        try:
+            if not await self._send(key, event):
+                raise BrokerError(f"cost ledger: cannot put a budget claim of {key} on the topic")
+            async with asyncio.timeout(self.send_patience_s):
+                decided = await verdict
+        except TimeoutError:
+            raise BrokerError(
+                f"cost ledger: a budget claim of {key} did not come back from {COSTS_TOPIC}"
+            ) from None
+        finally:
+            self._claims.forget(claim_id)
+        return Claim(claim_id, key, amount) if decided == "granted" else decided
+
+    def release(self, claim: Claim, left: Decimal) -> None:
+        """Free what ``claim`` still holds (``left``), for every worker; sent in the background."""
+        if not claim.id or left <= 0:
+            return
+        # Freed when the event comes back, here as in every worker: claims are decided the
+        # same way everywhere only if every worker frees it at the same place in the log.
+        event: dict[str, Any] = {"type": "release", "event_id": uuid.uuid4().hex}
+        event |= {"key": claim.key, "claim": claim.id, "ts": now_ms()}
+        with contextlib.suppress(RuntimeError):  # no running loop: the claim expires instead
+            task = asyncio.get_running_loop().create_task(self._send(claim.key, event))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def _changed_since(self, seen: int) -> bool:
+        return self._settlements != seen
 
     def _notify(self) -> None:
+        self._settlements += 1
+
         async def wake() -> None:
             async with self._settled:
                 self._settled.notify_all()
@@ -353,18 +355,16 @@ class CostLedger:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def record(self, key: str, cost: Decimal, *, reserved_part: Decimal = Decimal(0)) -> None:
-        """Count ``cost`` now, then put its event on the topic and wait for the broker's ack.
+    async def record(self, key: str, cost: Decimal, *, claim: str | None = None) -> None:
+        """Put ``cost`` on the topic and return once it is counted (read back from the topic).
 
-        Broker errors are retried with back-off (as the worker's outbox does) for
-        up to ``send_patience_s``; the caller's cancellation (a step timeout, a
-        worker draining) ends the wait, and so does the ledger stopping.  An
-        event that is not written is logged: this worker still counts it, but
-        other workers and a restarted one do not see it.
+        ``claim``: the claim it uses up.  Broker errors are retried with back-off
+        (as the worker's outbox does) for up to ``send_patience_s``; the caller's
+        cancellation (a step timeout, a worker draining) ends the wait, and so does
+        the ledger stopping.  An event that is not written is logged and counted
+        here only: other workers and a restarted one do not see it.
         """
         at = now_ms()
-        self.unreserve(key, reserved_part)
-        self._add(key, at, cost)
         event_id = uuid.uuid4().hex
         scope = current_scope()
         event = {
@@ -372,31 +372,48 @@ class CostLedger:
             "key": key,
             "cost_usd": str(cost),
             "ts": at,
+            "claim": claim,
             "pipeline": scope.context.pipeline if scope else None,
             "request_id": scope.context.request_id if scope else None,
             "step": scope.context.step if scope else None,
         }
+        applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied[event_id] = applied
+        try:
+            if await self._send(key, event):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.send_patience_s):
+                        await asyncio.shield(applied)
+                        return
+        finally:
+            self._applied.pop(event_id, None)
+        if not applied.done():
+            # Not back from the topic: count it here now (and not again if it comes back).
+            self._own.add(event_id)
+            self._add(key, at, cost)
+            if claim is not None and self._claims.settle(key, claim, cost):
+                self._notify()
+
+    async def _send(self, key: str, event: dict[str, Any]) -> bool:
+        """Send ``event``; whether the broker acknowledged it (retried for ``send_patience_s``)."""
         value = json.dumps(event).encode()
-        self._own.add(event_id)
         deadline = time.monotonic() + self.send_patience_s
         backoff = 0.2
         while True:
             producer = self._producer
             if producer is None:
                 log.warning("cost ledger is not running; spend of %s counted locally only", key)
-                self._own.discard(event_id)  # it will not come back from the topic
-                return
+                return False
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                     await producer.send_and_wait(COSTS_TOPIC, value, key.encode())
-                return
+                return True
             except (KafkaError, TimeoutError) as exc:
                 if time.monotonic() + backoff > deadline:
-                    # It may still arrive (so its id stays among ours, to count it once).
-                    log.error("cost ledger: a cost event of %s was not written: %s", key, exc)
-                    return
+                    log.error("cost ledger: an event of %s was not written: %s", key, exc)
+                    return False
                 log.warning(
-                    "cost ledger: the broker did not take a cost event (%s); again in %.1fs",
+                    "cost ledger: the broker did not take an event (%s); again in %.1fs",
                     exc,
                     backoff,
                 )

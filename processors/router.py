@@ -23,7 +23,7 @@ over these names:
     options.<name>    the request options: text that compares with numbers as the number it
                       spells (``options.latency_sla < 500`` works; ``weir.processors.options``)
     latency_sla       ``options['latency_sla']`` in ms as a number (infinity when unset)
-    lag               unprocessed messages of the calling step on this worker
+    lag               unprocessed messages of the calling step, group-wide (all workers)
     budget_exceeded   the router's budget is used up for its window (see ``Budget``)
     budget_spent, budget_remaining   USD as numbers
 
@@ -57,6 +57,7 @@ from simpleeval import InvalidExpression
 
 from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
 from weir.processors._call import CallMeta
+from weir.processors._group import step_lag_now
 from weir.processors.budget import Budget, Reservation
 from weir.processors.chat_stream import ChatStream
 from weir.processors.condition import condition_names, lookup
@@ -257,7 +258,7 @@ class Router:
             request = ctx.request if request is None else request
             options = ctx.options if options is None else options
             request_id = request_id or ctx.request_id
-            lag = scope.lag() if lag is None else lag
+            lag = step_lag_now(scope) if lag is None else lag
         active = self._active
         exceeded, spent, remaining = budget or (False, Decimal(0), Decimal("Infinity"))
         feats = Features(text, messages=messages, extra=features)

@@ -30,7 +30,9 @@ from weir.core.config import WeirSettings
 from weir.core.errors import ConfigError
 from weir.core.secrets import SecretResolver
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
+from weir.processors.group_lag import GroupLag
 from weir.processors.ledger import CostLedger
+from weir.processors.pauses import GroupPauses
 from weir.processors.routes import RouteWatcher
 from weir.processors.rules import RuleFollower
 from weir.streams.context import current_scope
@@ -64,6 +66,8 @@ class ModelServices:
         self._routers: dict[str, RuleFollower] = {}
         self._watcher: RouteWatcher | None = None
         self._ledger: CostLedger | None = None
+        self._pauses: GroupPauses | None = None
+        self._group_lag: GroupLag | None = None
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.started = False
         self.stopped = False
@@ -128,6 +132,20 @@ class ModelServices:
         await self._ledger.start()
         return self._ledger
 
+    def pauses(self) -> GroupPauses:
+        """The group-wide ``Retry-After`` pauses (made on first use, stopped with these)."""
+        if self._pauses is None:
+            self._pauses = GroupPauses(self.settings)
+            self.add_closer(self._pauses.aclose)
+        return self._pauses
+
+    def group_lag(self) -> GroupLag:
+        """The group-wide lag routing rules read (made on first use, stopped with these)."""
+        if self._group_lag is None:
+            self._group_lag = GroupLag(self.settings)
+            self.add_closer(self._group_lag.aclose)
+        return self._group_lag
+
     def add_closer(self, close: Callable[[], Awaitable[None]]) -> None:
         """Have ``stop()`` await ``close`` (a batcher's calls, a group-membership poller)."""
         self._closers.append(close)
@@ -158,6 +176,7 @@ class ModelServices:
         self.stopped = True
         watcher, self._watcher = self._watcher, None
         ledger, self._ledger = self._ledger, None
+        self._pauses = self._group_lag = None  # closed with the closers below
         closers, self._closers = self._closers, []
         for name, close in (
             ("route watcher", watcher.stop if watcher else None),

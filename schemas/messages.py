@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -130,7 +131,11 @@ class Request(BaseModel):
             record["payload"] = _json_object(record["payload"], "request payload")
         record.setdefault("pipeline", pipeline)
         if "request_id" not in record and key:
-            record["request_id"] = key.decode("utf-8", errors="replace")
+            named = key.decode("utf-8", errors="replace")
+            payload = record.get("payload")
+            # A conversation's requests are keyed by its id: that key names no request.
+            if not (isinstance(payload, dict) and payload.get("conversation_id") == named):
+                record["request_id"] = named
         try:
             request = cls.model_validate(record)
         except ValidationError as exc:
@@ -404,7 +409,8 @@ class TraceEvent:
     span_id: str | None = None
     input: str | None = None
     output: str | None = None
-    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    event_id: str = field(default_factory=lambda: os.urandom(16).hex())
+    """128 random bits as 32 hex digits (a ``uuid4`` object costs more than encoding the event)."""
     replay_id: str = ""
     """The step replay this attempt ran in (``""``: live traffic)."""
     variant: str = ""

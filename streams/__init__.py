@@ -22,6 +22,7 @@ from weir.streams.branch import Branch
 from weir.streams.cache import Cache
 from weir.streams.client import WeirClient
 from weir.streams.context import StepContext
+from weir.streams.conversation import Conversation, History
 from weir.streams.dependencies import AnyOf, any_of
 from weir.streams.local import run_local
 from weir.streams.pipeline import Pipeline, Step
@@ -36,8 +37,10 @@ __all__ = [
     "AnyOf",
     "Branch",
     "Cache",
+    "Conversation",
     "Escalate",
     "Fallback",
+    "History",
     "Pipeline",
     "RetryPolicy",
     "Step",

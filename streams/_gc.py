@@ -15,11 +15,12 @@ import gc
 __all__ = ["tune_gc"]
 
 
-def tune_gc(gen0_threshold: int) -> None:
-    """Freeze the objects alive now and set the generation-0 threshold (0: change nothing)."""
+def tune_gc(gen0_threshold: int, gen2_threshold: int = 10) -> None:
+    """Freeze the objects alive now and set the generation-0 and -2 thresholds (gen-0 0:
+    change nothing)."""
     if gen0_threshold <= 0:
         return
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
+    _, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2_threshold)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -36,7 +37,8 @@ from aiokafka.structs import ConsumerRecord
 
 from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 from weir.core.kafka import KafkaConnection
-from weir.schemas.messages import Envelope, ModelCall, Result, now_ms, now_us, total_usage
+from weir.schemas._result_codec import ResultFields
+from weir.schemas.messages import Envelope, ModelCall, now_ms, now_us, total_usage
 from weir.streams._runtime import Record, Runtime, merge_calls
 from weir.streams.join import JoinTable, eviction_messages
 from weir.streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
@@ -69,7 +71,7 @@ def _decode(raw: bytes) -> _Answered:
     return _Answered(str(body["s"]), body.get("r"), float(body["t"]))
 
 
-def _admits(previous: _Answered | None, result: Result) -> bool:
+def _admits(previous: _Answered | None, result: ResultFields) -> bool:
     if previous is None:
         return True
     if previous.status == "S":
@@ -183,6 +185,8 @@ class AnswerStage:
         """
         if not self._owns(partition) or partition not in self._writers:
             return False
+        # Not encoded when handed over (``OutMessage.decoded``): the record only stands
+        # for where the envelope would have been read from.
         value = message.value or b""
         record: Record = ConsumerRecord(
             topic=self.topic,
@@ -226,7 +230,7 @@ class AnswerStage:
             changes += eviction_messages(rt, self.join)
             await rt.outbox.send_all(changes, owned=owned)
 
-    def _result(self, record: Record, env: Envelope) -> Result | None:
+    def _result(self, record: Record, env: Envelope) -> ResultFields | None:
         if env.kind == "FAILURE":
             return self._build(env, "FAILURE", None, list(env.path), env.calls)
         if self.join is None:
@@ -256,10 +260,10 @@ class AnswerStage:
         output: str | None,
         path: list[str],
         calls: list[ModelCall],
-    ) -> Result:
+    ) -> ResultFields:
         tokens_in, tokens_out, cost = total_usage(calls)
         completed = now_ms()
-        return Result(
+        return ResultFields(
             request_id=env.request_id,
             pipeline=env.pipeline,
             status=status,  # type: ignore[arg-type]
@@ -278,7 +282,7 @@ class AnswerStage:
             replay=env.replay,
         )
 
-    async def _answer(self, p: int, result: Result) -> None:
+    async def _answer(self, p: int, result: ResultFields) -> None:
         rt = self._rt
         previous = self._answered.get(p, result.request_id)
         if not _admits(previous, result):
@@ -289,15 +293,14 @@ class AnswerStage:
             raise Abandoned(f"answers partition {p} is not owned")
         wire = result.to_wire(rt.settings.results_format, schema_id=rt.result_schema_id)
         if len(wire) > MAX_MESSAGE_BYTES:
-            result = result.model_copy(
-                update={
-                    "status": "FAILURE",
-                    "output": None,
-                    "calls": [],
-                    "error_type": OutputTooLargeError.error_type,
-                    "error_message": f"the result is {len(wire)} bytes; Kafka takes at most"
-                    f" {MAX_MESSAGE_BYTES}",
-                }
+            result = dataclasses.replace(
+                result,
+                status="FAILURE",
+                output=None,
+                calls=[],
+                error_type=OutputTooLargeError.error_type,
+                error_message=f"the result is {len(wire)} bytes; Kafka takes at most"
+                f" {MAX_MESSAGE_BYTES}",
             )
             wire = result.to_wire(rt.settings.results_format, schema_id=rt.result_schema_id)
         # Claimed before the write, so a concurrent duplicate is dropped right away.

@@ -31,6 +31,7 @@ from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import REQUEST_SCHEMA, Request, Result, now_ms
 from weir.schemas.registry import SchemaRegistry
 from weir.streams._result_listener import ResultListener
+from weir.streams.conversation import conversation_id_of
 from weir.streams.tokens import TokenStream
 from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
@@ -126,8 +127,15 @@ class WeirClient:
         request_id: str | None = None,
         options: Mapping[str, str] | None = None,
         fmt: Literal["json", "avro"] = "json",
+        conversation_id: str | None = None,
     ) -> str:
-        """Submit one request; return its request id once the broker has it."""
+        """Submit one request; return its request id once the broker has it.
+
+        ``conversation_id`` puts the request in that conversation (the payload's
+        ``conversation_id`` field; ``History`` steps see its earlier turns).
+        """
+        if conversation_id is not None:
+            payload = {**payload, "conversation_id": conversation_id}
         ids = await self.submit_many(
             pipeline,
             [payload],
@@ -150,7 +158,8 @@ class WeirClient:
         """Submit many requests (pipelined); return their ids in order.
 
         ``on_sent(n)`` is called as acknowledgements arrive (for progress bars).
-        ``request_ids``, when given, must hold one id per payload.
+        ``request_ids``, when given, must hold one id per payload.  A payload with a
+        ``conversation_id`` is keyed by it, so a conversation stays on one partition.
         """
         payloads = list(payloads)
         given = list(request_ids) if request_ids is not None else None
@@ -159,6 +168,8 @@ class WeirClient:
                 f"submit_many got {len(payloads)} payload(s) but {len(given)} request id(s);"
                 " give one id per payload, or none"
             )
+        # Checked before anything is sent: a bad id rejects the whole call.
+        conversations = [conversation_id_of(p) for p in payloads]
         if self._producer is None:
             raise WeirError("WeirClient is not started")
         topic = await self._requests_topic(pipeline)
@@ -175,7 +186,8 @@ class WeirClient:
                 options=dict(options or {}),
             )
             raw = request.to_avro(schema_id=schema_id) if fmt == "avro" else request.to_json()
-            fut = await self._producer.send(topic, value=raw, key=rid.encode())
+            key = conversations[n] or rid
+            fut = await self._producer.send(topic, value=raw, key=key.encode())
             if on_sent is not None:
                 fut.add_done_callback(lambda _: on_sent(1))
             futures.append(fut)
@@ -209,6 +221,7 @@ class WeirClient:
         For callers that stream many requests and track each acknowledgement
         (``weir submit --file`` keeps a resumable record of them).
         """
+        key = conversation_id_of(payload) or request_id
         if self._producer is None:
             raise WeirError("WeirClient is not started")
         topic = await self._requests_topic(pipeline)
@@ -220,9 +233,7 @@ class WeirClient:
         )
         schema_id = await self._request_schema_id(topic) if fmt == "avro" else None
         raw = request.to_avro(schema_id=schema_id) if fmt == "avro" else request.to_json()
-        future: asyncio.Future[Any] = await self._producer.send(
-            topic, value=raw, key=request_id.encode()
-        )
+        future: asyncio.Future[Any] = await self._producer.send(topic, value=raw, key=key.encode())
         return future
 
     async def watch(self, pipeline: str) -> None:

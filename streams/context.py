@@ -62,6 +62,8 @@ class AttemptScope:
     """Completed calls of the pipeline, so a redelivered attempt does not pay twice."""
     calls_made: int = 0
     """Journaled calls this attempt has started (``next_call_index``)."""
+    history: Any = None
+    """The conversation a ``History`` parameter receives (``weir.streams.conversation``)."""
 
     def next_call_index(self) -> int:
         """The index of the attempt's next model call (0, 1, ...), in the order made."""

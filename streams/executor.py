@@ -19,10 +19,11 @@ from weir.core.errors import SchemaInvalidError, StepError, StepTimeoutError, We
 from weir.schemas.messages import Envelope
 from weir.streams.branch import Branch
 from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope
+from weir.streams.conversation import Conversation, ConversationState, History
 from weir.streams.pipeline import Step
 from weir.streams.threads import StepThreads
 
-__all__ = ["StepExecutor", "encode_output", "split_branch"]
+__all__ = ["StepExecutor", "detached_history", "encode_output", "split_branch"]
 
 
 def encode_output(value: Any, *, step: str) -> str:
@@ -69,7 +70,11 @@ class StepExecutor:
         )
 
     def arguments(
-        self, inputs: Mapping[str, str | None], first: Envelope, ctx: StepContext | None = None
+        self,
+        inputs: Mapping[str, str | None],
+        first: Envelope,
+        ctx: StepContext | None = None,
+        history: Any = None,
     ) -> dict[str, Any]:
         """Keyword arguments for the step function; ``SchemaInvalidError`` if one does not fit.
 
@@ -80,6 +85,12 @@ class StepExecutor:
         kwargs: dict[str, Any] = {}
         for b in self.step.bindings:
             try:
+                if b.source == "history":
+                    # Outside a worker's attempt (a replay): an empty history, kept nowhere.
+                    kwargs[b.parameter] = (
+                        history if history is not None else detached_history(self.step, first)
+                    )
+                    continue
                 if b.source in ("dependency", "any"):
                     name = next((n for n in b.names if n in inputs), b.name)
                     if name not in inputs:  # a skipped branch of an any_of rejoin
@@ -191,7 +202,14 @@ class StepExecutor:
     ) -> Any:
         """Inject, call; return the output (possibly a ``Branch``)."""
         ctx = scope.context if scope is not None else None
-        return await self.call(self.arguments(inputs, first, ctx), scope)
+        history = scope.history if scope is not None else None
+        return await self.call(self.arguments(inputs, first, ctx, history), scope)
+
+
+def detached_history(step: Step, first: Envelope) -> History:
+    """An empty ``History`` whose turns go nowhere (replays, what-if)."""
+    config = step.conversation or Conversation()
+    return History(None, ConversationState(), config, request_id=first.request_id, step=step.name)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

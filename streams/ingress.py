@@ -25,6 +25,7 @@ from weir.core.errors import (
 )
 from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from weir.streams._runtime import Runtime, guess_request_id
+from weir.streams.conversation import conversation_id_of, routing_key
 from weir.streams.dead_letter import error_type_of
 from weir.streams.outbox import MAX_MESSAGE_BYTES, Outcome, OutMessage, Owned
 from weir.streams.tracing import TRACEPARENT_HEADER
@@ -39,7 +40,9 @@ class RootHandler(Protocol):
     @property
     def batchable(self) -> bool: ...
 
-    def prepare(self, record: ConsumerRecord[bytes, bytes]) -> Coroutine[Any, Any, Outcome]: ...
+    def prepare(
+        self, record: ConsumerRecord[bytes, bytes], decoded: Envelope | None = None
+    ) -> Coroutine[Any, Any, Outcome]: ...
 
 
 REPLAY_HEADER = "weir.replay"
@@ -99,6 +102,8 @@ class Ingress:
         traceparent = request.traceparent or _header(record, TRACEPARENT_HEADER)
         created = now_us()
         key = request.request_id.encode()
+        if rt.pipeline.has_conversations:  # one conversation, one partition
+            key = routing_key(payload, request.request_id)
         out = []
         here = []
         for root in self._roots:
@@ -123,7 +128,9 @@ class Ingress:
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
                 step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
-                here.append(runner.prepare(step_record))
+                # Handed over as the object it was encoded from: no decode of what was
+                # just encoded (the bytes are kept for dead letters and the size check).
+                here.append(runner.prepare(step_record, env))
             else:
                 out.append(OutMessage(rt.topics.step(root), key, encoded))
         parts: list[Outcome] = []
@@ -146,6 +153,8 @@ class Ingress:
 
         The client then hears about it from the requests topic, not from a step.
         """
+        if self._rt.pipeline.has_conversations:
+            conversation_id_of(request.payload)  # a clear error for an unusable id
         model = self._rt.pipeline.input_model
         if model is not None:
             try:

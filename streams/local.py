@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from weir.core.errors import BranchError, JoinInputSkippedError
 from weir.schemas.messages import Envelope, now_ms, now_us
+from weir.streams.conversation import ConversationState, History, Turn, conversation_id_of
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.pipeline import Pipeline
@@ -22,6 +24,7 @@ async def run_local(
     *,
     request_id: str = "local",
     options: dict[str, str] | None = None,
+    turns: Sequence[Turn] = (),
 ) -> tuple[Any, list[str]]:
     """Run every step in dependency order in this process; return ``(output, path)``.
 
@@ -29,7 +32,8 @@ async def run_local(
     a pipeline's logic can be tested without a broker.  Step errors propagate
     (no retries, no fallbacks), and so does ``JoinInputSkippedError`` where the
     worker would answer a FAILURE.  A step that escalates (``Escalate``) ends the
-    run: it is returned as the output.
+    run: it is returned as the output.  A ``History`` step sees ``turns`` as the
+    conversation's earlier turns (nothing is stored).
 
     >>> from weir.streams import Pipeline
     >>> import asyncio
@@ -79,7 +83,12 @@ async def run_local(
                 threads=threads,
             )
             inputs = {d: outputs[d] for d in arrived}
-            raw = await executor.run(inputs, first)
+            history = None
+            if step.conversation is not None:
+                state = ConversationState(list(turns))
+                cid = conversation_id_of(payload)
+                history = History(cid, state, step.conversation, request_id=request_id, step=name)
+            raw = await executor.call(executor.arguments(inputs, first, None, history))
             if isinstance(raw, Escalate):
                 # Where a worker sends the request to a person: the run ends with the Escalate.
                 return raw, [*path, name]

@@ -38,13 +38,20 @@ class OutMessage(NamedTuple):
     bounded form)."""
     decoded: object = None
     """The object ``value`` was encoded from (an envelope), for a stage of this process
-    that takes the message (``Outbox.shortcut``) without decoding it again."""
+    that takes the message (``Outbox.shortcut``) without decoding it again.  With
+    ``value`` ``None`` it is encoded (its ``encode()``) only when the message is sent:
+    a message a shortcut takes is never encoded."""
     ahead: bool = False
     """Acknowledged before the rest of the same send goes out: a dead letter before its
     request's FAILURE answer, so whoever reads the answer can list the letter."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+def _encoded(message: OutMessage) -> OutMessage:
+    """``message`` with its ``decoded`` object encoded as its value (see ``OutMessage``)."""
+    return message._replace(value=message.decoded.encode())  # type: ignore[attr-defined]
 
 
 class Outcome:
@@ -188,6 +195,9 @@ class Outbox:
     async def _send(self, messages: Sequence[OutMessage], *, owned: Owned) -> None:
         if not messages:
             return
+        messages = [
+            _encoded(m) if m.value is None and m.decoded is not None else m for m in messages
+        ]
         backoff = 0.2
         while True:
             try:

@@ -2,7 +2,8 @@
 
 How a step's parameters are filled, checked when the step is declared:
 
-1. a parameter annotated ``StepContext`` receives the request's context;
+1. a parameter annotated ``StepContext`` receives the request's context, one
+   annotated ``History`` the request's conversation (``weir.streams.conversation``);
 2. a parameter named like one of its dependencies receives that step's output;
 3. the remaining parameters receive the remaining dependencies' outputs, in
    ``depends_on`` order (so ``generate(context, history)`` may depend on
@@ -37,6 +38,7 @@ from weir.core.errors import (
 )
 from weir.streams.cache import Cache
 from weir.streams.context import StepContext
+from weir.streams.conversation import Conversation, History
 from weir.streams.dependencies import AnyOf
 from weir.streams.retry import Fallback, RetryPolicy
 
@@ -46,7 +48,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 
-BindingSource = Literal["dependency", "any", "field", "payload", "context"]
+BindingSource = Literal["dependency", "any", "field", "payload", "context", "history"]
 JoinMode = Literal["all", "any"]
 Dependencies = Sequence[str | Callable[..., Any]] | AnyOf | str | Callable[..., Any]
 """``depends_on``: steps (by name or function), one step alone, or ``any_of(...)``."""
@@ -91,6 +93,8 @@ class Step:
     skipped, if at least one produced (``depends_on=any_of(...)``)."""
     cache: Cache | None = None
     """Reuse outputs of earlier attempts with the same inputs (``weir.streams.cache``)."""
+    conversation: Conversation | None = None
+    """Set when a parameter is annotated ``History`` (``weir.streams.conversation``)."""
 
     @property
     def is_root(self) -> bool:
@@ -162,6 +166,7 @@ class Pipeline:
         inline: bool = False,
         log_io: bool = False,
         cache: Cache | None = None,
+        conversation: Conversation | None = None,
     ) -> Callable[[F], F]:
         """Declare the decorated function as a step; the function itself is returned unchanged.
 
@@ -175,6 +180,8 @@ class Pipeline:
         there, so no timeout applies).  ``log_io=True`` puts the
         step's PII-redacted inputs and output on its trace events.  ``cache``
         reuses the output of an earlier attempt with the same inputs (``Cache``).
+        ``conversation`` sets the budget and caps of the conversation a ``History``
+        parameter receives (default: ``Conversation()``).
         """
 
         def decorate(fn: F) -> F:
@@ -189,6 +196,7 @@ class Pipeline:
                 inline=inline,
                 log_io=log_io,
                 cache=cache,
+                conversation=conversation,
             )
             # Builtins and some callables refuse attributes.
             with contextlib.suppress(AttributeError):
@@ -209,6 +217,7 @@ class Pipeline:
         inline: bool = False,
         log_io: bool = False,
         cache: Cache | None = None,
+        conversation: Conversation | None = None,
     ) -> Step:
         """Declare ``fn`` (a function or a processor) as step ``name``."""
         where = f"pipeline {self.name!r}"
@@ -255,6 +264,24 @@ class Pipeline:
         if name in deps:
             raise CycleError(f"{where}: step {name!r} depends on itself")
         bindings = self._bind(name, fn, deps, joins)
+        talks = any(b.source == "history" for b in bindings)
+        if conversation is not None and not isinstance(conversation, Conversation):
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r} conversation must be a Conversation(...),"
+                f" got {conversation!r}"
+            )
+        if conversation is not None and not talks:
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r} sets conversation= but has no parameter annotated"
+                " History to receive it"
+            )
+        if talks and cache is not None:
+            raise PipelineDefinitionError(
+                f"{where}: step {name!r} has a History and a Cache; a cached output would"
+                " skip the conversation's new turns, so a step can have only one of them"
+            )
+        if talks and conversation is None:
+            conversation = Conversation()
         if fallback is not None and fallback.function is not None:
             _check_fallback_signature(where, name, fallback.function, bindings)
         step = Step(
@@ -271,6 +298,7 @@ class Pipeline:
             log_io=log_io,
             joins=joins,
             cache=cache,
+            conversation=conversation,
         )
         self._steps[name] = step
         self._validated = False
@@ -334,6 +362,8 @@ class Pipeline:
             hint = hints.get(p.name, p.annotation)
             if hint is StepContext or (isinstance(hint, str) and hint.endswith("StepContext")):
                 bindings[p.name] = Binding(p.name, "context")
+            elif hint is History or (isinstance(hint, str) and hint.endswith("History")):
+                bindings[p.name] = Binding(p.name, "history")
             elif p.name in remaining_deps:
                 bindings[p.name] = Binding(p.name, "dependency", p.name, _adapter(hint))
                 remaining_deps.remove(p.name)
@@ -470,6 +500,11 @@ class Pipeline:
     def needs_result_collector(self) -> bool:
         """Several final steps: the answer stage joins their outputs into one result."""
         return len(self.final_steps) > 1
+
+    @property
+    def has_conversations(self) -> bool:
+        """A step has a ``History``: messages are keyed by conversation id (``routing_key``)."""
+        return any(s.conversation is not None for s in self._steps.values())
 
 
 def _adapter(hint: Any) -> TypeAdapter[Any] | None:

@@ -34,6 +34,8 @@ from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_u
 from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
 from weir.streams.cache import StepCache
 from weir.streams.context import AttemptScope, StepContext
+from weir.streams.conversation import routing_key
+from weir.streams.conversation_store import ConversationStore
 from weir.streams.dead_letter import error_type_of
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
@@ -91,6 +93,15 @@ class StepRunner:
                 topic=runtime.topics.cache(step),
                 step=step,
             )
+        self.conversations: ConversationStore | None = None
+        if self.step.conversation is not None:
+            self.conversations = ConversationStore(
+                runtime.settings,
+                self.step.conversation,
+                topic=runtime.topics.conversation(step),
+                step=step,
+            )
+        self._keyed = pipeline.has_conversations
         self.join: JoinTable | None = None
         if self.step.is_join:
             self.join = JoinTable(
@@ -120,11 +131,15 @@ class StepRunner:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
 
-    async def prepare(self, record: Record) -> Outcome:
-        """Run the record's attempt (if it completes one); return what it must write."""
+    async def prepare(self, record: Record, decoded: Envelope | None = None) -> Outcome:
+        """Run the record's attempt (if it completes one); return what it must write.
+
+        ``decoded``: the record's envelope, when the caller has it as an object already
+        (the ingress, for a root step run on the request's record).
+        """
         rt = self._rt
         try:
-            env = Envelope.decode(record.value)
+            env = decoded if decoded is not None else Envelope.decode(record.value)
             if env.pipeline != rt.pipeline.name or env.step != self.name:
                 raise SchemaInvalidError(
                     f"envelope for {env.pipeline}/{env.step} arrived on {record.topic}"
@@ -219,6 +234,7 @@ class StepRunner:
         hit = False
         encoded: str | None = None
         targets: tuple[str, ...] | None = None
+        said: list[OutMessage] = []  # the conversation's new turns
         attributes: dict[str, Any] = {}
         if rt.tracing.recording:
             attributes = {
@@ -245,7 +261,12 @@ class StepRunner:
                 if a.missing and self.step.joins == "all":
                     # Never a null answer: the join cannot run, so the request fails here.
                     raise JoinInputSkippedError(join_skipped_message(self.name, list(a.missing)))
-                encoded, targets, escalate, hit = await self._outcome(a, scope)
+                if self.conversations is None:
+                    encoded, targets, escalate, hit = await self._outcome(a, scope)
+                else:
+                    (encoded, targets, escalate, hit), said = await self.conversations.around(
+                        base.request, base.request_id, scope, lambda: self._outcome(a, scope)
+                    )
             except WeirError as exc:
                 error = exc
                 if span is not None:
@@ -288,9 +309,9 @@ class StepRunner:
             event.status = "CACHE_HIT"  # costs nothing: no call was made
         if error is None and escalate is not None:
             event.disposition = "escalated"
-            out = self._escalate(a, escalate, traceparent)
+            out = self._escalate(a, escalate, traceparent) + said
         elif error is None:
-            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
+            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent) + said
         else:
             out = await self._failed(record, a, error, event, ctx, scope, traceparent)
         return out, event
@@ -410,7 +431,7 @@ class StepRunner:
             return [
                 OutMessage(
                     rt.topics.retry(self.name, tier),
-                    base.request_id.encode(),
+                    self._key(base),
                     retry.encode(),
                     [(NOT_BEFORE_HEADER, str(due).encode())],
                 )
@@ -512,7 +533,7 @@ class StepRunner:
         base = a.base
         skipped = output is None and targets == ()
         path = a.path if skipped else [*a.path, self.name]
-        key = base.request_id.encode()
+        key = self._key(base)
         created = now_us()
         headers = None  # the envelope carries the traceparent: not a header too
 
@@ -536,7 +557,11 @@ class StepRunner:
 
         if not self._dependents:
             answer = envelope(ANSWER, not skipped)
-            return [OutMessage(rt.topics.answers, key, answer.encode(), headers, decoded=answer)]
+            # Encoded only if it goes to the answers topic: the answer stage of this worker
+            # takes it as the object (``Outbox.shortcut``) when it owns its partition.
+            # Keyed by request id: the answer stage deduplicates per partition.
+            rid = base.request_id.encode()
+            return [OutMessage(rt.topics.answers, rid, None, headers, decoded=answer)]
         return [
             OutMessage(
                 rt.topics.step(dep),
@@ -546,6 +571,12 @@ class StepRunner:
             )
             for dep in self._dependents
         ]
+
+    def _key(self, base: Envelope) -> bytes:
+        """Every message of a request to a step: keyed by its conversation when it has one."""
+        if self._keyed:
+            return routing_key(base.request, base.request_id)
+        return base.request_id.encode()
 
     def _undecodable(self, record: Record, error: MessageError) -> list[OutMessage]:
         rt = self._rt

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _RANDOM = random.Random()
+_LOWER_HEX = re.compile("[0-9a-f]{32}")
+_NO_TRACE = "0" * 32
 
 TRACEPARENT_HEADER = "traceparent"
 """The Kafka header carrying W3C trace context, as OpenTelemetry's Kafka instrumentations use it."""
@@ -102,6 +105,17 @@ class Tracing:
         """
         if not self._ids_only:
             return (*span_ids(None, parent), parent)
+        sid = f"{_RANDOM.getrandbits(64) or 1:016x}"
+        if (
+            parent
+            and len(parent) == 55
+            and parent[2] == parent[35] == "-"
+            and _LOWER_HEX.fullmatch(parent, 3, 35)
+        ):
+            # A well-formed parent (what this worker writes): its trace id as it is.
+            tid = parent[3:35]
+            if tid != _NO_TRACE:
+                return tid, sid, f"00-{tid}-{sid}-01"
         trace_id = 0
         if parent:
             parts = parent.split("-")
@@ -110,7 +124,7 @@ class Tracing:
                     trace_id = int(parts[1], 16)
         if not trace_id:
             trace_id = _RANDOM.getrandbits(128) or 1
-        tid, sid = f"{trace_id:032x}", f"{_RANDOM.getrandbits(64) or 1:016x}"
+        tid = f"{trace_id:032x}"
         return tid, sid, f"00-{tid}-{sid}-01"
 
     @contextlib.contextmanager

@@ -14,12 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CEILING = 600
 SKIPPED_FOLDERS = {"tests", "benchmarks", "build", "dist", "node_modules", "__pycache__"}
 
-EXCEPTIONS = {
-    # Being split by the hot-path work (its runtime's stages), which owns the file.
-    "streams/worker.py": "the worker's stages, split by the hot-path branch",
-    # One command's measurement scenarios; owned and being reworked by the hot-path branch.
-    "weir/bench.py": "weir bench's scenarios, owned by the hot-path branch",
-}
+EXCEPTIONS: dict[str, str] = {}
 
 
 def module_lengths() -> dict[str, int]:

@@ -10,8 +10,9 @@ model) shows up here as lag, whatever worker holds it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.core.kafka import KafkaConnection
@@ -19,7 +20,15 @@ from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import ANSWER, INGRESS, PipelineTopics
 
-__all__ = ["PartitionLag", "group_members", "pipeline_lag", "step_of"]
+__all__ = [
+    "LagReader",
+    "PartitionLag",
+    "group_members",
+    "lag_report",
+    "pipeline_lag",
+    "step_lags",
+    "step_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,35 +71,111 @@ def step_of(topics: PipelineTopics, topic: str) -> str | None:
     return None
 
 
-async def pipeline_lag(settings: WeirSettings, pipeline: str) -> list[PartitionLag]:
-    """Every partition the pipeline's group reads, with its committed offset and end."""
-    topics = PipelineTopics(pipeline)
-    async with TopicAdmin(settings) as admin:
+class LagReader:
+    """Reads pipelines' lag over one admin and one consumer connection, kept open.
+
+    For a caller that asks again and again (a worker's routing rules, its dashboard);
+    ``pipeline_lag`` asks once.
+    """
+
+    def __init__(self, settings: WeirSettings) -> None:
+        self._settings = settings
+        self._admin: TopicAdmin | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> LagReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def read(self, pipeline: str) -> list[PartitionLag]:
+        """Every partition the pipeline's group reads, with its committed offset and end."""
+        if self._admin is None:
+            admin = TopicAdmin(self._settings)
+            await admin.start()
+            self._admin = admin
+        if self._consumer is None:
+            consumer = KafkaConnection.of(self._settings).consumer()
+            await consumer.start()
+            self._consumer = consumer
+        topics = PipelineTopics(pipeline)
+        admin, consumer = self._admin, self._consumer
         counts = await admin.partitions()
         committed_raw = await admin._admin.list_consumer_group_offsets(topics.consumer_group)
-    read = {t: step_of(topics, t) for t in counts}
-    tps = [TopicPartition(t, p) for t, step in read.items() if step for p in range(counts[t])]
-    if not tps:
-        return []
-    committed = {tp: meta.offset for tp, meta in committed_raw.items() if meta.offset >= 0}
-    consumer = KafkaConnection.of(settings).consumer()
-    await consumer.start()
-    try:
+        read = {t: step_of(topics, t) for t in counts}
+        tps = [TopicPartition(t, p) for t, step in read.items() if step for p in range(counts[t])]
+        if not tps:
+            return []
+        committed = {tp: meta.offset for tp, meta in committed_raw.items() if meta.offset >= 0}
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
-    finally:
-        await stop_consumer(consumer)
-    return [
-        PartitionLag(
-            step=read[tp.topic] or "",
-            topic=tp.topic,
-            partition=tp.partition,
-            committed=committed.get(tp),
-            start=starts[tp],
-            end=ends[tp],
-        )
-        for tp in sorted(tps, key=lambda tp: (tp.topic, tp.partition))
-    ]
+        return [
+            PartitionLag(
+                step=read[tp.topic] or "",
+                topic=tp.topic,
+                partition=tp.partition,
+                committed=committed.get(tp),
+                start=starts[tp],
+                end=ends[tp],
+            )
+            for tp in sorted(tps, key=lambda tp: (tp.topic, tp.partition))
+        ]
+
+    async def group_members(self, group: str) -> int:
+        """Live members of consumer group ``group``."""
+        if self._admin is None:
+            admin = TopicAdmin(self._settings)
+            await admin.start()
+            self._admin = admin
+        return await self._admin.group_members(group)
+
+    async def aclose(self) -> None:
+        admin, self._admin = self._admin, None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await stop_consumer(consumer)
+        if admin is not None:
+            await admin.stop()
+
+
+def step_lags(rows: list[PartitionLag]) -> dict[str, int]:
+    """Lag per step, summed over its partitions (and its retry topics').
+
+    >>> step_lags([PartitionLag("a", "t", 0, 3, 0, 10), PartitionLag("a", "t", 1, None, 2, 4)])
+    {'a': 9}
+    """
+    out: dict[str, int] = {}
+    for row in rows:
+        out[row.step] = out.get(row.step, 0) + row.lag
+    return out
+
+
+def lag_report(pipeline: str, rows: list[PartitionLag], members: int) -> dict[str, Any]:
+    """The lag as JSON: what ``weir lag --json`` prints and the dashboard's ``/api/lag`` serves."""
+    return {
+        "pipeline": pipeline,
+        "workers": members,
+        "total": sum(r.lag for r in rows),
+        "steps": step_lags(rows),
+        "partitions": [
+            {
+                "step": r.step,
+                "topic": r.topic,
+                "partition": r.partition,
+                "committed": r.committed,
+                "end": r.end,
+                "lag": r.lag,
+            }
+            for r in rows
+        ],
+    }
+
+
+async def pipeline_lag(settings: WeirSettings, pipeline: str) -> list[PartitionLag]:
+    """Every partition the pipeline's group reads, with its committed offset and end."""
+    async with LagReader(settings) as reader:
+        return await reader.read(pipeline)
 
 
 async def group_members(settings: WeirSettings, pipeline: str) -> int:

@@ -17,6 +17,7 @@ __all__ = [
     "ANSWER",
     "COSTS_TOPIC",
     "INGRESS",
+    "PAUSES_TOPIC",
     "ROUTES_HISTORY_TOPIC",
     "ROUTES_TOPIC",
     "TRACES_TOPIC",
@@ -40,6 +41,8 @@ ROUTES_HISTORY_TOPIC = "weir.routes.history"
 """Every rule set ever applied, in order (key: router name; kept forever)."""
 COSTS_TOPIC = "weir.costs"
 """Spend of budgeted model calls (key: budget key); the budget ledger sums it."""
+PAUSES_TOPIC = "weir.pauses"
+"""An endpoint's ``Retry-After`` pauses, so every worker of a group waits (key: group)."""
 COSTS_RETENTION_MS = 35 * 24 * 3600 * 1000
 """At least a month plus slack, so a monthly budget can be summed from the topic."""
 
@@ -124,6 +127,10 @@ class PipelineTopics:
         """Compacted table of ``step``'s cached outputs, keyed by input hash."""
         return f"{self.prefix}.{self.pipeline}.cache.{step}"
 
+    def conversation(self, step: str) -> str:
+        """Compacted table of ``step``'s conversations, keyed by conversation id."""
+        return f"{self.prefix}.{self.pipeline}.conversation.{step}"
+
     @property
     def reviews(self) -> str:
         """Escalations to a person and what became of them (answered, expired), per request."""
@@ -171,6 +178,9 @@ class _Step(Protocol):
 
     @property
     def cache(self) -> _Cache | None: ...
+
+    @property
+    def conversation(self) -> _Cache | None: ...
 
 
 class _Attempts(Protocol):
@@ -232,6 +242,8 @@ def topic_specs(pipeline: PipelineShape, settings: WeirSettings) -> list[TopicSp
     specs += [spec(names.step(s), events) for s in steps]
     cached = [(s, c) for s in steps if (c := pipeline.steps[s].cache) is not None]
     specs += [spec(names.cache(s), c.topic_config()) for s, c in cached]
+    talking = [(s, c) for s in steps if (c := pipeline.steps[s].conversation) is not None]
+    specs += [spec(names.conversation(s), c.topic_config()) for s, c in talking]
     specs += [spec(names.dead_letter(s), dead) for s in steps]
     for s in steps:
         tiers = retry_tiers(pipeline.retry_policy(s).maximum_attempts, settings)
@@ -253,9 +265,12 @@ def global_topic_specs(settings: WeirSettings) -> list[TopicSpec]:
     # Rule sets are few and small: one partition keeps every change in one order.
     routes = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
     history = {"cleanup.policy": "delete", "retention.ms": "-1"}
+    # A pause matters for minutes at most (Retry-After is capped at 10 minutes).
+    pauses = {"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)}
     return [
         TopicSpec(settings.trace_topic, settings.partitions, rf, events, keyed=False),
         TopicSpec(COSTS_TOPIC, settings.partitions, rf, costs, keyed=False),
         TopicSpec(ROUTES_TOPIC, 1, rf, routes, keyed=False),
         TopicSpec(ROUTES_HISTORY_TOPIC, 1, rf, history, keyed=False),
+        TopicSpec(PAUSES_TOPIC, 1, rf, pauses, keyed=False),
     ]

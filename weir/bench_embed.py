@@ -34,7 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from weir.bench import PARTITIONS, _broker, _Reader, peak_rss_mb, process_cpu_s
+from weir.bench_measures import ResultReader, broker, peak_rss_mb, process_cpu_s
+from weir.bench_systems import PARTITIONS
 
 __all__ = ["EmbedBenchConfig", "EmbedFigures", "run_embed_bench"]
 
@@ -138,7 +139,14 @@ async def _worker_child(
     name: str, bootstrap: str, url: str, mode: str, cfg: EmbedBenchConfig
 ) -> None:
     from weir.core.config import load_settings
-    from weir.processors import EmbeddingBatcher, Limits, ModelEndpoint, OpenAICompatible, Price
+    from weir.processors import (
+        EmbeddingBatcher,
+        Limits,
+        ModelEndpoint,
+        ModelServices,
+        OpenAICompatible,
+        Price,
+    )
     from weir.streams.pipeline import Pipeline
     from weir.streams.worker import Worker
 
@@ -171,7 +179,7 @@ async def _worker_child(
             answers = await asyncio.gather(*(endpoint.embed([t]) for t in texts))
             return [a.vectors[0] for a in answers]
 
-    worker = Worker(p, settings)
+    worker = Worker(p, settings, services=ModelServices(settings))
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)
     await worker.start()
     print(_READY, flush=True)
@@ -263,7 +271,7 @@ async def _pipeline_run(
     worker, _ = await _spawn("worker", name, bootstrap, url, mode, *_child_flags(cfg))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
-    reader = _Reader(bootstrap, topics.results)
+    reader = ResultReader(bootstrap, topics.results)
     await reader.start()
     per = cfg.texts_per_request
     try:
@@ -317,7 +325,7 @@ def run_embed_bench(
     status: Callable[[str], None] = lambda s: None,
 ) -> EmbedFigures:
     """Start (or use) a broker and the endpoint; measure direct, batched and per-item."""
-    with _broker(cfg.bootstrap) as bootstrap:
+    with broker(cfg.bootstrap) as bootstrap:
 
         async def main() -> EmbedFigures:
             server, port = await _spawn("server", *_child_flags(cfg))
@@ -332,6 +340,12 @@ def run_embed_bench(
                     bootstrap, url, "batched", cfg, cfg.texts, progress
                 )
                 calls = await _stats(url)
+                if calls["items"] < cfg.texts:
+                    # Failed results count as arrivals too: a figure without the calls is void.
+                    raise RuntimeError(
+                        f"the endpoint embedded {calls['items']} of {cfg.texts} texts: the"
+                        " worker's calls failed (run with WEIR_BENCH_DEBUG=1 to see its log)"
+                    )
                 status(f"per item: {cfg.per_item_texts} texts through a worker")
                 _, single, _, _, _ = await _pipeline_run(
                     bootstrap, url, "per-item", cfg, cfg.per_item_texts, progress

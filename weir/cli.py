@@ -59,10 +59,11 @@ app.command("lag")(request_commands.lag)
 
 
 def _register_commands() -> None:
-    from weir.commands import bench, cost, replay, review, routes, what_if
+    from weir.commands import bench, conversation, cost, replay, review, routes, what_if
 
     app.add_typer(routes.app, name="routes")
     app.add_typer(review.app, name="review")
+    app.add_typer(conversation.app, name="conversation")
     app.command("cost")(cost.cost)
     app.command("bench")(bench.bench)
     app.command("replay")(replay.replay)

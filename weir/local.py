@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from weir.core.config import WeirSettings, load_settings
 from weir.processors.services import ModelServices, services_in_use
+from weir.streams.conversation import Turn
 from weir.streams.local import run_local as run_in_process
 from weir.streams.pipeline import Pipeline
 
@@ -25,6 +27,7 @@ async def run_local(
     settings: WeirSettings | None = None,
     request_id: str = "local",
     options: dict[str, str] | None = None,
+    turns: Sequence[Turn] = (),
 ) -> tuple[Any, list[str]]:
     """``weir.streams.run_local`` with model services: those in use, else its own.
 
@@ -42,6 +45,10 @@ async def run_local(
     (42, ['double'])
     """
     if services_in_use() is not None:
-        return await run_in_process(pipeline, payload, request_id=request_id, options=options)
+        return await run_in_process(
+            pipeline, payload, request_id=request_id, options=options, turns=turns
+        )
     async with ModelServices(settings if settings is not None else load_settings()):
-        return await run_in_process(pipeline, payload, request_id=request_id, options=options)
+        return await run_in_process(
+            pipeline, payload, request_id=request_id, options=options, turns=turns
+        )

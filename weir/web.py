@@ -73,7 +73,8 @@ def create_app(
     app[WORKER_KEY] = worker
     app.router.add_get("/health", _health)
     app.router.add_get("/stats", _stats)
-    dashboard.add_routes(app, settings, trace_queries)
+    pipeline = worker.pipeline.name if worker is not None else None
+    dashboard.add_routes(app, settings, trace_queries, pipeline=pipeline)
     sse.add_routes(app, settings, _model_services(worker))
     add_review_routes(app, settings)
     return app

@@ -40,6 +40,16 @@ def bench(
             "--confluent", help="Also run the chain on confluent-kafka (must be installed)."
         ),
     ] = False,
+    slow_model: Annotated[
+        float,
+        typer.Option(
+            "--slow-model",
+            help="Also run weir with one async step awaiting this many seconds (0: not run).",
+        ),
+    ] = 0.0,
+    slow_burst: Annotated[
+        int, typer.Option(help="Burst size of the slow-model run (10x the in-flight default).")
+    ] = 10_000,
     bootstrap: Annotated[
         str | None, typer.Option(help="An existing Kafka (default: a throw-away local broker).")
     ] = None,
@@ -83,12 +93,16 @@ def bench(
         tracing_off=tracing_off,
         two_workers=two_workers,
         confluent=confluent,
+        slow_model_s=slow_model,
+        slow_burst=slow_burst,
         bootstrap=bootstrap,
         profile=profile,
         warmup=200 if quick else 500,
     )
     command = "weir bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
     total = rounds * len(systems(cfg)) * (requests + probe)
+    if slow_model:
+        total += rounds * (slow_burst - requests)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -128,6 +142,7 @@ def render(results: list[Round], cfg: BenchConfig) -> Table:
         "p99 ms",
         "p50 x chain",
         "peak RSS MB",
+        "burst +RSS MB",
     ):
         table.add_column(column, justify="left" if column == "system" else "right")
     for system, s in summary(results).items():
@@ -140,5 +155,6 @@ def render(results: list[Round], cfg: BenchConfig) -> Table:
             f"{s['probe_p99_ms']:.1f}",
             f"{s['p50_ratio']:.2f}",
             f"{s['peak_rss_mb']:.0f}",
+            f"{s['burst_rss_mb']:.0f}",
         )
     return table

@@ -309,7 +309,7 @@ def lag(
     from rich.table import Table
 
     from weir.commands._output import print_table
-    from weir.topics.lag import group_members, pipeline_lag
+    from weir.topics.lag import group_members, lag_report, pipeline_lag
 
     settings = load_settings(config)
 
@@ -321,28 +321,7 @@ def lag(
         err.print(f"pipeline {pipeline!r} has no topics: is its name right?", highlight=False)
         raise typer.Exit(1)
     if as_json:
-        print_json(
-            {
-                "pipeline": pipeline,
-                "workers": members,
-                "total": sum(r.lag for r in rows),
-                "steps": {
-                    step: sum(r.lag for r in rows if r.step == step)
-                    for step in dict.fromkeys(r.step for r in rows)
-                },
-                "partitions": [
-                    {
-                        "step": r.step,
-                        "topic": r.topic,
-                        "partition": r.partition,
-                        "committed": r.committed,
-                        "end": r.end,
-                        "lag": r.lag,
-                    }
-                    for r in rows
-                ],
-            }
-        )
+        print_json(lag_report(pipeline, rows, members))
         return
     if partitions:
         table = Table("step", "topic", "partition", "committed", "end", "lag")

@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -39,7 +39,10 @@ from weir.traces import (
 )
 from weir.traces.sink_status import empty_store_hint, sink_status
 
-__all__ = ["render_stats", "render_timeline", "sink", "stats", "trace"]
+if TYPE_CHECKING:
+    from weir.streams.review_figures import ReviewFigures
+
+__all__ = ["render_reviews", "render_stats", "render_timeline", "sink", "stats", "trace"]
 
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 err = Console(stderr=True, soft_wrap=True)
@@ -107,10 +110,77 @@ def stats(
             highlight=False,
             soft_wrap=True,
         )
+    reviews = _review_rows(settings, result, pipeline, since_ms)
     if as_json:
-        print(dumps(result.to_dict()))
+        print(dumps({**result.to_dict(), "reviews": reviews}))
         return
     render_stats(result, out, since=since)
+    render_reviews(reviews, out)
+
+
+def _review_rows(
+    settings: WeirSettings, result: Stats, pipeline: str | None, since_ms: int
+) -> list[dict[str, object]]:
+    """Review figures of the pipelines in ``result`` (from their review topics on Kafka)."""
+    from aiokafka.errors import KafkaError
+
+    from weir.core.errors import WeirError
+    from weir.streams.review_figures import review_figures
+
+    names = [pipeline] if pipeline else sorted({s.pipeline_id for s in result.steps})
+    if not names:
+        return []
+
+    async def read() -> list[ReviewFigures]:
+        async with asyncio.timeout(10):  # the trace figures stand without them
+            return await review_figures(settings, names, since_ms=since_ms)
+
+    try:
+        figures = asyncio.run(read())
+    except (KafkaError, WeirError, TimeoutError) as exc:
+        err.print(f"review figures left out: Kafka did not answer ({exc})", highlight=False)
+        return []
+    rows = []
+    for f in figures:
+        requests = max((s.requests for s in result.steps if s.pipeline_id == f.pipeline), default=0)
+        rows.append({**f.to_dict(), "requests": requests, "escalated_share": f.share_of(requests)})
+    return rows
+
+
+def render_reviews(rows: list[dict[str, object]], console: Console) -> None:
+    """Escalations to a person: share, time to answer, backlog."""
+    if not rows:
+        return
+    table = Table(
+        "pipeline",
+        "escalated",
+        "share",
+        "answered",
+        "timed out",
+        "answer p50",
+        "answer p95",
+        "backlog",
+        "oldest open",
+        title="escalations to a person (reviews)",
+    )
+
+    def ms(value: object) -> str:
+        return "-" if not isinstance(value, int | float) else _ms(float(value))
+
+    for r in rows:
+        share = r["escalated_share"]
+        table.add_row(
+            str(r["pipeline"]),
+            str(r["escalated"]),
+            "-" if not isinstance(share, float) else f"{100 * share:.1f}%",
+            str(r["answered"]),
+            str(r["timed_out"]),
+            ms(r["answer_p50_ms"]),
+            ms(r["answer_p95_ms"]),
+            str(r["backlog"]),
+            ms(r["oldest_open_ms"]),
+        )
+    print_table(console, table)
 
 
 def sink(

@@ -183,7 +183,8 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     text = (
         f"<!doctype html><html><head><meta charset=utf-8><title>weir: {html.escape(title)}"
         f"</title><style>{_STYLE}</style></head><body>"
-        f'<nav><a href="/dashboard">dashboard</a></nav>{body}</body></html>'
+        '<nav><a href="/dashboard">dashboard</a><a href="/dashboard/lag">lag</a></nav>'
+        f"{body}</body></html>"
     )
     return web.Response(text=text, status=status, content_type="text/html")
 
@@ -242,8 +243,47 @@ async def dashboard(request: web.Request) -> web.Response:
         f'<div class="card">{cost}</div></div>'
         "<h2>slowest requests</h2><table id=slowest><tr><th>request</th><th>pipeline</th>"
         f"<th>total</th><th>attempts</th><th>failures</th><th>cost</th></tr>{rows}</table>"
+        + await _reviews(request.app[SETTINGS], [pipeline] if pipeline else pipelines, stats, since)
     )
     return _page("dashboard", body)
+
+
+async def _reviews(settings: WeirSettings, pipelines: list[str], stats: Any, since: int) -> str:
+    """Escalations to a person per pipeline, from the review topics on Kafka."""
+    from aiokafka.errors import KafkaError
+
+    from weir.core.errors import WeirError
+    from weir.streams.review_figures import review_figures
+
+    if not pipelines:
+        return ""
+    try:
+        async with asyncio.timeout(10):
+            figures = await review_figures(settings, pipelines, since_ms=since)
+    except (KafkaError, WeirError, TimeoutError) as exc:
+        return f"<h2>reviews</h2><p class=error>unavailable: {html.escape(str(exc))}</p>"
+    if not figures:
+        return ""
+
+    def ms(value: float | int | None) -> str:
+        return "-" if value is None else f"{value / 1000:,.1f} s"
+
+    rows = ""
+    for f in figures:
+        requests = max((s.requests for s in stats.steps if s.pipeline_id == f.pipeline), default=0)
+        share = f.share_of(requests)
+        rows += (
+            f"<tr><td>{html.escape(f.pipeline)}</td><td>{f.escalated}</td>"
+            f"<td>{'-' if share is None else f'{100 * share:.1f}%'}</td><td>{f.answered}</td>"
+            f"<td>{f.timed_out}</td><td>{ms(f.answer_p50_ms)}</td><td>{ms(f.answer_p95_ms)}</td>"
+            f"<td>{f.backlog}</td><td>{ms(f.oldest_open_ms)}</td></tr>"
+        )
+    return (
+        "<h2>escalations to a person</h2><table id=reviews><tr><th>pipeline</th>"
+        "<th>escalated</th><th>share</th><th>answered</th><th>timed out</th>"
+        "<th>answer p50</th><th>answer p95</th><th>backlog</th><th>oldest open</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _latency_charts(points: list[LatencyPoint]) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from decimal import Decimal
 
 from rich.console import Console
 
 from weir.core.config import WeirSettings
 
-__all__ = ["SAMPLE_MESSAGES", "run_demo"]
+__all__ = ["FOLLOW_UPS", "SAMPLE_MESSAGES", "run_demo"]
 
 SAMPLE_MESSAGES = [
     ("c-1", "What is my account balance?"),
@@ -21,6 +22,12 @@ SAMPLE_MESSAGES = [
     ("c-2", "The ATM withdrawal failed but my account was debited"),
     ("c-3", "Why was I charged a fee? I dispute this"),
 ]
+
+FOLLOW_UPS = [
+    ("c-2", "Thanks. When will the refund for that double charge reach my card?"),
+    ("c-1", "Is the fraud dispute on my card still open?"),
+]
+"""Asked once the first answers are in, each in its customer's conversation."""
 
 
 def run_demo(settings: WeirSettings, *, requests: int, keep_broker: bool, console: Console) -> None:
@@ -49,6 +56,7 @@ async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
     from weir.demo.pipeline import pipeline
     from weir.processors import ModelServices
     from weir.streams import WeirClient, Worker
+    from weir.streams.conversation_store import read_conversation
 
     # Reviews nobody answers end with their fallback after a few seconds, not an hour.
     settings = settings.model_copy(
@@ -59,8 +67,10 @@ async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
         Worker(pipeline, settings, services=ModelServices(settings)),
         WeirClient(settings) as client,
     ):
+        # One conversation per customer (new ones each run): follow-ups see the earlier turns.
+        run = uuid.uuid4().hex[:6]
         payloads = [
-            {"customer_id": c, "text": t}
+            {"customer_id": c, "text": t, "conversation_id": f"chat-{c}-{run}"}
             for c, t in (SAMPLE_MESSAGES[i % len(SAMPLE_MESSAGES)] for i in range(requests))
         ]
         console.print(f"[bold]3.[/] submitting {requests} requests")
@@ -100,6 +110,28 @@ async def _run(settings: WeirSettings, requests: int, console: Console) -> None:
         answered_by = await reviewer
         if answered_by:
             console.print(f"   the demo answered the review of {answered_by[:8]} as a person would")
+        console.print("[bold]4b.[/] follow-up questions in the same conversations:")
+        for customer, text in FOLLOW_UPS:
+            cid = f"chat-{customer}-{run}"
+            rid = await client.submit(
+                pipeline.name, {"customer_id": customer, "text": text}, conversation_id=cid
+            )
+            result = await client.result(rid, timeout=60)
+            spent += result.cost_usd
+            latencies.append(result.latency_ms)
+            value = result.value if isinstance(result.value, dict) else {}
+            escalated += "human_answered" in value
+            reply = value.get("reply") or json.dumps(value.get("answer", value))
+            # The draft is in the conversation even when a person was asked to answer.
+            turns = [t for _, _, s in await read_conversation(settings, cid) for t in s.turns]
+            draft = turns[-1].content if turns else "-"
+            console.print(
+                f"   {cid}: {text[:50]}\n     -> {str(reply)[:110]}\n"
+                f"     conversation: {len(turns)} turns; the draft: {draft[:110]}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        console.print(f"   (weir conversation show chat-c-2-{run} prints that conversation)")
         _figures(console, latencies, escalated, spent)
 
 

@@ -98,4 +98,9 @@ def draft_with_policy(messages: list[dict[str, str]], **params: object) -> str:
     if not cases:
         return "A specialist will review your request and get back to you."
     case_id, summary = cases[0]
-    return f"We reviewed similar case {case_id} ({summary}) and opened a dispute for you."
+    reply = f"We reviewed similar case {case_id} ({summary}) and opened a dispute for you."
+    earlier = sum(1 for m in messages if m["role"] == "user") - 1
+    if earlier > 0:  # a follow-up: the conversation so far came with the question
+        plural = "s" if earlier > 1 else ""
+        return f"Following up on your {earlier} earlier message{plural}: {reply}"
+    return reply

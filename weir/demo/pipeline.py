@@ -5,6 +5,9 @@ classify_intent -> route --(account_balance)--> balance_lookup
                                                   -> review --(confidence >= 0.8)--> deliver
                                                    \\-(confidence < 0.8)--> escalate_to_human
 
+``draft_reply`` keeps each customer's conversation (``History``): a follow-up
+question in the same conversation is answered knowing the earlier turns.
+
 Every request takes exactly one path; the result is the output of the final
 step it reached (``balance_lookup``, ``deliver``), or for ``escalate_to_human``
 the answer of the person who reviewed it (or its fallback after the deadline).
@@ -18,18 +21,21 @@ from pydantic import BaseModel
 
 from weir.demo.models import POLICY_CASES, classify_intent, draft_with_policy, embed
 from weir.processors import LocalModel, ModelEndpoint, OpenAICompatible, Price
-from weir.streams import Branch, Escalate, Pipeline, StepContext
+from weir.streams import Branch, Conversation, Escalate, History, Pipeline, StepContext
 
 
 class SupportMessage(BaseModel):
     customer_id: str
     text: str
+    conversation_id: str | None = None
 
 
 class Draft(BaseModel):
     reply: str
     confidence: float
     cases: list[str]
+    earlier_turns: int = 0
+    """Turns of the conversation the reply was drafted with."""
 
 
 # The models: a classifier and an embedder loaded once per worker, and an LLM. With
@@ -89,22 +95,31 @@ def search_cases(embed_dispute: list[float]) -> list[dict[str, str | float]]:
     return [{"id": d.id, "text": d.text, "score": round(s, 4)} for d, s in hits]
 
 
-@pipeline.step(depends_on=[search_cases], log_io=True)
-async def draft_reply(search_cases: list[dict[str, str | float]], text: str = "") -> Draft:
-    """The LLM call with policy context; confidence is the best case's similarity."""
+@pipeline.step(
+    depends_on=[search_cases], log_io=True, conversation=Conversation(budget_tokens=1500)
+)
+async def draft_reply(
+    search_cases: list[dict[str, str | float]], history: History, text: str = ""
+) -> Draft:
+    """The LLM call with policy context and the conversation so far; confidence is the
+    best case's similarity."""
     policy = "\n".join(f"{c['id']}: {c['text']}" for c in search_cases)
     result = await policy_llm.chat(
         [
             {"role": "system", "content": f"Answer using these past cases:\n{policy}"},
+            *history.messages(),
             {"role": "user", "content": text},
         ],
         max_tokens=120,
     )
+    history.add("user", text)
+    history.add("assistant", result.text)
     best = search_cases[0]
     return Draft(
         reply=result.text,
         confidence=float(best["score"]),
         cases=[str(c["id"]) for c in search_cases],
+        earlier_turns=len(history),
     )
 
 
@@ -115,8 +130,8 @@ def review(draft_reply: Draft) -> Branch:
 
 
 @pipeline.step(depends_on=[review])
-def deliver(review: Draft) -> dict[str, str]:
-    return {"reply": review.reply, "path": "ai"}
+def deliver(review: Draft) -> dict[str, str | int]:
+    return {"reply": review.reply, "path": "ai", "earlier_turns": review.earlier_turns}
 
 
 @pipeline.step(depends_on=[review])
