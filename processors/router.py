@@ -429,7 +429,7 @@ class Router:
         finally:
             if reservation is not None:
                 reservation.release()
-        self._shadows.after(decision.rule, messages, params, result)
+        self._shadows.after_chat(decision.rule, messages, params, result)
         return result
 
     def stream_chat(
@@ -445,10 +445,17 @@ class Router:
             decision, reservation = await self.route(
                 messages=messages, features=features, output_tokens=_max_tokens(params)
             )
-            release = reservation.release if reservation is not None else None
-            return decision.endpoint, self._meta(decision, reservation), release
 
-        return ChatStream.routed(resolve, list(messages), params)
+            def ended() -> None:  # the stream's last act, whether it succeeded or not
+                if reservation is not None:
+                    reservation.release()
+                if stream.result is not None:
+                    self._shadows.after_stream(decision.rule, messages, params, stream.result)
+
+            return decision.endpoint, self._meta(decision, reservation), ended
+
+        stream = ChatStream.routed(resolve, list(messages), params)
+        return stream
 
     async def embed(
         self, texts: Sequence[str], *, features: Mapping[str, Any] | None = None, **params: Any
@@ -457,24 +464,28 @@ class Router:
             text="\n".join(texts), features=features, output_tokens=0
         )
         try:
-            return await decision.endpoint.embed(
+            embedded = await decision.endpoint.embed(
                 texts, meta=self._meta(decision, reservation), **params
             )
         finally:
             if reservation is not None:
                 reservation.release()
+        self._shadows.after_embed(decision.rule, texts, params, embedded)
+        return embedded
 
     async def classify(
         self, text: str, *, features: Mapping[str, Any] | None = None, **params: Any
     ) -> Classification:
         decision, reservation = await self.route(text=text, features=features, output_tokens=0)
         try:
-            return await decision.endpoint.classify(
+            labelled = await decision.endpoint.classify(
                 text, meta=self._meta(decision, reservation), **params
             )
         finally:
             if reservation is not None:
                 reservation.release()
+        self._shadows.after_classify(decision.rule, text, params, labelled)
+        return labelled
 
 
 def _max_tokens(params: Mapping[str, Any]) -> int:

@@ -1,8 +1,9 @@
 """Live shadow: a share of a routing rule's traffic is also sent to a candidate endpoint.
 
 A rule with ``shadow: {endpoint: candidate, share: 0.05}`` answers every call
-from the endpoint it routes to, as usual; for 5% of requests (chosen by a hash
-of the request id, so every worker picks the same ones) the same call is then
+(chat, streamed chat, embeddings, classification) from the endpoint it routes to,
+as usual; for 5% of requests (chosen by a hash of the request id, so every worker
+picks the same ones) the same call is then
 made to ``candidate`` in the background, after the primary answer is back:
 the step does not wait for it, the user's result and cost do not include it.
 Both answers, with their model calls (tokens, cost, latency), go to the
@@ -19,7 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,14 +30,20 @@ from weir.core.errors import RoutingError, WeirError
 from weir.processors.budget import Budget
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.rules import ShadowSpec
-from weir.processors.tokens import estimate_messages
+from weir.processors.tokens import estimate_messages, estimate_tokens
 from weir.schemas.messages import ModelCall, now_ms
-from weir.streams.context import AttemptScope, current_scope, enter_scope, leave_scope
+from weir.streams.context import (
+    AttemptScope,
+    Publish,
+    current_scope,
+    enter_scope,
+    leave_scope,
+)
 from weir.topics.names import PipelineTopics
 
 if TYPE_CHECKING:
     from weir.processors.providers._base import Message
-    from weir.processors.results import ChatResult
+    from weir.processors.results import ChatResult, Classification, Embeddings
     from weir.processors.router import Router
 
 __all__ = ["Shadow", "ShadowRunner", "in_share"]
@@ -82,41 +89,108 @@ def in_share(request_id: str, share: float) -> bool:
 
 
 class ShadowRunner:
-    """The shadow calls of one router, running in the background."""
+    """The shadow calls of one router, running in the background.
+
+    Every kind of routed call is shadowed the same way: chat (``after_chat``),
+    streamed chat (``after_stream``: the candidate is streamed too, its tokens
+    published nowhere), embeddings (``after_embed``) and classification
+    (``after_classify``).  The record's outputs are the answer text, the vectors
+    or the label, so ``weir compare`` scores them alike.
+    """
 
     def __init__(self, router: Router) -> None:
         self._router = router
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def after(
+    def after_chat(
         self,
         rule: str | None,
         messages: Sequence[Message],
         params: Mapping[str, Any],
         primary: ChatResult,
     ) -> None:
-        """Start the shadow call of ``rule`` for this request if it is in the share; never waits."""
+        """Start the shadow of a chat call if this request is in the share; never waits."""
+        sent, kwargs = list(messages), dict(params)
+
+        async def call(candidate: ModelEndpoint) -> Any:
+            return (await candidate.chat(sent, **kwargs)).text
+
+        self._after(rule, primary.endpoint, primary.text, call, _chat_size(sent, kwargs))
+
+    def after_stream(
+        self,
+        rule: str | None,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        primary: ChatResult,
+    ) -> None:
+        """Start the shadow of a streamed chat call (streamed to the candidate too)."""
+        sent, kwargs = list(messages), dict(params)
+
+        async def call(candidate: ModelEndpoint) -> Any:
+            return (await candidate.stream_chat(sent, **kwargs).collect()).text
+
+        self._after(rule, primary.endpoint, primary.text, call, _chat_size(sent, kwargs))
+
+    def after_embed(
+        self,
+        rule: str | None,
+        texts: Sequence[str],
+        params: Mapping[str, Any],
+        primary: Embeddings,
+    ) -> None:
+        """Start the shadow of an embeddings call; its output is the vectors."""
+        sent, kwargs = list(texts), dict(params)
+
+        async def call(candidate: ModelEndpoint) -> Any:
+            return (await candidate.embed(sent, **kwargs)).vectors
+
+        size = (sum(estimate_tokens(t) for t in sent), 0)
+        self._after(rule, primary.endpoint, primary.vectors, call, size)
+
+    def after_classify(
+        self, rule: str | None, text: str, params: Mapping[str, Any], primary: Classification
+    ) -> None:
+        """Start the shadow of a classification call; its output is the label."""
+        kwargs = dict(params)
+
+        async def call(candidate: ModelEndpoint) -> Any:
+            return (await candidate.classify(text, **kwargs)).label
+
+        self._after(rule, primary.endpoint, primary.label, call, (estimate_tokens(text), 0))
+
+    def _after(
+        self,
+        rule: str | None,
+        primary_endpoint: str | None,
+        primary_output: Any,
+        call: Callable[[ModelEndpoint], Awaitable[Any]],
+        size: tuple[int, int],
+    ) -> None:
         scope = current_scope()
-        if rule is None or scope is None or primary.endpoint is None:
+        if rule is None or scope is None or primary_endpoint is None:
             return
         spec = next((r.shadow for r in self._router.rule_set.rules if r.name == rule), None)
         if spec is None or not in_share(scope.context.request_id, spec.share):
             return
         candidate = self._router.endpoints.get(spec.endpoint)
-        if candidate is None or candidate.name == primary.endpoint:
+        if candidate is None or candidate.name == primary_endpoint:
             return
         # Its own attempt scope: the shadow's model call must not join the user's calls
-        # (nor their cost), and its span must not join the user's trace.
+        # (nor their cost), its span must not join the user's trace, and nothing it
+        # publishes but its record reaches a topic (a streamed shadow's tokens would
+        # otherwise reach the user's stream).
+        shadow_topic = PipelineTopics(scope.context.pipeline).shadow
         own = AttemptScope(
             context=scope.context,
             settings=scope.settings,
-            publish=scope.publish,
+            publish=_only_to(shadow_topic, scope.publish),
             lag=scope.lag,
             services=scope.services,
         )
-        first = next((c for c in reversed(scope.calls) if c.endpoint == primary.endpoint), None)
+        first = next((c for c in reversed(scope.calls) if c.endpoint == primary_endpoint), None)
         task = asyncio.create_task(
-            self._run(own, rule, spec, candidate, list(messages), dict(params), primary, first)
+            self._run(own, rule, spec, candidate, call, size, primary_output, first)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -127,9 +201,9 @@ class ShadowRunner:
         rule: str,
         spec: ShadowSpec,
         candidate: ModelEndpoint,
-        messages: list[Message],
-        params: dict[str, Any],
-        primary: ChatResult,
+        call: Callable[[ModelEndpoint], Awaitable[Any]],
+        size: tuple[int, int],
+        primary_output: Any,
         primary_call: ModelCall | None,
     ) -> None:
         token = enter_scope(scope)
@@ -143,23 +217,20 @@ class ShadowRunner:
                 )
             reservation = None
             if budget is not None:
-                estimate = candidate.estimate_cost(
-                    estimate_messages(messages), int(params.get("max_tokens") or 256)
-                )
-                reservation = await budget.reserve(estimate)
+                reservation = await budget.reserve(candidate.estimate_cost(*size))
                 if reservation is None:
                     log.debug("shadow of %s/%s: budget used up", self._router.name, rule)
                     return
-            text: str | None = None
+            output: Any = None
             error: str | None = None
             try:
-                text = (await candidate.chat(messages, **params)).text
+                output = await call(candidate)
             except WeirError as exc:
                 error = exc.error_type
             finally:
                 if reservation is not None:
-                    for call in scope.calls:
-                        await reservation.spend(call.cost_usd)
+                    for made in scope.calls:
+                        await reservation.spend(made.cost_usd)
                     reservation.release()
             ctx = scope.context
             record = {
@@ -171,11 +242,11 @@ class ShadowRunner:
                 "share": spec.share,
                 "at": now_ms(),
                 "primary": {
-                    "output": primary.text,
+                    "output": primary_output,
                     "call": _call(primary_call),
                 },
                 "shadow": {
-                    "output": text,
+                    "output": output,
                     "error_type": error,
                     "call": _call(scope.calls[-1] if scope.calls else None),
                 },
@@ -188,6 +259,21 @@ class ShadowRunner:
             log.warning("shadow call of %s/%s failed", self._router.name, rule, exc_info=True)
         finally:
             leave_scope(token)
+
+
+def _chat_size(messages: list[Message], params: dict[str, Any]) -> tuple[int, int]:
+    """Input and (at most) output tokens of a chat call, for the shadow budget's reservation."""
+    return estimate_messages(messages), int(params.get("max_tokens") or 256)
+
+
+def _only_to(topic: str, publish: Publish) -> Publish:
+    """``publish``, for records to ``topic`` only; the rest are dropped."""
+
+    async def send(to: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        if to == topic:
+            await publish(to, key, value, headers)
+
+    return send
 
 
 def _call(call: ModelCall | None) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ __all__ = ["live_attempts"]
 _CHUNK = 500
 """Request ids per query (the statement stays small)."""
 
+# Live attempts only (replays trace theirs too, tagged with their id).
 # One row per request: its last attempt's status, error and latency; tokens and cost of all
 # its attempts (a retried call was paid for too).  LIMIT 1 BY event_id: the sink may have
 # inserted an event twice before deduplication.  Values travel hex-encoded: request ids
@@ -39,7 +40,7 @@ SELECT request_id,
 FROM (
     SELECT * FROM pipeline_events
     WHERE pipeline_id = unhex('{pipeline}') AND step_name = unhex('{step}')
-      AND status != 'SKIPPED'
+      AND status != 'SKIPPED' AND replay_id = ''
       AND created_at >= fromUnixTimestamp64Milli({since}, 'UTC')
       AND request_id IN ({ids})
     LIMIT 1 BY event_id

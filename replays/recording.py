@@ -25,7 +25,14 @@ from weir.topics._aiokafka import read_until, retrying, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
 
-__all__ = ["Baseline", "PartitionRange", "RecordedInput", "Recording", "read_outputs"]
+__all__ = [
+    "Baseline",
+    "PartitionRange",
+    "RecordedInput",
+    "Recording",
+    "read_outputs",
+    "read_since",
+]
 
 
 @dataclass(frozen=True)
@@ -255,7 +262,7 @@ async def read_outputs(
     """``step``'s recorded outputs for ``request_ids`` on ``topics``, written since ``since_ms``."""
     out: dict[str, Baseline] = {}
     for topic in topics:
-        async for value in _since(settings, topic, since_ms):
+        async for value in read_since(settings, topic, since_ms):
             found = _output(step, value, results=topic == results_topic)
             if found is not None and found.request_id in request_ids:
                 out.setdefault(found.request_id, found)  # the first is what the user got
@@ -280,8 +287,14 @@ def _output(step: str, value: bytes | None, *, results: bool) -> Baseline | None
     return Baseline(env.request_id, env.payload, [c for c in env.calls if c.step == step])
 
 
-async def _since(settings: WeirSettings, topic: str, since_ms: int) -> AsyncIterator[bytes | None]:
-    """Values of ``topic``'s records written since ``since_ms``, partition by partition."""
+async def read_since(
+    settings: WeirSettings, topic: str, since_ms: int
+) -> AsyncIterator[bytes | None]:
+    """Values of ``topic``'s records written since ``since_ms``, partition by partition.
+
+    Committed records only, up to the end as of each partition's start; a topic that
+    does not exist has none.
+    """
     async with TopicAdmin(settings) as admin:
         count = (await admin.partitions([topic])).get(topic, 0)
     consumer = KafkaConnection.of(settings).consumer(

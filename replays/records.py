@@ -16,7 +16,7 @@ from weir.core.errors import MessageError, ReplayNotFoundError
 from weir.core.kafka import KafkaConnection
 from weir.processors.shadow import in_share
 from weir.replays.recording import PartitionRange
-from weir.schemas.messages import ModelCall, now_ms, total_usage
+from weir.schemas.messages import ModelCall, TraceEvent, now_ms, total_usage
 from weir.topics._aiokafka import read_until, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
@@ -113,6 +113,33 @@ class ReplayOutcome:
     @property
     def cost_usd(self) -> Decimal:
         return total_usage(self.calls)[2]
+
+    def trace_event(
+        self, *, pipeline: str, step: str, attempt: int, submitted_at: int, topic: str
+    ) -> TraceEvent:
+        """This outcome as the trace event of an attempt, tagged with its replay and variant."""
+        return TraceEvent(
+            pipeline_id=pipeline,
+            step_name=step,
+            request_id=self.request_id,
+            attempt=attempt,
+            status="SUCCESS" if self.status == "SUCCESS" else "FAILURE",
+            disposition="replayed",
+            created_at=now_ms(),
+            started_at=self.started_at,
+            submitted_at=submitted_at,
+            duration_ms=self.duration_ms,
+            queue_wait_ms=0.0,
+            worker_id=f"replay-{self.replay_id}",
+            topic=topic,
+            partition=self.partition,
+            offset=self.offset,
+            error_type=self.error_type,
+            error_message=self.error_message,
+            calls=list(self.calls),
+            replay_id=self.replay_id,
+            variant=self.variant,
+        )
 
     def encode(self) -> bytes:
         body = asdict(self)

@@ -10,17 +10,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from weir.core.config import WeirSettings
 from weir.core.errors import ReplayNotFoundError
-from weir.core.kafka import KafkaConnection
 from weir.replays.compare import LiveAttempt
-from weir.replays.recording import PartitionRange
+from weir.replays.recording import PartitionRange, read_since
 from weir.replays.records import ReplayOutcome, ReplayPlan
 from weir.schemas.messages import ModelCall, now_ms
-from weir.topics._aiokafka import read_until, stop_consumer
-from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
 
 __all__ = ["shadow_comparison_inputs"]
@@ -109,25 +104,10 @@ def _model_call(record: dict[str, Any]) -> ModelCall:
 
 
 async def _records(settings: WeirSettings, topic: str, since_ms: int) -> AsyncIterator[Any]:
-    async with TopicAdmin(settings) as admin:
-        count = (await admin.partitions([topic])).get(topic, 0)
-    consumer = KafkaConnection.of(settings).consumer(enable_auto_commit=False)
-    await consumer.start()
-    try:
-        for partition in range(count):
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            end = int((await consumer.end_offsets([tp]))[tp])
-            found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
-            if found is None or found.offset >= end:
-                continue
-            consumer.seek(tp, found.offset)
-            async for record in read_until(consumer, tp, end):
-                if record.value is None:
-                    continue
-                try:
-                    yield json.loads(record.value)
-                except ValueError:
-                    continue
-    finally:
-        await stop_consumer(consumer)
+    async for value in read_since(settings, topic, since_ms):
+        if value is None:
+            continue
+        try:
+            yield json.loads(value)
+        except ValueError:
+            continue  # not written by a shadow: nothing to compare

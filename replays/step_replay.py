@@ -4,17 +4,18 @@ A replay reads the inputs the step received in a time window (a sample of
 them, by request id, so a resumed replay samples the same ones), runs the
 candidate on each in its own consumer group, and writes one outcome per input
 to its own topic (``weir.<pipeline>.replay.<id>``): never the results topic,
-never a dependent's topic.  Inside a replay, functions marked
-``@side_effect`` are not called, token streams are not published, and model
-spend does not count against live budgets.  The first record of the replay
-topic is its plan, so ``resume`` carries on from the consumer group's
-committed offsets with the same sample, candidate and budget.
+never a dependent's topic; each also goes to the trace topic as a trace event
+tagged with the replay id and variant.  Inputs run ``concurrency`` at a time.
+Inside a replay, functions marked ``@side_effect`` are not called, token
+streams are not published, and model spend does not count against live budgets.
+The first record of the replay topic is its plan, so ``resume`` carries on from
+the consumer group's committed offsets with the same sample, candidate and budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import importlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -31,7 +32,7 @@ from weir.core.kafka import KafkaConnection
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.services import ModelServices
 from weir.processors.substitution import substituting
-from weir.replays.endpoints import endpoints_of, pipeline_modules
+from weir.replays.endpoints import candidate_endpoint, candidate_function
 from weir.replays.recording import RecordedInput, Recording
 from weir.replays.records import (
     PLAN_KEY,
@@ -41,7 +42,7 @@ from weir.replays.records import (
     read_outcomes,
     read_plan,
 )
-from weir.schemas.messages import ModelCall, now_ms
+from weir.schemas.messages import ModelCall, TraceEvent, now_ms
 from weir.streams.context import AttemptScope
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.pipeline import Pipeline
@@ -81,7 +82,12 @@ class StepReplay:
         plan: ReplayPlan,
         *,
         endpoints: Iterable[ModelEndpoint] = (),
+        concurrency: int = 4,
     ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+        self.concurrency = concurrency
+        """Inputs run at once."""
         self._settings = settings
         self._services = ModelServices(settings)
         """The replay's own model-layer state (breakers, secret cache), stopped when it ends."""
@@ -92,9 +98,9 @@ class StepReplay:
         self._candidate_endpoint: ModelEndpoint | None = None
         self._candidate_fn: Callable[..., Any] | None = None
         if plan.endpoint is not None:
-            self._candidate_endpoint = _endpoint(plan.endpoint, pipeline, endpoints)
+            self._candidate_endpoint = candidate_endpoint(plan.endpoint, pipeline, endpoints)
         if plan.variant is not None:
-            self._candidate_fn = _function(plan.variant)
+            self._candidate_fn = candidate_function(plan.variant)
 
     @classmethod
     async def create(
@@ -110,6 +116,7 @@ class StepReplay:
         variant: str | None = None,
         budget_usd: Decimal | None = None,
         endpoints: Iterable[ModelEndpoint] = (),
+        concurrency: int = 4,
     ) -> StepReplay:
         """A new replay of ``step`` (not started): checks options, fixes the window's offsets.
 
@@ -145,7 +152,7 @@ class StepReplay:
             ranges=tuple(await recording.ranges(since_ms, until_ms)),
             output_topics=tuple(recording.output_topics),
         )
-        return cls(settings, pipeline, plan, endpoints=endpoints)
+        return cls(settings, pipeline, plan, endpoints=endpoints, concurrency=concurrency)
 
     @classmethod
     async def resume(
@@ -156,6 +163,7 @@ class StepReplay:
         *,
         budget_usd: Decimal | None = None,
         endpoints: Iterable[ModelEndpoint] = (),
+        concurrency: int = 4,
     ) -> StepReplay:
         """The replay ``replay_id`` as planned; ``run()`` carries on where it stopped.
 
@@ -169,7 +177,7 @@ class StepReplay:
             )
         if budget_usd is not None:
             plan = dataclasses.replace(plan, budget_usd=budget_usd)
-        return cls(settings, pipeline, plan, endpoints=endpoints)
+        return cls(settings, pipeline, plan, endpoints=endpoints, concurrency=concurrency)
 
     @property
     def total(self) -> int:
@@ -190,8 +198,12 @@ class StepReplay:
                 on_progress(progress)
         baseline = await self.recording.baseline(sampled, self.plan.since_ms)
         for b in baseline.values():
+            # The candidate runs each input once: the calls of the attempt that answered
+            # live are priced, not those of attempts that timed out before it.
+            last = max((c.attempt for c in b.calls), default=0)
             for call in b.calls:
-                progress.estimated_usd += self._price(call)
+                if call.attempt == last and call.status == "SUCCESS":
+                    progress.estimated_usd += self._price(call)
         return progress
 
     def _price(self, call: ModelCall) -> Decimal:
@@ -206,7 +218,11 @@ class StepReplay:
     ) -> ReplayProgress:
         """Replay the sampled inputs not replayed yet; stop early once the budget is spent.
 
-        Inputs run one at a time, so a budget is overrun by at most one input's calls.
+        Up to ``concurrency`` inputs run at once.  Under a budget, an input starts beside
+        others only while the spend so far plus theirs and its own (each priced at the
+        dearest input yet) stays below it; past that, inputs run one at a time until the
+        budget is spent, so it is overrun by one input's calls at most (or, when
+        inputs cost more than the dearest seen, by that excess on those running).
         """
         plan = self.plan
         async with TopicAdmin(self._settings) as admin:
@@ -230,7 +246,10 @@ class StepReplay:
         await producer.start()
         await self._services.start()
         progress = ReplayProgress(plan.replay_id, self.total)
-        executor = None
+        threads = ThreadPoolExecutor(
+            max(4, self.concurrency), thread_name_prefix=f"weir-replay-{plan.step}"
+        )
+        running: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
         try:
             if created:
                 await producer.send_and_wait(self.topic, key=PLAN_KEY, value=plan.encode())
@@ -239,7 +258,6 @@ class StepReplay:
                 progress.replayed = len(previous)
                 progress.failed = sum(o.status != "SUCCESS" for o in previous)
                 progress.spent_usd = sum((o.cost_usd for o in previous), Decimal(0))
-            threads = ThreadPoolExecutor(4, thread_name_prefix=f"weir-replay-{plan.step}")
             executor = StepExecutor(
                 self.pipeline.steps[plan.step],
                 pipeline=self.pipeline.name,
@@ -248,43 +266,91 @@ class StepReplay:
                 threads=threads,
             )
             redactor = Redactor.from_settings(self._settings)
-            positions: dict[TopicPartition, int] = {}
+            dearest: Decimal | None = None
+            # Per partition: offsets still running, and the offset after the last one read.
+            # The committed position is the first still running (a crash re-runs only those).
+            pending: dict[TopicPartition, set[int]] = {}
+            read_to: dict[TopicPartition, int] = {}
             last_commit = time.monotonic()
+
+            async def one(item: RecordedInput) -> None:
+                nonlocal dearest
+                outcome, event = await self._replay_one(executor, item, redactor)
+                await asyncio.gather(
+                    producer.send_and_wait(
+                        self.topic, key=item.request_id.encode(), value=outcome.encode()
+                    ),
+                    producer.send_and_wait(
+                        self._settings.trace_topic,
+                        key=item.request_id.encode(),
+                        value=event.encode(),
+                    ),
+                )
+                progress.replayed += 1
+                progress.failed += outcome.status != "SUCCESS"
+                progress.spent_usd += outcome.cost_usd
+                dearest = max(dearest or Decimal(0), outcome.cost_usd)
+
+            async def settle_one() -> None:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    tp, offset = running.pop(task)
+                    pending[tp].discard(offset)
+                    task.result()  # a failure to write the outcome ends the replay
+                    if on_progress is not None:
+                        on_progress(progress)
+
+            def affordable() -> bool:
+                """Whether one more input may start now."""
+                if plan.budget_usd is None:
+                    return True
+                if not running:
+                    return progress.spent_usd < plan.budget_usd
+                if dearest is None:
+                    return False  # nothing priced yet: one at a time until something is
+                ahead = dearest * (len(running) + 1)
+                return progress.spent_usd + ahead < plan.budget_usd
+
             async for item, tp, next_offset in self.recording.inputs(
                 plan.ranges, group=plan.consumer_group
             ):
-                if plan.budget_usd is not None and progress.spent_usd >= plan.budget_usd:
+                if item is not None and in_sample(item.request_id, plan.sample):
+                    while running and (len(running) >= self.concurrency or not affordable()):
+                        await settle_one()
+                    if not affordable():
+                        progress.stopped_by_budget = True
+                        break
+                    task = asyncio.create_task(one(item))
+                    running[task] = (tp, item.offset)
+                    pending.setdefault(tp, set()).add(item.offset)
+                elif plan.budget_usd is not None and progress.spent_usd >= plan.budget_usd:
                     progress.stopped_by_budget = True
                     break
                 progress.read += 1
-                if item is not None and in_sample(item.request_id, plan.sample):
-                    outcome = await self._replay_one(executor, item, redactor)
-                    await producer.send_and_wait(
-                        self.topic, key=item.request_id.encode(), value=outcome.encode()
-                    )
-                    progress.replayed += 1
-                    progress.failed += outcome.status != "SUCCESS"
-                    progress.spent_usd += outcome.cost_usd
-                positions[tp] = next_offset
+                read_to[tp] = next_offset
                 if time.monotonic() - last_commit > 1.0:
-                    await self.recording.commit(plan.consumer_group, positions)
+                    await self.recording.commit(plan.consumer_group, _positions(read_to, pending))
                     last_commit = time.monotonic()
                 if on_progress is not None:
                     on_progress(progress)
+            while running:
+                await settle_one()
             if plan.budget_usd is not None and progress.spent_usd >= plan.budget_usd:
                 progress.stopped_by_budget = True
-            if positions:
-                await self.recording.commit(plan.consumer_group, positions)
+            if read_to:
+                await self.recording.commit(plan.consumer_group, _positions(read_to, pending))
         finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
             await producer.stop()
             await self._services.stop()
-            if executor is not None:
-                threads.shutdown(wait=False, cancel_futures=True)
+            threads.shutdown(wait=False, cancel_futures=True)
         return progress
 
     async def _replay_one(
         self, executor: StepExecutor, item: RecordedInput, redactor: Redactor
-    ) -> ReplayOutcome:
+    ) -> tuple[ReplayOutcome, TraceEvent]:
         plan = self.plan
         ctx = executor.context(item.envelope)
         scope = AttemptScope(
@@ -308,7 +374,7 @@ class StepReplay:
                 output = encode_output(split_branch(value)[0], step=plan.step)
             except WeirError as exc:
                 error = exc
-        return ReplayOutcome(
+        outcome = ReplayOutcome(
             replay_id=plan.replay_id,
             variant=plan.label,
             request_id=item.request_id,
@@ -324,35 +390,22 @@ class StepReplay:
             else redactor.redact(str(error), max_bytes=ERROR_MAX_BYTES),
             calls=tuple(scope.calls),
         )
+        event = outcome.trace_event(
+            step=plan.step,
+            pipeline=plan.pipeline,
+            attempt=item.envelope.attempt,
+            submitted_at=item.envelope.submitted_at,
+            topic=self.recording.topic,
+        )
+        return outcome, event
+
+
+def _positions(
+    read_to: dict[TopicPartition, int], pending: dict[TopicPartition, set[int]]
+) -> dict[TopicPartition, int]:
+    """Where each partition carries on: its first input still running, else after the last read."""
+    return {tp: min(pending.get(tp) or (end,)) for tp, end in read_to.items()}
 
 
 async def _discard(topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
     """A replay publishes nothing on the pipeline's topics (no token streams to live clients)."""
-
-
-def _endpoint(name: str, pipeline: Pipeline, given: Iterable[ModelEndpoint]) -> ModelEndpoint:
-    defined = endpoints_of(pipeline_modules(pipeline))
-    defined.update({ep.name: ep for ep in given})
-    found = defined.get(name)
-    if found is None:
-        known = ", ".join(sorted(defined)) or "none"
-        raise ConfigError(
-            f"no endpoint named {name!r} is defined by the pipeline's module (defined: {known});"
-            " define the candidate next to the pipeline, or use --variant module:function"
-        )
-    return found
-
-
-def _function(ref: str) -> Callable[..., Any]:
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(
-            f"--variant {ref!r} is not a function reference; use 'module.path:function'"
-        )
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--variant {ref!r}: {exc}") from exc
-    if not callable(fn):
-        raise ConfigError(f"--variant {ref!r} is a {type(fn).__name__}, not a function")
-    return fn  # type: ignore[no-any-return]

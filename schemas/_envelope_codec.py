@@ -255,6 +255,8 @@ def encode_trace_fast(header: bytes, ev: Any, no_cost: str) -> bytes | None:
         _opt_string(out, ev.span_id)
         _opt_string(out, ev.input)
         _opt_string(out, ev.output)
+        _string(out, ev.replay_id)
+        _string(out, ev.variant)
         return bytes(out)
     except (TypeError, AttributeError, UnicodeEncodeError, struct.error):
         return None
@@ -307,6 +309,8 @@ def decode_trace_fast(header: bytes, raw: bytes) -> dict[str, Any] | None:
         record["span_id"] = opt()
         record["input"] = opt()
         record["output"] = opt()
+        record["replay_id"] = string()
+        record["variant"] = string()
         if r.pos != len(raw):
             return None
         return record

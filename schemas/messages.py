@@ -50,6 +50,8 @@ ENVELOPE_SCHEMA = load_schema("envelope")
 RESULT_SCHEMA = load_schema("result")
 DEAD_LETTER_SCHEMA = load_schema("dead_letter")
 TRACE_EVENT_SCHEMA = load_schema("trace_event")
+_TRACE_EVENT_V1 = load_schema("trace_event_v1")
+"""The trace event before ``replay_id`` and ``variant``: events written with it still decode."""
 
 
 def now_ms() -> int:
@@ -409,6 +411,10 @@ class TraceEvent:
     output: str | None = None
     event_id: str = field(default_factory=lambda: os.urandom(16).hex())
     """128 random bits as 32 hex digits (a ``uuid4`` object costs more than encoding the event)."""
+    replay_id: str = ""
+    """The step replay this attempt ran in (``""``: live traffic)."""
+    variant: str = ""
+    """The replay's candidate, ``endpoint:<name>`` or ``variant:<module:function>``."""
 
     def to_record(self) -> dict[str, Any]:
         """The Avro record, with the attempt's model calls summarised."""
@@ -447,6 +453,8 @@ class TraceEvent:
             "span_id": self.span_id,
             "input": self.input,
             "output": self.output,
+            "replay_id": self.replay_id,
+            "variant": self.variant,
         }
 
     def encode(self) -> bytes:
@@ -461,6 +469,9 @@ class TraceEvent:
         fast = decode_trace_fast(TRACE_EVENT_SCHEMA.header, raw)
         if fast is not None:
             return fast
+        if _TRACE_EVENT_V1.is_framed(raw):
+            # Written before replays were traced: resolved into today's schema (empty tags).
+            return TRACE_EVENT_SCHEMA.decode(raw, writer=_TRACE_EVENT_V1.parsed)
         return TRACE_EVENT_SCHEMA.decode(raw)
 
 

@@ -92,6 +92,9 @@ class ModelServer:
         """Embeddings: inputs per call, in arrival order."""
         self.embedded: list[str] = []
         """Embeddings: every input answered with a vector."""
+        self.chats_open = 0
+        self.chats_open_peak = 0
+        """OpenAI chat calls (not streamed) being answered at once, and the most ever."""
         self._rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -163,7 +166,13 @@ class ModelServer:
         body = await request.json()
         stream = bool(body.get("stream"))
         self.calls["stream" if stream else "chat"] += 1
-        failed = await self._misbehave(request, anthropic=False)
+        if not stream:
+            self.chats_open += 1
+            self.chats_open_peak = max(self.chats_open_peak, self.chats_open)
+        try:
+            failed = await self._misbehave(request, anthropic=False)
+        finally:
+            self.chats_open -= not stream
         if failed is not None:
             return failed
         messages = body["messages"]

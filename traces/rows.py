@@ -74,6 +74,8 @@ def event_row(event: Mapping[str, Any], trace_partition: int, trace_offset: int)
         event.get("output"),
         trace_partition,
         trace_offset,
+        event.get("replay_id") or "",
+        event.get("variant") or "",
     ]
 
 

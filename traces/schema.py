@@ -17,6 +17,8 @@ returns exact numbers with no ``FINAL``: duplicates are kept out at insert time
   for single-request timelines;
 * ``LowCardinality`` names; model calls as a ``Nested`` column, so cost per
   model is an ``ARRAY JOIN`` away;
+* ``replay_id`` and ``variant``: empty for live traffic; a step replay's attempts carry
+  its id and candidate (``weir replay``), so live-only questions add ``replay_id = ''``;
 * ``pipeline_latency_1m``: an ``AggregatingMergeTree`` fed by a materialized
   view with per-minute t-digest quantile states of processing time and queue
   wait per pipeline and step (what the dashboards read).
@@ -83,6 +85,8 @@ _COLUMNS: tuple[str, ...] = (
     "output",
     "trace_partition",
     "trace_offset",
+    "replay_id",
+    "variant",
 )
 
 
@@ -141,6 +145,8 @@ CREATE TABLE IF NOT EXISTS {db}.{EVENTS_TABLE}
     output Nullable(String) CODEC(ZSTD(3)),
     trace_partition Int32,
     trace_offset Int64,
+    replay_id String DEFAULT '',
+    variant LowCardinality(String) DEFAULT '',
     inserted_at DateTime64(3, 'UTC') DEFAULT now64(3),
     INDEX request_idx request_id TYPE bloom_filter(0.001) GRANULARITY 1
 )
@@ -186,6 +192,18 @@ SELECT
 FROM {db}.{EVENTS_TABLE}
 GROUP BY minute, pipeline_id, step_name
 """,
+        *_migrations(db),
+    ]
+
+
+def _migrations(db: str) -> list[str]:
+    """What a table created by an earlier weir lacks (no-ops on a table created now)."""
+    return [
+        # Replay tags: live rows, old and new, have '' (so queries written before still hold).
+        f"ALTER TABLE {db}.{EVENTS_TABLE} ADD COLUMN IF NOT EXISTS replay_id String DEFAULT ''"
+        " AFTER trace_offset",
+        f"ALTER TABLE {db}.{EVENTS_TABLE}"
+        " ADD COLUMN IF NOT EXISTS variant LowCardinality(String) DEFAULT '' AFTER replay_id",
     ]
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from tests._kafka import read_results, read_topic
-from tests._model_servers import input_tokens
+from tests._model_servers import input_tokens, vector
 from tests.conftest import worker_env
 from weir.processors import ModelEndpoint, OpenAICompatible, Price, Router, Rule, Shadow
+from weir.processors.providers import LocalModel
 from weir.processors.services import ModelServices
 from weir.processors.shadow import in_share
 from weir.streams import Pipeline, WeirClient, Worker
@@ -176,3 +179,139 @@ def test_weir_routes_show_prints_a_shadow_that_reads_back_the_same():
     )
     rule_set = load_rule_sets(text)[0]
     assert load_rule_sets(dump_rule_set(rule_set))[0] == rule_set
+
+
+class _Labeller:
+    """A local classifier: ``classify(text)`` gives a label from the question's number."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        self.calls = 0
+
+    def classify(self, text: str) -> str:
+        self.calls += 1
+        n = int(text.split()[-1])
+        return _parity(n) if self.rule == "parity" else _candidate_label(n)
+
+
+def _parity(n: int) -> str:
+    return "even" if n % 2 == 0 else "odd"
+
+
+def _candidate_label(n: int) -> str:
+    # Scripted disagreement: the candidate calls every number from 150 on odd.
+    return _parity(n) if n < 150 else "odd"
+
+
+async def test_streamed_embedding_and_classification_calls_are_shadowed_and_compared(
+    kafka, pipeline_name, servers, repo_root
+):
+    primary, candidate = await servers("primary"), await servers("candidate")
+    candidate.behaviour.reply = _candidate_reply
+    primary_labels, candidate_labels = _Labeller("parity"), _Labeller("size")
+
+    def endpoint(name: str, **kw: Any) -> ModelEndpoint:
+        return ModelEndpoint(f"{pipeline_name}-{name}", **kw)
+
+    eps = {
+        "chat": endpoint("primary", provider=OpenAICompatible(primary.url), price=PRIMARY),
+        "chat2": endpoint("candidate", provider=OpenAICompatible(candidate.url), price=CANDIDATE),
+        "emb": endpoint("emb", provider=OpenAICompatible(primary.url), model="e1"),
+        "emb2": endpoint("emb2", provider=OpenAICompatible(candidate.url), model="e2"),
+        "clf": endpoint("clf", provider=LocalModel(model=primary_labels)),
+        "clf2": endpoint("clf2", provider=LocalModel(model=candidate_labels)),
+    }
+    share = 0.2
+    routers = {}
+    for kind in ("chat", "emb", "clf"):
+        router = Router(f"{pipeline_name}-{kind}", default=eps[kind], watch=False)
+        shadow = Shadow(eps[kind + "2"], share)
+        routers[kind] = router.add_rule(Rule("True", endpoint=eps[kind], name=kind, shadow=shadow))
+    p = Pipeline(pipeline_name)
+
+    @p.step()
+    async def answer(text: str) -> dict[str, Any]:
+        streamed = await routers["chat"].stream_chat([{"role": "user", "content": text}]).collect()
+        vectors = (await routers["emb"].embed([text])).vectors
+        label = (await routers["clf"].classify(text)).label
+        return {"answer": streamed.text, "vector": vectors[0], "label": label}
+
+    texts = [f"question {i}" for i in range(300)]
+    async with Worker(p, kafka, services=ModelServices(kafka)), WeirClient(kafka) as client:
+        ids = await client.submit_many(p.name, [{"text": t} for t in texts])
+        results, counts = await read_results(kafka, PipelineTopics(p.name).results, len(ids))
+        shadowed = {rid: t for rid, t in zip(ids, texts, strict=True) if in_share(rid, share)}
+        async with asyncio.timeout(120):
+            while (
+                candidate.calls["stream"] < len(shadowed)
+                or candidate.calls["embeddings"] < len(shadowed)
+                or candidate_labels.calls < len(shadowed)
+            ):
+                await asyncio.sleep(0.2)
+        records = await read_topic(kafka, PipelineTopics(p.name).shadow, until=3 * len(shadowed))
+        streamed = await read_topic(kafka, PipelineTopics(p.name).stream, idle_s=2.0)
+    assert 30 <= len(shadowed) <= 90  # 20% of 300 is 60, give or take sampling
+    assert candidate.calls["stream"] == candidate.calls["embeddings"] == len(shadowed)
+    assert candidate_labels.calls == len(shadowed) and candidate.calls["chat"] == 0
+    assert max(counts.values()) == 1 and primary_labels.calls >= 300
+
+    # Users' results are the primaries' answers, and only the primary's tokens were streamed.
+    for rid, text in zip(ids, texts, strict=True):
+        r = results[rid]
+        n = int(text.split()[-1])
+        assert r.status == "SUCCESS"
+        assert r.value == {
+            "answer": f"you said {text}",
+            "vector": vector(text),
+            "label": _parity(n),
+        }
+        assert {c.endpoint for c in r.model_calls()} == {
+            eps[k].name for k in ("chat", "emb", "clf")
+        }
+    assert streamed and not any(eps["chat2"].name.encode() in (s.value or b"") for s in streamed)
+
+    by_router = collections.defaultdict(dict)
+    for rec in records:
+        body = json.loads(rec.value)
+        by_router[body["router"]][body["request_id"]] = body
+    for kind in ("chat", "emb", "clf"):
+        assert set(by_router[routers[kind].name]) == set(shadowed), kind
+    for rid, text in shadowed.items():
+        n = int(text.split()[-1])
+        assert by_router[routers["chat"].name][rid]["shadow"]["call"]["streamed"] is True
+        assert by_router[routers["emb"].name][rid]["shadow"]["output"] == [vector(text)]
+        assert by_router[routers["clf"].name][rid]["shadow"]["output"] == _candidate_label(n)
+
+    def compare(kind: str) -> dict[str, Any]:
+        args = ["compare", "--shadow", p.name, "--since", "1h", "--router", routers[kind].name]
+        shown = subprocess.run(
+            [sys.executable, "-m", "weir", *args, "--json"],
+            cwd=repo_root,
+            env=worker_env(kafka),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)  # type: ignore[no-any-return]
+
+    n = len(shadowed)
+    chat, emb, clf = [await asyncio.to_thread(compare, k) for k in ("chat", "emb", "clf")]
+    for body in (chat, emb, clf):
+        assert body["baseline"]["count"] == body["candidate"]["count"] == body["compared"] == n
+    same = sum(_candidate_reply(t) == f"you said {t}" for t in shadowed.values())
+    assert chat["exact_match_rate"] == pytest.approx(same / n)
+    assert Decimal(chat["candidate"]["cost_usd"]) == sum(
+        (
+            CANDIDATE.cost(input_tokens([{"content": t}]), len(_candidate_reply(t).split()))
+            for t in shadowed.values()
+        ),
+        Decimal(0),
+    )
+    assert emb["exact_match_rate"] == 1.0  # the servers embed a text the same way
+    assert emb["candidate"]["input_tokens"] == sum(len(t.split()) for t in shadowed.values())
+    agree = sum(
+        _parity(int(t.split()[-1])) == _candidate_label(int(t.split()[-1]))
+        for t in shadowed.values()
+    )
+    assert clf["exact_match_rate"] == pytest.approx(agree / n)

@@ -29,9 +29,12 @@ from weir.schemas.messages import now_ms
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.streams.side_effects import side_effect
 from weir.topics.names import PipelineTopics
+from weir.traces.sql import run_sql
 
 pytestmark = pytest.mark.kafka
 
+RECORDED = 500
+"""Recorded inputs of the replay test (the issue's number)."""
 LIVE_PRICE = Price.per_token(input="0.0001", output="0.0002")
 CANDIDATE_PRICE = Price.per_token(input="0.0003", output="0.0005")
 
@@ -77,7 +80,9 @@ class _Setup:
         def parse(text: str) -> str:
             return text.strip()
 
-        @p.step(depends_on=[parse])
+        # A generous timeout: on a loaded machine a call can take most of the default 30 s,
+        # and a timed-out attempt's paid call would count in the baseline twice.
+        @p.step(depends_on=[parse], timeout=300)
         async def answer(parse: str) -> str:
             reply = (await self.live_ep.chat([{"role": "user", "content": parse}])).text
             notify(parse)
@@ -108,8 +113,8 @@ async def test_replay_sends_exactly_the_sampled_inputs_to_the_candidate_and_comp
     sink = SinkProcess(repo_root, settings, tmp_path / "sink.log")
     try:
         await sink.wait_placed()
-        ids = await _record(settings, setup, 300)
-        await wait_stored(sink.url, pipeline_name, 600)
+        ids = await _record(settings, setup, RECORDED)
+        await wait_stored(sink.url, pipeline_name, 2 * RECORDED)
         await _replay_and_compare(settings, setup, live, candidate, since, ids, repo_root, sink.url)
     finally:
         assert sink.stop() == 0, sink.text()[-3000:]
@@ -129,7 +134,7 @@ async def _replay_and_compare(
     texts = {rid: f"question number {i}" for i, rid in enumerate(ids)}
     live_calls, notified = live.total, len(setup.notified)
     # At least once: an attempt cut short by a rebalance calls the server again.
-    assert live_calls >= 300 and notified >= 300
+    assert live_calls >= RECORDED and notified >= RECORDED
     topics = PipelineTopics(pipeline_name)
     watched = [topics.results, topics.answers, topics.step("answer"), topics.stream]
     before = await _end_offsets(kafka, watched)
@@ -142,6 +147,7 @@ async def _replay_and_compare(
         sample=0.5,
         endpoint=setup.candidate_ep.name,
         endpoints=[setup.candidate_ep],
+        concurrency=8,
     )
     sampled = {rid for rid in ids if in_sample(rid, 0.5)}
     dry = await job.dry_run()
@@ -156,10 +162,15 @@ async def _replay_and_compare(
         ),
         Decimal(0),
     )
-    assert dry.estimated_usd == expected_estimate
+    if dry.estimated_usd != expected_estimate:  # say which live calls were priced
+        baseline = await job.recording.baseline(sampled, since)
+        extra = {r: b.calls for r, b in baseline.items() if len(b.calls) != 1}
+        raise AssertionError(f"{dry.estimated_usd} != {expected_estimate}: {extra}")
 
+    candidate.behaviour.latency_s = 0.01  # so that calls overlap when they run at once
     progress = await job.run()
     assert progress.replayed == len(sampled) and progress.failed == 0
+    assert 1 < candidate.chats_open_peak <= 8
     assert sorted(setup.candidate_heard) == sorted(texts[rid] for rid in sampled)
     assert live.total == live_calls, "the baseline endpoint was called during the replay"
     assert len(setup.notified) == notified, "a @side_effect ran during the replay"
@@ -234,6 +245,22 @@ async def _replay_and_compare(
     for q in ("p50", "p95", "p99"):
         assert base["latency_ms"][q] > 0 and cand["latency_ms"][q] > 0
 
+    # The replay's attempts are in pipeline_events too, tagged; the live ones are not.
+    await wait_stored(sink_url, pipeline_name, 2 * RECORDED + n)
+    tagged = await asyncio.to_thread(
+        run_sql,
+        kafka,
+        "SELECT replay_id, variant, count(), countIf(status = 'SUCCESS'),"
+        " toString(sum(cost_usd)), groupUniqArray(disposition) FROM pipeline_events"
+        f" WHERE pipeline_id = '{pipeline_name}' AND step_name = 'answer'"
+        " GROUP BY replay_id, variant ORDER BY replay_id",
+    )
+    (live_row, replay_row) = [list(r) for r in tagged.rows]
+    assert live_row[:2] == ["", ""] and live_row[2] >= RECORDED
+    assert "replayed" not in live_row[5]
+    assert replay_row[:4] == [job.plan.replay_id, f"endpoint:{setup.candidate_ep.name}", n, n]
+    assert Decimal(replay_row[4]) == progress.spent_usd and replay_row[5] == ["replayed"]
+
     # The same comparison on the dashboard (served here by the sink).
     async with httpx.AsyncClient(base_url=sink_url, timeout=120) as http:
         api = (await http.get(f"/api/replays/{job.plan.replay_id}")).json()
@@ -262,6 +289,7 @@ async def test_budget_stops_within_one_call_and_resume_finishes_the_rest(
         endpoint=setup.candidate_ep.name,
         endpoints=[setup.candidate_ep],
         budget_usd=budget,
+        concurrency=4,
     )
     first = await job.run()
     outcomes = await read_outcomes(kafka, job.topic)

@@ -159,6 +159,8 @@ RECORDS: dict[str, dict[str, Any]] = {
         "span_id": "b7ad6b7169203331",
         "input": None,
         "output": None,
+        "replay_id": "rs-0123456789ab",
+        "variant": "endpoint:candidate",
     },
 }
 

@@ -175,6 +175,8 @@ def _trace_event(rng: random.Random) -> TraceEvent:
         span_id=_maybe(rng),
         input=_maybe(rng),
         output=_maybe(rng),
+        replay_id=rng.choice(["", _text(rng)]),
+        variant=rng.choice(["", _text(rng)]),
     )
 
 

@@ -1,5 +1,6 @@
 """Typed messages: requests in both wire forms, results, envelopes and dead-letter headers."""
 
+import dataclasses
 import json
 from typing import Any
 
@@ -11,15 +12,18 @@ from weir.core.errors import (
     SchemaInvalidError,
     UndecodableError,
 )
+from weir.schemas._codec import load_schema
 from weir.schemas.messages import (
     DEAD_LETTER_SCHEMA,
     ENVELOPE_SCHEMA,
     RESULT_JSON_VERSION,
     RESULT_SCHEMA,
+    TRACE_EVENT_SCHEMA,
     DeadLetter,
     Envelope,
     Request,
     Result,
+    TraceEvent,
     now_ms,
 )
 
@@ -387,3 +391,32 @@ def test_dead_letter_follows_its_avro_schema() -> None:
     record = _DEAD.model_dump()
     assert list(record) == [f["name"] for f in DEAD_LETTER_SCHEMA.definition["fields"]]
     assert DEAD_LETTER_SCHEMA.decode(DEAD_LETTER_SCHEMA.encode(record)) == record
+
+
+def test_trace_events_written_before_replay_tags_still_decode_with_empty_tags() -> None:
+    """An event framed with the previous trace schema (no ``replay_id``/``variant``)."""
+    old = load_schema("trace_event_v1")
+    event = TraceEvent(
+        pipeline_id="p",
+        step_name="s",
+        request_id="r-1",
+        attempt=1,
+        status="SUCCESS",
+        disposition="emitted",
+        created_at=2,
+        started_at=1,
+        submitted_at=0,
+        duration_ms=1.5,
+        queue_wait_ms=0.0,
+        worker_id="w",
+        topic="t",
+        partition=0,
+        offset=7,
+    )
+    record = event.to_record()
+    raw = old.encode({k: v for k, v in record.items() if k not in {"replay_id", "variant"}})
+    assert old.schema_id != TRACE_EVENT_SCHEMA.schema_id
+    assert TraceEvent.decode(raw) == record | {"replay_id": "", "variant": ""}
+    tagged = dataclasses.replace(event, replay_id="rs-1", variant="endpoint:b").encode()
+    assert TraceEvent.decode(tagged)["replay_id"] == "rs-1"
+    assert TraceEvent.decode(tagged)["variant"] == "endpoint:b"

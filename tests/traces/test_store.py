@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from weir.traces import (
     event_row,
     parse_window,
 )
+from weir.traces.schema import event_columns
 
 SEED_QUERY = (
     "SELECT step_name, AVG(duration_ms), COUNT(*) FROM pipeline_events WHERE status = 'FAILURE'"
@@ -258,3 +260,38 @@ def test_retries_count_towards_the_step_they_delayed() -> None:
 def test_time_windows_are_validated(bad: str) -> None:
     with pytest.raises(ValueError, match="not a time window"):
         parse_window(bad)
+
+
+def test_a_table_created_before_replay_tags_gains_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    settings = load_settings(clickhouse_dsn=f"chdb://{tmp_path / 'store'}")
+    now = int(time.time() * 1000)
+    live = synthetic_events("old", 40, now_ms=now)
+    store = TraceStore.connect(settings)
+    try:
+        # The table as an earlier weir made it: no replay columns, rows inserted without them.
+        store._command("ALTER TABLE weir.pipeline_events DROP COLUMN variant")
+        store._command("ALTER TABLE weir.pipeline_events DROP COLUMN replay_id")
+        columns = [c for c in event_columns() if c not in {"replay_id", "variant"}]
+        store._client.insert(
+            "pipeline_events",
+            [row[: len(columns)] for row in rows(live)],
+            column_names=columns,
+        )
+        before = store.query(SEED_QUERY)
+    finally:
+        store.close()
+    store = TraceStore.connect(settings)  # ensure_schema migrates
+    try:
+        assert store.query(SEED_QUERY) == before
+        replayed = [
+            dataclasses.replace(e, replay_id="rs-1", variant="endpoint:b", event_id=f"x{n}")
+            for n, e in enumerate(live[:5])
+        ]
+        store.insert(rows(replayed, first_offset=1000), token="replay")
+        tags = store.query(
+            "SELECT replay_id, variant, count() FROM pipeline_events"
+            " GROUP BY replay_id, variant ORDER BY replay_id"
+        )
+        assert tags == [("", "", len(live)), ("rs-1", "endpoint:b", 5)]
+    finally:
+        store.close()

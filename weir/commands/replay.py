@@ -73,6 +73,9 @@ def replay(
     budget: Annotated[
         str | None, typer.Option(help="Stop once the candidate has spent this many USD.")
     ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Inputs replayed at once (the budget still holds).")
+    ] = 4,
     dry_run: Annotated[
         bool, typer.Option(help="Only count the inputs and price them; call nothing.")
     ] = False,
@@ -97,7 +100,11 @@ def replay(
     async def run() -> tuple[StepReplay, ReplayProgress]:
         if resume is not None:
             job = await StepReplay.resume(
-                settings, loaded, resume, budget_usd=_usd(budget) if budget else None
+                settings,
+                loaded,
+                resume,
+                budget_usd=_usd(budget) if budget else None,
+                concurrency=concurrency,
             )
         else:
             if step is None:
@@ -112,6 +119,7 @@ def replay(
                 endpoint=endpoint,
                 variant=variant,
                 budget_usd=_usd(budget) if budget else None,
+                concurrency=concurrency,
             )
         with Progress(
             TextColumn("counting" if dry_run else "replaying"),
@@ -183,6 +191,9 @@ def compare(
         typer.Option(help="Instead: this pipeline's live shadow calls (rules with shadow:)."),
     ] = None,
     since: Annotated[str, typer.Option(help="With --shadow: calls since 30m, 24h, 7d.")] = "24h",
+    router: Annotated[
+        str | None, typer.Option(help="With --shadow: only this router's shadowed calls.")
+    ] = None,
     scorer: Annotated[
         str,
         typer.Option(
@@ -231,7 +242,7 @@ def compare(
             from weir.streams.replay import parse_since
 
             plan, outcomes, live = await shadow_comparison_inputs(
-                settings, shadow, since_ms=parse_since(since)
+                settings, shadow, since_ms=parse_since(since), router=router
             )
         else:
             assert replay_id is not None
