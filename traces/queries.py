@@ -114,7 +114,7 @@ FROM (
            max(toUnixTimestamp64Milli(created_at))
              - min(toUnixTimestamp64Milli(started_at) - queue_wait_ms) AS t
     FROM {EVENTS_TABLE}
-    WHERE pipeline_id = {{p:String}}
+    WHERE pipeline_id = {{p:String}} AND replay_id = ''
       AND created_at BETWEEN fromUnixTimestamp64Milli({{since:Int64}}, 'UTC')
                          AND fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')
     GROUP BY request_id, step_name
@@ -133,7 +133,7 @@ FROM (
     SELECT request_id,
            max(toUnixTimestamp64Milli(created_at)) - min(toUnixTimestamp64Milli(submitted_at)) AS t
     FROM {EVENTS_TABLE}
-    WHERE pipeline_id = {{p:String}}
+    WHERE pipeline_id = {{p:String}} AND replay_id = ''
       AND created_at BETWEEN fromUnixTimestamp64Milli({{since:Int64}}, 'UTC')
                          AND fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')
     GROUP BY request_id
@@ -156,7 +156,8 @@ FROM (
 
     def stats(self, *, since_ms: int, pipeline: str | None = None) -> Stats:
         """p50/p95/p99 per step, failures by error type and cost by model since ``since_ms``."""
-        where = "created_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+        # Live traffic only: replayed attempts (``weir compare`` reports them) would skew it.
+        where = "created_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') AND replay_id = ''"
         params: dict[str, Any] = {"since": since_ms}
         if pipeline is not None:
             where += " AND pipeline_id = {p:String}"

@@ -176,6 +176,8 @@ ORDER BY (pipeline_id, step_name, minute)
 TTL minute + INTERVAL {ttl_days} DAY
 SETTINGS non_replicated_deduplication_window = 1000
 """,
+        # Before the view: on a table of an earlier weir, it reads the columns they add.
+        *_migrations(db),
         f"""
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{_LATENCY_VIEW} TO {db}.{LATENCY_TABLE} AS
 SELECT
@@ -190,9 +192,9 @@ SELECT
     quantilesTDigestState({QUANTILES})(duration_ms) AS duration_q,
     quantilesTDigestState({QUANTILES})(queue_wait_ms) AS queue_wait_q
 FROM {db}.{EVENTS_TABLE}
+WHERE replay_id = ''
 GROUP BY minute, pipeline_id, step_name
 """,
-        *_migrations(db),
     ]
 
 
