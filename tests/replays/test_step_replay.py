@@ -29,6 +29,7 @@ from weir.schemas.messages import now_ms
 from weir.streams import Pipeline, WeirClient, Worker
 from weir.streams.side_effects import side_effect
 from weir.topics.names import PipelineTopics
+from weir.traces.remote import RemoteTraceStore
 from weir.traces.sql import run_sql
 
 pytestmark = pytest.mark.kafka
@@ -246,7 +247,23 @@ async def _replay_and_compare(
         assert base["latency_ms"][q] > 0 and cand["latency_ms"][q] > 0
 
     # The replay's attempts are in pipeline_events too, tagged; the live ones are not.
-    await wait_stored(sink_url, pipeline_name, 2 * RECORDED + n)
+    # `weir stats` counts live attempts only, so the replay's rows are awaited by SQL.
+    async with asyncio.timeout(180):
+        while True:
+            found = await asyncio.to_thread(
+                run_sql,
+                kafka,
+                "SELECT count() FROM pipeline_events"
+                f" WHERE pipeline_id = '{pipeline_name}' AND replay_id != ''",
+            )
+            if found.rows[0][0] >= n:
+                break
+            await asyncio.sleep(0.5)
+    remote = RemoteTraceStore(sink_url)
+    try:
+        live_stats = await asyncio.to_thread(remote.stats, since_ms=0, pipeline=pipeline_name)
+    finally:
+        remote.close()
     tagged = await asyncio.to_thread(
         run_sql,
         kafka,
@@ -257,6 +274,8 @@ async def _replay_and_compare(
     )
     (live_row, replay_row) = [list(r) for r in tagged.rows]
     assert live_row[:2] == ["", ""] and live_row[2] >= RECORDED
+    answer_stats = [st for st in live_stats.steps if st.step_name == "answer"]
+    assert [st.attempts for st in answer_stats] == [live_row[2]], "stats counted replays"
     assert "replayed" not in live_row[5]
     assert replay_row[:4] == [job.plan.replay_id, f"endpoint:{setup.candidate_ep.name}", n, n]
     assert Decimal(replay_row[4]) == progress.spent_usd and replay_row[5] == ["replayed"]
