@@ -45,6 +45,10 @@ class TraceQueries(Protocol):
 class StoreQueries:
     """``TraceQueries`` in SQL over the store's ``_query`` (a subclass connects it)."""
 
+    live_only = " AND replay_id = ''"
+    """Added to the filters of questions about live traffic (replayed attempts left out);
+    empty for a store an earlier weir made and nothing migrated yet: no replays in it."""
+
     dsn: str
     database: str
 
@@ -114,7 +118,7 @@ FROM (
            max(toUnixTimestamp64Milli(created_at))
              - min(toUnixTimestamp64Milli(started_at) - queue_wait_ms) AS t
     FROM {EVENTS_TABLE}
-    WHERE pipeline_id = {{p:String}} AND replay_id = ''
+    WHERE pipeline_id = {{p:String}}{self.live_only}
       AND created_at BETWEEN fromUnixTimestamp64Milli({{since:Int64}}, 'UTC')
                          AND fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')
     GROUP BY request_id, step_name
@@ -133,7 +137,7 @@ FROM (
     SELECT request_id,
            max(toUnixTimestamp64Milli(created_at)) - min(toUnixTimestamp64Milli(submitted_at)) AS t
     FROM {EVENTS_TABLE}
-    WHERE pipeline_id = {{p:String}} AND replay_id = ''
+    WHERE pipeline_id = {{p:String}}{self.live_only}
       AND created_at BETWEEN fromUnixTimestamp64Milli({{since:Int64}}, 'UTC')
                          AND fromUnixTimestamp64Milli({{until:Int64}}, 'UTC')
     GROUP BY request_id
@@ -157,7 +161,7 @@ FROM (
     def stats(self, *, since_ms: int, pipeline: str | None = None) -> Stats:
         """p50/p95/p99 per step, failures by error type and cost by model since ``since_ms``."""
         # Live traffic only: replayed attempts (``weir compare`` reports them) would skew it.
-        where = "created_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') AND replay_id = ''"
+        where = "created_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')" + self.live_only
         params: dict[str, Any] = {"since": since_ms}
         if pipeline is not None:
             where += " AND pipeline_id = {p:String}"

@@ -90,6 +90,17 @@ class TraceStore(StoreQueries):
                 f" {self.database!r} yet: `weir sink` (or a starting `weir worker`) creates it;"
                 " pages and queries never do"
             )
+        columns = {
+            str(row[0])
+            for row in self._query(
+                "SELECT name FROM system.columns"
+                " WHERE database = {db:String} AND table = {t:String}",
+                db=self.database,
+                t=EVENTS_TABLE,
+            )
+        }
+        if "replay_id" not in columns:  # read-only: it stays as it is until a sink migrates it
+            self.live_only = ""
         self._client.database = self.database
 
     def ensure_schema(self) -> None:

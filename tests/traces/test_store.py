@@ -297,3 +297,25 @@ def test_a_table_created_before_replay_tags_gains_them_and_keeps_its_rows(tmp_pa
         assert tags == [("", "", len(live)), ("rs-1", "endpoint:b", 5)]
     finally:
         store.close()
+
+
+def test_a_store_not_yet_migrated_answers_stats_read_only(tmp_path: Path) -> None:
+    settings = load_settings(clickhouse_dsn=f"chdb://{tmp_path / 'store'}")
+    live = synthetic_events("old", 40, now_ms=int(time.time() * 1000))
+    store = TraceStore.connect(settings)
+    try:  # as an earlier weir left it: no replay columns
+        store._command("DROP VIEW weir.pipeline_latency_1m_mv")
+        store._command("ALTER TABLE weir.pipeline_events DROP COLUMN variant")
+        store._command("ALTER TABLE weir.pipeline_events DROP COLUMN replay_id")
+        columns = [c for c in event_columns() if c not in {"replay_id", "variant"}]
+        store._client.insert(
+            "pipeline_events", [row[: len(columns)] for row in rows(live)], column_names=columns
+        )
+    finally:
+        store.close()
+    reader = TraceStore.connect(settings, create_schema=False)  # weir stats: reads, never alters
+    try:
+        stats = reader.stats(since_ms=0)
+    finally:
+        reader.close()
+    assert sum(s.attempts for s in stats.steps) == len(live)
