@@ -55,6 +55,7 @@ from weir.core.errors import BrokerError
 from weir.core.kafka import KafkaConnection
 from weir.processors._claims import Claim, ClaimBook, Verdict
 from weir.processors._spend_table import SpendTable, Window, window_start
+from weir.processors._start_once import StartOnce
 from weir.schemas.messages import now_ms
 from weir.streams._bounded import RecentSet
 from weir.streams.context import current_scope
@@ -107,7 +108,7 @@ class CostLedger:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._starting = StartOnce(self._start, name="weir-ledger-start")
         self._pending: set[asyncio.Future[Any]] = set()
         self._settled = asyncio.Condition()
         self._settlements = 0
@@ -120,15 +121,7 @@ class CostLedger:
         """Connect and read the topic up to now (once; concurrent callers wait together)."""
         if self._task is not None:
             return
-        if self._starting is None:
-            self._starting = asyncio.create_task(self._start())
-        starting = self._starting
-        try:
-            await asyncio.shield(starting)
-        except BaseException:
-            if starting.done() and self._starting is starting:
-                self._starting = None  # it failed: the next caller tries again
-            raise
+        await self._starting()
 
     async def _start(self) -> None:
         settings = self._settings
@@ -197,7 +190,7 @@ class CostLedger:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-        self._starting = None
+        self._starting.reset()
 
     async def _follow(self) -> None:
         consumer = self._consumer

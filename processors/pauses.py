@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.kafka import KafkaConnection
+from weir.processors._start_once import StartOnce
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PAUSES_TOPIC, global_topic_specs
@@ -58,14 +59,14 @@ class GroupPauses:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._starting = StartOnce(self._start, name="weir-pauses-start")
         self._sending: set[asyncio.Task[None]] = set()
         self._next_try = 0.0
         self.pauses_read = 0
 
     def follow_soon(self) -> None:
         """Start following the topic in the background if not yet (calls never wait for it)."""
-        if self._task is not None or self._starting is not None:
+        if self._task is not None or self._starting.begun:
             return
         if time.monotonic() < self._next_try:
             return
@@ -125,15 +126,7 @@ class GroupPauses:
         """Connect and read the recent pauses (once; concurrent callers wait together)."""
         if self._task is not None:
             return
-        if self._starting is None:
-            self._starting = asyncio.create_task(self._start(), name="weir-pauses-start")
-        starting = self._starting
-        try:
-            await asyncio.shield(starting)
-        except BaseException:
-            if starting.done() and self._starting is starting:
-                self._starting = None  # it failed: the next caller tries again
-            raise
+        await self._starting()
 
     async def _start(self) -> None:
         settings = self._settings
@@ -207,4 +200,4 @@ class GroupPauses:
             with contextlib.suppress(KafkaError):
                 await self._producer.stop()
             self._producer = None
-        self._starting = None
+        self._starting.reset()
