@@ -30,7 +30,8 @@ from weir.core.errors import (
     StepError,
     WeirError,
 )
-from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
+from weir.schemas.messages import Envelope, ModelCall, now_ms, now_us
+from weir.streams._attempt_trace import AttemptTrace
 from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
 from weir.streams.cache import StepCache
 from weir.streams.context import AttemptScope, StepContext
@@ -151,7 +152,7 @@ class StepRunner:
             return Outcome(self._undecodable(record, exc))
         attempt = self._gather(record, env)
         out: list[OutMessage] = []
-        event: TraceEvent | None = None
+        event: AttemptTrace | None = None
         if attempt is not None:
             out, event = await self._run(record, attempt)
         if self.join is not None and env.kind != "JOINED":
@@ -210,7 +211,9 @@ class StepRunner:
 
     # -- the attempt ----------------------------------------------------------------
 
-    async def _run(self, record: Record, a: _Attempt) -> tuple[list[OutMessage], TraceEvent | None]:
+    async def _run(
+        self, record: Record, a: _Attempt
+    ) -> tuple[list[OutMessage], AttemptTrace | None]:
         """Run one attempt; return its messages and its trace event (none for a skip)."""
         rt = self._rt
         if a.skipped:
@@ -280,26 +283,19 @@ class StepRunner:
                 trace_id, span_id, traceparent = rt.tracing.ids(base.traceparent)
         duration = (time.perf_counter() - t0) * 1000
         calls = merge_calls(a.calls, scope.calls)
-        event = TraceEvent(
-            pipeline_id=rt.pipeline.name,
-            step_name=self.name,
-            request_id=base.request_id,
-            attempt=base.attempt,
-            status="SUCCESS" if error is None else "FAILURE",
-            disposition="emitted",
-            created_at=now_ms(),
-            started_at=started_ms,
-            submitted_at=base.submitted_at,
-            duration_ms=duration,
-            queue_wait_ms=queue_wait,
-            worker_id=rt.settings.worker_id,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            calls=list(scope.calls),
-            trace_id=trace_id,
-            span_id=span_id,
+        event = rt.attempt_trace(
+            self.name,
+            record,
+            base,
+            started_ms,
+            duration,
+            queue_wait,
+            list(scope.calls),
+            trace_id,
+            span_id,
         )
+        if error is not None:
+            event.status = "FAILURE"
         if self.step.log_io:
             event.input = await rt.redacted(a.inputs or ctx.request)
             if encoded is not None:
@@ -396,7 +392,7 @@ class StepRunner:
         record: Record,
         a: _Attempt,
         error: WeirError,
-        event: TraceEvent,
+        event: AttemptTrace,
         ctx: StepContext,
         scope: AttemptScope,
         traceparent: str | None,
