@@ -38,7 +38,7 @@ from linear import broker_settings, run_weir
 
 from weir.core.config import WeirSettings
 from weir.core.urls import SecretUrl
-from weir.schemas.messages import ModelCall, TraceEvent
+from weir.schemas.messages import TRACE_EVENT_SCHEMA, ModelCall, TraceEvent
 from weir.schemas.trace_batch import (
     TRACE_BATCH_HEADER,
     TRACE_BATCH_VERSION,
@@ -48,6 +48,7 @@ from weir.schemas.trace_batch import (
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
 from weir.traces import TraceStore, event_row
+from weir.traces._row_decoder import RowDecoder
 from weir.traces.clickhouse_sink import ClickHouseSink
 
 
@@ -132,27 +133,32 @@ async def _read_only(settings: WeirSettings, n: int) -> float:
     for tp in tps:
         consumer.seek(tp, 0)
     got = 0
+    decoder = RowDecoder(TRACE_EVENT_SCHEMA.header)
     start = time.perf_counter()
     try:
         while got < n:
             for tp, records in (await consumer.getmany(timeout_ms=500, max_records=5000)).items():
                 for r in records:
                     for raw in unpack_trace_events(r.value, r.headers):
-                        event_row(TraceEvent.decode(raw), tp.partition, r.offset)
+                        # As the sink does: straight into a row, else the general reader.
+                        if decoder.row(raw, tp.partition, r.offset) is None:
+                            event_row(TraceEvent.decode(raw), tp.partition, r.offset)
                         got += 1
     finally:
         await consumer.stop()
     return time.perf_counter() - start
 
 
-def _insert_only(settings: WeirSettings, values: list[bytes], batch: int) -> float:
+def _insert_only(
+    settings: WeirSettings, values: list[bytes], batch: int, *, arrow: bool | None = None
+) -> float:
     """Seconds to insert the events' rows into a fresh store in batches (no Kafka)."""
     rows = [event_row(TraceEvent.decode(v), 0, i) for i, v in enumerate(values)]
     store = TraceStore.connect(settings)
     try:
         start = time.perf_counter()
         for i in range(0, len(rows), batch):
-            store.insert(rows[i : i + batch], token=f"bench-{i}")
+            store.insert(rows[i : i + batch], token=f"bench-{i}", arrow=arrow)
         return time.perf_counter() - start
     finally:
         store.close()
@@ -194,6 +200,12 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         insert_s = await asyncio.to_thread(
             _insert_only, store_settings, values, cfg.sink_batch_size
         )
+        native_settings = cfg.model_copy(
+            update={"clickhouse_dsn": SecretUrl(f"chdb://{tmp}/native")}
+        )
+        native_s = await asyncio.to_thread(
+            _insert_only, native_settings, values, cfg.sink_batch_size, arrow=False
+        )
     return {
         "events": n,
         "events_per_record": packed,
@@ -202,6 +214,7 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         "sink_batches": sink.stats.batches,
         "read_decode_only_events_per_s": round(n / read_s, 1),
         "insert_only_events_per_s": round(n / insert_s, 1),
+        "insert_only_native_events_per_s": round(n / native_s, 1),
     }
 
 
@@ -260,6 +273,7 @@ def main() -> None:
             f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
             f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
             f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s"
+            f" (Native writer: {s['insert_only_native_events_per_s']:,.0f})"
         )
     if t is None:
         return

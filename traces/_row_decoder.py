@@ -4,8 +4,8 @@ The sink used to decode each event into a dict (``TraceEvent.decode``) and then
 build its row from the dict (``event_row``); for an event without model calls
 this reads the Avro bytes (``trace_event.avsc``) once, straight into the row, and
 shares the values that repeat from event to event (names, statuses, times of
-the same millisecond).  Anything else (model calls, another schema, bytes it
-does not expect) gives ``None``: the caller takes the general path, which also
+the same millisecond), model calls included.  Anything else (another schema,
+bytes it does not expect) gives ``None``: the caller takes the general path, which also
 says what is wrong.  ``tests/traces/test_row_decoder.py`` checks the rows
 against ``event_row(TraceEvent.decode(raw))``.
 """
@@ -20,6 +20,7 @@ from typing import Any
 __all__ = ["RowDecoder"]
 
 _TWO_DOUBLES = struct.Struct("<dd")
+_DOUBLE = struct.Struct("<d")
 _CACHE_MAX = 4096
 
 
@@ -78,8 +79,90 @@ class RowDecoder:
             value = self._times[ms] = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
         return value
 
+    def _call(self, raw: bytes, pos: int, calls: list[list[Any]]) -> int:
+        """One model call (``ModelCall`` in the schema) onto the row's ``calls.*`` arrays."""
+        text, long, end = self._text, _long, len(raw)
+
+        def opt(pos: int) -> tuple[str | None, int]:
+            branch = raw[pos]
+            if branch == 0:
+                return None, pos + 1
+            if branch != 2:
+                raise _Unexpected
+            return text(raw, pos + 1)
+
+        _, pos = text(raw, pos)  # step
+        _, pos = long(raw, pos)  # attempt
+        endpoint, pos = text(raw, pos)
+        provider, pos = text(raw, pos)
+        model, pos = text(raw, pos)
+        operation, pos = text(raw, pos)
+        status, pos = text(raw, pos)
+        error_type, pos = opt(pos)
+        input_tokens, pos = long(raw, pos)
+        output_tokens, pos = long(raw, pos)
+        _, pos = text(raw, pos)  # usage_source
+        n, pos = long(raw, pos)
+        if n < 0 or pos + n > end:
+            raise _Unexpected
+        cost = self._cost(raw[pos : pos + n])
+        pos += n
+        _, pos = long(raw, pos)  # started_at
+        (duration_ms,) = _DOUBLE.unpack_from(raw, pos)
+        pos += 8
+        branch = raw[pos]
+        if branch == 0:
+            ttft_ms, pos = 0.0, pos + 1
+        elif branch == 2:
+            (ttft_ms,) = _DOUBLE.unpack_from(raw, pos + 1)
+            pos += 9
+        else:
+            raise _Unexpected
+        if raw[pos] > 1:  # streamed
+            raise _Unexpected
+        rule, pos = opt(pos + 1)
+        branch = raw[pos]
+        if branch == 2:
+            _, pos = long(raw, pos + 1)  # rules_version
+        elif branch == 0:
+            pos += 1
+        else:
+            raise _Unexpected
+        _, pos = opt(pos)  # fallback_from
+        for column, value in zip(
+            calls,
+            (
+                endpoint,
+                provider,
+                model,
+                operation,
+                status,
+                error_type or "",
+                input_tokens or 0,
+                output_tokens or 0,
+                cost,
+                duration_ms,
+                ttft_ms,
+                rule or "",
+            ),
+            strict=True,
+        ):
+            column.append(value)
+        return pos
+
+    def _cost(self, key: bytes) -> Decimal:
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = Decimal(key.decode() or "0")
+            if len(self._costs) < _CACHE_MAX:
+                self._costs[key] = cost
+        return cost
+
     def row(self, raw: bytes, trace_partition: int, trace_offset: int) -> list[Any] | None:
-        """The event's row (``event_columns()`` order), or ``None``: use the general path."""
+        """The event's row (``event_columns()`` order), or ``None``: use the general path.
+
+        Raises ``decimal.InvalidOperation`` for a cost that is not a number (as that path).
+        """
         if raw[:5] != self._header:
             return None
         try:
@@ -142,9 +225,15 @@ class RowDecoder:
             rules_version, pos = long(raw, pos + 1)
         else:
             raise _Unexpected
-        if raw[pos] != 0:  # model calls: the general path reads those
-            return None
-        pos += 1
+        calls: list[list[Any]] = [[] for _ in range(12)]
+        count, pos = long(raw, pos)
+        while count:
+            if count < 0:  # a block with its size in bytes
+                count = -count
+                _, pos = long(raw, pos)
+            for _ in range(count):
+                pos = self._call(raw, pos, calls)
+            count, pos = long(raw, pos)
         trace_id, pos = opt(pos)
         span_id, pos = opt(pos)
         given, pos = opt(pos)
@@ -153,11 +242,7 @@ class RowDecoder:
         variant, pos = text(raw, pos)
         if pos != end:
             return None
-        cost = self._costs.get(cost_key)
-        if cost is None:
-            cost = Decimal(cost_key.decode() or "0")
-            if len(self._costs) < _CACHE_MAX:
-                self._costs[cost_key] = cost
+        cost = self._cost(cost_key)
         time = self._time
         return [
             event_id,
@@ -187,18 +272,7 @@ class RowDecoder:
             usage_source,
             routing_rule,
             rules_version,
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
+            *calls,
             trace_id or "",
             span_id or "",
             given,
