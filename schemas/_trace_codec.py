@@ -22,10 +22,26 @@ _NULL2 = b"\x00\x00"
 
 
 def _long(n: int) -> bytes:
-    """Avro ``long``: zig-zag, then a base-128 varint."""
+    """Avro ``long``: zig-zag, then a base-128 varint (unrolled up to 7 bytes: times in ms)."""
     n = (n << 1) ^ (n >> 63)
     if n < 0x80:
         return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
+    if n < 0x2000000000000 and n >= 0x40000000000:  # epoch milliseconds until 10889
+        return bytes(
+            (
+                n & 0x7F | 0x80,
+                n >> 7 & 0x7F | 0x80,
+                n >> 14 & 0x7F | 0x80,
+                n >> 21 & 0x7F | 0x80,
+                n >> 28 & 0x7F | 0x80,
+                n >> 35 & 0x7F | 0x80,
+                n >> 42,
+            )
+        )
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)

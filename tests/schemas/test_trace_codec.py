@@ -95,3 +95,18 @@ def test_the_codec_shares_the_step_constants_among_attempts() -> None:
     assert one.event_id != two.event_id
     assert TraceEvent.decode(one.encode())["step_name"] == codec.step_name
     assert TraceEvent.decode(two.encode())["worker_id"] == codec.worker_id
+
+
+def test_longs_are_avro_longs_at_every_width() -> None:
+    from weir.schemas._envelope_codec import _long as reference
+    from weir.schemas._trace_codec import _long
+
+    rng = random.Random(1)
+    edges = [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**20, 2**21, 2**40, 2**41, 2**42]
+    edges += [2**48 - 1, 2**48, 2**49, 2**62, -(2**62), 2**63 - 1, -(2**63)]
+    randoms = [rng.randint(-(2**63), 2**63 - 1) for _ in range(20_000)]
+    randoms += [rng.randint(0, 2**50) for _ in range(20_000)]
+    for n in edges + randoms:
+        want = bytearray()
+        reference(want, n)
+        assert _long(n) == bytes(want), n
