@@ -22,7 +22,7 @@ _NULL2 = b"\x00\x00"
 
 
 def _long(n: int) -> bytes:
-    """Avro ``long``: zig-zag, then a base-128 varint (unrolled up to 7 bytes: times in ms)."""
+    """Avro ``long``: zig-zag, then a base-128 varint (unrolled for small ones and times in ms)."""
     n = (n << 1) ^ (n >> 63)
     if n < 0x80:
         return _ONE_BYTE[n]
@@ -30,7 +30,18 @@ def _long(n: int) -> bytes:
         return bytes((n & 0x7F | 0x80, n >> 7))
     if n < 0x200000:
         return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
-    if n < 0x2000000000000 and n >= 0x40000000000:  # epoch milliseconds until 10889
+    if 0x800000000 <= n < 0x40000000000:  # epoch milliseconds, 1971 to 2039
+        return bytes(
+            (
+                n & 0x7F | 0x80,
+                n >> 7 & 0x7F | 0x80,
+                n >> 14 & 0x7F | 0x80,
+                n >> 21 & 0x7F | 0x80,
+                n >> 28 & 0x7F | 0x80,
+                n >> 35,
+            )
+        )
+    if 0x40000000000 <= n < 0x2000000000000:  # and on to 10889
         return bytes(
             (
                 n & 0x7F | 0x80,
