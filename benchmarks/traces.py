@@ -179,7 +179,9 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         now = int(time.time() * 1000)
         values = [_event(i, now) for i in range(n)]
         await _produce(cfg, values, packed)
+        cpu = time.process_time()
         read_s = await _read_only(cfg, n)
+        read_cpu = time.process_time() - cpu
 
         sink = ClickHouseSink(cfg)
         await sink.start()
@@ -188,10 +190,13 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
                 # Polling the sink's counters: from "ready" on, it is insert throughput.
                 while not sink.ready:
                     await asyncio.sleep(0.01)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 while sink.stats.inserted < n:
                     await asyncio.sleep(0.01)
             sink_s = time.perf_counter() - start
+            # This process's CPU (the sink's loop, its insert thread, the embedded engine):
+            # what an event costs, whatever the other processes on the machine take.
+            sink_cpu = time.process_time() - cpu
         finally:
             await sink.stop()
         store_settings = cfg.model_copy(
@@ -212,6 +217,8 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         "batch_size": cfg.sink_batch_size,
         "sink_events_per_s": round(n / sink_s, 1),
         "sink_batches": sink.stats.batches,
+        "sink_cpu_us_per_event": round(sink_cpu / n * 1e6, 2),
+        "read_decode_cpu_us_per_event": round(read_cpu / n * 1e6, 2),
         "read_decode_only_events_per_s": round(n / read_s, 1),
         "insert_only_events_per_s": round(n / insert_s, 1),
         "insert_only_native_events_per_s": round(n / native_s, 1),
@@ -273,7 +280,9 @@ def main() -> None:
             f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
             f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
             f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s"
-            f" (Native writer: {s['insert_only_native_events_per_s']:,.0f})"
+            f" (Native writer: {s['insert_only_native_events_per_s']:,.0f})\n"
+            f"  CPU per event: sink {s['sink_cpu_us_per_event']} us (all its threads),"
+            f" read + decode {s['read_decode_cpu_us_per_event']} us"
         )
     if t is None:
         return
