@@ -1,10 +1,11 @@
 """``pipeline_events`` rows as one Arrow table, for a columnar insert.
 
 clickhouse-connect's own insert serializes every value in Python (its Native
-format writer): measured in the sink, the nested ``calls`` arrays and the
-low-cardinality dictionaries took most of an insert.  Given an Arrow table
+format writer; under cProfile the nested ``calls`` arrays and the low-cardinality
+dictionaries took most of an insert).  Given an Arrow table
 (``Client.insert_arrow``), the values are converted by pyarrow and read by
-ClickHouse's Arrow input, both native code.  pyarrow is optional
+ClickHouse's Arrow input, both native code (``BENCHMARKS.md`` has what this
+measured to).  pyarrow is optional
 (``weir[parquet]``); without it the store inserts the rows the other way.
 The stored values are the same either way (``tests/traces/test_store.py``).
 """

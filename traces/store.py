@@ -217,8 +217,9 @@ class TraceStore(StoreQueries):
         ``token`` is ClickHouse's ``insert_deduplication_token``: inserting the
         same rows again with the same token (a retry after an answer was lost)
         stores them once, in the table and in the aggregates.  ``arrow``: send the
-        block in Arrow format (several times faster; ``None``: when pyarrow is
-        installed) rather than clickhouse-connect's Native writer.  Same values.
+        block in Arrow format, converted by pyarrow (``None``: when pyarrow is
+        installed), rather than through clickhouse-connect's Native writer, which
+        serializes value by value in Python.  The stored values are the same.
         """
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
