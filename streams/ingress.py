@@ -106,6 +106,7 @@ class Ingress:
             key = routing_key(payload, request.request_id)
         out = []
         here = []
+        parsed: dict[str, Any] | None = request.payload  # the first root run here takes it
         for root in self._roots:
             env = Envelope(
                 request_id=request.request_id,
@@ -128,6 +129,11 @@ class Ingress:
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
                 step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
+                if parsed is not None:
+                    # The request as the step's context and bound fields read it: parsed
+                    # once, here (a second root parses its own: steps may change it).
+                    env.with_request_object(parsed)
+                    parsed = None
                 # Handed over as the object it was encoded from: no decode of what was
                 # just encoded (the bytes are kept for dead letters and the size check).
                 here.append(runner.prepare(step_record, env))

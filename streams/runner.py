@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -102,6 +103,7 @@ class StepRunner:
                 step=step,
             )
         self._keyed = pipeline.has_conversations
+        self._lag = functools.partial(runtime.lag, step)
         self.join: JoinTable | None = None
         if self.step.is_join:
             self.join = JoinTable(
@@ -186,7 +188,8 @@ class StepRunner:
             )
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
-            return _Attempt(env, inputs, list(env.path), env.calls, env.kind == "SKIP", False)
+            # The envelope's own path: nothing changes an attempt's path in place.
+            return _Attempt(env, inputs, env.path, env.calls, env.kind == "SKIP", False)
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
             self._rt.stats.duplicates += 1
@@ -223,7 +226,7 @@ class StepRunner:
             context=ctx,
             settings=rt.settings,
             publish=self._publish,
-            lag=lambda: rt.lag(self.name),
+            lag=self._lag,
             tracing=rt.tracing,
             services=rt.services,
             journal=rt.journal,
@@ -279,7 +282,8 @@ class StepRunner:
             else:
                 trace_id, span_id, traceparent = rt.tracing.ids(base.traceparent)
         duration = (time.perf_counter() - t0) * 1000
-        calls = merge_calls(a.calls, scope.calls)
+        # Most attempts make no model call: their calls are the inputs', as they came.
+        calls = merge_calls(a.calls, scope.calls) if scope.calls else a.calls
         event = TraceEvent(
             pipeline_id=rt.pipeline.name,
             step_name=self.name,
