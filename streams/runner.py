@@ -73,6 +73,29 @@ class _Attempt:
     """Dependencies skipped for this request while others produced."""
 
 
+class _TooLarge:
+    """``Outcome.too_large`` of one record: ``StepRunner.too_large`` with its arguments."""
+
+    __slots__ = ("attempt", "env", "event", "record", "runner")
+
+    def __init__(
+        self,
+        runner: StepRunner,
+        record: Record,
+        env: Envelope,
+        attempt: _Attempt | None,
+        event: TraceEvent | None,
+    ) -> None:
+        self.runner = runner
+        self.record = record
+        self.env = env
+        self.attempt = attempt
+        self.event = event
+
+    def __call__(self, exc: OutputTooLargeError) -> list[OutMessage]:
+        return self.runner.too_large(exc, self.record, self.env, self.attempt, self.event)
+
+
 class StepRunner:
     """Handles the input and retry topics of one step."""
 
@@ -164,21 +187,31 @@ class StepRunner:
         if event is not None:
             out += rt.trace(event)
 
-        def too_large(exc: OutputTooLargeError) -> list[OutMessage]:
-            # The attempt worked (or a join waits) but what it must write cannot travel:
-            # the request fails here.
-            rt.stats.failed(exc.error_type)
-            a = attempt
-            if a is None:  # a waiting join's inputs outgrew one message
-                a = _Attempt(env, {}, list(env.path), env.calls, False, False)
-            failed = self._fail_request(record, a, exc, a.base.traceparent)
-            if event is not None:
-                event.status, event.disposition = "FAILURE", "dead_lettered"
-                event.error_type, event.error_message = exc.error_type, str(exc)
-                failed += rt.trace(event)
-            return failed
+        # An object, not a closure: a closure over this frame costs a cell per variable
+        # it reads, on every record, for a path taken almost never.
+        return Outcome(out, too_large=_TooLarge(self, record, env, attempt, event))
 
-        return Outcome(out, too_large=too_large)
+    def too_large(
+        self,
+        exc: OutputTooLargeError,
+        record: Record,
+        env: Envelope,
+        attempt: _Attempt | None,
+        event: TraceEvent | None,
+    ) -> list[OutMessage]:
+        """What to write when the attempt worked (or a join waits) but what it must write
+        cannot travel: the request fails here."""
+        rt = self._rt
+        rt.stats.failed(exc.error_type)
+        a = attempt
+        if a is None:  # a waiting join's inputs outgrew one message
+            a = _Attempt(env, {}, list(env.path), env.calls, False, False)
+        failed = self._fail_request(record, a, exc, a.base.traceparent)
+        if event is not None:
+            event.status, event.disposition = "FAILURE", "dead_lettered"
+            event.error_type, event.error_message = exc.error_type, str(exc)
+            failed += rt.trace(event)
+        return failed
 
     def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
@@ -237,24 +270,23 @@ class StepRunner:
         hit = False
         encoded: str | None = None
         targets: tuple[str, ...] | None = None
-        said: list[OutMessage] = []  # the conversation's new turns
-        attributes: dict[str, Any] = {}
-        if rt.tracing.recording:
-            attributes = {
-                "weir.pipeline": rt.pipeline.name,
-                "weir.step": self.name,
-                "weir.request_id": base.request_id,
-                "weir.attempt": base.attempt,
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.message.offset": record.offset,
-            }
+        said: list[OutMessage] | None = None  # the conversation's new turns
         t0 = time.perf_counter()
         # Unrecorded spans only carry ids: made after the attempt, without a span object.
         recording = rt.tracing.recording
         block = (
             rt.tracing.span(
-                f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
+                f"{rt.pipeline.name}.{self.name}",
+                parent=base.traceparent,
+                attributes={
+                    "weir.pipeline": rt.pipeline.name,
+                    "weir.step": self.name,
+                    "weir.request_id": base.request_id,
+                    "weir.attempt": base.attempt,
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": record.topic,
+                    "messaging.kafka.message.offset": record.offset,
+                },
             )
             if recording
             else _NO_SPAN
@@ -313,11 +345,13 @@ class StepRunner:
             event.status = "CACHE_HIT"  # costs nothing: no call was made
         if error is None and escalate is not None:
             event.disposition = "escalated"
-            out = self._escalate(a, escalate, traceparent) + said
+            out = self._escalate(a, escalate, traceparent)
         elif error is None:
-            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent) + said
+            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
             out = await self._failed(record, a, error, event, ctx, scope, traceparent)
+        if said and error is None:
+            out += said
         return out, event
 
     async def _outcome(
@@ -537,44 +571,53 @@ class StepRunner:
         base = a.base
         skipped = output is None and targets == ()
         path = a.path if skipped else [*a.path, self.name]
-        key = self._key(base)
         created = now_us()
-        headers = None  # the envelope carries the traceparent: not a header too
-
-        def envelope(to: str, take: bool) -> Envelope:
-            return Envelope(
-                request_id=base.request_id,
-                pipeline=base.pipeline,
-                step=to,
-                source=self.name,
-                kind="VALUE" if take else "SKIP",
-                submitted_at=base.submitted_at,
-                created_at=created,
-                request=base.request,
-                payload=output if take else None,
+        # The envelope carries the traceparent: not a header too.  Built without a helper
+        # closure: its cells would be a handful more objects per attempt for the GC.
+        if not self._dependents:
+            answer = Envelope(
+                base.request_id,
+                base.pipeline,
+                ANSWER,
+                self.name,
+                "SKIP" if skipped else "VALUE",
+                base.submitted_at,
+                created,
+                base.request,
+                None if skipped else output,
                 traceparent=traceparent,
                 options=base.options,
                 path=path,
                 calls=a.calls,
                 replay=base.replay,
             )
-
-        if not self._dependents:
-            answer = envelope(ANSWER, not skipped)
             # Encoded only if it goes to the answers topic: the answer stage of this worker
             # takes it as the object (``Outbox.shortcut``) when it owns its partition.
             # Keyed by request id: the answer stage deduplicates per partition.
             rid = base.request_id.encode()
-            return [OutMessage(rt.topics.answers, rid, None, headers, decoded=answer)]
-        return [
-            OutMessage(
-                rt.topics.step(dep),
-                key,
-                envelope(dep, not skipped and (targets is None or dep in targets)).encode(),
-                headers,
+            return [OutMessage(rt.topics.answers, rid, None, None, decoded=answer)]
+        key = self._key(base)
+        out = []
+        for dep in self._dependents:
+            take = not skipped and (targets is None or dep in targets)
+            env = Envelope(
+                base.request_id,
+                base.pipeline,
+                dep,
+                self.name,
+                "VALUE" if take else "SKIP",
+                base.submitted_at,
+                created,
+                base.request,
+                output if take else None,
+                traceparent=traceparent,
+                options=base.options,
+                path=path,
+                calls=a.calls,
+                replay=base.replay,
             )
-            for dep in self._dependents
-        ]
+            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None))
+        return out
 
     def _key(self, base: Envelope) -> bytes:
         """Every message of a request to a step: keyed by its conversation when it has one."""
