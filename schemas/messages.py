@@ -21,10 +21,10 @@ from weir.core.errors import (
 )
 from weir.schemas._codec import MAGIC_BYTE, load_schema
 from weir.schemas._envelope_codec import (
-    decode_fast,
     decode_trace_fast,
     encode_fast,
     encode_trace_fast,
+    envelope_fields,
 )
 
 __all__ = [
@@ -293,8 +293,8 @@ class Envelope:
     def decode(cls, raw: bytes | None) -> Envelope:
         if not raw:
             raise UndecodableError("empty step message")
-        if ENVELOPE_SCHEMA.is_framed(raw) and (fast := decode_fast(raw)) is not None:
-            return cls(**fast)
+        if ENVELOPE_SCHEMA.is_framed(raw) and (fast := envelope_fields(raw)) is not None:
+            return cls(*fast)
         record = ENVELOPE_SCHEMA.decode(raw)
         if record["calls"]:
             record["calls"] = [ModelCall.from_record(c) for c in record["calls"]]
