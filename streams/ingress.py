@@ -66,6 +66,9 @@ class Ingress:
         """Handlers of the root steps this worker runs (their runners' ``handle``), by step."""
         pipeline = runtime.pipeline
         self._roots = pipeline.root_steps
+        # ``json.dumps(..., separators=...)`` builds an encoder per call: one, kept (the
+        # same text, byte for byte).
+        self._compact = json.JSONEncoder(separators=(",", ":")).encode
         self._fields = [
             (root, b)
             for root in self._roots
@@ -96,7 +99,7 @@ class Ingress:
             self._check_fields(request)
         except MessageError as exc:
             return Outcome(self._rejected(record, exc))
-        payload = json.dumps(request.payload, separators=(",", ":"))
+        payload = self._compact(request.payload)
         replay = _header(record, REPLAY_HEADER)
         # W3C trace context of the producer: in the request, else in a Kafka header.
         traceparent = request.traceparent or _header(record, TRACEPARENT_HEADER)
