@@ -31,7 +31,8 @@ from weir.core.errors import (
     StepError,
     WeirError,
 )
-from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
+from weir.schemas.messages import Envelope, TraceEvent, now_ms, now_us
+from weir.streams._attempt import Attempt, TooLarge
 from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
 from weir.streams.cache import StepCache
 from weir.streams.context import AttemptScope, StepContext
@@ -54,46 +55,6 @@ _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 NOT_BEFORE_HEADER = "weir.not_before"
 """On retry-topic messages: epoch milliseconds before which the retry must not start."""
-
-
-@dataclasses.dataclass(slots=True)
-class _Attempt:
-    """Inputs of one attempt, whatever way they arrived (direct, joined, retried)."""
-
-    base: Envelope
-    """The envelope the attempt continues: request, options, trace context, attempt number."""
-    inputs: dict[str, str | None]
-    """Outputs of the dependencies that produced, by step name (skipped ones are absent)."""
-    path: list[str]
-    calls: list[ModelCall]
-    skipped: bool
-    """Every dependency was skipped: so is this step."""
-    completed_join: bool
-    missing: tuple[str, ...] = ()
-    """Dependencies skipped for this request while others produced."""
-
-
-class _TooLarge:
-    """``Outcome.too_large`` of one record: ``StepRunner.too_large`` with its arguments."""
-
-    __slots__ = ("attempt", "env", "event", "record", "runner")
-
-    def __init__(
-        self,
-        runner: StepRunner,
-        record: Record,
-        env: Envelope,
-        attempt: _Attempt | None,
-        event: TraceEvent | None,
-    ) -> None:
-        self.runner = runner
-        self.record = record
-        self.env = env
-        self.attempt = attempt
-        self.event = event
-
-    def __call__(self, exc: OutputTooLargeError) -> list[OutMessage]:
-        return self.runner.too_large(exc, self.record, self.env, self.attempt, self.event)
 
 
 class StepRunner:
@@ -187,16 +148,14 @@ class StepRunner:
         if event is not None:
             out += rt.trace(event)
 
-        # An object, not a closure: a closure over this frame costs a cell per variable
-        # it reads, on every record, for a path taken almost never.
-        return Outcome(out, too_large=_TooLarge(self, record, env, attempt, event))
+        return Outcome(out, too_large=TooLarge(self, record, env, attempt, event))
 
     def too_large(
         self,
         exc: OutputTooLargeError,
         record: Record,
         env: Envelope,
-        attempt: _Attempt | None,
+        attempt: Attempt | None,
         event: TraceEvent | None,
     ) -> list[OutMessage]:
         """What to write when the attempt worked (or a join waits) but what it must write
@@ -205,7 +164,7 @@ class StepRunner:
         rt.stats.failed(exc.error_type)
         a = attempt
         if a is None:  # a waiting join's inputs outgrew one message
-            a = _Attempt(env, {}, list(env.path), env.calls, False, False)
+            a = Attempt(env, {}, list(env.path), env.calls, False, False)
         failed = self._fail_request(record, a, exc, a.base.traceparent)
         if event is not None:
             event.status, event.disposition = "FAILURE", "dead_lettered"
@@ -213,16 +172,16 @@ class StepRunner:
             failed += rt.trace(event)
         return failed
 
-    def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
+    def _gather(self, record: Record, env: Envelope) -> Attempt | None:
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
             inputs = dict(env.inputs)
-            return _Attempt(
+            return Attempt(
                 env, inputs, list(env.path), env.calls, False, False, self._missing(inputs)
             )
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
             # The envelope's own path: nothing changes an attempt's path in place.
-            return _Attempt(env, inputs, env.path, env.calls, env.kind == "SKIP", False)
+            return Attempt(env, inputs, env.path, env.calls, env.kind == "SKIP", False)
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
             self._rt.stats.duplicates += 1
@@ -231,7 +190,7 @@ class StepRunner:
             return None
         envelopes = list(got.values())
         produced = {src: e.payload for src, e in got.items() if e.kind == "VALUE"}
-        return _Attempt(
+        return Attempt(
             base=env,
             inputs=produced,
             path=self._rt.merge_paths(e.path for e in envelopes),
@@ -246,7 +205,7 @@ class StepRunner:
 
     # -- the attempt ----------------------------------------------------------------
 
-    async def _run(self, record: Record, a: _Attempt) -> tuple[list[OutMessage], TraceEvent | None]:
+    async def _run(self, record: Record, a: Attempt) -> tuple[list[OutMessage], TraceEvent | None]:
         """Run one attempt; return its messages and its trace event (none for a skip)."""
         rt = self._rt
         if a.skipped:
@@ -355,7 +314,7 @@ class StepRunner:
         return out, event
 
     async def _outcome(
-        self, a: _Attempt, scope: AttemptScope
+        self, a: Attempt, scope: AttemptScope
     ) -> tuple[str, tuple[str, ...] | None, Escalate | None, bool]:
         """Run the step (or find its output cached): ``(output JSON, targets, escalate, hit)``."""
         base = a.base
@@ -393,7 +352,7 @@ class StepRunner:
         return value
 
     def _escalate(
-        self, a: _Attempt, escalate: Escalate, traceparent: str | None
+        self, a: Attempt, escalate: Escalate, traceparent: str | None
     ) -> list[OutMessage]:
         """To the review topic instead of the answer stage (``weir.streams.review``)."""
         base = a.base
@@ -432,7 +391,7 @@ class StepRunner:
     async def _failed(
         self,
         record: Record,
-        a: _Attempt,
+        a: Attempt,
         error: WeirError,
         event: TraceEvent,
         ctx: StepContext,
@@ -497,7 +456,7 @@ class StepRunner:
     def _fail_request(
         self,
         record: Record,
-        a: _Attempt,
+        a: Attempt,
         error: WeirError,
         traceparent: str | None,
         first_failed_at: int | None = None,
@@ -537,7 +496,7 @@ class StepRunner:
         )
         return [dead, failure]
 
-    def _as_replayable(self, a: _Attempt, traceparent: str | None) -> Envelope:
+    def _as_replayable(self, a: Attempt, traceparent: str | None) -> Envelope:
         """The attempt's inputs as one envelope this step can consume again (retry, replay)."""
         base = a.base
         if a.completed_join or base.kind == "JOINED":
@@ -560,7 +519,7 @@ class StepRunner:
 
     def _emit(
         self,
-        a: _Attempt,
+        a: Attempt,
         *,
         output: str | None,
         targets: tuple[str, ...] | None,
@@ -572,25 +531,8 @@ class StepRunner:
         skipped = output is None and targets == ()
         path = a.path if skipped else [*a.path, self.name]
         created = now_us()
-        # The envelope carries the traceparent: not a header too.  Built without a helper
-        # closure: its cells would be a handful more objects per attempt for the GC.
         if not self._dependents:
-            answer = Envelope(
-                base.request_id,
-                base.pipeline,
-                ANSWER,
-                self.name,
-                "SKIP" if skipped else "VALUE",
-                base.submitted_at,
-                created,
-                base.request,
-                None if skipped else output,
-                traceparent=traceparent,
-                options=base.options,
-                path=path,
-                calls=a.calls,
-                replay=base.replay,
-            )
+            answer = self._envelope(a, ANSWER, output, not skipped, created, traceparent, path)
             # Encoded only if it goes to the answers topic: the answer stage of this worker
             # takes it as the object (``Outbox.shortcut``) when it owns its partition.
             # Keyed by request id: the answer stage deduplicates per partition.
@@ -600,24 +542,39 @@ class StepRunner:
         out = []
         for dep in self._dependents:
             take = not skipped and (targets is None or dep in targets)
-            env = Envelope(
-                base.request_id,
-                base.pipeline,
-                dep,
-                self.name,
-                "VALUE" if take else "SKIP",
-                base.submitted_at,
-                created,
-                base.request,
-                output if take else None,
-                traceparent=traceparent,
-                options=base.options,
-                path=path,
-                calls=a.calls,
-                replay=base.replay,
-            )
+            env = self._envelope(a, dep, output, take, created, traceparent, path)
             out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None))
         return out
+
+    def _envelope(
+        self,
+        a: Attempt,
+        to: str,
+        output: str | None,
+        take: bool,
+        created: int,
+        traceparent: str | None,
+        path: list[str],
+    ) -> Envelope:
+        """The output (or a skip) on its way to ``to``; it carries the traceparent, so no
+        header does (a method, not a closure: a closure's cells are objects per attempt)."""
+        base = a.base
+        return Envelope(
+            base.request_id,
+            base.pipeline,
+            to,
+            self.name,
+            "VALUE" if take else "SKIP",
+            base.submitted_at,
+            created,
+            base.request,
+            output if take else None,
+            traceparent=traceparent,
+            options=base.options,
+            path=path,
+            calls=a.calls,
+            replay=base.replay,
+        )
 
     def _key(self, base: Envelope) -> bytes:
         """Every message of a request to a step: keyed by its conversation when it has one."""
