@@ -46,8 +46,6 @@ class TraceStore(StoreQueries):
         self.dsn = mask_url(dsn)
         """Where the store is, for messages: its DSN with any password masked."""
         self._lock = threading.Lock()
-        self._arrow = has_arrow()
-        """Inserts go in Arrow format (pyarrow is installed)."""
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -210,23 +208,22 @@ class TraceStore(StoreQueries):
     # -- writing -----------------------------------------------------------------------------
 
     def insert(
-        self, rows: Sequence[Sequence[Any]], *, token: str, arrow: bool | None = None
+        self, rows: Sequence[Sequence[Any]], *, token: str, arrow: bool = False
     ) -> None:
         """Insert ``rows`` (``event_columns()`` order) as one block.
 
         ``token`` is ClickHouse's ``insert_deduplication_token``: inserting the
         same rows again with the same token (a retry after an answer was lost)
         stores them once, in the table and in the aggregates.  ``arrow``: send the
-        block in Arrow format, converted by pyarrow (``None``: when pyarrow is
-        installed), rather than through clickhouse-connect's Native writer, which
-        serializes value by value in Python.  The stored values are the same.
+        block in Arrow format, converted by pyarrow (when installed), rather than
+        through clickhouse-connect's Native writer.  The stored values are the same;
+        Arrow measured no faster here (BENCHMARKS.md), so Native is the default.
         """
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
         if not rows:
             return
-        if arrow is None:
-            arrow = self._arrow
+        arrow = arrow and has_arrow()
         settings = {
             "insert_deduplication_token": token,
             "insert_deduplicate": 1,
