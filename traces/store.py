@@ -207,9 +207,7 @@ class TraceStore(StoreQueries):
 
     # -- writing -----------------------------------------------------------------------------
 
-    def insert(
-        self, rows: Sequence[Sequence[Any]], *, token: str, arrow: bool = False
-    ) -> None:
+    def insert(self, rows: Sequence[Sequence[Any]], *, token: str, arrow: bool = False) -> None:
         """Insert ``rows`` (``event_columns()`` order) as one block.
 
         ``token`` is ClickHouse's ``insert_deduplication_token``: inserting the
