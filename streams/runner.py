@@ -149,15 +149,17 @@ class StepRunner:
                 raise SchemaInvalidError("a FAILURE envelope cannot be a step's input")
         except MessageError as exc:
             return Outcome(self._undecodable(record, exc))
-        attempt = self._gather(record, env)
+        attempt, joined = self._gather(record, env)
         out: list[OutMessage] = []
         event: TraceEvent | None = None
         if attempt is not None:
             out, event = await self._run(record, attempt)
         if self.join is not None and env.kind != "JOINED":
-            # The partial inputs of a waiting join, or the done marker of a completed one;
-            # and the requests of joins this one pushed over the cap end here.
-            out += self.join.changelog_message(record.partition, env.request_id)
+            # The partial inputs of a waiting join, or the done marker of a completed one
+            # (not for a duplicate, see ``_gather``); and the requests of joins this one
+            # pushed over the cap end here.
+            if joined:
+                out += self.join.changelog_message(record.partition, env.request_id)
             out += eviction_messages(rt, self.join)
         if event is not None:
             out += rt.trace(event)
@@ -178,24 +180,32 @@ class StepRunner:
 
         return Outcome(out, too_large=too_large)
 
-    def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
+    def _gather(self, record: Record, env: Envelope) -> tuple[_Attempt | None, bool]:
+        """The attempt ``env`` starts (``None``: a join still waits, or a duplicate), and
+        whether it changed the join table (then its entry is written with the outcome)."""
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
             inputs = dict(env.inputs)
-            return _Attempt(
+            attempt = _Attempt(
                 env, inputs, list(env.path), env.calls, False, False, self._missing(inputs)
             )
+            return attempt, False
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
-            return _Attempt(env, inputs, list(env.path), env.calls, env.kind == "SKIP", False)
+            skipped = env.kind == "SKIP"
+            return _Attempt(env, inputs, list(env.path), env.calls, skipped, False), False
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
+            # It writes nothing, not even the done marker it found: the join may have been
+            # completed by an input whose attempt still runs, its outputs not yet written.
+            # Written now, the marker could outlive a crash that loses those outputs, and the
+            # completing input, redelivered, would be dropped as a duplicate too.
             self._rt.stats.duplicates += 1
-            return None
+            return None, False
         if state == "waiting":
-            return None
+            return None, True
         envelopes = list(got.values())
         produced = {src: e.payload for src, e in got.items() if e.kind == "VALUE"}
-        return _Attempt(
+        attempt = _Attempt(
             base=env,
             inputs=produced,
             path=self._rt.merge_paths(e.path for e in envelopes),
@@ -204,6 +214,7 @@ class StepRunner:
             completed_join=True,
             missing=self._missing(produced),
         )
+        return attempt, True
 
     def _missing(self, inputs: dict[str, str | None]) -> tuple[str, ...]:
         return tuple(d for d in self.step.depends_on if d not in inputs)
