@@ -155,11 +155,9 @@ class StepRunner:
         if attempt is not None:
             out, event = await self._run(record, attempt)
         if self.join is not None and env.kind != "JOINED":
-            # The partial inputs of a waiting join, or the done marker of a completed one
-            # (not for a duplicate, see ``_gather``); and the requests of joins this one
-            # pushed over the cap end here.
-            if joined:
-                out += self.join.changelog_message(record.partition, env.request_id)
+            # A waiting join's inputs, or a completed one's done marker (none for a duplicate:
+            # see ``_gather``); and the requests of joins this one pushed over the cap end here.
+            out += self.join.changelog_message(record.partition, env.request_id) if joined else []
             out += eviction_messages(rt, self.join)
         if event is not None:
             out += rt.trace(event)
@@ -181,24 +179,20 @@ class StepRunner:
         return Outcome(out, too_large=too_large)
 
     def _gather(self, record: Record, env: Envelope) -> tuple[_Attempt | None, bool]:
-        """The attempt ``env`` starts (``None``: a join still waits, or a duplicate), and
-        whether it changed the join table (then its entry is written with the outcome)."""
+        """The attempt ``env`` starts (if any), and whether it changed the join table."""
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
             inputs = dict(env.inputs)
-            attempt = _Attempt(
-                env, inputs, list(env.path), env.calls, False, False, self._missing(inputs)
-            )
-            return attempt, False
+            missing = self._missing(inputs)
+            return _Attempt(env, inputs, list(env.path), env.calls, False, False, missing), False
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
             skipped = env.kind == "SKIP"
             return _Attempt(env, inputs, list(env.path), env.calls, skipped, False), False
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
-            # It writes nothing, not even the done marker it found: the join may have been
-            # completed by an input whose attempt still runs, its outputs not yet written.
-            # Written now, the marker could outlive a crash that loses those outputs, and the
-            # completing input, redelivered, would be dropped as a duplicate too.
+            # Not even the done marker it found is written: the join's attempt may still run,
+            # its outputs unwritten; a marker written now could outlive a crash that loses
+            # them, and the redelivered completing input would be dropped as a duplicate.
             self._rt.stats.duplicates += 1
             return None, False
         if state == "waiting":
