@@ -222,26 +222,32 @@ class AnswerStage:
             )
             await rt.outbox.send_all([dead], owned=owned)
             return
-        result = self._result(record, env)
+        result, joined = self._result(record, env)
         if result is not None:
             await self._answer(record.partition, result)
         if self.join is not None and env.kind != "FAILURE":
-            changes = self.join.changelog_message(record.partition, env.request_id)
+            # A duplicate writes nothing (see ``StepRunner._gather``): the done marker it
+            # found may be of a join whose answer is still being written.
+            changes = (
+                self.join.changelog_message(record.partition, env.request_id) if joined else []
+            )
             changes += eviction_messages(rt, self.join)
             await rt.outbox.send_all(changes, owned=owned)
 
-    def _result(self, record: Record, env: Envelope) -> ResultFields | None:
+    def _result(self, record: Record, env: Envelope) -> tuple[ResultFields | None, bool]:
+        """The result ``env`` makes (``None``: a join still waits, or a duplicate), and whether
+        it changed the join table of several final steps."""
         if env.kind == "FAILURE":
-            return self._build(env, "FAILURE", None, list(env.path), env.calls)
+            return self._build(env, "FAILURE", None, list(env.path), env.calls), False
         if self.join is None:
             output = env.payload if env.kind == "VALUE" else None
-            return self._build(env, "SUCCESS", output, list(env.path), env.calls)
+            return self._build(env, "SUCCESS", output, list(env.path), env.calls), False
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
             self._rt.stats.duplicates += 1
-            return None
+            return None, False
         if state == "waiting":
-            return None
+            return None, True
         produced = {s: got[s] for s in self._finals if got[s].kind == "VALUE"}
         if len(produced) == 1:
             output = next(iter(produced.values())).payload
@@ -251,7 +257,8 @@ class AnswerStage:
             output = None
         envs = list(got.values())
         path = self._rt.merge_paths(e.path for e in envs)
-        return self._build(env, "SUCCESS", output, path, merge_calls(*(e.calls for e in envs)))
+        calls = merge_calls(*(e.calls for e in envs))
+        return self._build(env, "SUCCESS", output, path, calls), True
 
     def _build(
         self,

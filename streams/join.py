@@ -133,7 +133,12 @@ class JoinTable:
         return evicted
 
     def changelog_message(self, partition: int, request_id: str) -> list[OutMessage]:
-        """The changelog write of the request's entry (partial inputs or done marker)."""
+        """The changelog write of the request's entry (partial inputs or done marker).
+
+        For the input whose ``offer`` changed the entry, never for a ``duplicate``: the done
+        marker it found may be of a join completed a moment ago whose outputs are not yet
+        written, and a marker written before them could outlive a crash that loses them.
+        """
         entry = self._table.get(partition, request_id)
         if entry is None:
             return []

@@ -136,15 +136,15 @@ class StepRunner:
                 raise SchemaInvalidError("a FAILURE envelope cannot be a step's input")
         except MessageError as exc:
             return Outcome(self._undecodable(record, exc))
-        attempt = self._gather(record, env)
+        attempt, joined = self._gather(record, env)
         out: list[OutMessage] = []
         event: AttemptTrace | None = None
         if attempt is not None:
             out, event = await self._run(record, attempt)
         if self.join is not None and env.kind != "JOINED":
-            # The partial inputs of a waiting join, or the done marker of a completed one;
-            # and the requests of joins this one pushed over the cap end here.
-            out += self.join.changelog_message(record.partition, env.request_id)
+            # A waiting join's inputs or a completed one's done marker (``joined``: not for a
+            # duplicate); and the requests of joins this one pushed over the cap end here.
+            out += self.join.changelog_message(record.partition, env.request_id) if joined else []
             out += eviction_messages(rt, self.join)
         if event is not None:
             out += rt.trace(event)
@@ -173,25 +173,25 @@ class StepRunner:
             failed += rt.trace(event)
         return failed
 
-    def _gather(self, record: Record, env: Envelope) -> Attempt | None:
+    def _gather(self, record: Record, env: Envelope) -> tuple[Attempt | None, bool]:
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
             inputs = dict(env.inputs)
-            return Attempt(
-                env, inputs, list(env.path), env.calls, False, False, self._missing(inputs)
-            )
+            missing = self._missing(inputs)
+            return Attempt(env, inputs, list(env.path), env.calls, False, False, missing), False
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
             # The envelope's own path: nothing changes an attempt's path in place.
-            return Attempt(env, inputs, env.path, env.calls, env.kind == "SKIP", False)
+            return Attempt(env, inputs, env.path, env.calls, env.kind == "SKIP", False), False
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
+            # It writes nothing, not even the marker (``JoinTable.changelog_message``: why).
             self._rt.stats.duplicates += 1
-            return None
+            return None, False
         if state == "waiting":
-            return None
+            return None, True
         envelopes = list(got.values())
         produced = {src: e.payload for src, e in got.items() if e.kind == "VALUE"}
-        return Attempt(
+        attempt = Attempt(
             base=env,
             inputs=produced,
             path=self._rt.merge_paths(e.path for e in envelopes),
@@ -200,6 +200,7 @@ class StepRunner:
             completed_join=True,
             missing=self._missing(produced),
         )
+        return attempt, True
 
     def _missing(self, inputs: dict[str, str | None]) -> tuple[str, ...]:
         return tuple(d for d in self.step.depends_on if d not in inputs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 from pydantic import BaseModel
 
@@ -34,7 +35,8 @@ def linear(name: str) -> Pipeline:
     return p
 
 
-def diamond(name: str, slow_s: float = 0.0) -> Pipeline:
+def diamond(name: str, slow_s: float = 0.0, hold_s: float = 0.0) -> Pipeline:
+    """``hold_s``: the fan-in ``combine`` blocks this long (its thread) before it returns."""
     p = Pipeline(name)
 
     @p.step()
@@ -52,6 +54,7 @@ def diamond(name: str, slow_s: float = 0.0) -> Pipeline:
 
     @p.step(depends_on=[double, square])
     def combine(double: int, square: int) -> dict[str, int]:
+        time.sleep(hold_s)
         return {"double": double, "square": square, "sum": double + square}
 
     return p
@@ -153,5 +156,6 @@ def hung(name: str) -> Pipeline:
 
 _NAME = os.environ.get("WEIR_TEST_PIPELINE", "test-pipeline")
 _SLOW = float(os.environ.get("WEIR_TEST_SLOW_S", "0"))
-diamond_pipeline = diamond(_NAME, _SLOW)
+_HOLD = float(os.environ.get("WEIR_TEST_HOLD_S", "0"))
+diamond_pipeline = diamond(_NAME, _SLOW, _HOLD)
 hung_pipeline = hung(_NAME)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from weir.bench_hops import hop_figures, hop_latencies, weir_hop_topics
 from weir.bench_measures import (
     ResultReader,
     broker,
@@ -42,7 +43,13 @@ from weir.bench_measures import (
     spawn,
     stop,
 )
-from weir.bench_systems import PARTITIONS, chain_topics, child_main, linear_pipeline
+from weir.bench_systems import (
+    PARTITIONS,
+    chain_topics,
+    child_main,
+    linear_pipeline,
+    slow_pipeline,
+)
 from weir.core.kafka import KafkaConnection
 
 __all__ = ["BenchConfig", "Round", "RunFigures", "linear_pipeline", "run_bench", "summary"]
@@ -93,6 +100,10 @@ class RunFigures:
     processes: int = 1
     warm_rss_mb: float = 0.0
     """Resident set after the warm-up, before the burst (the burst's cost is the peak minus it)."""
+    hop_p50_ms: list[float] = field(default_factory=list)
+    """Per hop of the unloaded probe (``weir.bench_hops``): median ms from a record's
+    timestamp on one topic to its request's record on the next."""
+    hop_p99_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +137,7 @@ async def _run_one(
                 TopicSpec(t, PARTITIONS, 1, {"cleanup.policy": "delete"}) for t in topics
             )
         source, results = topics[0], topics[-1]
+        hop_topics = topics
         procs.append(await spawn(system, prefix, bootstrap))
 
         def encode(rid: str) -> bytes:
@@ -137,6 +149,9 @@ async def _run_one(
         count = 2 if system == "weir-2w" else 1
         t = PipelineTopics(name)
         source, results = t.requests, t.results
+        hop_topics = weir_hop_topics(
+            slow_pipeline(name, cfg.slow_model_s) if slow else linear_pipeline(name)
+        )
         flags = [] if tracing else ["--no-tracing"]
         profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
         extra = cfg.variants.get(system)
@@ -188,6 +203,8 @@ async def _run_one(
         await producer.stop()
         for p in procs:
             await stop(p)
+    probed = [f"p-{i}".encode() for i in range(probes)]
+    hop_p50, hop_p99 = hop_figures(await hop_latencies(bootstrap, hop_topics, probed))
     return RunFigures(
         system=system,
         round=round_no,
@@ -202,6 +219,8 @@ async def _run_one(
         peak_rss_mb=round(rss, 1),
         processes=len(procs),
         warm_rss_mb=round(warm_rss, 1),
+        hop_p50_ms=hop_p50,
+        hop_p99_ms=hop_p99,
     )
 
 
@@ -273,7 +292,13 @@ def run_bench(
         return asyncio.run(main())
 
 
-def summary(rounds: list[Round]) -> dict[str, dict[str, float]]:
+def _hop_medians(runs: list[list[float]]) -> list[float]:
+    """Per hop, the median over runs."""
+    hops = min((len(r) for r in runs), default=0)
+    return [statistics.median(r[i] for r in runs) for i in range(hops)]
+
+
+def summary(rounds: list[Round]) -> dict[str, dict[str, Any]]:
     """Per system: medians over rounds, and the median per-round ratio to the chain."""
     by_system: dict[str, list[RunFigures]] = {}
     chain_by_round = {}
@@ -282,7 +307,7 @@ def summary(rounds: list[Round]) -> dict[str, dict[str, float]]:
             by_system.setdefault(run.system, []).append(run)
             if run.system == "chain":
                 chain_by_round[run.round] = run
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for system, runs in by_system.items():
         ratios = [r.rps / chain_by_round[r.round].rps for r in runs if r.round in chain_by_round]
         p50_ratios = [
@@ -300,6 +325,8 @@ def summary(rounds: list[Round]) -> dict[str, dict[str, float]]:
             "peak_rss_mb": max(r.peak_rss_mb for r in runs),
             "burst_rss_mb": max(r.peak_rss_mb - r.warm_rss_mb for r in runs),
             "submit_s": statistics.median(r.submit_s for r in runs),
+            "hop_p50_ms": _hop_medians([r.hop_p50_ms for r in runs]),
+            "hop_p99_ms": _hop_medians([r.hop_p99_ms for r in runs]),
         }
     return out
 

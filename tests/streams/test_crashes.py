@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import TopicPartition
 
-from tests._kafka import read_results
+from tests._kafka import read_results, read_topic
 from tests._pipelines import diamond
+from tests._sink import free_port
 from tests.conftest import worker_env
 from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.core.kafka import KafkaConnection
-from weir.schemas.messages import Result
+from weir.schemas.messages import Envelope, Result
 from weir.streams import WeirClient, Worker
 from weir.topics._aiokafka import rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
@@ -117,6 +122,64 @@ async def test_three_sigkills_during_5000_requests_lose_and_duplicate_nothing(
         assert results[rid].status == "SUCCESS", results[rid]
         assert results[rid].value == _expected(i)
     assert log.read_text().count("worker") >= 4  # four worker lives in one log
+
+
+async def _stats_until(port: int, done: Callable[[dict[str, Any]], bool]) -> None:
+    """Poll the worker's ``/stats`` until ``done(stats)`` holds."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(60):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                response = await http.get(f"http://127.0.0.1:{port}/stats")
+                if response.status_code == 200 and done(response.json()):
+                    return
+            await asyncio.sleep(0.1)
+
+
+async def test_a_copy_of_a_join_input_seen_while_the_join_runs_does_not_end_it_before_a_kill(
+    kafka, pipeline_name, repo_root, tmp_path
+):
+    """A redelivered copy of an input arrives while its completed join still runs; kill -9.
+
+    The copy is a duplicate, but the join's request is not answered yet: after the kill the
+    completing input is redelivered and must still complete the join.
+    """
+    async with TopicAdmin(kafka) as admin:
+        await admin.ensure(topic_specs(diamond(pipeline_name), kafka))
+    topics = PipelineTopics(pipeline_name)
+    log = tmp_path / "worker.log"
+    port = free_port()
+    env = worker_env(kafka, WEIR_TEST_PIPELINE=pipeline_name, WEIR_WEB_PORT=str(port))
+    # The first life's combine holds its thread long past the kill.
+    proc = _spawn(repo_root, {**env, "WEIR_TEST_HOLD_S": "120"}, log)
+    try:
+        async with WeirClient(kafka) as client:
+            [rid] = await client.submit_many(pipeline_name, [{"n": 4}])
+            inputs = await read_topic(kafka, topics.step("combine"), until=2, idle_s=0.1)
+            assert sorted(Envelope.decode(r.value).source for r in inputs) == ["double", "square"]
+            # A copy of one input, as an upstream step redelivered after a crash writes it.
+            producer = KafkaConnection.of(kafka).producer()
+            await producer.start()
+            try:
+                first = inputs[0]
+                await producer.send_and_wait(
+                    first.topic, first.value, key=first.key, partition=first.partition
+                )
+            finally:
+                await producer.stop()
+            # The copy was handled (a duplicate) and only the held join is still in flight.
+            await _stats_until(
+                port, lambda s: s["duplicates"] >= 1 and s["received"] - s["completed"] == 1
+            )
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+            proc = _spawn(repo_root, env, log)
+            results, counts = await read_results(kafka, topics.results, 1, timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert counts == {rid: 1}, log.read_text()[-3000:]
+    assert results[rid].status == "SUCCESS"
+    assert results[rid].value == _expected(4)
 
 
 @pytest.fixture

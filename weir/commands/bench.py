@@ -128,6 +128,11 @@ def bench(
     out.print(f"reproduce: [bold]{command}[/]")
 
 
+def _hops(p50: list[float], p99: list[float]) -> str:
+    """``p50/p99`` of each hop, in order."""
+    return " ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(p50, p99, strict=True))
+
+
 def render(results: list[Round], cfg: BenchConfig) -> Table:
     table = Table(
         title=f"3 inline steps, N={cfg.requests} burst, {cfg.probe} unloaded, "
@@ -143,6 +148,7 @@ def render(results: list[Round], cfg: BenchConfig) -> Table:
         "p50 x chain",
         "peak RSS MB",
         "burst +RSS MB",
+        "per-hop p50/p99 ms",
     ):
         table.add_column(column, justify="left" if column == "system" else "right")
     for system, s in summary(results).items():
@@ -156,5 +162,6 @@ def render(results: list[Round], cfg: BenchConfig) -> Table:
             f"{s['p50_ratio']:.2f}",
             f"{s['peak_rss_mb']:.0f}",
             f"{s['burst_rss_mb']:.0f}",
+            _hops(s["hop_p50_ms"], s["hop_p99_ms"]),
         )
     return table
