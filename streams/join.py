@@ -142,7 +142,9 @@ class JoinTable:
         entry = self._table.get(partition, request_id)
         if entry is None:
             return []
-        return [OutMessage(self.changelog, request_id.encode(), _encode(entry), None, partition)]
+        value = _encode(entry)
+        done = entry.inputs is None
+        return [OutMessage(self.changelog, request_id.encode(), value, None, partition, after=done)]
 
     def expire(self, now: float | None = None) -> list[OutMessage]:
         """Forget done markers past their TTL (returning their tombstones); evict joins

@@ -44,6 +44,10 @@ class OutMessage(NamedTuple):
     ahead: bool = False
     """Acknowledged before the rest of the same send goes out: a dead letter before its
     request's FAILURE answer, so whoever reads the answer can list the letter."""
+    after: bool = False
+    """Sent once the rest of the same send is acknowledged: a join's done marker after the
+    join's outputs, so a crash between them cannot keep the marker and lose the outputs
+    (their partitions may have other leaders than the marker's)."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
@@ -173,6 +177,12 @@ class Outbox:
             return
         if self._producer is None:
             raise RuntimeError("Outbox has no producer yet")
+        if len(messages) > 1 and any(m.after for m in messages):
+            later = [m for m in messages if m.after]
+            if len(later) < len(messages):
+                await self.send_all([m for m in messages if not m.after], owned=owned)
+                await self._send(later, owned=owned)
+                return
         if len(messages) > 1 and any(m.ahead for m in messages):
             await self._send([m for m in messages if m.ahead], owned=owned)
             messages = [m for m in messages if not m.ahead]
