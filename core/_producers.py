@@ -141,6 +141,8 @@ class ConfluentProducer:
         self._idle: asyncio.Event | None = None
         self._partitions: dict[str, list[int]] = {}
         self._wanted: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._last_error = ""
+        """What librdkafka last reported (authentication, TLS): the why of a failed start."""
 
     def __repr__(self) -> str:
         return f"ConfluentProducer({self._config.get('bootstrap.servers')!r})"
@@ -155,7 +157,9 @@ class ConfluentProducer:
         if self._token_provider is not None:
             config["oauth_cb"] = self._oauth_token
         try:
-            self._producer = confluent_kafka.Producer(config)
+            # Off the loop: with OAUTHBEARER the constructor waits for a first token, which
+            # ``_oauth_token`` gets from the provider on the loop.
+            self._producer = await asyncio.to_thread(confluent_kafka.Producer, config)
         except confluent_kafka.KafkaException as exc:
             raise BrokerError(f"cannot configure the confluent-kafka producer: {exc}") from None
         self._thread = threading.Thread(target=self._serve, name="weir-rdkafka", daemon=True)
@@ -167,9 +171,8 @@ class ConfluentProducer:
         except confluent_kafka.KafkaException as exc:
             await self._halt()
             bootstrap = self._config.get("bootstrap.servers")
-            raise BrokerError(
-                f"cannot connect to Kafka at {bootstrap}: {scrub(str(exc.args[0]))}"
-            ) from None
+            why = self._last_error or scrub(str(exc.args[0]))
+            raise BrokerError(f"cannot connect to Kafka at {bootstrap}: {why}") from None
 
     async def stop(self) -> None:
         if self._producer is None:
@@ -279,7 +282,8 @@ class ConfluentProducer:
             self._partitions[topic] = sorted(found.partitions)
 
     def _on_error(self, err: Any) -> None:
-        log.warning("kafka (librdkafka): %s", scrub(str(err)))
+        self._last_error = scrub(err.str() if hasattr(err, "str") else str(err))
+        log.warning("kafka (librdkafka): %s", self._last_error)
 
     def _oauth_token(self, _config: str) -> tuple[str, float]:
         """librdkafka's ``oauth_cb``: a token from the provider, run on the event loop."""
