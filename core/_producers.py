@@ -149,6 +149,7 @@ class ConfluentProducer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stopping.clear()  # started again after a stop
         self._idle = asyncio.Event()
         self._idle.set()
         config = dict(self._config)
