@@ -38,7 +38,7 @@ from linear import broker_settings, run_weir
 
 from weir.core.config import WeirSettings
 from weir.core.urls import SecretUrl
-from weir.schemas.messages import ModelCall, TraceEvent
+from weir.schemas.messages import TRACE_EVENT_SCHEMA, ModelCall, TraceEvent
 from weir.schemas.trace_batch import (
     TRACE_BATCH_HEADER,
     TRACE_BATCH_VERSION,
@@ -48,6 +48,7 @@ from weir.schemas.trace_batch import (
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
 from weir.traces import TraceStore, event_row
+from weir.traces._row_decoder import RowDecoder
 from weir.traces.clickhouse_sink import ClickHouseSink
 
 
@@ -132,27 +133,32 @@ async def _read_only(settings: WeirSettings, n: int) -> float:
     for tp in tps:
         consumer.seek(tp, 0)
     got = 0
+    decoder = RowDecoder(TRACE_EVENT_SCHEMA.header)
     start = time.perf_counter()
     try:
         while got < n:
             for tp, records in (await consumer.getmany(timeout_ms=500, max_records=5000)).items():
                 for r in records:
                     for raw in unpack_trace_events(r.value, r.headers):
-                        event_row(TraceEvent.decode(raw), tp.partition, r.offset)
+                        # As the sink does: straight into a row, else the general reader.
+                        if decoder.row(raw, tp.partition, r.offset) is None:
+                            event_row(TraceEvent.decode(raw), tp.partition, r.offset)
                         got += 1
     finally:
         await consumer.stop()
     return time.perf_counter() - start
 
 
-def _insert_only(settings: WeirSettings, values: list[bytes], batch: int) -> float:
+def _insert_only(
+    settings: WeirSettings, values: list[bytes], batch: int, *, arrow: bool | None = None
+) -> float:
     """Seconds to insert the events' rows into a fresh store in batches (no Kafka)."""
     rows = [event_row(TraceEvent.decode(v), 0, i) for i, v in enumerate(values)]
     store = TraceStore.connect(settings)
     try:
         start = time.perf_counter()
         for i in range(0, len(rows), batch):
-            store.insert(rows[i : i + batch], token=f"bench-{i}")
+            store.insert(rows[i : i + batch], token=f"bench-{i}", arrow=arrow)
         return time.perf_counter() - start
     finally:
         store.close()
@@ -173,7 +179,9 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         now = int(time.time() * 1000)
         values = [_event(i, now) for i in range(n)]
         await _produce(cfg, values, packed)
+        cpu = time.process_time()
         read_s = await _read_only(cfg, n)
+        read_cpu = time.process_time() - cpu
 
         sink = ClickHouseSink(cfg)
         await sink.start()
@@ -182,10 +190,13 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
                 # Polling the sink's counters: from "ready" on, it is insert throughput.
                 while not sink.ready:
                     await asyncio.sleep(0.01)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 while sink.stats.inserted < n:
                     await asyncio.sleep(0.01)
             sink_s = time.perf_counter() - start
+            # This process's CPU (the sink's loop, its insert thread, the embedded engine):
+            # what an event costs, whatever the other processes on the machine take.
+            sink_cpu = time.process_time() - cpu
         finally:
             await sink.stop()
         store_settings = cfg.model_copy(
@@ -194,14 +205,23 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         insert_s = await asyncio.to_thread(
             _insert_only, store_settings, values, cfg.sink_batch_size
         )
+        native_settings = cfg.model_copy(
+            update={"clickhouse_dsn": SecretUrl(f"chdb://{tmp}/native")}
+        )
+        native_s = await asyncio.to_thread(
+            _insert_only, native_settings, values, cfg.sink_batch_size, arrow=False
+        )
     return {
         "events": n,
         "events_per_record": packed,
         "batch_size": cfg.sink_batch_size,
         "sink_events_per_s": round(n / sink_s, 1),
         "sink_batches": sink.stats.batches,
+        "sink_cpu_us_per_event": round(sink_cpu / n * 1e6, 2),
+        "read_decode_cpu_us_per_event": round(read_cpu / n * 1e6, 2),
         "read_decode_only_events_per_s": round(n / read_s, 1),
         "insert_only_events_per_s": round(n / insert_s, 1),
+        "insert_only_native_events_per_s": round(n / native_s, 1),
     }
 
 
@@ -260,6 +280,9 @@ def main() -> None:
             f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
             f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
             f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s"
+            f" (Native writer: {s['insert_only_native_events_per_s']:,.0f})\n"
+            f"  CPU per event: sink {s['sink_cpu_us_per_event']} us (all its threads),"
+            f" read + decode {s['read_decode_cpu_us_per_event']} us"
         )
     if t is None:
         return

@@ -11,8 +11,17 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from aiokafka.structs import ConsumerRecord
 
 from weir.core.config import WeirSettings
-from weir.schemas.messages import Envelope, ModelCall, TraceEvent
+from weir.schemas._trace_codec import StepTraceCodec
+from weir.schemas.messages import (
+    TRACE_EVENT_SCHEMA,
+    Envelope,
+    ModelCall,
+    TraceEvent,
+    now_ms,
+    total_usage,
+)
 from weir.schemas.registry import SchemaRegistry
+from weir.streams._attempt_trace import AttemptTrace
 from weir.streams.dead_letter import DeadLetters
 from weir.streams.outbox import Outbox, OutMessage
 from weir.streams.pipeline import Pipeline
@@ -87,6 +96,8 @@ class Runtime:
     """The result schema's registry id, which Avro results are framed with (when registered)."""
     journal: CallJournal | None = None
     """The model-call journal (``weir.streams.journal``), when ``journal_calls`` is on."""
+    _codecs: dict[tuple[str, str], StepTraceCodec] = field(default_factory=dict)
+    """Per (step, input topic): the constant part of its attempts' trace events."""
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.pipeline.order)}
@@ -96,7 +107,47 @@ class Runtime:
         steps = {step for path in paths for step in path}
         return sorted(steps, key=lambda s: self.rank.get(s, len(self.rank)))
 
-    def trace(self, event: TraceEvent) -> list[OutMessage]:
+    def attempt_trace(
+        self,
+        step: str,
+        record: Record,
+        base: Envelope,
+        started_at: int,
+        duration_ms: float,
+        queue_wait_ms: float,
+        calls: list[ModelCall],
+        trace_id: str | None,
+        span_id: str | None,
+    ) -> AttemptTrace:
+        """The trace event of an attempt of ``step`` on ``record`` (a success until told)."""
+        key = (step, record.topic)
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = StepTraceCodec(
+                TRACE_EVENT_SCHEMA.header,
+                self.pipeline.name,
+                step,
+                self.settings.worker_id,
+                record.topic,
+                str(total_usage(())[2]),
+            )
+        return AttemptTrace(
+            codec,
+            base.request_id,
+            base.attempt,
+            now_ms(),
+            started_at,
+            base.submitted_at,
+            duration_ms,
+            queue_wait_ms,
+            record.partition,
+            record.offset,
+            calls,
+            trace_id,
+            span_id,
+        )
+
+    def trace(self, event: TraceEvent | AttemptTrace) -> list[OutMessage]:
         """The trace-topic message for ``event`` (none when trace events are off).
 
         Its error message is redacted here, the one way out of every trace event;

@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from weir.schemas.messages import TraceEvent
 from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams._bounded import RecentSet
+from weir.traces._row_decoder import RowDecoder
 from weir.traces.rows import event_row
 
 __all__ = ["SinkBatch", "SinkStats", "batch_token", "rows_by_day"]
@@ -67,6 +68,7 @@ class SinkBatch:
         *,
         stats: SinkStats,
         recent: RecentSet[str],
+        decoder: RowDecoder,
     ) -> int:
         """Buffer the rows of one record (one event, or a worker's batch of them).
 
@@ -89,13 +91,14 @@ class SinkBatch:
         stats.consumed += len(events)
         for raw in events:
             try:
-                event = TraceEvent.decode(raw)
-                row = event_row(event, tp.partition, offset)
+                row = decoder.row(raw, tp.partition, offset)
+                if row is None:  # model calls, or an older schema: the general reader
+                    row = event_row(TraceEvent.decode(raw), tp.partition, offset)
             except Exception as exc:  # any malformed event: count it, never stop the sink
                 stats.undecodable += 1
                 log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
                 continue
-            if not recent.add(event["event_id"]):
+            if not recent.add(row[0]):
                 stats.duplicates += 1
                 continue
             self.rows.append(row)

@@ -41,9 +41,11 @@ from aiokafka.errors import KafkaError
 from weir.core.config import WeirSettings
 from weir.core.errors import TraceStoreError
 from weir.core.kafka import KafkaConnection
+from weir.schemas.messages import TRACE_EVENT_SCHEMA
 from weir.streams._bounded import RecentSet
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
+from weir.traces._row_decoder import RowDecoder
 from weir.traces._sink_batch import SinkBatch, SinkStats, batch_token, rows_by_day
 from weir.traces._sink_placement import start_offsets
 from weir.traces._sink_store import StoreFactory, StoreLink
@@ -83,6 +85,8 @@ class ClickHouseSink:
         self._recent: RecentSet[str] = RecentSet(settings.sink_seen_max)
         """Event ids remembered to drop resent duplicates (a few minutes of heavy traffic);
         the oldest are forgotten first (``SinkStats.ids_forgotten``)."""
+        self._decoder = RowDecoder(TRACE_EVENT_SCHEMA.header)
+        """Events into rows, with the texts and times that repeat decoded once."""
         self._assigned: set[TopicPartition] = set()
         self._unplaced: set[TopicPartition] = set()
         """Assigned partitions whose start offset still needs the store's progress."""
@@ -231,7 +235,7 @@ class ClickHouseSink:
     ) -> None:
         """Buffer the rows of one record: one event, or a worker's batch of them."""
         events = self._pending.take(
-            tp, offset, value, headers, stats=self.stats, recent=self._recent
+            tp, offset, value, headers, stats=self.stats, recent=self._recent, decoder=self._decoder
         )
         self._per_record = 0.9 * self._per_record + 0.1 * events
 

@@ -287,8 +287,9 @@ async def test_a_sink_killed_between_insert_and_commit_does_not_store_events_twi
 
 
 def _inline_chain(name: str) -> Pipeline:
-    """Three cheap inline steps (a worker runs them a fetched batch at a time); some time out."""
-    p = Pipeline(name, retry=RetryPolicy(maximum_attempts=1))
+    """Three cheap inline steps (a worker runs them a fetched batch at a time); some time out
+    on both of their attempts (retried once, then dead-lettered)."""
+    p = Pipeline(name, retry=RetryPolicy(maximum_attempts=2, initial_interval=0.2))
 
     @p.step(inline=True)
     def one(n: int) -> int:
@@ -312,7 +313,8 @@ async def test_trace_events_of_10000_requests_arrive_with_the_same_columns_and_v
 ):
     n = 10_000
     failing = len([i for i in range(n) if (i + 1) % 100 == 4])
-    expected = n + n + (n - failing)  # one, two, three (not after two failed)
+    # one, two and its retries, three (not after two failed)
+    expected = n + n + failing + (n - failing)
     settings = sink_settings(
         kafka, pipeline_name, f"chdb://{tmp_path / 'store'}", sink_batch_size=5000
     )
@@ -352,7 +354,8 @@ async def test_trace_events_of_10000_requests_arrive_with_the_same_columns_and_v
     try:
         rows = [event_row(TRACE_EVENT_SCHEMA.decode(raw), p, o) for p, o, raw in events]
         for start in range(0, len(rows), 5000):
-            reference.insert(rows[start : start + 5000], token=f"reference-{start}")
+            # Through clickhouse-connect's Native writer, as before inserts went in Arrow.
+            reference.insert(rows[start : start + 5000], token=f"reference-{start}", arrow=False)
         columns = ", ".join(event_columns())
         everything = f"SELECT {columns} FROM pipeline_events ORDER BY event_id"
         got, want = store.query(everything), reference.query(everything)
@@ -361,7 +364,12 @@ async def test_trace_events_of_10000_requests_arrive_with_the_same_columns_and_v
         # The source document's query, unchanged.
         assert store.query(SEED_QUERY) == reference.query(SEED_QUERY)
         ((step, _, count),) = store.query(SEED_QUERY)
-        assert (step, count) == ("two", failing)
+        assert (step, count) == ("two", 2 * failing)  # each attempt of the failing ones
+        dispositions = store.query(
+            "SELECT disposition, count() FROM pipeline_events WHERE status = 'FAILURE'"
+            " GROUP BY disposition ORDER BY disposition"
+        )
+        assert dispositions == [("dead_lettered", failing), ("retry_scheduled", failing)]
     finally:
         store.close()
         reference.close()

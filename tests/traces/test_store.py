@@ -327,3 +327,35 @@ def test_a_store_not_yet_migrated_answers_stats_read_only(tmp_path: Path) -> Non
     finally:
         reader.close()
     assert sum(s.attempts for s in stats.steps) == len(live)
+
+
+def test_arrow_and_native_inserts_store_the_same_values(tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    events = synthetic_events("support", 200, now_ms=now)
+    events[0].error_message = "naïve 😀 failure\nline two"
+    events[1].input, events[1].output = '{"q": "é"}', None
+    events[2].calls[0:0] = [dataclasses.replace(events[2].calls[0], ttft_ms=12.5, rule="cheap")]
+    events[3].calls = [dataclasses.replace(c, rules_version=7) for c in events[3].calls]
+    block = rows(events)
+    settings = load_settings(clickhouse_dsn=f"chdb://{tmp_path / 'store'}")
+    arrow = TraceStore.connect(settings)
+    native = TraceStore.connect(settings.model_copy(update={"clickhouse_database": "native"}))
+    try:
+        arrow.insert(block, token="t1", arrow=True)
+        arrow.insert(block, token="t1", arrow=True)  # a retry: stored once
+        native.insert(block, token="t1", arrow=False)
+        columns = ", ".join(f"`{c}`" for c in event_columns())
+        everything = f"SELECT {columns} FROM pipeline_events ORDER BY event_id"
+        got, want = arrow.query(everything), native.query(everything)
+        assert len(got) == len(events)
+        assert got == want
+        minute = (
+            "SELECT minute, step_name, sum(attempts), sum(failures), sum(cost_usd),"
+            " quantilesTDigestMerge(0.5, 0.95, 0.99)(duration_q) FROM pipeline_latency_1m"
+            " GROUP BY minute, step_name ORDER BY minute, step_name"
+        )
+        assert arrow.query(minute) == native.query(minute)
+        assert arrow.query(SEED_QUERY) == native.query(SEED_QUERY)
+    finally:
+        arrow.close()
+        native.close()
