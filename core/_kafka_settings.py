@@ -14,10 +14,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from weir.core.urls import SecretUrl
 
-__all__ = ["KafkaSaslMechanism", "KafkaSecurityProtocol", "KafkaSettings"]
+__all__ = ["KafkaClient", "KafkaSaslMechanism", "KafkaSecurityProtocol", "KafkaSettings"]
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+KafkaClient = Literal["aiokafka", "confluent"]
 
 
 class KafkaSettings(BaseSettings):
@@ -58,6 +59,11 @@ class KafkaSettings(BaseSettings):
     ``aiokafka.abc.AbstractTokenProvider``; replaces the OIDC client-credentials provider."""
     kafka_request_timeout_ms: int = Field(default=40_000, ge=1_000)
     """Request timeout of clients that do not set their own."""
+    kafka_client: KafkaClient = "aiokafka"
+    """The client of the worker's data-path producer (step outputs, retries, dead letters,
+    trace events): ``aiokafka``, or ``confluent`` (librdkafka through confluent-kafka; the
+    same durability, security and key partitions).  Consumers and the answer writer's
+    transactions stay on aiokafka."""
 
     @field_validator("kafka_bootstrap")
     @classmethod

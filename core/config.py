@@ -26,12 +26,18 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from weir.core._kafka_settings import KafkaSaslMechanism, KafkaSecurityProtocol, KafkaSettings
+from weir.core._kafka_settings import (
+    KafkaClient,
+    KafkaSaslMechanism,
+    KafkaSecurityProtocol,
+    KafkaSettings,
+)
 from weir.core.errors import ConfigError
 from weir.core.urls import SecretUrl, mask_url
 
 __all__ = [
     "BrokerSettings",
+    "KafkaClient",
     "KafkaSaslMechanism",
     "KafkaSecurityProtocol",
     "ModelPrice",

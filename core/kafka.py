@@ -7,6 +7,10 @@ builds clients that differ only in their own options::
     kafka = KafkaConnection.of(settings)
     producer = kafka.producer(acks="all", enable_idempotence=True)
     consumer = kafka.consumer(group_id="g", isolation_level="read_committed")
+    data = kafka.data_producer(client_id="weir-w1", linger_ms=0, batch_bytes=524_288)
+
+``data_producer`` is the worker's data path, on the client ``kafka_client`` names
+(aiokafka, or librdkafka through confluent-kafka) behind one ``DataProducer`` seam.
 
 Passwords are ``SecretStr`` until a client is built; neither ``repr`` nor an
 error message shows them.
@@ -17,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import ssl
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
@@ -27,12 +32,18 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
-from weir.core.config import KafkaSaslMechanism, KafkaSecurityProtocol, WeirSettings
+from weir.core._producers import AiokafkaProducer, DataProducer
+from weir.core.config import (
+    KafkaClient,
+    KafkaSaslMechanism,
+    KafkaSecurityProtocol,
+    WeirSettings,
+)
 from weir.core.errors import BrokerError, ConfigError
 from weir.core.oauth import OidcTokenProvider
 from weir.core.secrets import SecretResolver, scrub
 
-__all__ = ["KafkaConnection"]
+__all__ = ["DataProducer", "KafkaConnection", "TlsFiles"]
 
 # Options that belong to the connection: a call site may not override them, so one
 # client cannot silently bypass TLS or authenticate as someone else.
@@ -49,8 +60,18 @@ _CONNECTION_KEYS = frozenset(
 )
 
 
+class TlsFiles(NamedTuple):
+    """The TLS files a context was made of: librdkafka reads the files, not the context."""
+
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    key_password: SecretStr | None = None
+    check_hostname: bool = True
+
+
 class KafkaConnection:
-    """Where and how to connect to Kafka; builds aiokafka clients."""
+    """Where and how to connect to Kafka; builds aiokafka clients (and the data producer)."""
 
     def __init__(
         self,
@@ -64,7 +85,10 @@ class KafkaConnection:
         ssl_context: ssl.SSLContext | None = None,
         token_provider: AbstractTokenProvider | None = None,
         request_timeout_ms: int = 40_000,
+        client: KafkaClient = "aiokafka",
+        tls_files: TlsFiles | None = None,
     ) -> None:
+        self._own_context = ssl_context is not None and tls_files is None
         if security_protocol in ("SSL", "SASL_SSL") and ssl_context is None:
             ssl_context = create_ssl_context()  # the system's CAs, hostname checked
         self.bootstrap = bootstrap
@@ -76,6 +100,8 @@ class KafkaConnection:
         self._ssl_context = ssl_context
         self._token_provider = token_provider
         self.request_timeout_ms = request_timeout_ms
+        self.client = client
+        self._tls_files = tls_files
 
     @classmethod
     def of(
@@ -98,9 +124,9 @@ class KafkaConnection:
             "SCRAM-SHA-512",
         ):
             password = resolver.resolve_blocking(settings.kafka_sasl_password.get_secret_value())
-        context = None
+        context = files = None
         if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            context = _ssl_context(settings, resolver)
+            context, files = _ssl_context(settings, resolver)
         provider = None
         if settings.kafka_sasl_mechanism == "OAUTHBEARER":
             provider = _token_provider(settings, resolver)
@@ -114,6 +140,8 @@ class KafkaConnection:
             ssl_context=context,
             token_provider=provider,
             request_timeout_ms=settings.kafka_request_timeout_ms,
+            client=settings.kafka_client,
+            tls_files=files,
         )
 
     def __repr__(self) -> str:
@@ -150,6 +178,96 @@ class KafkaConnection:
     def producer(self, **own: Any) -> AIOKafkaProducer:
         """A producer (not started) with this connection and ``own`` options."""
         return AIOKafkaProducer(**self.options(**own))
+
+    def data_producer(
+        self,
+        *,
+        client_id: str,
+        linger_ms: int,
+        batch_bytes: int,
+        request_timeout_ms: int = 30_000,
+        partitioner: Any = None,
+    ) -> DataProducer:
+        """The data path's producer (not started) on ``kafka_client``: idempotent, acks=all.
+
+        Keys land on the partitions of Java's murmur2 on both clients (``partitioner``, an
+        aiokafka partitioner, is used by aiokafka; librdkafka runs its ``murmur2_random``).
+        """
+        if self.client == "aiokafka":
+            options: dict[str, Any] = {"partitioner": partitioner} if partitioner else {}
+            return AiokafkaProducer(
+                self.producer(
+                    client_id=client_id,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=linger_ms,
+                    max_batch_size=batch_bytes,
+                    request_timeout_ms=request_timeout_ms,
+                    **options,
+                )
+            )
+        config = self.rdkafka_options() | {
+            "client.id": client_id,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": linger_ms,
+            "batch.size": batch_bytes,
+            "request.timeout.ms": request_timeout_ms,
+            # aiokafka fails a batch the broker has not taken within its request timeout;
+            # the outbox then decides (send again, or give the input up).
+            "message.timeout.ms": request_timeout_ms,
+            # aiokafka's max_request_size, so both refuse the same messages.
+            "message.max.bytes": 1_048_576,
+            "partitioner": "murmur2_random",
+        }
+        try:
+            from weir.core._confluent_producer import ConfluentProducer
+        except ImportError:
+            raise ConfigError(
+                "WEIR_KAFKA_CLIENT=confluent needs confluent-kafka: pip install 'weir[confluent]'"
+            ) from None
+        return ConfluentProducer(
+            config,
+            token_provider=self._token_provider,
+            timeout_s=request_timeout_ms / 1000,
+        )
+
+    def rdkafka_options(self) -> dict[str, Any]:
+        """librdkafka's configuration of this connection (secrets resolved: never log it)."""
+        out: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol.lower(),
+            "socket.timeout.ms": self.request_timeout_ms,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            files = self._tls_files
+            if files is None:
+                if self._own_context:
+                    raise ConfigError(
+                        "kafka_client confluent reads TLS from files: build the connection"
+                        " with KafkaConnection.of(settings) (WEIR_KAFKA_SSL_CAFILE, ...), not"
+                        " from an ssl.SSLContext"
+                    )
+                files = TlsFiles()
+            # Unset: the system's CAs, which librdkafka finds by probing the usual paths.
+            out["ssl.ca.location"] = str(files.cafile) if files.cafile else "probe"
+            if files.certfile is not None:
+                out["ssl.certificate.location"] = str(files.certfile)
+            if files.keyfile is not None:
+                out["ssl.key.location"] = str(files.keyfile)
+            if files.key_password is not None:
+                out["ssl.key.password"] = files.key_password.get_secret_value()
+            out["ssl.endpoint.identification.algorithm"] = (
+                "https" if files.check_hostname else "none"
+            )
+        if self.sasl_mechanism is not None:
+            out["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            out["sasl.username"] = self.sasl_username
+        if self._sasl_password is not None:
+            out["sasl.password"] = self._sasl_password.get_secret_value()
+        return out
 
     def consumer(self, *topics: str, **own: Any) -> AIOKafkaConsumer:
         """A consumer (not started) with this connection and ``own`` options."""
@@ -227,11 +345,14 @@ def _kafka_reason(exc: KafkaError, connection: KafkaConnection) -> str:
     return text
 
 
-def _ssl_context(settings: WeirSettings, resolver: SecretResolver) -> ssl.SSLContext:
-    key_password = None
+def _ssl_context(
+    settings: WeirSettings, resolver: SecretResolver
+) -> tuple[ssl.SSLContext, TlsFiles]:
+    key_secret = key_password = None
     if settings.kafka_ssl_key_password is not None:
         ref = settings.kafka_ssl_key_password.get_secret_value()
-        key_password = resolver.resolve_blocking(ref).get_secret_value()
+        key_secret = resolver.resolve_blocking(ref)
+        key_password = key_secret.get_secret_value()
     for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
         path = getattr(settings, name)
         if path is not None and not path.is_file():
@@ -250,7 +371,14 @@ def _ssl_context(settings: WeirSettings, resolver: SecretResolver) -> ssl.SSLCon
             f" used: {exc.reason or exc}"
         ) from None
     context.check_hostname = settings.kafka_ssl_check_hostname
-    return context
+    files = TlsFiles(
+        cafile=settings.kafka_ssl_cafile,
+        certfile=settings.kafka_ssl_certfile,
+        keyfile=settings.kafka_ssl_keyfile,
+        key_password=key_secret,
+        check_hostname=settings.kafka_ssl_check_hostname,
+    )
+    return context, files
 
 
 def _token_provider(settings: WeirSettings, resolver: SecretResolver) -> AbstractTokenProvider:

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from weir.core.config import WeirSettings
-from weir.core.kafka import KafkaConnection
+from weir.core.kafka import DataProducer, KafkaConnection
 from weir.topics._aiokafka import KeyPartitioner
 
 __all__ = ["cancel", "drain", "worker_consumer", "worker_producer"]
@@ -17,14 +17,13 @@ __all__ = ["cancel", "drain", "worker_consumer", "worker_producer"]
 log = logging.getLogger("weir.worker")
 
 
-def worker_producer(settings: WeirSettings, partitioner: KeyPartitioner) -> AIOKafkaProducer:
-    """The one producer of a worker (idempotent, every in-sync replica acknowledges)."""
-    return KafkaConnection.of(settings).producer(
+def worker_producer(settings: WeirSettings, partitioner: KeyPartitioner) -> DataProducer:
+    """The one producer of a worker (idempotent, every in-sync replica acknowledges), on
+    the client ``settings.kafka_client`` names."""
+    return KafkaConnection.of(settings).data_producer(
         client_id=f"weir-{settings.worker_id}",
-        acks="all",
-        enable_idempotence=True,
         linger_ms=settings.producer_linger_ms,
-        max_batch_size=settings.producer_batch_bytes,
+        batch_bytes=settings.producer_batch_bytes,
         request_timeout_ms=30000,
         partitioner=partitioner,
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
+from weir.core.kafka import DataProducer
 from weir.streams._trace_batch import pack_traces
 from weir.streams.outbox import OutMessage
 from weir.topics._aiokafka import KeyPartitioner
@@ -22,7 +23,7 @@ class Placement:
 
     def __init__(self, partitioner: KeyPartitioner) -> None:
         self._partitioner = partitioner
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: DataProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._known: dict[str, tuple[float, list[int]]] = {}
         """Partitions by topic, looked up at most every ``_FRESH_S`` (once per message cost
@@ -53,8 +54,8 @@ class Placement:
         if self.consumer is not None:
             partitions = self.consumer.partitions_for_topic(topic)
         if not partitions:
-            partitions = producer.client.cluster.partitions_for_topic(topic)
-        return sorted(partitions) if partitions else None
+            return producer.partitions_for(topic)
+        return sorted(partitions)
 
     def pack_traces(self, messages: list[OutMessage], topic: str) -> list[OutMessage]:
         """A batch's messages with its trace events packed per trace partition."""

@@ -7,10 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from weir.core.errors import OutputTooLargeError
+from weir.core.kafka import DataProducer
 
 __all__ = ["MAX_MESSAGE_BYTES", "Abandoned", "OutMessage", "Outbox", "Outcome", "Owned"]
 
@@ -146,7 +146,7 @@ class Outbox:
     """
 
     def __init__(self, *, max_backoff_s: float = 5.0) -> None:
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: DataProducer | None = None
         self._max_backoff = max_backoff_s
         self._queue: list[tuple[Sequence[OutMessage], _Group]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -160,7 +160,7 @@ class Outbox:
         """
         self._shortcuts[topic] = take
 
-    def attach(self, producer: AIOKafkaProducer) -> None:
+    def attach(self, producer: DataProducer) -> None:
         """Use ``producer`` (started) from now on."""
         self._producer = producer
 

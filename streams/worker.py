@@ -33,11 +33,12 @@ import logging
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import WeirError
+from weir.core.kafka import DataProducer
 from weir.schemas.messages import REQUEST_SCHEMA, RESULT_SCHEMA
 from weir.schemas.registry import SchemaRegistry
 from weir.streams._clients import cancel, drain, worker_consumer, worker_producer
@@ -113,7 +114,7 @@ class Worker:
             stuck_max=settings.step_stuck_threads_max,
         )
         """Runs synchronous steps; ``threads.stuck()`` lists steps stuck past their timeout."""
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: DataProducer | None = None
         self._partitioner = KeyPartitioner()
         self._consumer: AIOKafkaConsumer | None = None
         self.tracing = tracing or Tracing(settings)

@@ -65,6 +65,8 @@ def worker_env(settings: WeirSettings, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     env.update(_security_env(settings))
+    if settings.kafka_client != "aiokafka":
+        env["WEIR_KAFKA_CLIENT"] = settings.kafka_client
     env.update(extra)
     return env
 

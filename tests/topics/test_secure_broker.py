@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,12 @@ from tests.conftest import worker_env
 from tests.traces.test_clickhouse_sink import wait_stored
 from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.core.errors import BrokerError
+from weir.core.kafka import KafkaConnection
 from weir.streams import WeirClient
 from weir.topics._broker_security import BrokerSecurity
 from weir.topics.admin import TopicAdmin
 from weir.topics.broker import LocalBroker, free_port_pair
-from weir.topics.names import PipelineTopics
+from weir.topics.names import PipelineTopics, TopicSpec
 
 pytestmark = pytest.mark.kafka
 
@@ -265,6 +267,65 @@ async def test_oauthbearer_with_the_oidc_client_credentials_provider(
             pass
     assert "refused client 'weir-app' (HTTP 401)" in str(caught.value)
     assert "wrong-secret-456" not in str(caught.value)
+
+
+async def _send_one_with_confluent(settings: WeirSettings) -> int:
+    """Send one message with the confluent data producer; its acknowledged offset."""
+    topic = f"rdk-{uuid.uuid4().hex[:8]}"
+    async with TopicAdmin(settings) as admin:
+        await admin.ensure([TopicSpec(topic, 1, None)])
+    producer = KafkaConnection.of(settings).data_producer(
+        client_id="weir-rdk", linger_ms=0, batch_bytes=16_384, request_timeout_ms=10_000
+    )
+    await producer.start()
+    try:
+        ack = await (await producer.send(topic, value=b"v", key=b"k"))
+    finally:
+        await producer.stop()
+    return int(ack.offset)
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-512", "PLAIN"])
+async def test_the_confluent_producer_sends_over_sasl_ssl_and_names_a_refusal(
+    secure, secure_broker, mechanism, tmp_path
+):
+    settings = secure.model_copy(
+        update={"kafka_client": "confluent", "kafka_sasl_mechanism": mechanism}
+    )
+    assert await _send_one_with_confluent(settings) == 0
+    wrong = "not-the-password-5521"
+    (tmp_path / "pw").write_text(wrong)
+    refused = settings.model_copy(
+        update={"kafka_sasl_password": SecretStr(f"file:{tmp_path / 'pw'}")}
+    )
+    producer = KafkaConnection.of(refused).data_producer(
+        client_id="weir-rdk", linger_ms=0, batch_bytes=16_384, request_timeout_ms=5_000
+    )
+    with pytest.raises(BrokerError, match="cannot connect to Kafka") as caught:
+        await producer.start()
+    assert "uthentication" in str(caught.value)
+    assert wrong not in str(caught.value)
+    assert secure_broker.security.client_password not in str(caught.value)
+
+
+async def test_the_confluent_producer_authenticates_with_oauthbearer(
+    secure, token_server, monkeypatch
+):
+    url, requests = token_server
+    monkeypatch.setenv("WEIR_TEST_OIDC_SECRET", "oidc-secret-123")
+    settings = load_settings(
+        kafka_bootstrap=secure.kafka_bootstrap,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="OAUTHBEARER",
+        kafka_ssl_cafile=secure.kafka_ssl_cafile,
+        kafka_oauth_token_url=url,
+        kafka_oauth_client_id="weir-app",
+        kafka_oauth_client_secret="env:WEIR_TEST_OIDC_SECRET",
+        kafka_client="confluent",
+        **BASE,
+    )
+    assert await _send_one_with_confluent(settings) == 0
+    assert requests and requests[-1]["client_id"] == "weir-app"
 
 
 def test_weir_broker_start_secure_prints_how_to_connect_and_the_cli_connects_so(
