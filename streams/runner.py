@@ -127,6 +127,13 @@ class StepRunner:
         its records is run in one go, not as a task per record."""
         return self.step.inline and not self.step.is_async and not self.step.log_io
 
+    @property
+    def runs_in_place(self) -> bool:
+        """A batch that sends this step's input may run it on the object, in the same task
+        (``weir.streams._in_place``): batchable, with no join or conversation that must see
+        its inputs in their partition's order."""
+        return self.batchable and self.join is None and self.conversations is None
+
     async def handle(self, record: Record, owned: Owned) -> None:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
@@ -562,15 +569,12 @@ class StepRunner:
             # Keyed by request id: the answer stage deduplicates per partition.
             rid = base.request_id.encode()
             return [OutMessage(rt.topics.answers, rid, None, headers, decoded=answer)]
-        return [
-            OutMessage(
-                rt.topics.step(dep),
-                key,
-                envelope(dep, not skipped and (targets is None or dep in targets)).encode(),
-                headers,
-            )
-            for dep in self._dependents
-        ]
+        out = []
+        for dep in self._dependents:
+            env = envelope(dep, not skipped and (targets is None or dep in targets))
+            # The object goes along: a batch that runs ``dep`` in place takes it as it is.
+            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), headers, decoded=env))
+        return out
 
     def _key(self, base: Envelope) -> bytes:
         """Every message of a request to a step: keyed by its conversation when it has one."""
