@@ -201,3 +201,30 @@ async def test_records_another_worker_marked_in_place_are_processed(kafka, pipel
         await producer.stop()
     assert sorted(counts.values()) == [1] * n
     assert {r.value["n"] for r in results.values()} == {i + 2 for i in range(n)}
+
+
+async def test_a_second_worker_joining_mid_burst_loses_and_duplicates_no_answer(
+    kafka, pipeline_name
+):
+    """The group rebalances while chains run in place: partitions a batch marked records for
+    move to the other worker, which processes them (the marks are not its own)."""
+    pipeline = _chain(pipeline_name)
+    topics = PipelineTopics(pipeline.name)
+    n = 1500
+    async with Worker(pipeline, kafka) as first, WeirClient(kafka) as client:
+        await _holding_everything(first, kafka, [topics.answers, topics.step("b")])
+        ids = await client.submit_many(pipeline.name, [{"n": i} for i in range(n // 2)])
+        async with Worker(pipeline, kafka) as second:
+            ids += await client.submit_many(pipeline.name, [{"n": i} for i in range(n // 2, n)])
+            results, counts = await read_results(kafka, topics.results, n)
+            both = first.stats.received + second.stats.received
+    assert set(results) == set(ids)
+    assert [rid for rid, c in counts.items() if c > 1] == [], "some requests answered twice"
+    for i, rid in enumerate(ids):
+        assert results[rid].value == {"n": i + 3}, results[rid]
+    assert both >= 3 * n  # every request and both step inputs, at least once
+    marked = await read_topic(kafka, topics.step("c"), idle_s=0.5)
+    assert len(marked) >= n
+    await _committed_to_the_end(
+        kafka, topics.consumer_group, [topics.requests, topics.step("b"), topics.step("c")]
+    )
