@@ -127,7 +127,15 @@ class InPlace:
                 # Only a partition held here: its owner elsewhere would run it too.
                 if p is not None and self._partitions.takes(TopicPartition(m.topic, p)):
                     landing = Landing(m, env, stage[0])
-                    m = m._replace(partition=p, headers=self._headers, landed=landing.landed)
+                    m = OutMessage(
+                        m.topic,
+                        m.key,
+                        m.value,
+                        self._headers,
+                        p,
+                        decoded=env,
+                        landed=landing.landed,
+                    )
                     landing.message = m
                     landings.append(landing)
             out.append(m)
