@@ -217,6 +217,7 @@ class RecordTasks:
         def owned() -> bool:
             return tp in self._partitions.assigned
 
+        held = 0  # slots of the landings being run in place (``InPlace.mark``)
         try:
             landings = await self._round(
                 tp, [(route.stage, r, partial(prepare, r)) for r in records], owned
@@ -224,6 +225,7 @@ class RecordTasks:
             while landings:
                 in_place = self._in_place
                 assert in_place is not None
+                held = len(landings)
                 work: list[_Work] = []
                 for ld in landings:
                     record = ld.record()
@@ -231,6 +233,8 @@ class RecordTasks:
                         (ld.stage, record, partial(in_place.stage(ld), record, ld.envelope))
                     )
                 landings = await self._round(tp, work, owned)
+                self._partitions.release(held)
+                held = 0
             for record in records:
                 tracker.finish(record.offset)
         except (asyncio.CancelledError, Abandoned):
@@ -241,6 +245,7 @@ class RecordTasks:
             for record in records:
                 tracker.finish(record.offset)
         finally:
+            self._partitions.release(held)
             self._partitions.finished(tp, slots)
 
     async def _round(
@@ -264,15 +269,16 @@ class RecordTasks:
         messages = [m for *_, outcome in outcomes for m in outcome.messages()]
         landings: list[Landing] = []
         if self._in_place is not None:
-            messages, landings = self._in_place.mark(messages)
+            messages, landings = await self._in_place.mark(messages)
         try:
             await outbox.send_all(self._pack(messages), owned=owned)
-        except (asyncio.CancelledError, Abandoned):
-            raise
-        except Exception:
+        except BaseException as error:
+            self._partitions.release(len(landings))  # the landings' slots
+            landings = []
+            if isinstance(error, Abandoned) or not isinstance(error, Exception):
+                raise
             # Each on its own, unmarked: what must run next goes by its topic (a marked
             # copy that did land is skipped here, and this one is read instead).
-            landings = []
             for stage, record, outcome in outcomes:
                 try:
                     await outcome.deliver(outbox, owned)
