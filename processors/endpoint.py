@@ -29,9 +29,7 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,12 +45,11 @@ from weir.core.errors import (
 )
 from weir.core.secrets import SecretRef
 from weir.processors._call import NO_META, CallMeta, Operation, breaker_refused, one_try, usage_of
-from weir.processors._group import group_now, group_pause_s, tell_group_of_pause
+from weir.processors.admission import Admission
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
 from weir.processors.cost import FREE, Price, price_of
-from weir.processors.group_share import GroupMembers
-from weir.processors.limits import LatencyStats, Limits, TokenBucket
+from weir.processors.limits import LatencyStats, Limits
 from weir.processors.providers._base import Message, Provider, ProviderCall
 from weir.processors.results import (
     ChatResult,
@@ -160,23 +157,12 @@ class ModelEndpoint:
         self.batching = batching
         self._embedder: EmbeddingBatcher | None = None
         self.latency = LatencyStats()
-        self._requests = (
-            TokenBucket(self.limits.requests_per_minute)
-            if self.limits.requests_per_minute
-            else None
+        self.admission = Admission(
+            name,
+            limits=self.limits,
+            pool_size=provider.max_concurrency,
+            queue_timeout_s=self.queue_timeout_s,
         )
-        self._tokens = (
-            TokenBucket(self.limits.tokens_per_minute) if self.limits.tokens_per_minute else None
-        )
-        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-        self.in_flight = 0
-        self._members: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupMembers] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._paused_until = 0.0
-        """Monotonic time before which no call starts (the endpoint's last ``Retry-After``)."""
 
     def __repr__(self) -> str:
         return f"ModelEndpoint({self.name!r}, model={self.model!r}, {self.provider.describe()})"
@@ -446,95 +432,20 @@ class ModelEndpoint:
             services_now().resolver.invalidate(self._key_ref)
         wait = getattr(error, "retry_after_s", None)
         if isinstance(error, RateLimitedError) and isinstance(wait, int | float) and wait > 0:
-            self._paused_until = max(self._paused_until, time.monotonic() + min(wait, 600.0))
-            tell_group_of_pause(self.name, min(wait, 600.0))
+            self.admission.pause(wait)
 
     def debit_tokens(self, tokens: int) -> None:
         """Charge tokens used beyond the admission's estimate to the tokens-per-minute limit."""
-        if self._tokens is not None:
-            self._tokens.debit(tokens)
+        self.admission.debit_tokens(tokens)
 
-    @contextlib.asynccontextmanager
-    async def admitted(self, tokens: int) -> AsyncIterator[None]:
-        """Wait for room under the limits: back-pressure, up to ``queue_timeout_s``.
-
-        The call's own ``timeout_s`` starts once it is admitted, so a busy
-        endpoint makes calls wait, not fail.
-        """
-        deadline = time.monotonic() + self.queue_timeout_s
-        what = f"endpoint {self.name!r}"
-        await self._take_group_share()
-        await self._wait_out_pause(deadline, what)
-        if self._requests is not None:
-            await self._requests.take(1, deadline=deadline, what=what)
-        if self._tokens is not None:
-            await self._tokens.take(tokens, deadline=deadline, what=what)
-        slots = self._semaphore()
-        if slots is not None:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await slots.acquire()
-            except TimeoutError:
-                raise RateLimitedError(
-                    f"{what}: all {self._concurrency} call slots stayed busy for"
-                    f" {self.queue_timeout_s:g}s"
-                ) from None
-            try:
-                # A pause may have begun while this call waited for its slot.
-                await self._wait_out_pause(deadline, what)
-            except BaseException:
-                slots.release()
-                raise
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if slots is not None:
-                slots.release()
-
-    async def _wait_out_pause(self, deadline: float, what: str) -> None:
-        """Wait while a ``Retry-After`` of this process or of the group holds the endpoint."""
-        while (paused := max(self._paused_until - time.monotonic(), group_pause_s(self.name))) > 0:
-            if time.monotonic() + paused > deadline:
-                raise RateLimitedError(
-                    f"{what} asked to wait {paused:.1f}s more (Retry-After), past queue_timeout_s"
-                )
-            await asyncio.sleep(paused)
-
-    async def _take_group_share(self) -> None:
-        """Inside a worker, per-minute limits are the group's: keep 1/members of them."""
-        if self._requests is None and self._tokens is None:
-            return
-        group = group_now()
-        if group is None:
-            return
-        loop = asyncio.get_running_loop()
-        members = self._members.get(loop)
-        if members is None:
-            services = services_now()
-            members = self._members[loop] = GroupMembers(services.settings)
-            services.add_closer(members.aclose)
-        count = await members.count(group)
-        for bucket in (self._requests, self._tokens):
-            if bucket is not None:
-                bucket.set_share(count)
+    def admitted(self, tokens: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for room under the limits (``Admission.admitted``)."""
+        return self.admission.admitted(tokens)
 
     @property
-    def _concurrency(self) -> int | None:
-        """Calls in flight at once: the limit, and never more than the provider's pool."""
-        bounds = [b for b in (self.limits.max_concurrency, self.provider.max_concurrency) if b]
-        return min(bounds) if bounds else None
-
-    def _semaphore(self) -> asyncio.Semaphore | None:
-        size = self._concurrency
-        if size is None:
-            return None
-        loop = asyncio.get_running_loop()
-        sem = self._slots.get(loop)
-        if sem is None:
-            sem = self._slots[loop] = asyncio.Semaphore(size)
-        return sem
+    def in_flight(self) -> int:
+        """Calls of this endpoint running now in this process."""
+        return self.admission.in_flight
 
     @property
     def breaker(self) -> CircuitBreaker | None:

@@ -44,6 +44,7 @@ from weir.replays.records import (
 )
 from weir.schemas.messages import ModelCall, TraceEvent, now_ms
 from weir.streams.context import AttemptScope
+from weir.streams.conversation_store import ConversationStore
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
@@ -97,6 +98,7 @@ class StepReplay:
         self.topic = PipelineTopics(pipeline.name).step_replay(plan.replay_id)
         self._candidate_endpoint: ModelEndpoint | None = None
         self._candidate_fn: Callable[..., Any] | None = None
+        self._conversations: ConversationStore | None = None
         if plan.endpoint is not None:
             self._candidate_endpoint = candidate_endpoint(plan.endpoint, pipeline, endpoints)
         if plan.variant is not None:
@@ -245,6 +247,14 @@ class StepReplay:
         )
         await producer.start()
         await self._services.start()
+        step = self.pipeline.steps[plan.step]
+        if step.conversation is not None:  # the histories its inputs saw, read-only
+            self._conversations = ConversationStore(
+                self._settings,
+                step.conversation,
+                topic=PipelineTopics(self.pipeline.name).conversation(plan.step),
+                step=plan.step,
+            )
         progress = ReplayProgress(plan.replay_id, self.total)
         threads = ThreadPoolExecutor(
             max(4, self.concurrency), thread_name_prefix=f"weir-replay-{plan.step}"
@@ -345,6 +355,8 @@ class StepReplay:
             await asyncio.gather(*running, return_exceptions=True)
             await producer.stop()
             await self._services.stop()
+            if self._conversations is not None:
+                await self._conversations.stop()
             threads.shutdown(wait=False, cancel_futures=True)
         return progress
 
@@ -365,11 +377,16 @@ class StepReplay:
         error: WeirError | None = None
         with replaying_as(ReplayTag(plan.replay_id, plan.label)):
             try:
+                if self._conversations is not None:
+                    envelope = item.envelope
+                    scope.history = await self._conversations.history_seen(
+                        envelope.request, envelope.request_id, envelope.submitted_at
+                    )
                 if self._candidate_endpoint is not None:
                     with substituting(self._candidate_endpoint):
                         value = await executor.run(item.inputs, item.envelope, scope)
                 else:
-                    kwargs = executor.arguments(item.inputs, item.envelope, ctx)
+                    kwargs = executor.arguments(item.inputs, item.envelope, ctx, scope.history)
                     value = await executor.call(kwargs, scope, fn=self._candidate_fn)
                 output = encode_output(split_branch(value)[0], step=plan.step)
             except WeirError as exc:

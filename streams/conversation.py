@@ -279,24 +279,31 @@ async def trimmed(
             or size > config.max_bytes
         )
 
-    while over():
+    def drop_oldest() -> Turn | None:
         oldest = next(
             (i for i, t in enumerate(turns[: len(turns) - keep]) if t.role != "system"), None
         )
-        if oldest is None:
+        return None if oldest is None else turns.pop(oldest)
+
+    while over():
+        turn = drop_oldest()
+        if turn is None:
             break  # only system turns and this request's are left: kept over budget
-        dropped.append(turns.pop(oldest))
+        dropped.append(turn)
     summary = state.summary
-    if dropped and config.summarize is not None:
-        made = config.summarize(summary, dropped)
+    pending = list(dropped)
+    # A new summary can push the history over budget again; the turns dropped for it are
+    # folded in too, so no turn leaves unsummarised.  Each round drops at least one turn.
+    while pending and config.summarize is not None:
+        made = config.summarize(summary, pending)
         summary = str(await made) if inspect.isawaitable(made) else str(made)
+        pending = []
         while weigh(config, summary, turns) > config.budget_tokens:
-            oldest = next(
-                (i for i, t in enumerate(turns[: len(turns) - keep]) if t.role != "system"), None
-            )
-            if oldest is None:
+            turn = drop_oldest()
+            if turn is None:
                 break
-            dropped.append(turns.pop(oldest))
+            pending.append(turn)
+        dropped.extend(pending)
     out = ConversationState(
         turns, summary, state.updated_at, state.seq, state.dropped + len(dropped)
     )

@@ -195,6 +195,21 @@ class ConversationStore:
             else:
                 self._locks[cid] = (lock, users - 1)
 
+    async def history_seen(self, request: str, request_id: str, submitted_at: int) -> History:
+        """The history a request's attempt saw, as far as the table still holds it (a step
+        replay's): the turns before the request's own, or, when its turns are not stored
+        (it failed, or they were trimmed), the turns added before it was submitted.  The
+        summary is the current one.  Turns the replay adds are kept nowhere."""
+        payload = json.loads(request)
+        cid = conversation_id_of(payload) if isinstance(payload, dict) else None
+        state = ConversationState() if cid is None else await self.state(cid)
+        if not any(t.request_id == request_id for t in state.turns):
+            earlier = [t for t in state.turns if t.at < submitted_at]
+            state = ConversationState(earlier, state.summary, state.updated_at, state.seq)
+        history = History(cid, state, self.config, request_id=request_id, step=self._step)
+        history.recorded = True  # so nothing the replay adds would be written
+        return history
+
     async def _write(
         self, cid: str, state: ConversationState, history: History
     ) -> list[OutMessage]:

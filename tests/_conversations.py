@@ -43,3 +43,9 @@ chat_pipeline = chat(
     os.environ.get("WEIR_TEST_PIPELINE", "chat"),
     slow_s=float(os.environ.get("WEIR_TEST_SLOW_S", "0")),
 )
+
+
+def replayed_answer(text: str, history: History, ctx: StepContext) -> list[str]:
+    """A replay candidate for ``answer``: what history it was given (and a turn it adds)."""
+    history.add("user", f"replayed {text}")  # a replay's turns must be stored nowhere
+    return [t.content for t in history.turns]

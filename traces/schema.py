@@ -31,11 +31,19 @@ returns exact numbers with no ``FINAL``: duplicates are kept out at insert time
 
 from __future__ import annotations
 
-__all__ = ["EVENTS_TABLE", "LATENCY_TABLE", "QUANTILES", "ddl", "event_columns"]
+__all__ = [
+    "EVENTS_TABLE",
+    "LATENCY_TABLE",
+    "LATENCY_VIEW",
+    "QUANTILES",
+    "ddl",
+    "event_columns",
+    "latency_view_query",
+]
 
 EVENTS_TABLE = "pipeline_events"
 LATENCY_TABLE = "pipeline_latency_1m"
-_LATENCY_VIEW = "pipeline_latency_1m_mv"
+LATENCY_VIEW = "pipeline_latency_1m_mv"
 QUANTILES = "0.5, 0.95, 0.99"
 
 # Insert order of pipeline_events columns, and how a decoded trace event fills each.
@@ -178,8 +186,15 @@ SETTINGS non_replicated_deduplication_window = 1000
 """,
         # Before the view: on a table of an earlier weir, it reads the columns they add.
         *_migrations(db),
-        f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{_LATENCY_VIEW} TO {db}.{LATENCY_TABLE} AS
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{LATENCY_VIEW} TO {db}.{LATENCY_TABLE} AS"
+        f" {latency_view_query(database)}",
+    ]
+
+
+def latency_view_query(database: str) -> str:
+    """The per-minute view's SELECT: live attempts only (``replay_id = ''``)."""
+    db = f"`{database}`"
+    return f"""
 SELECT
     toStartOfMinute(created_at) AS minute,
     pipeline_id,
@@ -194,8 +209,7 @@ SELECT
 FROM {db}.{EVENTS_TABLE}
 WHERE replay_id = ''
 GROUP BY minute, pipeline_id, step_name
-""",
-    ]
+"""
 
 
 def _migrations(db: str) -> list[str]:

@@ -17,7 +17,14 @@ from weir.core.config import WeirSettings
 from weir.core.errors import TraceQueryError, TraceSchemaMissingError, TraceStoreError
 from weir.core.urls import mask_url
 from weir.traces.queries import StoreQueries
-from weir.traces.schema import EVENTS_TABLE, LATENCY_TABLE, ddl, event_columns
+from weir.traces.schema import (
+    EVENTS_TABLE,
+    LATENCY_TABLE,
+    LATENCY_VIEW,
+    ddl,
+    event_columns,
+    latency_view_query,
+)
 
 __all__ = ["TraceStore"]
 
@@ -111,6 +118,20 @@ class TraceStore(StoreQueries):
         self._client.database = self.database
         for statement in tables:
             self._command(statement)
+        view = self._query(
+            "SELECT create_table_query FROM system.tables"
+            " WHERE database = {db:String} AND name = {t:String}",
+            db=self.database,
+            t=LATENCY_VIEW,
+        )
+        if view and "replay_id" not in str(view[0][0]):
+            # An earlier weir's view counts replay attempts as live traffic.  MODIFY QUERY
+            # swaps it in place: no insert goes unaggregated while it changes.
+            log.info("making %s count live attempts only", LATENCY_VIEW)
+            self._command(
+                f"ALTER TABLE `{self.database}`.{LATENCY_VIEW}"
+                f" MODIFY QUERY {latency_view_query(self.database)}"
+            )
         engine = self._query(
             "SELECT engine_full FROM system.tables"
             " WHERE database = {db:String} AND name = {t:String}",

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
+from tests._conversations import chat
 from tests._kafka import read_results
 from tests._model_servers import ModelServer, input_tokens
 from tests._sink import SinkProcess, sink_settings
@@ -27,6 +28,7 @@ from weir.processors.services import ModelServices
 from weir.replays import StepReplay, in_sample, read_outcomes
 from weir.schemas.messages import now_ms
 from weir.streams import Pipeline, WeirClient, Worker
+from weir.streams.conversation_store import read_conversation
 from weir.streams.side_effects import side_effect
 from weir.topics.names import PipelineTopics
 from weir.traces.remote import RemoteTraceStore
@@ -398,3 +400,29 @@ async def test_weir_replay_of_a_root_step_reads_the_requests_topic_and_runs_a_va
 
     bad = await asyncio.to_thread(weir, "replay", *common, "--endpoint", "nope")
     assert bad.returncode == 2 and "no endpoint named 'nope'" in bad.stderr
+
+
+async def test_a_replayed_conversation_step_sees_the_history_its_live_attempt_saw(
+    kafka, pipeline_name
+):
+    p = chat(pipeline_name)
+    since = now_ms() - 1000
+    async with Worker(p, kafka), WeirClient(kafka) as client:
+        live = []
+        for n in range(4):
+            rid = await client.submit(pipeline_name, {"text": f"turn {n}"}, conversation_id="c-r")
+            live.append((rid, (await client.result(rid, timeout=60)).value["seen"]))
+        alone = await client.submit(pipeline_name, {"text": "no conversation"})
+        assert (await client.result(alone, timeout=60)).status == "SUCCESS"
+    assert live[-1][1] == [x for n in range(3) for x in (f"turn {n}", f"re: turn {n}")]
+    job = await StepReplay.create(
+        kafka, p, step="answer", since_ms=since, variant="tests._conversations:replayed_answer"
+    )
+    await job.run()
+    outcomes = {o.request_id: o for o in await read_outcomes(kafka, job.topic)}
+    assert set(outcomes) == {rid for rid, _ in live} | {alone}
+    for rid, seen in live:  # each saw the turns before its own, not its own or later ones
+        assert json.loads(outcomes[rid].output or "null") == seen
+    assert json.loads(outcomes[alone].output or "null") == []
+    [(_, _, state)] = await read_conversation(kafka, "c-r", pipeline=pipeline_name)
+    assert len(state.turns) == 8  # the replay stored none of the turns it added

@@ -56,6 +56,23 @@ async def test_dropped_turns_are_summarised_when_a_summariser_is_configured() ->
     assert history.tokens <= 80
 
 
+async def test_turns_dropped_for_a_longer_summary_are_summarised_too() -> None:
+    seen: list[list[str]] = []
+
+    def summarize(summary: str | None, dropped: list[Turn]) -> str:
+        seen.append([t.content[:3] for t in dropped])
+        return "y" * 200  # 50 tokens: the first summary pushes the history over budget
+
+    config = Conversation(budget_tokens=100, summarize=summarize)
+    state, dropped = await trimmed(config, ConversationState([_turn(n) for n in range(9)]), keep=1)
+    assert len(seen) >= 2  # the first summary pushed the history over budget again
+    folded = [c for batch in seen for c in batch]
+    assert folded == [t.content[:3] for t in dropped]  # every dropped turn, once, in order
+    assert folded == [f"{n:03d}" for n in range(len(folded))]
+    assert state.dropped == len(dropped)
+    assert weigh(config, state.summary, state.turns) <= 100
+
+
 async def test_the_turns_just_added_stay_even_over_the_budget() -> None:
     config = Conversation(budget_tokens=10)
     state, dropped = await trimmed(config, ConversationState([_turn(0), _turn(1)]), keep=1)

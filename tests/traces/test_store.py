@@ -21,7 +21,7 @@ from weir.traces import (
     event_row,
     parse_window,
 )
-from weir.traces.schema import event_columns
+from weir.traces.schema import event_columns, latency_view_query
 
 SEED_QUERY = (
     "SELECT step_name, AVG(duration_ms), COUNT(*) FROM pipeline_events WHERE status = 'FAILURE'"
@@ -268,11 +268,16 @@ def test_a_table_created_before_replay_tags_gains_them_and_keeps_its_rows(tmp_pa
     live = synthetic_events("old", 40, now_ms=now)
     store = TraceStore.connect(settings)
     try:
-        # The table as an earlier weir made it: no replay columns, rows inserted without them.
-        # (Its per-minute view read no replay column: gone here, made again on connect.)
+        # The table as an earlier weir made it: no replay columns, rows inserted without them,
+        # and a per-minute view that counts every row.
         store._command("DROP VIEW weir.pipeline_latency_1m_mv")
         store._command("ALTER TABLE weir.pipeline_events DROP COLUMN variant")
         store._command("ALTER TABLE weir.pipeline_events DROP COLUMN replay_id")
+        old_view = latency_view_query("weir").replace("WHERE replay_id = ''", "")
+        store._command(
+            "CREATE MATERIALIZED VIEW weir.pipeline_latency_1m_mv TO weir.pipeline_latency_1m"
+            f" AS {old_view}"
+        )
         columns = [c for c in event_columns() if c not in {"replay_id", "variant"}]
         store._client.insert(
             "pipeline_events",
@@ -295,6 +300,9 @@ def test_a_table_created_before_replay_tags_gains_them_and_keeps_its_rows(tmp_pa
             " GROUP BY replay_id, variant ORDER BY replay_id"
         )
         assert tags == [("", "", len(live)), ("rs-1", "endpoint:b", 5)]
+        # The migrated view counted the old rows and leaves the replayed ones out.
+        per_minute = store.query("SELECT sum(attempts) FROM pipeline_latency_1m")
+        assert per_minute == [(len(live),)]
     finally:
         store.close()
 
