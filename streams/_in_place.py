@@ -105,13 +105,8 @@ class InPlace:
         token = self.token
         return any(k == IN_PLACE_HEADER and v == token for k, v in headers)
 
-    async def mark(self, messages: list[OutMessage]) -> tuple[list[OutMessage], list[Landing]]:
-        """``messages`` with the ones to run in place marked and placed; their landings.
-
-        Each landing holds one of the worker's slots (``max_in_flight``), taken only when
-        free (never waited for): the caller gives them back.  Bounded like the records
-        read from topics, a chain's work cannot pile up objects (the collector's cost).
-        """
+    def mark(self, messages: list[OutMessage]) -> tuple[list[OutMessage], list[Landing]]:
+        """``messages`` with the ones to run in place marked and placed; their landings."""
         stages = self._stages
         if not stages:
             return messages, []
@@ -130,13 +125,7 @@ class InPlace:
             ):
                 p = self._placement.partition_of(m.topic, m.key)
                 # Only a partition held here: its owner elsewhere would run it too.
-                slots = self._partitions.slots
-                if (
-                    p is not None
-                    and not slots.locked()
-                    and self._partitions.takes(TopicPartition(m.topic, p))
-                ):
-                    await slots.acquire()  # free: taken at once
+                if p is not None and self._partitions.takes(TopicPartition(m.topic, p)):
                     landing = Landing(m, env, stage[0])
                     m = OutMessage(
                         m.topic,

@@ -54,15 +54,11 @@ class Partitions:
 
     def finished(self, tp: TopicPartition, slots: int) -> None:
         """Give back a task's slots and forget it (called from inside the task)."""
-        self.release(slots)
+        for _ in range(slots):
+            self.slots.release()
         current = asyncio.current_task()
         if current is not None and tp in self.inflight:
             self.inflight[tp].discard(current)
-
-    def release(self, slots: int) -> None:
-        """Give back ``slots`` a task took (and keeps running)."""
-        for _ in range(slots):
-            self.slots.release()
 
     async def commit(
         self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition] | None = None

@@ -217,7 +217,6 @@ class RecordTasks:
         def owned() -> bool:
             return tp in self._partitions.assigned
 
-        held = 0  # slots of the landings being run in place (``InPlace.mark``)
         try:
             landings = await self._round(
                 tp, [(route.stage, r, partial(prepare, r)) for r in records], owned
@@ -225,7 +224,6 @@ class RecordTasks:
             while landings:
                 in_place = self._in_place
                 assert in_place is not None
-                held = len(landings)
                 work: list[_Work] = []
                 for ld in landings:
                     record = ld.record()
@@ -233,8 +231,6 @@ class RecordTasks:
                         (ld.stage, record, partial(in_place.stage(ld), record, ld.envelope))
                     )
                 landings = await self._round(tp, work, owned)
-                self._partitions.release(held)
-                held = 0
             for record in records:
                 tracker.finish(record.offset)
         except (asyncio.CancelledError, Abandoned):
@@ -245,7 +241,6 @@ class RecordTasks:
             for record in records:
                 tracker.finish(record.offset)
         finally:
-            self._partitions.release(held)
             self._partitions.finished(tp, slots)
 
     async def _round(
@@ -269,16 +264,15 @@ class RecordTasks:
         messages = [m for *_, outcome in outcomes for m in outcome.messages()]
         landings: list[Landing] = []
         if self._in_place is not None:
-            messages, landings = await self._in_place.mark(messages)
+            messages, landings = self._in_place.mark(messages)
         try:
             await outbox.send_all(self._pack(messages), owned=owned)
-        except BaseException as error:
-            self._partitions.release(len(landings))  # the landings' slots
-            landings = []
-            if isinstance(error, Abandoned) or not isinstance(error, Exception):
-                raise
+        except (asyncio.CancelledError, Abandoned):
+            raise
+        except Exception:
             # Each on its own, unmarked: what must run next goes by its topic (a marked
             # copy that did land is skipped here, and this one is read instead).
+            landings = []
             for stage, record, outcome in outcomes:
                 try:
                     await outcome.deliver(outbox, owned)

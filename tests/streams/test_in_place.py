@@ -51,9 +51,8 @@ def _chain(name: str, *, fail_every: int = 0, attempts: int = 1) -> Pipeline:
 
 
 def _traced(kafka: WeirSettings, name: str) -> WeirSettings:
-    """This test's own trace topic, so its events can be read back alone; slots for every
-    record at once (a landing runs in place only when it gets a free slot)."""
-    return kafka.model_copy(update={"trace_topic": f"{name}.traces", "max_in_flight": 4 * N})
+    """This test's own trace topic, so its events can be read back alone."""
+    return kafka.model_copy(update={"trace_topic": f"{name}.traces"})
 
 
 async def _holding_everything(worker: Worker, settings: WeirSettings, topics: list[str]) -> None:
@@ -228,32 +227,4 @@ async def test_a_second_worker_joining_mid_burst_loses_and_duplicates_no_answer(
     assert len(marked) >= n
     await _committed_to_the_end(
         kafka, topics.consumer_group, [topics.requests, topics.step("b"), topics.step("c")]
-    )
-
-
-async def test_with_no_free_slot_an_output_goes_by_its_topic_and_is_answered_once(
-    kafka, pipeline_name
-):
-    """Run in place only on a free slot (bounded like records read from topics): the rest
-    are read back from the step topic, unmarked, and everything is answered once."""
-    settings = kafka.model_copy(update={"max_in_flight": 8})
-    pipeline = _chain(pipeline_name)
-    topics = PipelineTopics(pipeline.name)
-    n = 300
-    async with Worker(pipeline, settings) as worker, WeirClient(settings) as client:
-        await _holding_everything(worker, settings, [topics.answers, topics.step("b")])
-        ids = await client.submit_many(pipeline.name, [{"n": i} for i in range(n)])
-        results, counts = await read_results(settings, topics.results, n)
-        received = worker.stats.received
-    assert sorted(counts.values()) == [1] * n
-    assert [results[rid].value for rid in ids] == [{"n": i + 3} for i in range(n)]
-    assert received == 3 * n  # each input once: run in place, or read from its topic
-    marks = [
-        IN_PLACE_HEADER in dict(r.headers)
-        for step in ("b", "c")
-        for r in await read_topic(settings, topics.step(step), idle_s=0.5)
-    ]
-    assert len(marks) == 2 * n and not all(marks)
-    await _committed_to_the_end(
-        settings, topics.consumer_group, [topics.requests, topics.step("b"), topics.step("c")]
     )
