@@ -52,7 +52,12 @@ def _chain(name: str, *, fail_every: int = 0, attempts: int = 1) -> Pipeline:
 
 def _traced(kafka: WeirSettings, name: str) -> WeirSettings:
     """This test's own trace topic, so its events can be read back alone."""
-    return kafka.model_copy(update={"trace_topic": f"{name}.traces"})
+    return _on(kafka).model_copy(update={"trace_topic": f"{name}.traces"})
+
+
+def _on(kafka: WeirSettings) -> WeirSettings:
+    """Running in place is off by default (BENCHMARKS.md, fourth pass)."""
+    return kafka.model_copy(update={"in_place_steps": True})
 
 
 async def _holding_everything(worker: Worker, settings: WeirSettings, topics: list[str]) -> None:
@@ -128,7 +133,7 @@ async def test_a_step_failing_in_place_retries_and_dead_letters_its_records_coor
     pipeline = _chain(pipeline_name, fail_every=10, attempts=2)
     topics = PipelineTopics(pipeline.name)
     n = 100
-    async with Worker(pipeline, kafka) as worker, WeirClient(kafka) as client:
+    async with Worker(pipeline, _on(kafka)) as worker, WeirClient(kafka) as client:
         await _holding_everything(worker, kafka, [topics.answers, topics.step("b")])
         ids = await client.submit_many(pipeline.name, [{"n": i} for i in range(n)])
         results, counts = await read_results(kafka, topics.results, n)
@@ -175,7 +180,7 @@ async def test_records_another_worker_marked_in_place_are_processed(kafka, pipel
     producer = KafkaConnection.of(kafka).producer()
     await producer.start()
     try:
-        async with Worker(pipeline, kafka) as worker:
+        async with Worker(pipeline, _on(kafka)) as worker:
             await _holding_everything(worker, kafka, [topics.step("b")])
             for i in range(n):
                 env = Envelope(
@@ -211,10 +216,10 @@ async def test_a_second_worker_joining_mid_burst_loses_and_duplicates_no_answer(
     pipeline = _chain(pipeline_name)
     topics = PipelineTopics(pipeline.name)
     n = 1500
-    async with Worker(pipeline, kafka) as first, WeirClient(kafka) as client:
+    async with Worker(pipeline, _on(kafka)) as first, WeirClient(kafka) as client:
         await _holding_everything(first, kafka, [topics.answers, topics.step("b")])
         ids = await client.submit_many(pipeline.name, [{"n": i} for i in range(n // 2)])
-        async with Worker(pipeline, kafka) as second:
+        async with Worker(pipeline, _on(kafka)) as second:
             ids += await client.submit_many(pipeline.name, [{"n": i} for i in range(n // 2, n)])
             results, counts = await read_results(kafka, topics.results, n)
             both = first.stats.received + second.stats.received
