@@ -102,12 +102,14 @@ class WeirSettings(KafkaSettings):
     producer_linger_ms: int = Field(default=0, ge=0)
     """How long the worker's producer waits to fill a batch; 0 measured best (BENCHMARKS.md):
     under load batches fill anyway, unloaded every hop saves the wait."""
-    gc_gen0_threshold: int = Field(default=700, ge=0)
-    """The worker's generation-0 GC threshold (700 is Python's default; 0: leave the GC as is).
+    gc_gen0_threshold: int = Field(default=5000, ge=0)
+    """The worker's generation-0 GC threshold (Python's default is 700; 0: leave the GC as is).
 
     A started worker freezes what it allocated while starting (``gc.freeze``), so full
-    collections stop walking long-lived objects; with that, higher thresholds measured no
-    better, batched or not (BENCHMARKS.md).
+    collections stop walking long-lived objects.  A fetched batch's objects live until its
+    send is acknowledged: at 700 they are promoted and walked again by generation-1 and -2
+    collections; at 5,000 the collector's time in a burst measured half (20,000 no better;
+    BENCHMARKS.md, "Fourth pass").
     """
     gc_gen2_threshold: int = Field(default=10, ge=1)
     """Generation-1 collections between full ones (Python's default: 10).  After

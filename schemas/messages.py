@@ -21,10 +21,10 @@ from weir.core.errors import (
 )
 from weir.schemas._codec import MAGIC_BYTE, load_schema
 from weir.schemas._envelope_codec import (
-    decode_fast,
     decode_trace_fast,
     encode_fast,
     encode_trace_fast,
+    envelope_fields,
 )
 
 __all__ = [
@@ -240,6 +240,24 @@ class Envelope:
     error_message: str | None = None
     failed_step: str | None = None
     replay: str | None = None
+    _request_object: dict[str, Any] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """``request`` parsed, once (``request_object``); not on the wire, and not carried by
+    ``dataclasses.replace`` (whose ``request`` may differ)."""
+
+    def request_object(self) -> dict[str, Any]:
+        """``request`` as a dict, parsed on first use and kept: every reader of this
+        envelope (the step's context, its bound fields) shares the one parse."""
+        parsed = self._request_object
+        if parsed is None:
+            parsed = self._request_object = json.loads(self.request)
+        return parsed
+
+    def with_request_object(self, parsed: dict[str, Any]) -> Envelope:
+        """This envelope, knowing ``parsed`` is its ``request`` already parsed."""
+        self._request_object = parsed
+        return self
 
     def encode(self) -> bytes:
         fast = encode_fast(ENVELOPE_SCHEMA.header, self)
@@ -275,8 +293,8 @@ class Envelope:
     def decode(cls, raw: bytes | None) -> Envelope:
         if not raw:
             raise UndecodableError("empty step message")
-        if ENVELOPE_SCHEMA.is_framed(raw) and (fast := decode_fast(raw)) is not None:
-            return cls(**fast)
+        if ENVELOPE_SCHEMA.is_framed(raw) and (fast := envelope_fields(raw)) is not None:
+            return cls(*fast)
         record = ENVELOPE_SCHEMA.decode(raw)
         if record["calls"]:
             record["calls"] = [ModelCall.from_record(c) for c in record["calls"]]
@@ -285,6 +303,7 @@ class Envelope:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (join changelogs store waiting inputs this way)."""
         record = asdict(self)
+        del record["_request_object"]
         record["calls"] = [c.to_record() for c in self.calls]
         return record
 

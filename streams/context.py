@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from weir.core.config import WeirSettings
-    from weir.schemas.messages import ModelCall
+    from weir.schemas.messages import Envelope, ModelCall
     from weir.streams.journal import CallJournal
     from weir.streams.services import WorkerServices
     from weir.streams.tracing import Tracing
@@ -23,20 +23,90 @@ if TYPE_CHECKING:
 __all__ = ["AttemptScope", "StepContext", "current_scope"]
 
 
-@dataclass(frozen=True, slots=True)
 class StepContext:
-    """Injected into any step parameter annotated ``StepContext``."""
+    """Injected into any step parameter annotated ``StepContext``.
 
-    request_id: str
-    pipeline: str
-    step: str
-    attempt: int
-    worker_id: str
-    request: dict[str, Any] = field(repr=False)
-    """The request payload as submitted."""
-    options: dict[str, str] = field(default_factory=dict)
-    submitted_at: int = 0
-    """Epoch milliseconds when the client submitted the request."""
+    ``request`` and ``options`` are made on first use (a step that never reads them
+    costs no JSON parse or copy): from ``source``, the envelope the attempt continues,
+    when they are not given.
+    """
+
+    __slots__ = (
+        "_options",
+        "_request",
+        "_source",
+        "attempt",
+        "pipeline",
+        "request_id",
+        "step",
+        "submitted_at",
+        "worker_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        pipeline: str,
+        step: str,
+        attempt: int,
+        worker_id: str,
+        request: dict[str, Any] | None = None,
+        options: dict[str, str] | None = None,
+        submitted_at: int = 0,
+        source: Envelope | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.pipeline = pipeline
+        self.step = step
+        self.attempt = attempt
+        self.worker_id = worker_id
+        self.submitted_at = submitted_at
+        """Epoch milliseconds when the client submitted the request."""
+        self._request = request
+        self._options = options
+        self._source = source
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request payload as submitted."""
+        if self._request is None:
+            self._request = self._source.request_object() if self._source is not None else {}
+        return self._request
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The request's options (a copy: the step may change it)."""
+        if self._options is None:
+            self._options = dict(self._source.options) if self._source is not None else {}
+        return self._options
+
+    def __repr__(self) -> str:  # the request stays out: it may hold personal data
+        return (
+            f"StepContext(request_id={self.request_id!r}, pipeline={self.pipeline!r},"
+            f" step={self.step!r}, attempt={self.attempt!r}, worker_id={self.worker_id!r},"
+            f" submitted_at={self.submitted_at!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StepContext):
+            return NotImplemented
+        return _fields(self) == _fields(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable caches: not hashable
+
+
+def _fields(ctx: StepContext) -> tuple[Any, ...]:
+    return (
+        ctx.request_id,
+        ctx.pipeline,
+        ctx.step,
+        ctx.attempt,
+        ctx.worker_id,
+        ctx.request,
+        ctx.options,
+        ctx.submitted_at,
+    )
 
 
 Publish = Callable[[str, bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]

@@ -57,16 +57,16 @@ class StepExecutor:
             threads = StepThreads(threads, stuck_max=threads._max_workers)
         self._threads = threads
 
-    def context(self, first: Envelope, request: dict[str, Any] | None = None) -> StepContext:
+    def context(self, first: Envelope) -> StepContext:
+        """The attempt's context; its request is parsed only if something reads it."""
         return StepContext(
             request_id=first.request_id,
             pipeline=self._pipeline,
             step=self.step.name,
             attempt=first.attempt,
             worker_id=self._worker_id,
-            request=json.loads(first.request) if request is None else request,
-            options=dict(first.options),
             submitted_at=first.submitted_at,
+            source=first,
         )
 
     def arguments(
@@ -101,11 +101,12 @@ class StepExecutor:
                         b.adapter.validate_json(raw) if b.adapter else json.loads(raw)
                     )
                     continue
-                if request is None:
-                    request = json.loads(first.request)
                 if b.source == "context":
-                    kwargs[b.parameter] = ctx if ctx is not None else self.context(first, request)
-                elif b.source == "payload":
+                    kwargs[b.parameter] = ctx if ctx is not None else self.context(first)
+                    continue
+                if request is None:
+                    request = first.request_object()
+                if b.source == "payload":
                     kwargs[b.parameter] = (
                         b.adapter.validate_python(request) if b.adapter else request
                     )

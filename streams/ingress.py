@@ -66,6 +66,9 @@ class Ingress:
         """Handlers of the root steps this worker runs (their runners' ``handle``), by step."""
         pipeline = runtime.pipeline
         self._roots = pipeline.root_steps
+        # ``json.dumps(..., separators=...)`` builds an encoder per call: one, kept (the
+        # same text, byte for byte).
+        self._compact = json.JSONEncoder(separators=(",", ":")).encode
         self._fields = [
             (root, b)
             for root in self._roots
@@ -96,7 +99,7 @@ class Ingress:
             self._check_fields(request)
         except MessageError as exc:
             return Outcome(self._rejected(record, exc))
-        payload = json.dumps(request.payload, separators=(",", ":"))
+        payload = self._compact(request.payload)
         replay = _header(record, REPLAY_HEADER)
         # W3C trace context of the producer: in the request, else in a Kafka header.
         traceparent = request.traceparent or _header(record, TRACEPARENT_HEADER)
@@ -106,6 +109,7 @@ class Ingress:
             key = routing_key(payload, request.request_id)
         out = []
         here = []
+        parsed: dict[str, Any] | None = request.payload  # the first root run here takes it
         for root in self._roots:
             env = Envelope(
                 request_id=request.request_id,
@@ -128,6 +132,11 @@ class Ingress:
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
                 step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
+                if parsed is not None:
+                    # The request as the step's context and bound fields read it: parsed
+                    # once, here (a second root parses its own: steps may change it).
+                    env.with_request_object(parsed)
+                    parsed = None
                 # Handed over as the object it was encoded from: no decode of what was
                 # just encoded (the bytes are kept for dead letters and the size check).
                 here.append(runner.prepare(step_record, env))

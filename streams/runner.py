@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -30,7 +31,8 @@ from weir.core.errors import (
     StepError,
     WeirError,
 )
-from weir.schemas.messages import Envelope, ModelCall, TraceEvent, now_ms, now_us
+from weir.schemas.messages import Envelope, TraceEvent, now_ms, now_us
+from weir.streams._attempt import Attempt, TooLarge
 from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
 from weir.streams.cache import StepCache
 from weir.streams.context import AttemptScope, StepContext
@@ -53,23 +55,6 @@ _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 NOT_BEFORE_HEADER = "weir.not_before"
 """On retry-topic messages: epoch milliseconds before which the retry must not start."""
-
-
-@dataclasses.dataclass(slots=True)
-class _Attempt:
-    """Inputs of one attempt, whatever way they arrived (direct, joined, retried)."""
-
-    base: Envelope
-    """The envelope the attempt continues: request, options, trace context, attempt number."""
-    inputs: dict[str, str | None]
-    """Outputs of the dependencies that produced, by step name (skipped ones are absent)."""
-    path: list[str]
-    calls: list[ModelCall]
-    skipped: bool
-    """Every dependency was skipped: so is this step."""
-    completed_join: bool
-    missing: tuple[str, ...] = ()
-    """Dependencies skipped for this request while others produced."""
 
 
 class StepRunner:
@@ -102,6 +87,7 @@ class StepRunner:
                 step=step,
             )
         self._keyed = pipeline.has_conversations
+        self._lag = functools.partial(runtime.lag, step)
         self.join: JoinTable | None = None
         if self.step.is_join:
             self.join = JoinTable(
@@ -169,31 +155,40 @@ class StepRunner:
         if event is not None:
             out += rt.trace(event)
 
-        def too_large(exc: OutputTooLargeError) -> list[OutMessage]:
-            # The attempt worked (or a join waits) but what it must write cannot travel:
-            # the request fails here.
-            rt.stats.failed(exc.error_type)
-            a = attempt
-            if a is None:  # a waiting join's inputs outgrew one message
-                a = _Attempt(env, {}, list(env.path), env.calls, False, False)
-            failed = self._fail_request(record, a, exc, a.base.traceparent)
-            if event is not None:
-                event.status, event.disposition = "FAILURE", "dead_lettered"
-                event.error_type, event.error_message = exc.error_type, str(exc)
-                failed += rt.trace(event)
-            return failed
+        return Outcome(out, too_large=TooLarge(self, record, env, attempt, event))
 
-        return Outcome(out, too_large=too_large)
+    def too_large(
+        self,
+        exc: OutputTooLargeError,
+        record: Record,
+        env: Envelope,
+        attempt: Attempt | None,
+        event: TraceEvent | None,
+    ) -> list[OutMessage]:
+        """What to write when the attempt worked (or a join waits) but what it must write
+        cannot travel: the request fails here."""
+        rt = self._rt
+        rt.stats.failed(exc.error_type)
+        a = attempt
+        if a is None:  # a waiting join's inputs outgrew one message
+            a = Attempt(env, {}, list(env.path), env.calls, False, False)
+        failed = self._fail_request(record, a, exc, a.base.traceparent)
+        if event is not None:
+            event.status, event.disposition = "FAILURE", "dead_lettered"
+            event.error_type, event.error_message = exc.error_type, str(exc)
+            failed += rt.trace(event)
+        return failed
 
-    def _gather(self, record: Record, env: Envelope) -> _Attempt | None:
+    def _gather(self, record: Record, env: Envelope) -> Attempt | None:
         if env.kind == "JOINED":  # a retry or replay of a completed join: the inputs that ran
             inputs = dict(env.inputs)
-            return _Attempt(
+            return Attempt(
                 env, inputs, list(env.path), env.calls, False, False, self._missing(inputs)
             )
         if self.join is None:
             inputs = {env.source: env.payload} if env.source else {}
-            return _Attempt(env, inputs, list(env.path), env.calls, env.kind == "SKIP", False)
+            # The envelope's own path: nothing changes an attempt's path in place.
+            return Attempt(env, inputs, env.path, env.calls, env.kind == "SKIP", False)
         state, got = self.join.offer(record.partition, env)
         if state == "duplicate":
             self._rt.stats.duplicates += 1
@@ -202,7 +197,7 @@ class StepRunner:
             return None
         envelopes = list(got.values())
         produced = {src: e.payload for src, e in got.items() if e.kind == "VALUE"}
-        return _Attempt(
+        return Attempt(
             base=env,
             inputs=produced,
             path=self._rt.merge_paths(e.path for e in envelopes),
@@ -217,7 +212,7 @@ class StepRunner:
 
     # -- the attempt ----------------------------------------------------------------
 
-    async def _run(self, record: Record, a: _Attempt) -> tuple[list[OutMessage], TraceEvent | None]:
+    async def _run(self, record: Record, a: Attempt) -> tuple[list[OutMessage], TraceEvent | None]:
         """Run one attempt; return its messages and its trace event (none for a skip)."""
         rt = self._rt
         if a.skipped:
@@ -230,7 +225,7 @@ class StepRunner:
             context=ctx,
             settings=rt.settings,
             publish=self._publish,
-            lag=lambda: rt.lag(self.name),
+            lag=self._lag,
             tracing=rt.tracing,
             services=rt.services,
             journal=rt.journal,
@@ -241,24 +236,23 @@ class StepRunner:
         hit = False
         encoded: str | None = None
         targets: tuple[str, ...] | None = None
-        said: list[OutMessage] = []  # the conversation's new turns
-        attributes: dict[str, Any] = {}
-        if rt.tracing.recording:
-            attributes = {
-                "weir.pipeline": rt.pipeline.name,
-                "weir.step": self.name,
-                "weir.request_id": base.request_id,
-                "weir.attempt": base.attempt,
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.message.offset": record.offset,
-            }
+        said: list[OutMessage] | None = None  # the conversation's new turns
         t0 = time.perf_counter()
         # Unrecorded spans only carry ids: made after the attempt, without a span object.
         recording = rt.tracing.recording
         block = (
             rt.tracing.span(
-                f"{rt.pipeline.name}.{self.name}", parent=base.traceparent, attributes=attributes
+                f"{rt.pipeline.name}.{self.name}",
+                parent=base.traceparent,
+                attributes={
+                    "weir.pipeline": rt.pipeline.name,
+                    "weir.step": self.name,
+                    "weir.request_id": base.request_id,
+                    "weir.attempt": base.attempt,
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": record.topic,
+                    "messaging.kafka.message.offset": record.offset,
+                },
             )
             if recording
             else _NO_SPAN
@@ -286,7 +280,8 @@ class StepRunner:
             else:
                 trace_id, span_id, traceparent = rt.tracing.ids(base.traceparent)
         duration = (time.perf_counter() - t0) * 1000
-        calls = merge_calls(a.calls, scope.calls)
+        # Most attempts make no model call: their calls are the inputs', as they came.
+        calls = merge_calls(a.calls, scope.calls) if scope.calls else a.calls
         event = TraceEvent(
             pipeline_id=rt.pipeline.name,
             step_name=self.name,
@@ -316,15 +311,17 @@ class StepRunner:
             event.status = "CACHE_HIT"  # costs nothing: no call was made
         if error is None and escalate is not None:
             event.disposition = "escalated"
-            out = self._escalate(a, escalate, traceparent) + said
+            out = self._escalate(a, escalate, traceparent)
         elif error is None:
-            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent) + said
+            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
             out = await self._failed(record, a, error, event, ctx, scope, traceparent)
+        if said and error is None:
+            out += said
         return out, event
 
     async def _outcome(
-        self, a: _Attempt, scope: AttemptScope
+        self, a: Attempt, scope: AttemptScope
     ) -> tuple[str, tuple[str, ...] | None, Escalate | None, bool]:
         """Run the step (or find its output cached): ``(output JSON, targets, escalate, hit)``."""
         base = a.base
@@ -362,7 +359,7 @@ class StepRunner:
         return value
 
     def _escalate(
-        self, a: _Attempt, escalate: Escalate, traceparent: str | None
+        self, a: Attempt, escalate: Escalate, traceparent: str | None
     ) -> list[OutMessage]:
         """To the review topic instead of the answer stage (``weir.streams.review``)."""
         base = a.base
@@ -401,7 +398,7 @@ class StepRunner:
     async def _failed(
         self,
         record: Record,
-        a: _Attempt,
+        a: Attempt,
         error: WeirError,
         event: TraceEvent,
         ctx: StepContext,
@@ -466,7 +463,7 @@ class StepRunner:
     def _fail_request(
         self,
         record: Record,
-        a: _Attempt,
+        a: Attempt,
         error: WeirError,
         traceparent: str | None,
         first_failed_at: int | None = None,
@@ -506,7 +503,7 @@ class StepRunner:
         )
         return [dead, failure]
 
-    def _as_replayable(self, a: _Attempt, traceparent: str | None) -> Envelope:
+    def _as_replayable(self, a: Attempt, traceparent: str | None) -> Envelope:
         """The attempt's inputs as one envelope this step can consume again (retry, replay)."""
         base = a.base
         if a.completed_join or base.kind == "JOINED":
@@ -529,7 +526,7 @@ class StepRunner:
 
     def _emit(
         self,
-        a: _Attempt,
+        a: Attempt,
         *,
         output: str | None,
         targets: tuple[str, ...] | None,
@@ -540,41 +537,52 @@ class StepRunner:
         base = a.base
         skipped = output is None and targets == ()
         path = a.path if skipped else [*a.path, self.name]
-        key = self._key(base)
         created = now_us()
-        headers = None  # the envelope carries the traceparent: not a header too
-
-        def envelope(to: str, take: bool) -> Envelope:
-            return Envelope(
-                request_id=base.request_id,
-                pipeline=base.pipeline,
-                step=to,
-                source=self.name,
-                kind="VALUE" if take else "SKIP",
-                submitted_at=base.submitted_at,
-                created_at=created,
-                request=base.request,
-                payload=output if take else None,
-                traceparent=traceparent,
-                options=base.options,
-                path=path,
-                calls=a.calls,
-                replay=base.replay,
-            )
-
         if not self._dependents:
-            answer = envelope(ANSWER, not skipped)
+            answer = self._envelope(a, ANSWER, output, not skipped, created, traceparent, path)
             # Encoded only if it goes to the answers topic: the answer stage of this worker
             # takes it as the object (``Outbox.shortcut``) when it owns its partition.
             # Keyed by request id: the answer stage deduplicates per partition.
             rid = base.request_id.encode()
-            return [OutMessage(rt.topics.answers, rid, None, headers, decoded=answer)]
+            return [OutMessage(rt.topics.answers, rid, None, None, decoded=answer)]
+        key = self._key(base)
         out = []
         for dep in self._dependents:
-            env = envelope(dep, not skipped and (targets is None or dep in targets))
+            take = not skipped and (targets is None or dep in targets)
+            env = self._envelope(a, dep, output, take, created, traceparent, path)
             # The object goes along: a batch that runs ``dep`` in place takes it as it is.
-            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), headers, decoded=env))
+            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None, decoded=env))
         return out
+
+    def _envelope(
+        self,
+        a: Attempt,
+        to: str,
+        output: str | None,
+        take: bool,
+        created: int,
+        traceparent: str | None,
+        path: list[str],
+    ) -> Envelope:
+        """The output (or a skip) on its way to ``to``; it carries the traceparent, so no
+        header does (a method, not a closure: a closure's cells are objects per attempt)."""
+        base = a.base
+        return Envelope(
+            base.request_id,
+            base.pipeline,
+            to,
+            self.name,
+            "VALUE" if take else "SKIP",
+            base.submitted_at,
+            created,
+            base.request,
+            output if take else None,
+            traceparent=traceparent,
+            options=base.options,
+            path=path,
+            calls=a.calls,
+            replay=base.replay,
+        )
 
     def _key(self, base: Envelope) -> bytes:
         """Every message of a request to a step: keyed by its conversation when it has one."""

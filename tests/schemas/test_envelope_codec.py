@@ -9,7 +9,13 @@ from decimal import Decimal
 
 import fastavro
 
-from weir.schemas._envelope_codec import decode_fast, decode_trace_fast, encode_fast
+from weir.schemas._envelope_codec import (
+    ENVELOPE_FIELDS,
+    decode_fast,
+    decode_trace_fast,
+    encode_fast,
+    envelope_fields,
+)
 from weir.schemas.messages import (
     ENVELOPE_SCHEMA,
     TRACE_EVENT_SCHEMA,
@@ -214,3 +220,10 @@ def test_trace_events_with_calls_or_cut_short_are_left_to_fastavro() -> None:
     for cut in range(0, len(plain)):
         assert decode_trace_fast(TRACE_EVENT_SCHEMA.header, plain[:cut]) is None
     assert decode_trace_fast(ENVELOPE_SCHEMA.header, plain) is None
+
+
+def test_the_fast_reader_gives_the_fields_in_the_envelopes_constructor_order() -> None:
+    init = [f.name for f in dataclasses.fields(Envelope) if f.init]
+    assert list(ENVELOPE_FIELDS) == init
+    env = _envelope(random.Random(3))
+    assert Envelope(*envelope_fields(env.encode()) or ()) == env

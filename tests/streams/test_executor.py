@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -448,3 +449,55 @@ def test_encode_output_handles_models_and_plain_values() -> None:
 def test_encode_output_of_an_unserialisable_value_is_a_step_error() -> None:
     with pytest.raises(StepError, match="step 'odd' returned a value that is not JSON"):
         encode_output(object(), step="odd")
+
+
+def test_a_step_that_never_reads_the_request_does_not_parse_it(
+    threads: ThreadPoolExecutor,
+) -> None:
+    p = Pipeline("shop")
+
+    @p.step()
+    def a(sku: str) -> str:
+        return sku
+
+    @p.step(depends_on=[a])
+    def b(a: str) -> str:
+        return a
+
+    ex = _executor(p, "b", threads)
+    first = dataclasses.replace(_envelope("b", "a", json.dumps("x1")), request="not JSON")
+    ctx = ex.context(first)  # what the runner makes for every attempt
+    assert ex.arguments({"a": json.dumps("x1")}, first, ctx) == {"a": "x1"}
+    assert (ctx.request_id, ctx.attempt, ctx.options) == ("req-1", 2, {"latency_sla": "fast"})
+    with pytest.raises(json.JSONDecodeError):  # parsed only when read
+        _ = ctx.request
+
+
+def test_the_request_is_parsed_once_for_the_context_and_the_bound_fields(
+    threads: ThreadPoolExecutor,
+) -> None:
+    p = Pipeline("shop")
+
+    @p.step()
+    def a(ctx: StepContext, request: Any, sku: str) -> str:
+        return sku
+
+    ex = _executor(p, "a", threads)
+    first = _envelope("a", request={"sku": "X1"})
+    ctx = ex.context(first)
+    kwargs = ex.arguments({}, first, ctx)
+    assert kwargs["request"] is ctx.request == {"sku": "X1"}
+    assert kwargs["sku"] == "X1"
+    # A replaced envelope (a retry's, a dead letter's) parses its own request.
+    other = dataclasses.replace(first, request=json.dumps({"sku": "Y2"}))
+    assert ex.context(other).request == {"sku": "Y2"}
+
+
+def test_step_context_keeps_the_request_out_of_its_repr() -> None:
+    ctx = StepContext(
+        request_id="r", pipeline="p", step="s", attempt=1, worker_id="w", request={"ssn": "1"}
+    )
+    assert "ssn" not in repr(ctx) and "request_id='r'" in repr(ctx)
+    assert ctx == StepContext(
+        request_id="r", pipeline="p", step="s", attempt=1, worker_id="w", request={"ssn": "1"}
+    )
