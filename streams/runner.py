@@ -113,13 +113,6 @@ class StepRunner:
         its records is run in one go, not as a task per record."""
         return self.step.inline and not self.step.is_async and not self.step.log_io
 
-    @property
-    def runs_in_place(self) -> bool:
-        """A batch that sends this step's input may run it on the object, in the same task
-        (``weir.streams._in_place``): batchable, with no join or conversation that must see
-        its inputs in their partition's order."""
-        return self.batchable and self.join is None and self.conversations is None
-
     async def handle(self, record: Record, owned: Owned) -> None:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
@@ -546,12 +539,12 @@ class StepRunner:
             rid = base.request_id.encode()
             return [OutMessage(rt.topics.answers, rid, None, None, decoded=answer)]
         key = self._key(base)
-        out = []
+        out, keep = [], rt.settings.in_place_steps  # the object, for a batch running dep
         for dep in self._dependents:
             take = not skipped and (targets is None or dep in targets)
             env = self._envelope(a, dep, output, take, created, traceparent, path)
-            # The object goes along: a batch that runs ``dep`` in place takes it as it is.
-            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None, decoded=env))
+            kept = env if keep else None
+            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None, decoded=kept))
         return out
 
     def _envelope(

@@ -142,11 +142,15 @@ class Worker:
         self._partitions = Partitions(settings.max_in_flight)
         self._build(only)
         self._placement = Placement(self._partitioner)
-        # The steps a batch may run on its own outputs, in its task (``_in_place``).
+        # The steps a batch may run on its outputs, in its task (``_in_place``): batchable,
+        # with no join or conversation that must see its inputs in their partition's order.
         in_place = {
             self.topics.step(name): (name, runner.prepare)
             for name, runner in self.runners.items()
-            if runner.runs_in_place and settings.in_place_steps
+            if settings.in_place_steps
+            and runner.batchable
+            and runner.join is None
+            and runner.conversations is None
         }
         self._records = RecordTasks(
             self._runtime,
