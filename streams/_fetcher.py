@@ -81,9 +81,14 @@ class Fetcher:
             take.append(record)
         if not take:
             return
+        # Records this worker already ran in place: a header check, before any decode.
+        skipped = {r.offset for r in take if self._records.skips(r)}
+        if len(skipped) == len(take):
+            self._records.start_batch(tp, take, route, 0, skipped=skipped)
+            return
         # Back-pressure: a batch holds a slot per record (at most all of them), so no more
         # than max_in_flight records are held, batched or not.
-        slots = min(len(take), self.settings.max_in_flight)
+        slots = min(len(take) - len(skipped), self.settings.max_in_flight)
         for _ in range(slots):
             await self._partitions.slots.acquire()
         if not self._partitions.takes(tp):
@@ -91,7 +96,7 @@ class Fetcher:
                 self._partitions.slots.release()
             self._unfetch(tp, take[0].offset)
             return
-        self._records.start_batch(tp, take, route, slots)
+        self._records.start_batch(tp, take, route, slots, skipped=skipped)
 
     def _unfetch(self, tp: TopicPartition, offset: int) -> None:
         """Give back records of a partition that is not (or no longer) ours to process.

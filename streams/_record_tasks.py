@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 
 from aiokafka import TopicPartition
 
 from weir.core.errors import WeirError
 from weir.schemas.messages import now_us
+from weir.streams._in_place import InPlace, Landing
 from weir.streams._partitions import Partitions
 from weir.streams._runtime import Record, Runtime, guess_request_id
 from weir.streams.dead_letter import error_type_of
@@ -29,6 +31,8 @@ log = logging.getLogger("weir.worker")
 
 Handler = Callable[[Record, Owned], Awaitable[None]]
 Preparer = Callable[[Record], Awaitable[Outcome]]
+_Work = tuple[str, Record, Callable[[], Awaitable[Outcome]]]
+"""A record to prepare: its stage, the record, and the call that prepares it."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,14 @@ class RecordTasks:
         runtime: Runtime,
         partitions: Partitions,
         pack: Callable[[list[OutMessage]], list[OutMessage]],
+        in_place: InPlace | None = None,
     ) -> None:
         self._runtime = runtime
         self._partitions = partitions
         self._pack = pack
         """Packs a batch's trace events per trace partition (``weir.streams._trace_batch``)."""
+        self._in_place = in_place
+        """Runs the next steps of a batch's outputs in its task (``weir.streams._in_place``)."""
 
     def start(self, tp: TopicPartition, record: Record, route: Route) -> None:
         """Run one record in its own task (its slot already taken)."""
@@ -66,14 +73,34 @@ class RecordTasks:
         self._partitions.inflight[tp].add(task)
 
     def start_batch(
-        self, tp: TopicPartition, records: list[Record], route: Route, slots: int
+        self,
+        tp: TopicPartition,
+        records: list[Record],
+        route: Route,
+        slots: int,
+        *,
+        skipped: Collection[int] = (),
     ) -> None:
-        """Run a batch of an inline stage in one task (its ``slots`` already taken)."""
+        """Run a batch of an inline stage in one task (its ``slots`` already taken).
+
+        ``skipped``: offsets among ``records`` that this worker ran in place
+        (``InPlace.skips``): finished at once, not run again.
+        """
         tracker = self._partitions.offsets[tp]
         for record in records:
             tracker.track(record.offset)
+        if skipped:
+            for offset in skipped:
+                tracker.finish(offset)
+            records = [r for r in records if r.offset not in skipped]
+        if not records:
+            return
         task = asyncio.create_task(self.process_batch(tp, records, route, tracker, slots))
         self._partitions.inflight[tp].add(task)
+
+    def skips(self, record: Record) -> bool:
+        """A record this worker marked and ran in place (see ``weir.streams._in_place``)."""
+        return self._in_place is not None and self._in_place.skips(record)
 
     async def park(self, stage: str, record: Record, error: Exception, owned: Owned) -> None:
         """Dead-letter a record whose handling raised unexpectedly.
@@ -181,38 +208,29 @@ class RecordTasks:
         The same guarantees as ``process`` per record: a record whose handling raises is
         parked alone; when the batch's send is refused (a message too large), every
         record's outcome is delivered on its own, so only the offending request fails.
+        Outputs for steps run in place (``weir.streams._in_place``) are run here once
+        acknowledged, round after round; the batch's offsets are finished after the last.
         """
         prepare = route.prepare
         assert prepare is not None
-        self._runtime.stats.received += len(records)
-        outbox = self._runtime.outbox
 
         def owned() -> bool:
             return tp in self._partitions.assigned
 
         try:
-            outcomes: list[tuple[Record, Outcome]] = []
-            for record in records:
-                try:
-                    outcomes.append((record, await prepare(record)))
-                except (asyncio.CancelledError, Abandoned):
-                    raise
-                except Exception as exc:
-                    await self._failed(tp, route.stage, record, exc, owned)
-            messages = [m for _, outcome in outcomes for m in outcome.messages()]
-            try:
-                await outbox.send_all(self._pack(messages), owned=owned)
-            except (asyncio.CancelledError, Abandoned):
-                raise
-            except Exception:
-                for record, outcome in outcomes:
-                    try:
-                        await outcome.deliver(outbox, owned)
-                    except (asyncio.CancelledError, Abandoned):
-                        raise
-                    except Exception as exc:
-                        await self._failed(tp, route.stage, record, exc, owned)
-            self._runtime.stats.completed += len(records)
+            landings = await self._round(
+                tp, [(route.stage, r, partial(prepare, r)) for r in records], owned
+            )
+            while landings:
+                in_place = self._in_place
+                assert in_place is not None
+                work: list[_Work] = []
+                for ld in landings:
+                    record = ld.record()
+                    work.append(
+                        (ld.stage, record, partial(in_place.stage(ld), record, ld.envelope))
+                    )
+                landings = await self._round(tp, work, owned)
             for record in records:
                 tracker.finish(record.offset)
         except (asyncio.CancelledError, Abandoned):
@@ -224,6 +242,46 @@ class RecordTasks:
                 tracker.finish(record.offset)
         finally:
             self._partitions.finished(tp, slots)
+
+    async def _round(
+        self,
+        tp: TopicPartition,
+        work: list[_Work],
+        owned: Owned,
+    ) -> list[Landing]:
+        """Prepare each record (in order), send everything; the outputs to run in place next."""
+        stats = self._runtime.stats
+        stats.received += len(work)
+        outbox = self._runtime.outbox
+        outcomes: list[tuple[str, Record, Outcome]] = []
+        for stage, record, prepare in work:
+            try:
+                outcomes.append((stage, record, await prepare()))
+            except (asyncio.CancelledError, Abandoned):
+                raise
+            except Exception as exc:
+                await self._failed(tp, stage, record, exc, owned)
+        messages = [m for *_, outcome in outcomes for m in outcome.messages()]
+        landings: list[Landing] = []
+        if self._in_place is not None:
+            messages, landings = self._in_place.mark(messages)
+        try:
+            await outbox.send_all(self._pack(messages), owned=owned)
+        except (asyncio.CancelledError, Abandoned):
+            raise
+        except Exception:
+            # Each on its own, unmarked: what must run next goes by its topic (a marked
+            # copy that did land is skipped here, and this one is read instead).
+            landings = []
+            for stage, record, outcome in outcomes:
+                try:
+                    await outcome.deliver(outbox, owned)
+                except (asyncio.CancelledError, Abandoned):
+                    raise
+                except Exception as exc:
+                    await self._failed(tp, stage, record, exc, owned)
+        stats.completed += len(work)
+        return landings
 
     async def _failed(
         self, tp: TopicPartition, stage: str, record: Record, exc: Exception, owned: Owned

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
@@ -48,9 +49,18 @@ class OutMessage(NamedTuple):
     """Sent once the rest of the same send is acknowledged: a join's done marker after the
     join's outputs, so a crash between them cannot keep the marker and lose the outputs
     (their partitions may have other leaders than the marker's)."""
+    landed: Callable[[int, int], None] | None = None
+    """Told ``(partition, offset)`` when the broker acknowledges the message (before its
+    ``send_all`` returns): where a record run in place really is (``weir.streams._in_place``)."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+def _tell_landed(landed: Callable[[int, int], None], ack: asyncio.Future[object]) -> None:
+    if not ack.cancelled() and ack.exception() is None:
+        where = ack.result()
+        landed(where.partition, where.offset)  # type: ignore[attr-defined]
 
 
 def _encoded(message: OutMessage) -> OutMessage:
@@ -274,4 +284,7 @@ class Outbox:
                         # call's messages (the caller sends them all again, or gives up).
                         group.settle(exc, len(messages) - i)
                         break
+                    if m.landed is not None:
+                        # Before the group's: the caller reads where it landed once it is done.
+                        ack.add_done_callback(partial(_tell_landed, m.landed))
                     ack.add_done_callback(group.acked)

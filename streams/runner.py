@@ -536,11 +536,12 @@ class StepRunner:
             rid = base.request_id.encode()
             return [OutMessage(rt.topics.answers, rid, None, None, decoded=answer)]
         key = self._key(base)
-        out = []
+        out, keep = [], rt.settings.in_place_steps  # the object, for a batch running dep
         for dep in self._dependents:
             take = not skipped and (targets is None or dep in targets)
             env = self._envelope(a, dep, output, take, created, traceparent, path)
-            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None))
+            kept = env if keep else None
+            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None, decoded=kept))
         return out
 
     def _envelope(

@@ -44,6 +44,7 @@ from weir.schemas.registry import SchemaRegistry
 from weir.streams._clients import cancel, drain, worker_consumer, worker_producer
 from weir.streams._fetcher import Fetcher
 from weir.streams._gc import tune_gc
+from weir.streams._in_place import InPlace
 from weir.streams._partitions import Partitions
 from weir.streams._placement import Placement
 from weir.streams._rebalance import Rebalance
@@ -142,10 +143,21 @@ class Worker:
         self._partitions = Partitions(settings.max_in_flight)
         self._build(only)
         self._placement = Placement(self._partitioner)
+        # The steps a batch may run on its outputs, in its task (``_in_place``): batchable,
+        # with no join or conversation that must see its inputs in their partition's order.
+        in_place = {
+            self.topics.step(name): (name, runner.prepare)
+            for name, runner in self.runners.items()
+            if settings.in_place_steps
+            and runner.batchable
+            and runner.join is None
+            and runner.conversations is None
+        }
         self._records = RecordTasks(
             self._runtime,
             self._partitions,
             lambda messages: self._placement.pack_traces(messages, settings.trace_topic),
+            InPlace(in_place, partitions=self._partitions, placement=self._placement),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.review_desk = ReviewDesk(self.settings, self.pipeline.name)

@@ -154,8 +154,28 @@ def hung(name: str) -> Pipeline:
     return p
 
 
+def inline_chain(name: str) -> Pipeline:
+    """Three inline steps in a row: the second and third run in place (``_in_place``)."""
+    p = Pipeline(name)
+
+    @p.step(inline=True)
+    def first(n: int) -> int:
+        return n + 1
+
+    @p.step(depends_on=[first], inline=True)
+    def second(first: int) -> int:
+        return first * 2
+
+    @p.step(depends_on=[second], inline=True)
+    def third(second: int) -> dict[str, int]:
+        return {"n": second + 1}
+
+    return p
+
+
 _NAME = os.environ.get("WEIR_TEST_PIPELINE", "test-pipeline")
 _SLOW = float(os.environ.get("WEIR_TEST_SLOW_S", "0"))
 _HOLD = float(os.environ.get("WEIR_TEST_HOLD_S", "0"))
 diamond_pipeline = diamond(_NAME, _SLOW, _HOLD)
 hung_pipeline = hung(_NAME)
+inline_chain_pipeline = inline_chain(_NAME)

@@ -18,13 +18,14 @@ import pytest
 from aiokafka import TopicPartition
 
 from tests._kafka import read_results, read_topic
-from tests._pipelines import diamond
+from tests._pipelines import diamond, inline_chain
 from tests._sink import free_port
 from tests.conftest import worker_env
 from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import Envelope, Result
 from weir.streams import WeirClient, Worker
+from weir.streams._in_place import IN_PLACE_HEADER
 from weir.topics._aiokafka import rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.broker import LocalBroker, free_port_pair
@@ -77,9 +78,11 @@ class _Counter:
                 await asyncio.sleep(0.05)
 
 
-def _spawn(repo: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    repo: Path, env: dict[str, str], log: Path, target: str = "tests._pipelines:diamond_pipeline"
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "weir", "worker", "tests._pipelines:diamond_pipeline"],
+        [sys.executable, "-m", "weir", "worker", target],
         cwd=repo,
         env=env,
         stdout=log.open("ab"),
@@ -180,6 +183,40 @@ async def test_a_copy_of_a_join_input_seen_while_the_join_runs_does_not_end_it_b
     assert counts == {rid: 1}, log.read_text()[-3000:]
     assert results[rid].status == "SUCCESS"
     assert results[rid].value == _expected(4)
+
+
+async def test_sigkills_in_an_inline_chain_run_in_place_lose_and_duplicate_nothing(
+    kafka, pipeline_name, repo_root, tmp_path
+):
+    """Three inline steps, the last two run in place; the worker is killed -9 twice."""
+    n = 4000
+    target = "tests._pipelines:inline_chain_pipeline"
+    async with TopicAdmin(kafka) as admin:
+        await admin.ensure(topic_specs(inline_chain(pipeline_name), kafka))
+    env = worker_env(kafka, WEIR_TEST_PIPELINE=pipeline_name, WEIR_IN_PLACE_STEPS="true")
+    log = tmp_path / "worker.log"
+    topics = PipelineTopics(pipeline_name)
+    proc = _spawn(repo_root, env, log, target)
+    try:
+        async with WeirClient(kafka) as client, _Counter(kafka, topics.results) as counter:
+            ids = await client.submit_many(pipeline_name, [{"n": i} for i in range(n)])
+            for threshold in (n // 4, n // 2):
+                await counter.reach(threshold)
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(30) == -signal.SIGKILL
+                proc = _spawn(repo_root, env, log, target)
+            await counter.reach(n, timeout=240)
+        results, counts = await read_results(kafka, topics.results, n, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert set(results) == set(ids), f"{len(set(ids) - set(results))} requests unanswered"
+    assert [rid for rid, c in counts.items() if c > 1] == [], "answered more than once"
+    for i, rid in enumerate(ids):
+        assert results[rid].value == {"n": (i + 1) * 2 + 1}, results[rid]
+    # The chain did run in place: its records are on the step topics, marked.
+    marked = await read_topic(kafka, topics.step("third"), idle_s=0.5)
+    assert any(IN_PLACE_HEADER in dict(r.headers) for r in marked)
 
 
 @pytest.fixture
