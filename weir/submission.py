@@ -143,14 +143,19 @@ async def submit_file(
     fmt: Literal["json", "avro"] = "json",
     restart: bool = False,
     window: int = 20_000,
+    rate: float | None = None,
     on_acked: Callable[[int], None] = lambda n: None,
     on_start: Callable[[SubmitReport], None] = lambda r: None,
 ) -> SubmitReport:
     """Send every line of ``path`` not acknowledged by an earlier run; keep track of acks.
 
     ``client`` is a started ``WeirClient``; at most ``window`` requests await
-    their ack at once.
+    their ack at once, and at most ``rate`` are sent per second (``None``: no limit).
     """
+    if rate is not None and rate <= 0:
+        raise ConfigError(f"--rate must be a positive number of requests per second, got {rate}")
+    interval = 1.0 / rate if rate is not None else 0.0
+    next_at = time.monotonic()
     progress = await asyncio.to_thread(FileProgress, path, pipeline=pipeline, restart=restart)
     report = SubmitReport(lines=len(progress.done), already=progress.done.count(1))
     sent_now = bytearray(len(progress.done))
@@ -197,6 +202,10 @@ async def submit_file(
                     kind = type(payload).__name__
                     report.bad.append((index + 1, f"a JSON {kind}, not an object"))
                     continue
+                if interval:  # paced against a schedule, so short sleeps do not add up
+                    next_at = max(next_at + interval, time.monotonic() - 1.0)
+                    if (delay := next_at - time.monotonic()) > 0:
+                        await asyncio.sleep(delay)
                 await room.acquire()
                 try:
                     future = await client.enqueue(

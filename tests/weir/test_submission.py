@@ -51,8 +51,15 @@ async def test_an_interrupted_submission_resumes_without_sending_acknowledged_li
     progress = tmp_path / ("chunks.jsonl" + SUFFIX)
     command = [sys.executable, "-m", "weir", "submit", pipeline_name, "--file", str(source)]
     env = worker_env(kafka)
+    # Paced (12 s at least), so the interruption lands mid-run however fast the machine is.
     first = await asyncio.create_subprocess_exec(
-        *command, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        *command,
+        "--rate",
+        "5000",
+        cwd=repo_root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     # Interrupt once the first acknowledgements are on record, long before the end.
     for _ in range(1200):
@@ -121,3 +128,10 @@ def test_the_progress_file_is_beside_the_input(tmp_path: Path) -> None:
     assert (
         FileProgress(source, pipeline="p", restart=False).path == tmp_path / "x.jsonl.weir-progress"
     )
+
+
+async def test_a_rate_that_is_not_positive_is_refused(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "t"}\n')
+    with pytest.raises(ConfigError, match="--rate must be a positive number"):
+        await submit_file(None, "p", source, rate=0)

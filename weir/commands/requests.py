@@ -89,6 +89,10 @@ def submit(
         bool,
         typer.Option(help="--file: ignore FILE.weir-progress and send every line again."),
     ] = False,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="--file: send at most this many requests per second."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Submit requests to a pipeline's requests topic; print their request ids.
@@ -101,7 +105,7 @@ def submit(
     options = _read_options(option or [])
     settings = load_settings(config)
     if file is not None and json_text is None:
-        _submit_file(pipeline, file, options, avro, wait, timeout, restart, settings)
+        _submit_file(pipeline, file, options, avro, wait, timeout, restart, rate, settings)
         return
     payloads = _read_payloads(json_text, file)
 
@@ -142,6 +146,7 @@ def _submit_file(
     wait: bool,
     timeout: float,
     restart: bool,
+    rate: float | None,
     settings: Any,
 ) -> None:
     from weir.core.errors import WeirError
@@ -177,6 +182,7 @@ def _submit_file(
                     options=options,
                     fmt="avro" if avro else "json",
                     restart=restart,
+                    rate=rate,
                     on_acked=acked,
                     on_start=begin,
                 )
