@@ -51,7 +51,8 @@ async def test_an_interrupted_submission_resumes_without_sending_acknowledged_li
     progress = tmp_path / ("chunks.jsonl" + SUFFIX)
     command = [sys.executable, "-m", "weir", "submit", pipeline_name, "--file", str(source)]
     env = worker_env(kafka)
-    # Paced (12 s at least), so the interruption lands mid-run however fast the machine is.
+    # Paced (12 s at least), so the interruption lands mid-run however fast the machine is;
+    # SIGINT as a terminal delivers it (a background job, `make test &`, inherits it ignored).
     first = await asyncio.create_subprocess_exec(
         *command,
         "--rate",
@@ -60,6 +61,7 @@ async def test_an_interrupted_submission_resumes_without_sending_acknowledged_li
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Interrupt once the first acknowledgements are on record, long before the end.
     for _ in range(1200):
