@@ -11,12 +11,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import confluent_kafka
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from weir.core._producers import Batches, Outgoing
 from weir.core.errors import BrokerError
 from weir.core.secrets import scrub
 
@@ -158,6 +160,20 @@ class ConfluentProducer:
         self._pending += 1
         self._idle.clear()
         return future
+
+    async def send_batches(self, messages: Sequence[Outgoing]) -> Batches:
+        """One future per message: librdkafka batches in C, its reports come per message."""
+        batches: Batches = []
+        for i, m in enumerate(messages):
+            try:
+                future = await self.send(
+                    m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition
+                )
+            except MessageSizeTooLargeError as exc:
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+            batches.append((future, [i]))
+        return batches
 
     async def flush(self) -> None:
         if self._idle is not None:

@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
-from weir.core._producers import AiokafkaProducer, DataProducer
+from weir.core._producers import MAX_REQUEST_BYTES, AiokafkaProducer, DataProducer, send_batches
 from weir.core.config import (
     KafkaClient,
     KafkaSaslMechanism,
@@ -43,7 +43,7 @@ from weir.core.errors import BrokerError, ConfigError
 from weir.core.oauth import OidcTokenProvider
 from weir.core.secrets import SecretResolver, scrub
 
-__all__ = ["DataProducer", "KafkaConnection", "TlsFiles"]
+__all__ = ["DataProducer", "KafkaConnection", "TlsFiles", "send_batches"]
 
 # Options that belong to the connection: a call site may not override them, so one
 # client cannot silently bypass TLS or authenticate as someone else.
@@ -202,9 +202,11 @@ class KafkaConnection:
                     enable_idempotence=True,
                     linger_ms=linger_ms,
                     max_batch_size=batch_bytes,
+                    max_request_size=MAX_REQUEST_BYTES,
                     request_timeout_ms=request_timeout_ms,
                     **options,
-                )
+                ),
+                partitioner,
             )
         config = self.rdkafka_options() | {
             "client.id": client_id,
@@ -217,7 +219,7 @@ class KafkaConnection:
             # the outbox then decides (send again, or give the input up).
             "message.timeout.ms": request_timeout_ms,
             # aiokafka's max_request_size, so both refuse the same messages.
-            "message.max.bytes": 1_048_576,
+            "message.max.bytes": MAX_REQUEST_BYTES,
             "partitioner": "murmur2_random",
         }
         try:

@@ -36,7 +36,7 @@ from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 from aiokafka.structs import ConsumerRecord
 
 from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
-from weir.core.kafka import KafkaConnection
+from weir.core.kafka import KafkaConnection, send_batches
 from weir.schemas._result_codec import ResultFields
 from weir.schemas.messages import Envelope, ModelCall, now_ms, now_us, total_usage
 from weir.streams._runtime import Record, Runtime, merge_calls
@@ -345,6 +345,10 @@ class AnswerStage:
         writer.forget(self._answered.oldest(p, lambda a: a.at < cutoff, limit=100), self._answered)
 
 
+def _no_partitioner(key: bytes | None, every: list[int], available: list[int]) -> int:
+    raise AssertionError("an answers transaction names every message's partition")
+
+
 @dataclass
 class _Pending:
     request_id: str
@@ -511,26 +515,22 @@ class _Writer:
         try:
             async with asyncio.timeout(30):
                 await producer.begin_transaction()
-                futures = [
-                    await producer.send(
-                        m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition
-                    )
-                    for pending in batch
-                    for m in pending.messages
-                ]
-                futures += [
-                    await producer.send(m.topic, value=None, key=m.key, partition=m.partition)
-                    for m in tombstones
-                ]
-                sent = await asyncio.gather(*futures)
+                # Every message names its partition (this writer's), so no partitioner.
+                messages = [m for pending in batch for m in pending.messages] + tombstones
+                batches = await send_batches(producer, messages, _no_partitioner)
+                firsts = await asyncio.gather(*(ack for ack, _ in batches))
                 await producer.commit_transaction()
         except BaseException:
             self._tombstones = tombstones + self._tombstones
             raise
         changelog = self._rt.topics.answered_changelog
-        offsets = [r.offset for r in sent if r.topic == changelog]
-        if offsets:
-            self.known_until = max(self.known_until, max(offsets) + 1)
+        ends = [
+            first.offset + len(members)
+            for first, (_, members) in zip(firsts, batches, strict=True)
+            if first.topic == changelog
+        ]
+        if ends:
+            self.known_until = max(self.known_until, *ends)
 
     async def _settle(self, batch: list[_Pending]) -> list[_Pending]:
         """Drop from ``batch`` the answers a transaction whose outcome we missed committed."""

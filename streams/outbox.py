@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
@@ -57,10 +57,20 @@ class OutMessage(NamedTuple):
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 
-def _tell_landed(landed: Callable[[int, int], None], ack: asyncio.Future[object]) -> None:
-    if not ack.cancelled() and ack.exception() is None:
-        where = ack.result()
-        landed(where.partition, where.offset)  # type: ignore[attr-defined]
+def _acked(
+    messages: list[OutMessage], owners: list[_Group], members: list[int], ack: asyncio.Future[Any]
+) -> None:
+    """One batch's acknowledgement: told to each message's ``landed`` then to its group."""
+    error = KafkaError("send cancelled") if ack.cancelled() else ack.exception()
+    if error is None:
+        first = ack.result()  # an ``Ack``
+        for n, i in enumerate(members):
+            landed = messages[i].landed
+            if landed is not None:
+                # Before the group's: the caller reads where it landed once it is done.
+                landed(first.partition, first.offset + n)
+    for i in members:
+        owners[i].settle(error)
 
 
 def _encoded(message: OutMessage) -> OutMessage:
@@ -128,12 +138,6 @@ class _Group:
         self.remaining = count
         self.error: BaseException | None = None
 
-    def acked(self, ack: asyncio.Future[object]) -> None:
-        if ack.cancelled():
-            self.settle(KafkaError("send cancelled"))
-        else:
-            self.settle(ack.exception())
-
     def settle(self, error: BaseException | None, count: int = 1) -> None:
         if error is not None and self.error is None:
             self.error = error
@@ -151,8 +155,8 @@ class Outbox:
     Every ``send_all`` call queues its messages; one flusher hands the queue to the
     producer in order.  When a partition's batch is full, only the flusher waits for
     it to drain — not every caller (aiokafka wakes all waiters of a drained batch,
-    a herd that cost a quarter of the worker's CPU under load) — and a call's acks
-    are counted by one callback each, not gathered.
+    a herd that cost a quarter of the worker's CPU under load) — and each flush
+    goes out as one batch per partition, its acknowledgement counted by one callback.
     """
 
     def __init__(self, *, max_backoff_s: float = 5.0) -> None:
@@ -262,29 +266,21 @@ class Outbox:
         assert producer is not None
         while self._queue:
             queue, self._queue = self._queue, []
-            for n, (messages, group) in enumerate(queue):
-                for i, m in enumerate(messages):
-                    try:
-                        ack = await producer.send(
-                            m.topic,
-                            value=m.value,
-                            key=m.key,
-                            headers=m.headers,
-                            partition=m.partition,
-                        )
-                    except asyncio.CancelledError:
-                        stopped = KafkaError("outbox stopped")
-                        group.settle(stopped, len(messages) - i)
-                        for _, rest in queue[n + 1 :] + self._queue:
-                            rest.settle(stopped, rest.remaining)
-                        self._queue = []
-                        raise
-                    except Exception as exc:
-                        # Not handed to the producer: neither this one nor the rest of the
-                        # call's messages (the caller sends them all again, or gives up).
-                        group.settle(exc, len(messages) - i)
-                        break
-                    if m.landed is not None:
-                        # Before the group's: the caller reads where it landed once it is done.
-                        ack.add_done_callback(partial(_tell_landed, m.landed))
-                    ack.add_done_callback(group.acked)
+            messages = [m for ms, _ in queue for m in ms]
+            owners = [group for ms, group in queue for _ in ms]
+            try:
+                batches = await producer.send_batches(messages)
+            except asyncio.CancelledError:
+                stopped = KafkaError("outbox stopped")
+                for _, group in queue + self._queue:
+                    group.settle(stopped, group.remaining)
+                self._queue = []
+                raise
+            except Exception as exc:
+                # Some batches may be queued: their acks come too late to matter, as every
+                # caller of this round fails (and sends again, or gives up).
+                for _, group in queue:
+                    group.settle(exc, group.remaining)
+                continue
+            for ack, members in batches:
+                ack.add_done_callback(partial(_acked, messages, owners, members))

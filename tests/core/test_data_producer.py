@@ -165,3 +165,64 @@ def test_librdkafka_gets_the_same_security_and_no_repr_shows_a_secret(
         kafka_bootstrap="b:9093", kafka_security_protocol="SSL", kafka_client="confluent"
     )
     assert KafkaConnection.of(system).rdkafka_options()["ssl.ca.location"] == "probe"
+
+
+class _Message:
+    """What ``send_batches`` takes (``Outgoing``), without the outbox's extras."""
+
+    def __init__(self, topic: str, i: int, partition: int | None = None, size: int = 0) -> None:
+        self.topic = topic
+        self.key: bytes | None = f"k{i % 37}".encode()
+        self.value: bytes | None = (b"x" * size) if size else f"value-{i}".encode()
+        self.headers: list[tuple[str, bytes]] | None = [("n", str(i).encode())]
+        self.partition = partition
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_send_batches_keeps_order_per_partition_and_says_where_each_message_is(
+    kafka, client
+) -> None:
+    count = kafka.partitions
+    assert count >= 3
+    topic = await _topic(kafka, count)
+    # Small batches, so a partition's messages fill several.
+    producer = _producer(kafka, client, batch_bytes=16_384)
+    await producer.start()
+    try:
+        messages = [
+            _Message(topic, i, partition=2 if i % 7 == 0 else None, size=900 if i % 5 else 0)
+            for i in range(600)
+        ]
+        messages.insert(100, _Message(topic, 600, size=2_000_000))  # refused, alone
+        batches = await producer.send_batches(messages)
+        where: dict[int, tuple[int, int]] = {}
+        for ack, members in batches:
+            if 100 in members:
+                assert members == [100]
+                with pytest.raises(MessageSizeTooLargeError):
+                    await ack
+                continue
+            first = await ack
+            for n, i in enumerate(members):
+                where[i] = (first.partition, first.offset + n)
+    finally:
+        await producer.stop()
+    assert client == "confluent" or len(batches) < 100  # aiokafka: a batch per partition's fill
+    records = await read_topic(kafka, topic, until=600)
+    assert len(records) == 600
+    for record in records:
+        i = int(dict(record.headers)["n"])
+        position = messages.index(
+            next(m for m in messages if m.headers == [("n", str(i).encode())])
+        )
+        assert where[position] == (record.partition, record.offset)
+        assert record.key == messages[position].key and record.value == messages[position].value
+        expected = messages[position].partition
+        if expected is None:
+            expected = KeyPartitioner()(record.key, list(range(count)), list(range(count)))
+        assert record.partition == expected
+    # Within each partition, the records are in the order they were given.
+    for partition in range(count):
+        order = [int(dict(r.headers)["n"]) for r in records if r.partition == partition]
+        offsets = [r.offset for r in records if r.partition == partition]
+        assert order == sorted(order) and offsets == sorted(offsets)

@@ -32,8 +32,8 @@ async def test_a_message_marked_after_waits_for_the_rest_of_its_send_to_be_ackno
     outputs, marker = f"{pipeline_name}.outputs", f"{pipeline_name}.marker"
     async with TopicAdmin(kafka) as admin:  # the outputs' topic does not exist yet
         await admin.ensure([TopicSpec(marker, 1, 1, keyed=False)])
-    producer = KafkaConnection.of(kafka).producer(
-        acks="all", enable_idempotence=True, request_timeout_ms=2000
+    producer = KafkaConnection.of(kafka).data_producer(
+        client_id="test-outbox", linger_ms=0, batch_bytes=16_384, request_timeout_ms=2000
     )
     await producer.start()
     outbox = Outbox(max_backoff_s=0.5)
