@@ -449,8 +449,10 @@ class _Writer:
     async def _loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            # A moment for concurrent answers to join this transaction.
-            await asyncio.sleep(0.002)
+            # One turn of the loop for the answers of the same batch to join this
+            # transaction; under load, the answers that come while it commits make the next.
+            # (A fixed 2 ms wait here was a third of the last hop's unloaded latency.)
+            await asyncio.sleep(0)
             while not self._queue.empty() and len(batch) < 500:
                 batch.append(self._queue.get_nowait())
             try:
