@@ -397,7 +397,8 @@ class _Writer:
             transactional_id=self._tid,
             enable_idempotence=True,
             acks="all",
-            linger_ms=1,
+            # Its batches are made whole (``send_batches``): lingering would only delay them.
+            linger_ms=0,
             request_timeout_ms=15000,
         )
         # Starting registers the transactional id: an earlier holder is fenced, and the
