@@ -5,8 +5,9 @@ codecs take 2-7x less CPU per message and a worker ~35% less per request (BENCHM
 The rest of the package is not compiled.  ``WEIR_PURE_PYTHON=1`` skips the compilation;
 so does a machine without a C compiler (with a warning), and weir then runs the same code,
 slower.  A module is listed here only if the whole suite passes with it compiled: mypyc
-does not set ``__cause__`` on ``raise ... from`` (the executor's ``StepError`` needs it, so
-``streams/executor.py`` stays out) and its dataclasses need their field types at run time.
+does not set ``__cause__`` on ``raise ... from`` (compiled modules raise
+``weir.core.errors.caused_by(error, cause)`` instead) and its dataclasses need their field
+types at run time (``streams/context.py`` imports them for type checking only: not listed).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ COMPILED = [
     "weir/streams/_record_tasks.py",
     "weir/streams/_trace_batch.py",
     "weir/streams/offsets.py",
+    "weir/streams/executor.py",
+    "weir/streams/ingress.py",
     "weir/streams/runner.py",
 ]
 
@@ -36,8 +39,12 @@ def _extensions() -> list[object]:
     try:
         from mypyc.build import mypycify
 
-        return list(mypycify(COMPILED, opt_level="3", group_name="weir._codecs"))
-    except Exception as exc:  # no compiler, no headers: weir still works, uncompiled
+        # The same build wherever it runs: no config file (the project's mypy settings are
+        # for checking, not compiling) and no third-party packages (pip builds weir before
+        # it installs them; their types are ``Any`` to mypyc either way).
+        flags = ["--config-file=", "--no-site-packages", "--ignore-missing-imports"]
+        return list(mypycify([*flags, *COMPILED], opt_level="3", group_name="weir._codecs"))
+    except (Exception, SystemExit) as exc:  # no compiler, a type error: weir runs uncompiled
         print(f"weir: not compiling the codecs ({exc}); running them as Python", file=sys.stderr)
         return []
 

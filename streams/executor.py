@@ -15,7 +15,13 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
-from weir.core.errors import SchemaInvalidError, StepError, StepTimeoutError, WeirError
+from weir.core.errors import (
+    SchemaInvalidError,
+    StepError,
+    StepTimeoutError,
+    WeirError,
+    caused_by,
+)
 from weir.schemas.messages import Envelope
 from weir.streams.branch import Branch
 from weir.streams.context import AttemptScope, StepContext, enter_scope, leave_scope
@@ -31,8 +37,8 @@ def encode_output(value: Any, *, step: str) -> str:
     try:
         return pydantic_core.to_json(value).decode()
     except pydantic_core.PydanticSerializationError as exc:
-        raise StepError(
-            f"step {step!r} returned a value that is not JSON-serialisable: {exc}"
+        raise caused_by(
+            StepError(f"step {step!r} returned a value that is not JSON-serialisable: {exc}"), exc
         ) from exc
 
 
@@ -121,9 +127,12 @@ class StepExecutor:
                 else:
                     kwargs[b.parameter] = b.default
             except ValidationError as exc:
-                raise SchemaInvalidError(
-                    f"step {self.step.name!r} parameter {b.parameter!r}: "
-                    + "; ".join(e["msg"] for e in exc.errors()[:3])
+                raise caused_by(
+                    SchemaInvalidError(
+                        f"step {self.step.name!r} parameter {b.parameter!r}: "
+                        + "; ".join(e["msg"] for e in exc.errors()[:3])
+                    ),
+                    exc,
                 ) from exc
         return kwargs
 
@@ -148,8 +157,8 @@ class StepExecutor:
             except WeirError:
                 raise
             except Exception as exc:
-                raise StepError(
-                    f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"
+                raise caused_by(
+                    StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
                 ) from exc
             finally:
                 leave_scope(token)
@@ -177,7 +186,9 @@ class StepExecutor:
                         )
         except TimeoutError as exc:
             if not deadline.expired():  # the step's own TimeoutError, not our deadline
-                raise StepError(f"step {self.step.name!r} raised TimeoutError: {exc}") from exc
+                raise caused_by(
+                    StepError(f"step {self.step.name!r} raised TimeoutError: {exc}"), exc
+                ) from exc
             note = ""
             if abandoned:
                 held = len(self._threads.stuck())
@@ -185,13 +196,18 @@ class StepExecutor:
                     f"; its thread is still running (stuck synchronous steps: {held} of at"
                     f" most {self._threads.stuck_max})"
                 )
-            raise StepTimeoutError(
-                f"step {self.step.name!r} did not finish within {self.timeout_s:g}s{note}"
+            raise caused_by(
+                StepTimeoutError(
+                    f"step {self.step.name!r} did not finish within {self.timeout_s:g}s{note}"
+                ),
+                exc,
             ) from exc
         except WeirError:
             raise
         except Exception as exc:
-            raise StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}") from exc
+            raise caused_by(
+                StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
+            ) from exc
         finally:
             leave_scope(token)
 

@@ -22,6 +22,7 @@ from weir.core.errors import (
     OutputTooLargeError,
     PayloadTooLargeError,
     SchemaInvalidError,
+    caused_by,
 )
 from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from weir.streams._runtime import Runtime, guess_request_id
@@ -169,8 +170,9 @@ class Ingress:
             try:
                 model.model_validate(request.payload)
             except ValidationError as exc:
-                raise SchemaInvalidError(
-                    f"request payload does not match {model.__name__}: {exc}"
+                raise caused_by(
+                    SchemaInvalidError(f"request payload does not match {model.__name__}: {exc}"),
+                    exc,
                 ) from exc
         missing = []
         for root, b in self._fields:
@@ -181,8 +183,11 @@ class Ingress:
                 try:
                     b.adapter.validate_python(request.payload[b.name])
                 except ValidationError as exc:
-                    raise SchemaInvalidError(
-                        f"request field {b.name!r} (step {root}): {exc.errors()[0]['msg']}"
+                    raise caused_by(
+                        SchemaInvalidError(
+                            f"request field {b.name!r} (step {root}): {exc.errors()[0]['msg']}"
+                        ),
+                        exc,
                     ) from exc
         if missing:
             raise SchemaInvalidError(f"request payload is missing field(s): {', '.join(missing)}")
