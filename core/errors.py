@@ -55,7 +55,7 @@ says whether trying the same input again can succeed.
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 __all__ = [
     "BranchError",
@@ -107,7 +107,6 @@ __all__ = [
     "UnknownPipelineError",
     "UnsatisfiedParameterError",
     "WeirError",
-    "caused_by",
 ]
 
 
@@ -433,17 +432,3 @@ class ReviewClosedError(ReviewError):
     """The review was answered, or its deadline passed, before this answer."""
 
     error_type = "review_closed"
-
-
-_E = TypeVar("_E", bound=BaseException)
-
-
-def caused_by(error: _E, cause: BaseException) -> _E:
-    """``error`` with ``cause`` as its ``__cause__``, for ``raise caused_by(e, c) from c``.
-
-    The ``from`` alone is lost in a module compiled by mypyc (``setup.py``), which drops
-    it; callers read the cause (retry policies match a ``StepError``'s), so compiled
-    modules set it this way too.
-    """
-    error.__cause__ = cause
-    return error

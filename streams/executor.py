@@ -15,12 +15,12 @@ from typing import Any
 import pydantic_core
 from pydantic import ValidationError
 
+from weir.core._cause import caused_by
 from weir.core.errors import (
     SchemaInvalidError,
     StepError,
     StepTimeoutError,
     WeirError,
-    caused_by,
 )
 from weir.schemas.messages import Envelope
 from weir.streams.branch import Branch

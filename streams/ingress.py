@@ -17,12 +17,12 @@ from typing import Any, Protocol
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from weir.core._cause import caused_by
 from weir.core.errors import (
     MessageError,
     OutputTooLargeError,
     PayloadTooLargeError,
     SchemaInvalidError,
-    caused_by,
 )
 from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
 from weir.streams._runtime import Runtime, guess_request_id
