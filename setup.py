@@ -27,6 +27,7 @@ COMPILED = [
     "weir/streams/_attempt_trace.py",
     "weir/streams/_record_tasks.py",
     "weir/streams/_trace_batch.py",
+    "weir/streams/answer.py",
     "weir/streams/executor.py",
     "weir/streams/ingress.py",
     "weir/streams/runner.py",
