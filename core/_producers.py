@@ -111,7 +111,7 @@ class AiokafkaProducer:
 
     def __init__(self, producer: AIOKafkaProducer, partitioner: Partitioner | None = None) -> None:
         self.client = producer
-        self._partitioner = partitioner or DefaultPartitioner()
+        self._partitioner = partitioner
 
     def __repr__(self) -> str:
         return f"AiokafkaProducer({self.client.client._bootstrap_servers!r})"
@@ -159,15 +159,20 @@ def _refused(size: int) -> asyncio.Future[Any]:
 
 
 async def send_batches(
-    producer: AIOKafkaProducer, messages: Sequence[Outgoing], partitioner: Partitioner
+    producer: AIOKafkaProducer,
+    messages: Sequence[Outgoing],
+    partitioner: Partitioner | None = None,
 ) -> Batches:
     """``DataProducer.send_batches`` on aiokafka, through its public batch API.
 
     One future and one callback per partition's batch instead of per message: per
     message, only an append to the batch (aiokafka's ``send`` awaits a coroutine, makes
     a future and resolves it, which cost ~10 µs of ~25 per message here).  Also used by
-    transactional producers (the answer stage).
+    transactional producers (the answer stage).  ``partitioner``: where a message without
+    a partition goes (aiokafka's default partitioner when ``None``).
     """
+    if partitioner is None:
+        partitioner = DefaultPartitioner()
     by_partition: dict[tuple[str, int], list[int]] = {}
     known: dict[str, tuple[list[int], list[int]]] = {}
     cluster = producer.client.cluster

@@ -345,10 +345,6 @@ class AnswerStage:
         writer.forget(self._answered.oldest(p, lambda a: a.at < cutoff, limit=100), self._answered)
 
 
-def _no_partitioner(key: bytes | None, every: list[int], available: list[int]) -> int:
-    raise AssertionError("an answers transaction names every message's partition")
-
-
 @dataclass
 class _Pending:
     request_id: str
@@ -518,9 +514,9 @@ class _Writer:
         try:
             async with asyncio.timeout(30):
                 await producer.begin_transaction()
-                # Every message names its partition (this writer's), so no partitioner.
+                # Every message names its partition (this writer's).
                 messages = [m for pending in batch for m in pending.messages] + tombstones
-                batches = await send_batches(producer, messages, _no_partitioner)
+                batches = await send_batches(producer, messages)
                 firsts = await asyncio.gather(*(ack for ack, _ in batches))
                 await producer.commit_transaction()
         except BaseException:

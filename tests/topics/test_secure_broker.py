@@ -240,12 +240,10 @@ async def token_server() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
         await runner.cleanup()
 
 
-async def test_oauthbearer_with_the_oidc_client_credentials_provider(
-    secure, token_server, monkeypatch
-):
-    url, requests = token_server
+def _oauth_settings(secure, url: str, monkeypatch, **own: Any) -> WeirSettings:
+    """Settings that authenticate with OAUTHBEARER through the test's token server."""
     monkeypatch.setenv("WEIR_TEST_OIDC_SECRET", "oidc-secret-123")
-    settings = load_settings(
+    return load_settings(
         kafka_bootstrap=secure.kafka_bootstrap,
         kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="OAUTHBEARER",
@@ -253,8 +251,16 @@ async def test_oauthbearer_with_the_oidc_client_credentials_provider(
         kafka_oauth_token_url=url,
         kafka_oauth_client_id="weir-app",
         kafka_oauth_client_secret="env:WEIR_TEST_OIDC_SECRET",
+        **own,
         **BASE,
     )
+
+
+async def test_oauthbearer_with_the_oidc_client_credentials_provider(
+    secure, token_server, monkeypatch
+):
+    url, requests = token_server
+    settings = _oauth_settings(secure, url, monkeypatch)
     async with TopicAdmin(settings) as admin:
         assert isinstance(await admin.list(), dict)
     assert requests and requests[0]["grant_type"] == "client_credentials"
@@ -312,18 +318,7 @@ async def test_the_confluent_producer_authenticates_with_oauthbearer(
     secure, token_server, monkeypatch
 ):
     url, requests = token_server
-    monkeypatch.setenv("WEIR_TEST_OIDC_SECRET", "oidc-secret-123")
-    settings = load_settings(
-        kafka_bootstrap=secure.kafka_bootstrap,
-        kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="OAUTHBEARER",
-        kafka_ssl_cafile=secure.kafka_ssl_cafile,
-        kafka_oauth_token_url=url,
-        kafka_oauth_client_id="weir-app",
-        kafka_oauth_client_secret="env:WEIR_TEST_OIDC_SECRET",
-        kafka_client="confluent",
-        **BASE,
-    )
+    settings = _oauth_settings(secure, url, monkeypatch, kafka_client="confluent")
     assert await _send_one_with_confluent(settings) == 0
     assert requests and requests[-1]["client_id"] == "weir-app"
 
