@@ -29,12 +29,13 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from weir.bench_hops import hop_figures, hop_latencies, weir_hop_topics
 from weir.bench_measures import (
+    BenchBroker,
     ResultReader,
     broker,
     peak_rss_mb,
@@ -76,7 +77,9 @@ class BenchConfig:
     a burst of ``slow_burst`` requests."""
     slow_burst: int = 10_000
     profile: str | None = None
-    """Sample the (first) weir worker during each burst; write ``<profile>-r<round>.txt``."""
+    """Sample each system's (first) process from its burst on.
+
+    Writes ``<profile>-<system>-r<round>.txt``."""
     timeout_s: float = 300.0
 
 
@@ -92,6 +95,8 @@ class RunFigures:
     cpu_s: float
     """CPU seconds of the system's process(es) during the burst."""
     cpu_ms_per_request: float
+    broker_cpu_ms_per_request: float | None
+    """The broker's CPU during the burst / N (``None`` on a broker the bench did not start)."""
     submit_s: float
     """How long the driver took to hand the burst to the broker."""
     probe_p50_ms: float
@@ -118,9 +123,10 @@ async def _run_one(
     system: str,
     round_no: int,
     cfg: BenchConfig,
-    bootstrap: str,
+    server: BenchBroker,
     progress: Callable[[int], None],
 ) -> RunFigures:
+    bootstrap = server.bootstrap
 
     from weir.core.config import load_settings
     from weir.topics.admin import TopicAdmin
@@ -138,7 +144,8 @@ async def _run_one(
             )
         source, results = topics[0], topics[-1]
         hop_topics = topics
-        procs.append(await spawn(system, prefix, bootstrap))
+        profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
+        procs.append(await spawn(system, prefix, bootstrap, *profiled))
 
         def encode(rid: str) -> bytes:
             return json.dumps({"id": rid, "n": 0}).encode()
@@ -185,12 +192,14 @@ async def _run_one(
                 await _burst(producer, reader, source, encode, cfg.warmup, "warm")
             # The burst.
             reader.on_arrival = progress
-            if cfg.profile and system.startswith("weir"):
+            if cfg.profile and system != "chain-ck":
                 procs[0].send_signal(signal.SIGUSR1)
             warm_rss = max(peak_rss_mb(p.pid, "VmRSS") for p in procs)
             cpu0 = sum(process_cpu_s(p.pid) for p in procs)
+            broker0 = process_cpu_s(server.pid) if server.pid else 0.0
             seconds, submit_s = await _burst(producer, reader, source, encode, requests, "b")
             cpu_s = sum(process_cpu_s(p.pid) for p in procs) - cpu0
+            broker_cpu_s = process_cpu_s(server.pid) - broker0 if server.pid else None
             reader.on_arrival = lambda n: None
             # Unloaded: one at a time.
             latencies = []
@@ -213,6 +222,9 @@ async def _run_one(
         rps=round(requests / seconds, 1),
         cpu_s=round(cpu_s, 3),
         cpu_ms_per_request=round(cpu_s * 1000 / requests, 4),
+        broker_cpu_ms_per_request=(
+            None if broker_cpu_s is None else round(broker_cpu_s * 1000 / requests, 4)
+        ),
         submit_s=round(submit_s, 3),
         probe_p50_ms=round(percentile(latencies, 50), 2),
         probe_p99_ms=round(percentile(latencies, 99), 2),
@@ -277,7 +289,7 @@ def run_bench(
     status: Callable[[str], None] = lambda s: None,
 ) -> list[Round]:
     """Start (or use) a broker and run ``cfg.rounds`` alternating rounds of every system."""
-    with broker(cfg.bootstrap) as bootstrap:
+    with broker(cfg.bootstrap) as server:
 
         async def main() -> list[Round]:
             rounds = []
@@ -285,11 +297,17 @@ def run_bench(
                 this = Round()
                 for system in systems(cfg):
                     status(f"round {r}/{cfg.rounds}: {system}")
-                    this.runs.append(await _run_one(system, r, cfg, bootstrap, progress))
+                    this.runs.append(await _run_one(system, r, cfg, server, progress))
                 rounds.append(this)
             return rounds
 
         return asyncio.run(main())
+
+
+def _median_known(values: Iterable[float | None]) -> float | None:
+    """The median of the known values, ``None`` when there are none."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _hop_medians(runs: list[list[float]]) -> list[float]:
@@ -319,6 +337,7 @@ def summary(rounds: list[Round]) -> dict[str, dict[str, Any]]:
             "rps": statistics.median(r.rps for r in runs),
             "ratio": round(statistics.median(ratios), 3) if ratios else float("nan"),
             "cpu_ms_per_request": statistics.median(r.cpu_ms_per_request for r in runs),
+            "broker_cpu_ms_per_request": _median_known(r.broker_cpu_ms_per_request for r in runs),
             "probe_p50_ms": statistics.median(r.probe_p50_ms for r in runs),
             "probe_p99_ms": statistics.median(r.probe_p99_ms for r in runs),
             "p50_ratio": round(statistics.median(p50_ratios), 3) if p50_ratios else float("nan"),

@@ -325,7 +325,7 @@ def run_embed_bench(
     status: Callable[[str], None] = lambda s: None,
 ) -> EmbedFigures:
     """Start (or use) a broker and the endpoint; measure direct, batched and per-item."""
-    with broker(cfg.bootstrap) as bootstrap:
+    with broker(cfg.bootstrap) as (bootstrap, _pid):
 
         async def main() -> EmbedFigures:
             server, port = await _spawn("server", *_child_flags(cfg))

@@ -10,11 +10,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from weir.bench_systems import PARTITIONS, READY
 from weir.core.kafka import KafkaConnection
 
 __all__ = [
+    "BenchBroker",
     "ResultReader",
     "broker",
     "peak_rss_mb",
@@ -156,10 +158,18 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+class BenchBroker(NamedTuple):
+    """The broker a bench runs against; ``pid`` when the bench started it (else ``None``)."""
+
+    bootstrap: str
+    pid: int | None
+
+
 @contextlib.contextmanager
-def broker(bootstrap: str | None) -> Iterator[str]:
+def broker(bootstrap: str | None) -> Iterator[BenchBroker]:
+    """The broker at ``bootstrap``, or a throw-away local one started for the bench."""
     if bootstrap:
-        yield bootstrap
+        yield BenchBroker(bootstrap, None)
         return
     import tempfile
 
@@ -169,8 +179,8 @@ def broker(bootstrap: str | None) -> Iterator[str]:
     settings = load_settings(broker=BrokerSettings(port=free_port_pair()), partitions=PARTITIONS)
     with tempfile.TemporaryDirectory(prefix="weir-bench-") as state:
         broker = LocalBroker(settings, state_dir=Path(state))
-        broker.start()
+        status = broker.start()
         try:
-            yield settings.bootstrap_servers
+            yield BenchBroker(settings.bootstrap_servers, status.pid)
         finally:
             broker.stop()

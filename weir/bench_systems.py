@@ -99,7 +99,7 @@ async def _weir_child(
             Path(profile).write_text(sampler.report())  # noqa: ASYNC240 (exiting)
 
 
-async def _chain_child(prefix: str, bootstrap: str) -> None:
+async def _chain_child(prefix: str, bootstrap: str, profile: str | None = None) -> None:
 
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
@@ -122,6 +122,10 @@ async def _chain_child(prefix: str, bootstrap: str) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     await producer.start()
     await consumer.start()
+    sampler = None
+    if profile:
+        sampler = Sampler()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, sampler.start)
     print(READY, flush=True)
     last_commit = time.monotonic()
     try:
@@ -143,6 +147,9 @@ async def _chain_child(prefix: str, bootstrap: str) -> None:
     finally:
         await consumer.stop()
         await producer.stop()
+        if sampler is not None and profile:
+            sampler.stop()
+            Path(profile).write_text(sampler.report())  # noqa: ASYNC240 (exiting)
 
 
 def _confluent_child(prefix: str, bootstrap: str) -> None:
@@ -230,4 +237,4 @@ def child_main(argv: list[str]) -> None:
     elif args.kind == "chain-ck":
         _confluent_child(args.name, args.bootstrap)
     else:
-        asyncio.run(_chain_child(args.name, args.bootstrap))
+        asyncio.run(_chain_child(args.name, args.bootstrap, args.profile))

@@ -143,6 +143,7 @@ def render(results: list[Round], cfg: BenchConfig) -> Table:
         "burst req/s",
         "x chain",
         "CPU ms/req",
+        "broker CPU ms/req",
         "p50 ms",
         "p99 ms",
         "p50 x chain",
@@ -157,6 +158,9 @@ def render(results: list[Round], cfg: BenchConfig) -> Table:
             f"{s['rps']:,.0f}",
             f"{s['ratio']:.3f}",
             f"{s['cpu_ms_per_request']:.3f}",
+            "-"
+            if s["broker_cpu_ms_per_request"] is None
+            else f"{s['broker_cpu_ms_per_request']:.3f}",
             f"{s['probe_p50_ms']:.1f}",
             f"{s['probe_p99_ms']:.1f}",
             f"{s['p50_ratio']:.2f}",
