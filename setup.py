@@ -1,4 +1,4 @@
-"""Compiles the worker's hot path with mypyc: the wire codecs and the step runner.
+"""Compiles the worker's hot path with mypyc: the wire codecs, the step runner and its runtime.
 
 These modules are plain typed Python and run as such when not compiled; compiled, the
 codecs take 2-7x less CPU per message and a worker ~35% less per request (BENCHMARKS.md).
@@ -31,6 +31,10 @@ COMPILED = [
     "weir/streams/executor.py",
     "weir/streams/ingress.py",
     "weir/streams/runner.py",
+    "weir/streams/_runtime.py",
+    "weir/streams/offsets.py",
+    "weir/streams/table.py",
+    "weir/streams/tracing.py",
 ]
 
 

@@ -6,7 +6,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from aiokafka.structs import ConsumerRecord
 
@@ -23,15 +23,13 @@ from weir.schemas.messages import (
 from weir.schemas.registry import SchemaRegistry
 from weir.streams._attempt_trace import AttemptTrace
 from weir.streams.dead_letter import DeadLetters
+from weir.streams.journal import CallJournal
 from weir.streams.outbox import Outbox, OutMessage
 from weir.streams.pipeline import Pipeline
 from weir.streams.redaction import Redactor
 from weir.streams.services import WorkerServices
 from weir.streams.tracing import Tracing
 from weir.topics.names import PipelineTopics
-
-if TYPE_CHECKING:
-    from weir.streams.journal import CallJournal
 
 __all__ = [
     "ERROR_MAX_BYTES",

@@ -14,13 +14,9 @@ class PartitionOffsets:
     Kafka commits a single position per partition, so finished work past a gap
     stays uncommitted until the gap closes; after a crash it is redelivered
     (at-least-once).  Offsets arrive in increasing order, which keeps this O(1)
-    amortised per message.
-
-    >>> p = PartitionOffsets()
-    >>> for o in (5, 6, 7): p.track(o)
-    >>> p.finish(6); p.committable()
-    >>> p.finish(5); p.committable()
-    7
+    amortised per message.  With 5, 6 and 7 tracked, finishing 6 commits nothing;
+    finishing 5 then makes 7 committable (``test_offsets`` holds the cases; this
+    module is compiled, which doctest cannot look into).
     """
 
     __slots__ = ("_done", "_head_since", "_pending", "_position")

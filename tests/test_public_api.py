@@ -31,7 +31,6 @@ API_MODULES = [
 DOCTEST_MODULES = [
     "weir.streams",
     "weir.streams.pipeline",
-    "weir.streams.offsets",
     "weir.streams.branch",
     "weir.streams.dependencies",
     "weir.topics.names",

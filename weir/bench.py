@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from weir.bench_hops import hop_figures, hop_latencies, weir_hop_topics
@@ -62,6 +62,9 @@ class BenchConfig:
     probe: int = 200
     rounds: int = 3
     warmup: int = 500
+    broker_warmup: int = 10_000
+    """Requests through weir and the chain once before the first round, not reported: the
+    broker's JIT compiles its hot paths over the first bursts, which would favour later runs."""
     tracing_off: bool = False
     """Also run weir with trace events and spans off (the tracing cost)."""
     two_workers: bool = False
@@ -292,6 +295,11 @@ def run_bench(
     with broker(cfg.bootstrap) as server:
 
         async def main() -> list[Round]:
+            if cfg.broker_warmup:
+                warm = replace(cfg, requests=cfg.broker_warmup, probe=1, profile=None)
+                for system in ("weir", "chain"):
+                    status(f"warming up the broker: {system}")
+                    await _run_one(system, 0, warm, server, lambda n: None)
             rounds = []
             for r in range(1, cfg.rounds + 1):
                 this = Round()

@@ -50,12 +50,22 @@ def bench(
     slow_burst: Annotated[
         int, typer.Option(help="Burst size of the slow-model run (10x the in-flight default).")
     ] = 10_000,
+    broker_warmup: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests through weir and the chain before round 1, not reported (the "
+            "broker's JIT warms up); 0: none. Default 10000, with --quick 2000."
+        ),
+    ] = None,
     bootstrap: Annotated[
         str | None, typer.Option(help="An existing Kafka (default: a throw-away local broker).")
     ] = None,
     profile: Annotated[
         str | None,
-        typer.Option(help="Sample weir's worker in the burst; writes PROFILE-<system>-r<n>.txt."),
+        typer.Option(
+            help="Sample each system's process in its burst (CPU, GC, the Kafka requests it"
+            " sent); writes PROFILE-<system>-r<n>.txt."
+        ),
     ] = None,
     variant: Annotated[
         list[str] | None,
@@ -98,6 +108,7 @@ def bench(
         bootstrap=bootstrap,
         profile=profile,
         warmup=200 if quick else 500,
+        broker_warmup=(2000 if quick else 10_000) if broker_warmup is None else broker_warmup,
     )
     command = "weir bench " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
     total = rounds * len(systems(cfg)) * (requests + probe)
