@@ -25,6 +25,8 @@ COMPILED = [
     "weir/schemas/_result_codec.py",
     "weir/streams/_attempt.py",
     "weir/streams/_attempt_trace.py",
+    "weir/streams/_emitter.py",
+    "weir/streams/_failures.py",
     "weir/streams/_record_tasks.py",
     "weir/streams/_trace_batch.py",
     "weir/streams/answer.py",

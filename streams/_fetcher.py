@@ -10,10 +10,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from weir.core.config import WeirSettings
 from weir.schemas.messages import now_ms
+from weir.streams._failures import NOT_BEFORE_HEADER
 from weir.streams._partitions import Partitions
 from weir.streams._record_tasks import RecordTasks, Route
 from weir.streams._runtime import Record
-from weir.streams.runner import NOT_BEFORE_HEADER
 
 __all__ = ["Fetcher"]
 

@@ -15,47 +15,39 @@ sent together and acknowledged before its input offset may be committed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
-import random
 import time
 from typing import Any
 
 from weir.core.errors import (
-    BranchError,
     JoinInputSkippedError,
     MessageError,
     OutputTooLargeError,
     SchemaInvalidError,
-    StepError,
     WeirError,
 )
-from weir.schemas.messages import Envelope, now_ms, now_us
+from weir.schemas.messages import Envelope, now_ms
 from weir.streams._attempt import Attempt, TooLarge
 from weir.streams._attempt_trace import AttemptTrace
+from weir.streams._emitter import Emitter
+from weir.streams._failures import NOT_BEFORE_HEADER, Failures
 from weir.streams._runtime import TRACE_ERROR_MAX_BYTES, Record, Runtime, merge_calls
 from weir.streams.cache import StepCache
-from weir.streams.context import AttemptScope, StepContext
-from weir.streams.conversation import routing_key
+from weir.streams.context import AttemptScope
 from weir.streams.conversation_store import ConversationStore
-from weir.streams.dead_letter import error_type_of
 from weir.streams.dependencies import join_skipped_message
 from weir.streams.executor import StepExecutor, encode_output, split_branch
 from weir.streams.join import JoinTable, eviction_messages
 from weir.streams.outbox import Outcome, OutMessage, Owned
-from weir.streams.review import Escalate, escalation_record
+from weir.streams.review import Escalate
 from weir.streams.tracing import mark_failed, span_ids, traceparent_of
-from weir.topics.names import ANSWER, retry_tiers
 
 __all__ = ["NOT_BEFORE_HEADER", "StepRunner"]
 
 log = logging.getLogger("weir.worker")
 
 _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
-
-NOT_BEFORE_HEADER = "weir.not_before"
-"""On retry-topic messages: epoch milliseconds before which the retry must not start."""
 
 
 class StepRunner:
@@ -67,10 +59,8 @@ class StepRunner:
         self.step = pipeline.steps[step]
         self.name = step
         self._executor = executor
-        self._dependents = pipeline.dependents(step)
-        self._policy = pipeline.retry_policy(step)
-        self._tiers = retry_tiers(self._policy.maximum_attempts, runtime.settings)
-        self._rng = random.Random()
+        self._out = Emitter(runtime, step)
+        self._failures = Failures(runtime, step, executor, self._out)
         self.cache: StepCache | None = None
         if self.step.cache is not None:
             self.cache = StepCache(
@@ -87,7 +77,6 @@ class StepRunner:
                 topic=runtime.topics.conversation(step),
                 step=step,
             )
-        self._keyed = pipeline.has_conversations
         self._lag = functools.partial(runtime.lag, step)
         self.join: JoinTable | None = None
         if self.step.is_join:
@@ -103,8 +92,8 @@ class StepRunner:
     @property
     def topics(self) -> list[str]:
         """The step's input topic, then its retry topics."""
-        t = self._rt.topics
-        return [t.step(self.name)] + [t.retry(self.name, n) for n in range(1, self._tiers + 1)]
+        t, tiers = self._rt.topics, self._failures.tiers
+        return [t.step(self.name)] + [t.retry(self.name, n) for n in range(1, tiers + 1)]
 
     # -- one record -----------------------------------------------------------------
 
@@ -135,7 +124,7 @@ class StepRunner:
             if env.kind == "FAILURE":
                 raise SchemaInvalidError("a FAILURE envelope cannot be a step's input")
         except MessageError as exc:
-            return Outcome(self._undecodable(record, exc))
+            return Outcome(self._failures.undecodable(record, exc))
         attempt, joined = self._gather(record, env)
         out: list[OutMessage] = []
         event: AttemptTrace | None = None
@@ -166,7 +155,7 @@ class StepRunner:
         a = attempt
         if a is None:  # a waiting join's inputs outgrew one message
             a = Attempt(env, {}, list(env.path), env.calls, False, False)
-        failed = self._fail_request(record, a, exc, a.base.traceparent)
+        failed = self._failures.fail_request(record, a, exc, a.base.traceparent)
         if event is not None:
             event.status, event.disposition = "FAILURE", "dead_lettered"
             event.error_type, event.error_message = exc.error_type, str(exc)
@@ -213,7 +202,7 @@ class StepRunner:
         """Run one attempt; return its messages and its trace event (none for a skip)."""
         rt = self._rt
         if a.skipped:
-            return self._emit(a, output=None, targets=(), traceparent=a.base.traceparent), None
+            return self._out.emit(a, output=None, targets=(), traceparent=a.base.traceparent), None
         base = a.base
         started_ms = now_ms()
         queue_wait = max(0.0, started_ms - max(base.created_at / 1000, base.not_before))
@@ -301,11 +290,11 @@ class StepRunner:
             event.status = "CACHE_HIT"  # costs nothing: no call was made
         if error is None and escalate is not None:
             event.disposition = "escalated"
-            out = self._escalate(a, escalate, traceparent)
+            out = self._out.escalate(a, escalate, traceparent)
         elif error is None:
-            out = self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
+            out = self._out.emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
-            out = await self._failed(record, a, error, event, ctx, scope, traceparent)
+            out = await self._failures.failed(record, a, error, event, ctx, scope, traceparent)
         if said and error is None:
             out += said
         return out, event
@@ -319,8 +308,8 @@ class StepRunner:
 
         async def compute() -> str | None:
             value = await self._executor.run(a.inputs, base, scope)
-            escalate = self._check_escalate(value)
-            output, targets = self._check_branch(split_branch(value))
+            escalate = self._out.check_escalate(value)
+            output, targets = self._out.check_branch(split_branch(value))
             encoded = encode_output(None if escalate else output, step=self.name)
             computed.append((encoded, targets, escalate))
             return encoded if targets is None and escalate is None else None
@@ -337,259 +326,6 @@ class StepRunner:
         if hit and found is not None:
             return found, None, None, True
         return (*computed[0], False)
-
-    def _check_escalate(self, value: Any) -> Escalate | None:
-        if not isinstance(value, Escalate):
-            return None
-        if self._dependents:
-            raise StepError(
-                f"step {self.name!r} returned Escalate but has dependents"
-                f" ({', '.join(self._dependents)}): escalate from a final step"
-            )
-        return value
-
-    def _escalate(
-        self, a: Attempt, escalate: Escalate, traceparent: str | None
-    ) -> list[OutMessage]:
-        """To the review topic instead of the answer stage (``weir.streams.review``)."""
-        base = a.base
-        template = Envelope(
-            request_id=base.request_id,
-            pipeline=base.pipeline,
-            step=ANSWER,
-            source=self.name,
-            kind="VALUE",
-            submitted_at=base.submitted_at,
-            created_at=now_us(),
-            request=base.request,
-            payload=None,
-            traceparent=traceparent,
-            options=base.options,
-            path=[*a.path, self.name],
-            calls=a.calls,
-            replay=base.replay,
-        )
-        record = escalation_record(
-            escalate, envelope=template, inputs=a.inputs, settings=self._rt.settings
-        )
-        return [OutMessage(self._rt.topics.reviews, base.request_id.encode(), record, None)]
-
-    def _check_branch(
-        self, split: tuple[Any, tuple[str, ...] | None]
-    ) -> tuple[Any, tuple[str, ...] | None]:
-        output, targets = split
-        if targets is not None and (bad := [t for t in targets if t not in self._dependents]):
-            raise BranchError(
-                f"step {self.name!r} branched to {bad}, which do not depend on it"
-                f" (its dependents: {list(self._dependents)})"
-            )
-        return output, targets
-
-    async def _failed(
-        self,
-        record: Record,
-        a: Attempt,
-        error: WeirError,
-        event: AttemptTrace,
-        ctx: StepContext,
-        scope: AttemptScope,
-        traceparent: str | None,
-    ) -> list[OutMessage]:
-        rt = self._rt
-        base = a.base
-        error_type = error_type_of(error)
-        event.error_type = error_type
-        event.error_message = str(error)  # cut and redacted by rt.trace
-        rt.stats.failed(error_type)
-        first_failed = base.first_failed_at or now_ms()
-        if self._policy.should_retry(error, base.attempt):
-            delay = self._policy.delay(base.attempt, self._rng)
-            due = now_ms() + int(delay * 1000)
-            retry = dataclasses.replace(
-                self._as_replayable(a, traceparent),
-                attempt=base.attempt + 1,
-                not_before=due,
-                first_failed_at=first_failed,
-            )
-            tier = min(base.attempt, self._tiers)
-            rt.stats.retried += 1
-            event.disposition = "retry_scheduled"
-            log.info(
-                "step %s attempt %d of %s failed (%s); retrying in %.1fs",
-                self.name,
-                base.attempt,
-                base.request_id,
-                error_type,
-                delay,
-            )
-            return [
-                OutMessage(
-                    rt.topics.retry(self.name, tier),
-                    self._key(base),
-                    retry.encode(),
-                    [(NOT_BEFORE_HEADER, str(due).encode())],
-                )
-            ]
-        fallback = self.step.fallback
-        if fallback is not None:
-            try:
-                value = fallback.value
-                if fallback.function is not None:
-                    kwargs = self._executor.arguments(a.inputs, base, ctx)
-                    value = await self._executor.call(kwargs, scope, fn=fallback.function)
-                output, targets = self._check_branch(split_branch(value))
-                encoded = encode_output(output, step=self.name)
-            except WeirError as exc:
-                log.warning("fallback of step %s failed too: %s", self.name, exc)
-                error = exc
-            else:
-                rt.stats.fallbacks += 1
-                event.disposition = "fallback"
-                a.calls = merge_calls(a.calls, scope.calls)
-                return self._emit(a, output=encoded, targets=targets, traceparent=traceparent)
-        event.disposition = "dead_lettered"
-        return self._fail_request(record, a, error, traceparent, first_failed)
-
-    def _fail_request(
-        self,
-        record: Record,
-        a: Attempt,
-        error: WeirError,
-        traceparent: str | None,
-        first_failed_at: int | None = None,
-    ) -> list[OutMessage]:
-        """Dead-letter the attempt's input and tell the answer stage the request failed here."""
-        rt = self._rt
-        base = a.base
-        rt.stats.dead_lettered += 1
-        log.warning(
-            "dead-lettering %s at step %s after %d attempt(s): %s",
-            base.request_id,
-            self.name,
-            base.attempt,
-            error,
-        )
-        # The dead letter must replay this attempt on its own: a join's completing input
-        # alone would wait for inputs that were consumed, so joins store all of them.
-        dead = rt.dead_letters.message(
-            rt.topics.dead_letter(self.name),
-            record,
-            step=self.name,
-            error=error,
-            value=self._as_replayable(a, traceparent).encode() if a.completed_join else None,
-            request_id=base.request_id,
-            attempt=base.attempt,
-            first_failed_at=first_failed_at,
-        )
-        failure = rt.failure_envelope(
-            request_id=base.request_id,
-            step=self.name,
-            error_type=error.error_type,
-            error_message=str(error),
-            base=dataclasses.replace(base, path=a.path),
-            calls=a.calls,
-            traceparent=traceparent,
-            created_at=now_us(),
-        )
-        return [dead, failure]
-
-    def _as_replayable(self, a: Attempt, traceparent: str | None) -> Envelope:
-        """The attempt's inputs as one envelope this step can consume again (retry, replay)."""
-        base = a.base
-        if a.completed_join or base.kind == "JOINED":
-            return dataclasses.replace(
-                base,
-                source="",
-                kind="JOINED",
-                payload=None,
-                inputs=a.inputs,
-                path=a.path,
-                calls=a.calls,
-                traceparent=traceparent,
-                created_at=now_us(),
-            )
-        return dataclasses.replace(
-            base, calls=a.calls, traceparent=traceparent, created_at=now_us()
-        )
-
-    # -- what comes out -------------------------------------------------------------
-
-    def _emit(
-        self,
-        a: Attempt,
-        *,
-        output: str | None,
-        targets: tuple[str, ...] | None,
-        traceparent: str | None,
-    ) -> list[OutMessage]:
-        """The step's output (or its skip) to its dependents, or to the answer stage."""
-        rt = self._rt
-        base = a.base
-        skipped = output is None and targets == ()
-        path = a.path if skipped else [*a.path, self.name]
-        created = now_us()
-        if not self._dependents:
-            answer = self._envelope(a, ANSWER, output, not skipped, created, traceparent, path)
-            # Encoded only if it goes to the answers topic: the answer stage of this worker
-            # takes it as the object (``Outbox.shortcut``) when it owns its partition.
-            # Keyed by request id: the answer stage deduplicates per partition.
-            rid = base.request_id.encode()
-            return [OutMessage(rt.topics.answers, rid, None, None, decoded=answer)]
-        key = self._key(base)
-        out, keep = [], rt.settings.in_place_steps  # the object, for a batch running dep
-        for dep in self._dependents:
-            take = not skipped and (targets is None or dep in targets)
-            env = self._envelope(a, dep, output, take, created, traceparent, path)
-            kept = env if keep else None
-            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None, decoded=kept))
-        return out
-
-    def _envelope(
-        self,
-        a: Attempt,
-        to: str,
-        output: str | None,
-        take: bool,
-        created: int,
-        traceparent: str | None,
-        path: list[str],
-    ) -> Envelope:
-        """The output (or a skip) on its way to ``to``; it carries the traceparent, so no
-        header does (a method, not a closure: a closure's cells are objects per attempt)."""
-        base = a.base
-        return Envelope(
-            base.request_id,
-            base.pipeline,
-            to,
-            self.name,
-            "VALUE" if take else "SKIP",
-            base.submitted_at,
-            created,
-            base.request,
-            output if take else None,
-            traceparent=traceparent,
-            options=base.options,
-            path=path,
-            calls=a.calls,
-            replay=base.replay,
-        )
-
-    def _key(self, base: Envelope) -> bytes:
-        """Every message of a request to a step: keyed by its conversation when it has one."""
-        if self._keyed:
-            return routing_key(base.request, base.request_id)
-        return base.request_id.encode()
-
-    def _undecodable(self, record: Record, error: MessageError) -> list[OutMessage]:
-        rt = self._rt
-        rt.stats.dead_lettered += 1
-        rt.stats.failed(error_type_of(error))
-        log.warning("dead-lettering %s@%d: %s", record.topic, record.offset, error)
-        return [
-            rt.dead_letters.message(
-                rt.topics.dead_letter(self.name), record, step=self.name, error=error
-            )
-        ]
 
     async def _publish(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
