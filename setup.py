@@ -30,6 +30,7 @@ COMPILED = [
     "weir/streams/_record_tasks.py",
     "weir/streams/_trace_batch.py",
     "weir/streams/answer.py",
+    "weir/streams/_answer_writer.py",
     "weir/streams/executor.py",
     "weir/streams/ingress.py",
     "weir/streams/runner.py",

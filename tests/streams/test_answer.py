@@ -10,7 +10,7 @@ import pytest
 from tests._pipelines import linear
 from weir.core.kafka import KafkaConnection
 from weir.streams import Worker
-from weir.streams.answer import _Pending
+from weir.streams._answer_writer import _Pending
 from weir.topics.names import PipelineTopics
 
 pytestmark = pytest.mark.kafka
