@@ -28,6 +28,7 @@ class Emitter:
         self._keyed = runtime.pipeline.has_conversations
 
     def check_escalate(self, value: Any) -> Escalate | None:
+        """``value`` when the step returned an ``Escalate`` (only a final step may)."""
         if not isinstance(value, Escalate):
             return None
         if self.dependents:
@@ -64,6 +65,7 @@ class Emitter:
     def check_branch(
         self, split: tuple[Any, tuple[str, ...] | None]
     ) -> tuple[Any, tuple[str, ...] | None]:
+        """``split`` (output, branch targets), once every target is one of its dependents."""
         output, targets = split
         if targets is not None and (bad := [t for t in targets if t not in self.dependents]):
             raise BranchError(
