@@ -6,7 +6,7 @@ The rest of the package is not compiled.  ``WEIR_PURE_PYTHON=1`` skips the compi
 so does a machine without a C compiler (with a warning), and weir then runs the same code,
 slower.  A module is listed here only if the whole suite passes with it compiled: mypyc
 does not set ``__cause__`` on ``raise ... from`` (compiled modules raise
-``weir.core.errors.caused_by(error, cause)`` instead) and its dataclasses need their field
+``weir.core._cause.caused_by(error, cause)`` instead) and its dataclasses need their field
 types at run time (``streams/context.py`` imports them for type checking only: not listed).
 A module with doctests stays out too: doctest cannot see inside a compiled one.
 """
@@ -53,7 +53,7 @@ def _extensions() -> list[object]:
         flags = ["--config-file=", "--no-site-packages", "--ignore-missing-imports"]
         return list(mypycify([*flags, *COMPILED], opt_level="3", group_name="weir._codecs"))
     except (Exception, SystemExit) as exc:  # no compiler, a type error: weir runs uncompiled
-        print(f"weir: not compiling the codecs ({exc}); running them as Python", file=sys.stderr)
+        print(f"weir: not compiling the hot path ({exc}); running it as Python", file=sys.stderr)
         return []
 
 

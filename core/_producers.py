@@ -158,6 +158,10 @@ def _refused(size: int) -> asyncio.Future[Any]:
     return future
 
 
+_DEFAULT_PARTITIONER: Partitioner = DefaultPartitioner()
+"""aiokafka's partitioner (stateless): murmur2 of the key, a random partition without one."""
+
+
 async def send_batches(
     producer: AIOKafkaProducer,
     messages: Sequence[Outgoing],
@@ -172,7 +176,7 @@ async def send_batches(
     a partition goes (aiokafka's default partitioner when ``None``).
     """
     if partitioner is None:
-        partitioner = DefaultPartitioner()
+        partitioner = _DEFAULT_PARTITIONER
     by_partition: dict[tuple[str, int], list[int]] = {}
     known: dict[str, tuple[list[int], list[int]]] = {}
     cluster = producer.client.cluster

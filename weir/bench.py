@@ -129,12 +129,12 @@ async def _run_one(
     server: BenchBroker,
     progress: Callable[[int], None],
 ) -> RunFigures:
-    bootstrap = server.bootstrap
-
     from weir.core.config import load_settings
     from weir.topics.admin import TopicAdmin
     from weir.topics.names import PipelineTopics, TopicSpec
 
+    bootstrap = server.bootstrap
+    profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
     tag = uuid.uuid4().hex[:8]
     procs: list[asyncio.subprocess.Process] = []
     if system in ("chain", "chain-ck"):
@@ -147,7 +147,6 @@ async def _run_one(
             )
         source, results = topics[0], topics[-1]
         hop_topics = topics
-        profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
         procs.append(await spawn(system, prefix, bootstrap, *profiled))
 
         def encode(rid: str) -> bytes:
@@ -163,7 +162,6 @@ async def _run_one(
             slow_pipeline(name, cfg.slow_model_s) if slow else linear_pipeline(name)
         )
         flags = [] if tracing else ["--no-tracing"]
-        profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
         extra = cfg.variants.get(system)
         procs.append(
             await spawn("weir", name, bootstrap, *flags, *slow, *profiled, env_extra=extra)

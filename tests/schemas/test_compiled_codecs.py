@@ -48,7 +48,7 @@ def test_the_codecs_and_the_step_runner_are_among_the_compiled() -> None:
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_the_wire_codecs_are_compiled_in_this_install(name: str) -> None:
+def test_the_hot_path_modules_are_compiled_in_this_install(name: str) -> None:
     origin = _origin(name)
     assert not origin.endswith(".py"), (
         f"{name} runs as Python ({origin}): reinstall with a C compiler and Python's"
@@ -57,7 +57,7 @@ def test_the_wire_codecs_are_compiled_in_this_install(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", COMPILED)
-def test_no_compiled_codec_is_older_than_its_source(name: str) -> None:
+def test_no_compiled_module_is_older_than_its_source(name: str) -> None:
     origin = Path(_origin(name))
     source = origin.parent / (name.rsplit(".", 1)[1] + ".py")
     assert origin.stat().st_mtime >= source.stat().st_mtime, (
