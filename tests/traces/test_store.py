@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._rows import assert_rows_close
 from weir.core.config import load_settings
 from weir.core.errors import RequestNotFoundError
 from weir.schemas.messages import ModelCall, TraceEvent
@@ -327,19 +328,6 @@ def test_a_store_not_yet_migrated_answers_stats_read_only(tmp_path: Path) -> Non
     finally:
         reader.close()
     assert sum(s.attempts for s in stats.steps) == len(live)
-
-
-def assert_rows_close(got: list[tuple[object, ...]], want: list[tuple[object, ...]]) -> None:
-    """Rows equal, floats (also inside lists) to 1e-9 relative."""
-
-    def close(value: object) -> object:
-        if isinstance(value, float):
-            return pytest.approx(value, rel=1e-9)
-        if isinstance(value, (list, tuple)):
-            return [close(v) for v in value]
-        return value
-
-    assert [[close(v) for v in row] for row in want] == [list(row) for row in got]
 
 
 def test_arrow_and_native_inserts_store_the_same_values(tmp_path: Path) -> None:
