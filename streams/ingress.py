@@ -8,7 +8,6 @@ steps run elsewhere get their envelope on their input topic, as before.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from collections.abc import Coroutine, Mapping
@@ -67,6 +66,7 @@ class Ingress:
         """Handlers of the root steps this worker runs (their runners' ``handle``), by step."""
         pipeline = runtime.pipeline
         self._roots = pipeline.root_steps
+        self._keyed = pipeline.has_conversations  # one conversation, one partition
         # ``json.dumps(..., separators=...)`` builds an encoder per call: one, kept (the
         # same text, byte for byte).
         self._compact = json.JSONEncoder(separators=(",", ":")).encode
@@ -106,7 +106,7 @@ class Ingress:
         traceparent = request.traceparent or _header(record, TRACEPARENT_HEADER)
         created = now_us()
         key = request.request_id.encode()
-        if rt.pipeline.has_conversations:  # one conversation, one partition
+        if self._keyed:
             key = routing_key(payload, request.request_id)
         out = []
         here = []
@@ -132,7 +132,19 @@ class Ingress:
                 # The root step's input, as its runner would have read it from its topic;
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
-                step_record = dataclasses.replace(record, key=key, value=encoded, headers=[])
+                step_record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    timestamp=record.timestamp,
+                    timestamp_type=record.timestamp_type,
+                    key=key,
+                    value=encoded,
+                    checksum=None,
+                    serialized_key_size=len(key),
+                    serialized_value_size=len(encoded),
+                    headers=[],
+                )
                 if parsed is not None:
                     # The request as the step's context and bound fields read it: parsed
                     # once, here (a second root parses its own: steps may change it).
@@ -163,7 +175,7 @@ class Ingress:
 
         The client then hears about it from the requests topic, not from a step.
         """
-        if self._rt.pipeline.has_conversations:
+        if self._keyed:
             conversation_id_of(request.payload)  # a clear error for an unusable id
         model = self._rt.pipeline.input_model
         if model is not None:
