@@ -29,6 +29,7 @@ from rich.text import Text
 from weir.commands._output import JsonOption, print_table
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import RequestNotFoundError
+from weir.core.event_loop import run as run_on_loop
 from weir.traces import (
     Stats,
     Timeline,
@@ -192,7 +193,7 @@ def sink(
 
     settings = load_settings(config)
     configure_logging(settings, log_level)
-    asyncio.run(_run_sink(settings))
+    run_on_loop(_run_sink(settings), loop=settings.event_loop)
 
 
 async def _run_sink(settings: WeirSettings) -> None:
