@@ -37,7 +37,6 @@ from weir.core.urls import SecretUrl, mask_url
 
 __all__ = [
     "BrokerSettings",
-    "EventLoopKind",
     "KafkaClient",
     "KafkaSaslMechanism",
     "KafkaSecurityProtocol",
@@ -45,8 +44,6 @@ __all__ = [
     "WeirSettings",
     "load_settings",
 ]
-
-EventLoopKind = Literal["auto", "uvloop", "asyncio"]
 
 DEFAULT_HOME = Path.home() / ".cache" / "weir"
 
@@ -123,12 +120,6 @@ class WeirSettings(KafkaSettings):
     gc_gen2_threshold: int = Field(default=10, ge=1)
     """Generation-1 collections between full ones (Python's default: 10).  After
     ``gc.freeze`` hardly anything counts as long-lived, so each of them is a full one."""
-    event_loop: EventLoopKind = "auto"
-    """The event loop ``weir worker`` and ``weir trace sink`` run on: ``uvloop`` (libuv's,
-    measured ~10% more requests/s and ~15% lower unloaded latency than asyncio's:
-    BENCHMARKS.md), ``asyncio`` (the standard library's), or ``auto`` (uvloop when it is
-    installed, as it is with weir on Linux and macOS).  An embedding application runs its
-    own loop."""
     in_place_steps: bool = False
     """A batch of inline steps runs the next inline step (no join, no conversation) on its
     outputs in the same task when this worker holds that output's partition: the record

@@ -272,12 +272,11 @@ class Worker:
         await self.review_desk.start()
         tune_gc(self.settings.gc_gen0_threshold, self.settings.gc_gen2_threshold)
         log.info(
-            "worker %s started pipeline %s on %s (%d topics, %s event loop)",
+            "worker %s started pipeline %s on %s (%d topics)",
             self.settings.worker_id,
             self.pipeline.name,
             self.settings.bootstrap_servers,
             len(self._routes),
-            type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
 
     async def _answer_here(self, message: OutMessage) -> bool:

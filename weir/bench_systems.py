@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from weir.bench_sampler import Sampler
-from weir.core.config import load_settings
-from weir.core.event_loop import run as run_on_loop
 from weir.core.kafka import KafkaConnection
 
 __all__ = [
@@ -74,6 +72,7 @@ def slow_pipeline(name: str, latency_s: float) -> Any:
 async def _weir_child(
     name: str, bootstrap: str, tracing: bool, profile: str | None = None, slow_s: float = 0.0
 ) -> None:
+    from weir.core.config import load_settings
     from weir.streams.worker import Worker
 
     settings = load_settings(
@@ -104,6 +103,7 @@ async def _chain_child(prefix: str, bootstrap: str, profile: str | None = None) 
 
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
+    from weir.core.config import load_settings
 
     # The same linger as weir's worker producer, so only the work differs.
     linger_ms = load_settings().producer_linger_ms
@@ -156,6 +156,8 @@ def _confluent_child(prefix: str, bootstrap: str) -> None:
     """The same chain on confluent-kafka (librdkafka): a synchronous poll loop, one flush
     (every ack) per fetched batch, offsets committed every second."""
     from confluent_kafka import Consumer, Producer
+
+    from weir.core.config import load_settings
 
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
@@ -228,14 +230,11 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--profile", help="write a sampling profile here (starts on SIGUSR1)")
     parser.add_argument("--slow", type=float, default=0.0, help="one step awaiting this many s")
     args = parser.parse_args(argv)
-    # Both systems on the loop the worker's settings name, so only the work differs.
-    loop = load_settings().event_loop
     if args.kind == "weir":
-        run_on_loop(
-            _weir_child(args.name, args.bootstrap, not args.no_tracing, args.profile, args.slow),
-            loop=loop,
+        asyncio.run(
+            _weir_child(args.name, args.bootstrap, not args.no_tracing, args.profile, args.slow)
         )
     elif args.kind == "chain-ck":
         _confluent_child(args.name, args.bootstrap)
     else:
-        run_on_loop(_chain_child(args.name, args.bootstrap, args.profile), loop=loop)
+        asyncio.run(_chain_child(args.name, args.bootstrap, args.profile))

@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -32,12 +33,12 @@ from weir.core.errors import (
     UnknownPipelineError,
     WeirError,
 )
-from weir.core.event_loop import run as run_on_loop
 
 if TYPE_CHECKING:
     from weir.processors import ModelServices
     from weir.processors.router import Router
 
+T = TypeVar("T")
 
 app = typer.Typer(
     help="weir: pipelines of plain Python functions, run as stream processors on Kafka.",
@@ -74,6 +75,10 @@ _register_commands()
 
 out = Console(soft_wrap=True)  # lines stay whole in pipes; tables wrap their cells
 err = Console(stderr=True, soft_wrap=True)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 _USAGE_ERRORS = (
@@ -159,7 +164,7 @@ def worker(
             await _withdraw_router_statuses(settings, services)
         return w
 
-    stopped = run_on_loop(run(), loop=settings.event_loop)
+    stopped = _run(run())
     if stuck := stopped.threads.stuck():
         # Python joins every pool thread at exit, so a step that never returns would keep
         # the stopped worker alive forever; its work was handed back to the group already.

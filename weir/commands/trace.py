@@ -29,7 +29,6 @@ from rich.text import Text
 from weir.commands._output import JsonOption, print_table
 from weir.core.config import WeirSettings, load_settings
 from weir.core.errors import RequestNotFoundError
-from weir.core.event_loop import run as run_on_loop
 from weir.traces import (
     Stats,
     Timeline,
@@ -193,7 +192,7 @@ def sink(
 
     settings = load_settings(config)
     configure_logging(settings, log_level)
-    run_on_loop(_run_sink(settings), loop=settings.event_loop)
+    asyncio.run(_run_sink(settings))
 
 
 async def _run_sink(settings: WeirSettings) -> None:
