@@ -108,14 +108,16 @@ class WeirSettings(KafkaSettings):
     producer_linger_ms: int = Field(default=0, ge=0)
     """How long the worker's producer waits to fill a batch; 0 measured best (BENCHMARKS.md):
     under load batches fill anyway, unloaded every hop saves the wait."""
-    gc_gen0_threshold: int = Field(default=5000, ge=0)
+    gc_gen0_threshold: int = Field(default=50_000, ge=0)
     """The worker's generation-0 GC threshold (Python's default is 700; 0: leave the GC as is).
 
     A started worker freezes what it allocated while starting (``gc.freeze``), so full
     collections stop walking long-lived objects.  A fetched batch's objects live until its
-    send is acknowledged: at 700 they are promoted and walked again by generation-1 and -2
-    collections; at 5,000 the collector's time in a burst measured half (20,000 no better;
-    BENCHMARKS.md, "Fourth pass").
+    send is acknowledged, so a young generation smaller than a burst's live objects is
+    collected over and over, each time walking (and promoting) objects still in use: at
+    5,000 that was 11-14% of a busy worker's CPU (130 collections in a 10,000-request
+    burst); at 50,000 it is under 1% (one collection), the same peak RSS (BENCHMARKS.md,
+    "The young generation").  Cyclic garbage waits until that many more objects are alive.
     """
     gc_gen2_threshold: int = Field(default=10, ge=1)
     """Generation-1 collections between full ones (Python's default: 10).  After
