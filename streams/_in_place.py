@@ -22,12 +22,11 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from weir.schemas.messages import Envelope, now_ms
 from weir.streams._partitions import Partitions
 from weir.streams._placement import Placement
-from weir.streams._runtime import Record
+from weir.streams._runtime import Record, make_record
 from weir.streams.outbox import Outcome, OutMessage
 
 __all__ = ["IN_PLACE_HEADER", "InPlace", "Landing", "NextStage"]
@@ -58,19 +57,14 @@ class Landing:
     def record(self) -> Record:
         """The record as the step's consumer would have read it."""
         m = self.message
-        value = m.value or b""
-        return ConsumerRecord(
-            topic=m.topic,
-            partition=self.partition,
-            offset=self.offset,
-            timestamp=self.timestamp,
-            timestamp_type=0,
-            key=m.key,
-            value=value,
-            checksum=None,
-            serialized_key_size=len(m.key or b""),
-            serialized_value_size=len(value),
-            headers=list(m.headers or ()),
+        return make_record(
+            m.topic,
+            self.partition,
+            self.offset,
+            self.timestamp,
+            m.key,
+            m.value or b"",
+            list(m.headers or ()),
         )
 
 

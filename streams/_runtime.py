@@ -38,10 +38,37 @@ __all__ = [
     "Runtime",
     "WorkerStats",
     "guess_request_id",
+    "make_record",
     "merge_calls",
 ]
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
+
+
+def make_record(
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: int,
+    key: bytes | None,
+    value: bytes,
+    headers: list[tuple[str, bytes]],
+) -> Record:
+    """A record as a consumer would have read it, for input handed over in this process."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=timestamp,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value),
+        headers=headers,
+    )
+
 
 ERROR_MAX_BYTES = 8192
 """An error message in a FAILURE result or a dead letter is cut to this (it says what failed)."""

@@ -28,14 +28,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from aiokafka.structs import ConsumerRecord
-
 from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 from weir.core.kafka import KafkaConnection
 from weir.schemas._result_codec import ResultFields
 from weir.schemas.messages import Envelope, ModelCall, now_ms, now_us, total_usage
 from weir.streams._answer_writer import AnswerWriter
-from weir.streams._runtime import Record, Runtime, merge_calls
+from weir.streams._runtime import Record, Runtime, make_record, merge_calls
 from weir.streams.join import JoinTable, eviction_messages
 from weir.streams.outbox import MAX_MESSAGE_BYTES, Abandoned, OutMessage, Owned
 from weir.streams.table import ChangelogTable
@@ -182,19 +180,14 @@ class AnswerStage:
             return False
         # Not encoded when handed over (``OutMessage.decoded``): the record only stands
         # for where the envelope would have been read from.
-        value = message.value or b""
-        record: Record = ConsumerRecord(
-            topic=self.topic,
-            partition=partition,
-            offset=-1,
-            timestamp=now_ms(),
-            timestamp_type=0,
-            key=message.key,
-            value=value,
-            checksum=None,
-            serialized_key_size=len(message.key or b""),
-            serialized_value_size=len(value),
-            headers=list(message.headers or ()),
+        record = make_record(
+            self.topic,
+            partition,
+            -1,
+            now_ms(),
+            message.key,
+            message.value or b"",
+            list(message.headers or ()),
         )
         try:
             decoded = message.decoded if isinstance(message.decoded, Envelope) else None

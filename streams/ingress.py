@@ -24,7 +24,7 @@ from weir.core.errors import (
     SchemaInvalidError,
 )
 from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
-from weir.streams._runtime import Runtime, guess_request_id
+from weir.streams._runtime import Runtime, guess_request_id, make_record
 from weir.streams.conversation import conversation_id_of, routing_key
 from weir.streams.dead_letter import error_type_of
 from weir.streams.outbox import MAX_MESSAGE_BYTES, Outcome, OutMessage, Owned
@@ -132,18 +132,14 @@ class Ingress:
                 # The root step's input, as its runner would have read it from its topic;
                 # dead letters and trace events keep this record's real coordinates (the
                 # requests topic), so a bounded dead letter points at a record that exists.
-                step_record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    timestamp=record.timestamp,
-                    timestamp_type=record.timestamp_type,
-                    key=key,
-                    value=encoded,
-                    checksum=None,
-                    serialized_key_size=len(key),
-                    serialized_value_size=len(encoded),
-                    headers=[],
+                step_record = make_record(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    key,
+                    encoded,
+                    [],
                 )
                 if parsed is not None:
                     # The request as the step's context and bound fields read it: parsed
