@@ -43,6 +43,7 @@ def bind_parameters(
     where: str,
     fn: Callable[..., Any],
     deps: tuple[str, ...],
+    *,
     joins: JoinMode,
     input_model: type[BaseModel] | None,
 ) -> tuple[Binding, ...]:

@@ -249,7 +249,9 @@ class Pipeline:
             raise PipelineDefinitionError(f"{where}: step {name!r} lists a dependency twice")
         if name in deps:
             raise CycleError(f"{where}: step {name!r} depends on itself")
-        bindings = bind_parameters(f"{where}, step {name!r}", fn, deps, joins, self.input_model)
+        bindings = bind_parameters(
+            f"{where}, step {name!r}", fn, deps, joins=joins, input_model=self.input_model
+        )
         talks = any(b.source == "history" for b in bindings)
         if conversation is not None and not isinstance(conversation, Conversation):
             raise PipelineDefinitionError(
