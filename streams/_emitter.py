@@ -41,22 +41,8 @@ class Emitter:
     def escalate(self, a: Attempt, escalate: Escalate, traceparent: str | None) -> list[OutMessage]:
         """To the review topic instead of the answer stage (``weir.streams.review``)."""
         base = a.base
-        template = Envelope(
-            request_id=base.request_id,
-            pipeline=base.pipeline,
-            step=ANSWER,
-            source=self.name,
-            kind="VALUE",
-            submitted_at=base.submitted_at,
-            created_at=now_us(),
-            request=base.request,
-            payload=None,
-            traceparent=traceparent,
-            options=base.options,
-            path=[*a.path, self.name],
-            calls=a.calls,
-            replay=base.replay,
-        )
+        path = [*a.path, self.name]
+        template = self._envelope(a, ANSWER, None, True, now_us(), traceparent, path)
         record = escalation_record(
             escalate, envelope=template, inputs=a.inputs, settings=self._rt.settings
         )
