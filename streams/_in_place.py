@@ -2,10 +2,12 @@
 
 A batch of an inline stage sends an output for a step this worker also runs in place
 (batchable, no join, no conversation) to the partition the key maps to, when this
-worker holds that partition, marked ``weir.in_place: <token>``; once the broker has
-acknowledged it, the batch runs that step on the envelope object, with the record's real
-coordinates (from the acknowledgement), and so on down the chain.  The first input is
-finished only when all of it is acknowledged.
+worker holds that partition, marked ``weir.in_place: <token>``, and runs that step on the
+envelope object, and so on down the chain.  When every message of a round is small, the
+next step runs while the round's send is still on its way (its records get their offsets
+when they land; what names an offset, a trace event or a dead letter, waits for it);
+otherwise once the broker has acknowledged it.  The first input is finished only when all
+of it is acknowledged.
 
 The record stays on its topic (replay reads step topics).  The step's own consumer skips
 it only when the token is this worker's own, one made afresh per ``Worker``: a record
@@ -18,6 +20,7 @@ runs the record twice (the answer stage drops the duplicate answer).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -34,38 +37,80 @@ __all__ = ["IN_PLACE_HEADER", "InPlace", "Landing", "NextStage"]
 IN_PLACE_HEADER = "weir.in_place"
 """On a step-topic record its sender runs in place: the sending worker's token."""
 
-NextStage = Callable[[Record, Envelope], Awaitable[Outcome]]
-"""A step's ``prepare``, handed its input record and the envelope it was encoded from."""
+NextStage = Callable[..., Awaitable[Outcome]]
+"""A step's ``prepare``: handed its input record, the envelope it was encoded from and,
+as ``landed``, what to await before naming the record's offset (see ``Landing.wait``)."""
 
 
 class Landing:
-    """An output marked to run in place, and where the broker put it."""
+    """An output marked to run in place, and where the broker put it.
 
-    __slots__ = ("envelope", "message", "offset", "partition", "stage", "timestamp")
+    Its record (``record()``) may be handed to the next step before the broker has
+    acknowledged it (the batch runs ahead, ``weir.streams._record_tasks``): its
+    partition is known from the start, its offset and timestamp are filled in, on the
+    same object, once it lands.  Whatever must name the offset awaits ``wait()``.
+    """
+
+    __slots__ = (
+        "_record",
+        "_waiter",
+        "envelope",
+        "message",
+        "offset",
+        "partition",
+        "settled",
+        "stage",
+        "timestamp",
+    )
 
     def __init__(self, message: OutMessage, envelope: Envelope, stage: str) -> None:
         self.message = message
         self.envelope = envelope
         self.stage = stage
-        self.partition = -1
+        self.partition = -1 if message.partition is None else message.partition
         self.offset = -1
-        self.timestamp = 0
+        self.timestamp = now_ms()
+        self.settled = False
+        """Landed, or its send is over (refused, abandoned): the offset is all it will be."""
+        self._record: Record | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def landed(self, partition: int, offset: int) -> None:
         self.partition, self.offset, self.timestamp = partition, offset, now_ms()
+        record = self._record
+        if record is not None:
+            record.partition, record.offset, record.timestamp = partition, offset, self.timestamp
+        self.settle()
+
+    def settle(self) -> None:
+        """No acknowledgement will come after this (called when its send is over)."""
+        self.settled = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the record has landed (or its send is over)."""
+        if not self.settled:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
 
     def record(self) -> Record:
-        """The record as the step's consumer would have read it."""
-        m = self.message
-        return make_record(
-            m.topic,
-            self.partition,
-            self.offset,
-            self.timestamp,
-            m.key,
-            m.value or b"",
-            list(m.headers or ()),
-        )
+        """The record as the step's consumer would have read it (one object: see above)."""
+        record = self._record
+        if record is None:
+            m = self.message
+            record = self._record = make_record(
+                m.topic,
+                self.partition,
+                self.offset,
+                self.timestamp,
+                m.key,
+                m.value or b"",
+                list(m.headers or ()),
+            )
+        return record
 
 
 class InPlace:
@@ -130,7 +175,7 @@ class InPlace:
                         decoded=env,
                         landed=landing.landed,
                     )
-                    landing.message = m
+                    landing.message, landing.partition = m, p
                     landings.append(landing)
             out.append(m)
         return out, landings

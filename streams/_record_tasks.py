@@ -17,6 +17,7 @@ from aiokafka import TopicPartition
 
 from weir.core.errors import WeirError
 from weir.schemas.messages import now_us
+from weir.streams._attempt_trace import AttemptTrace
 from weir.streams._in_place import InPlace, Landing
 from weir.streams._partitions import Partitions
 from weir.streams._runtime import Record, Runtime, guess_request_id
@@ -31,8 +32,35 @@ log = logging.getLogger("weir.worker")
 
 Handler = Callable[[Record, Owned], Awaitable[None]]
 Preparer = Callable[[Record], Awaitable[Outcome]]
-_Work = tuple[str, Record, Callable[[], Awaitable[Outcome]]]
-"""A record to prepare: its stage, the record, and the call that prepares it."""
+_Work = tuple[str, Record, Callable[[], Awaitable[Outcome]], Landing | None]
+"""A record to prepare: its stage, the record, the call that prepares it, and the landing
+it was sent as when the batch runs it in place."""
+_Done = tuple[str, Record, Outcome, Landing | None]
+"""A prepared record: its stage, the record, what it must write, and its landing."""
+
+_Held = tuple[Landing, OutMessage, AttemptTrace]
+"""A trace event held back until its record lands: the landing, its message, the event."""
+
+RUN_AHEAD_MAX_BYTES = 100_000
+"""A round whose messages are all at most this large runs its in-place outputs before its
+send is acknowledged (``RecordTasks._runs_ahead``): a tenth of what Kafka takes by default."""
+
+
+async def _all_sent(sending: list[asyncio.Task[list[Landing]]]) -> None:
+    """Until every send run ahead is over; then the first failure is raised."""
+    await asyncio.wait(sending)
+    for task in sending:
+        if task.cancelled():
+            raise Abandoned("a send of the batch was cancelled")
+        error = task.exception()
+        if error is not None:
+            raise error
+
+
+def _placed(message: OutMessage, event: AttemptTrace, landing: Landing) -> OutMessage:
+    """A trace event's message naming where its record landed."""
+    event.partition, event.offset = landing.partition, landing.offset
+    return message._replace(value=event.encode())
 
 
 @dataclass(frozen=True)
@@ -208,8 +236,10 @@ class RecordTasks:
         The same guarantees as ``process`` per record: a record whose handling raises is
         parked alone; when the batch's send is refused (a message too large), every
         record's outcome is delivered on its own, so only the offending request fails.
-        Outputs for steps run in place (``weir.streams._in_place``) are run here once
-        acknowledged, round after round; the batch's offsets are finished after the last.
+        Outputs for steps run in place (``weir.streams._in_place``) are run here, round
+        after round: at once when the round's messages are all small (``_runs_ahead``),
+        its send going on in a task, else once acknowledged.  The batch's offsets are
+        finished after every send is acknowledged.
         """
         prepare = route.prepare
         assert prepare is not None
@@ -217,20 +247,32 @@ class RecordTasks:
         def owned() -> bool:
             return tp in self._partitions.assigned
 
+        sending: list[asyncio.Task[list[Landing]]] = []
+        held: list[_Held] = []
+        in_place = self._in_place
+        if len(records) > self._runtime.settings.in_place_max_batch:
+            in_place = None  # a worker under load: reading back costs less (see the setting)
         try:
-            landings = await self._round(
-                tp, [(route.stage, r, partial(prepare, r)) for r in records], owned
-            )
-            while landings:
-                in_place = self._in_place
-                assert in_place is not None
-                work: list[_Work] = []
-                for ld in landings:
-                    record = ld.record()
-                    work.append(
-                        (ld.stage, record, partial(in_place.stage(ld), record, ld.envelope))
-                    )
-                landings = await self._round(tp, work, owned)
+            work: list[_Work] = [(route.stage, r, partial(prepare, r), None) for r in records]
+            while work:
+                done = await self._prepare(tp, work, owned)
+                messages = self._messages(done, held)
+                landings: list[Landing] = []
+                if in_place is not None:
+                    messages, landings = in_place.mark(messages)
+                stats = self._runtime.stats
+                if landings and self._runs_ahead(messages):
+                    send = self._send(tp, done, messages, landings, owned)
+                    sending.append(asyncio.create_task(send))
+                    stats.ran_ahead += len(landings)
+                else:
+                    landings = await self._send(tp, done, messages, landings, owned)
+                stats.in_place += len(landings)
+                work = [self._next(ld) for ld in landings]
+            if sending:
+                await _all_sent(sending)
+            if held:
+                await self._send_held(held, owned)
             for record in records:
                 tracker.finish(record.offset)
         except (asyncio.CancelledError, Abandoned):
@@ -241,52 +283,126 @@ class RecordTasks:
             for record in records:
                 tracker.finish(record.offset)
         finally:
+            for task in sending:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: the first failure was raised already
             self._partitions.finished(tp, slots)
 
-    async def _round(
-        self,
-        tp: TopicPartition,
-        work: list[_Work],
-        owned: Owned,
-    ) -> list[Landing]:
-        """Prepare each record (in order), send everything; the outputs to run in place next."""
-        stats = self._runtime.stats
-        stats.received += len(work)
-        outbox = self._runtime.outbox
-        outcomes: list[tuple[str, Record, Outcome]] = []
-        for stage, record, prepare in work:
+    def _runs_ahead(self, messages: list[OutMessage]) -> bool:
+        """Whether the next round may run before this one's send is acknowledged.
+
+        Only when every message is small: the broker then refuses none as too large, so
+        the send either lands or is abandoned with the batch; a refused send would have
+        to go again unmarked after the next step ran (run twice).  Not while spans are
+        recorded: a span names its record's offset when it starts.
+        """
+        if self._runtime.tracing.recording:
+            return False
+        return all(m.value is not None and len(m.value) <= RUN_AHEAD_MAX_BYTES for m in messages)
+
+    def _next(self, landing: Landing) -> _Work:
+        """The work of running ``landing``'s step on its record (landed or on its way)."""
+        in_place = self._in_place
+        assert in_place is not None
+        record = landing.record()
+        run = partial(in_place.stage(landing), record, landing.envelope, landed=landing.wait)
+        return (landing.stage, record, run, landing)
+
+    async def _prepare(self, tp: TopicPartition, work: list[_Work], owned: Owned) -> list[_Done]:
+        """Prepare each record of a round, in order (parking the ones that raise)."""
+        self._runtime.stats.received += len(work)
+        done: list[_Done] = []
+        for stage, record, prepare, landing in work:
             try:
-                outcomes.append((stage, record, await prepare()))
+                done.append((stage, record, await prepare(), landing))
             except (asyncio.CancelledError, Abandoned):
                 raise
             except Exception as exc:
-                await self._failed(tp, stage, record, exc, owned)
-        messages = [m for *_, outcome in outcomes for m in outcome.messages()]
-        landings: list[Landing] = []
-        if self._in_place is not None:
-            messages, landings = self._in_place.mark(messages)
+                await self._failed(tp, stage, record, exc, owned, landing)
+        return done
+
+    @staticmethod
+    def _messages(done: list[_Done], held: list[_Held]) -> list[OutMessage]:
+        """A round's messages, less the trace events naming a record not landed yet (held)."""
+        messages: list[OutMessage] = []
+        for _, _, outcome, landing in done:
+            if landing is None:
+                messages += outcome.messages()
+                continue
+            for m in outcome.messages():
+                event = m.decoded
+                if isinstance(event, AttemptTrace) and event.offset < 0:
+                    if landing.settled:
+                        m = _placed(m, event, landing)
+                    else:
+                        held.append((landing, m, event))
+                        continue
+                messages.append(m)
+        return messages
+
+    async def _send(
+        self,
+        tp: TopicPartition,
+        done: list[_Done],
+        messages: list[OutMessage],
+        landings: list[Landing],
+        owned: Owned,
+    ) -> list[Landing]:
+        """Send a round's messages; the landings whose steps run next.
+
+        When the send is refused, each record's outcome goes on its own, unmarked: what
+        must run next goes by its topic (a marked copy that did land is skipped there,
+        and this one is read instead).
+        """
+        outbox = self._runtime.outbox
         try:
             await outbox.send_all(self._pack(messages), owned=owned)
         except (asyncio.CancelledError, Abandoned):
             raise
         except Exception:
-            # Each on its own, unmarked: what must run next goes by its topic (a marked
-            # copy that did land is skipped here, and this one is read instead).
+            for landing in landings:
+                landing.settle()
             landings = []
-            for stage, record, outcome in outcomes:
+            for stage, record, outcome, landed in done:
                 try:
+                    if landed is not None:
+                        await landed.wait()  # its dead letter names where it is
                     await outcome.deliver(outbox, owned)
                 except (asyncio.CancelledError, Abandoned):
                     raise
                 except Exception as exc:
-                    await self._failed(tp, stage, record, exc, owned)
-        stats.completed += len(work)
+                    await self._failed(tp, stage, record, exc, owned, landed)
+        finally:
+            # Landed ones are settled already; the rest never will be (refused, abandoned).
+            for landing in landings:
+                landing.settle()
+        self._runtime.stats.completed += len(done)
         return landings
 
+    async def _send_held(self, held: list[_Held], owned: Owned) -> None:
+        """Send the trace events held back until their records landed (every send is over)."""
+        messages = [_placed(m, event, landing) for landing, m, event in held]
+        try:
+            await self._runtime.outbox.send_all(self._pack(messages), owned=owned)
+        except (asyncio.CancelledError, Abandoned):
+            raise
+        except Exception:
+            log.exception("could not send %d trace event(s); letting them go", len(messages))
+
     async def _failed(
-        self, tp: TopicPartition, stage: str, record: Record, exc: Exception, owned: Owned
+        self,
+        tp: TopicPartition,
+        stage: str,
+        record: Record,
+        exc: Exception,
+        owned: Owned,
+        landing: Landing | None = None,
     ) -> None:
         """A record whose handling raised: park it (see ``process``)."""
+        if landing is not None:
+            await landing.wait()  # its dead letter names where it is
         if isinstance(exc, WeirError):
             log.warning("could not finish %s@%d: %s", tp, record.offset, exc)
         else:

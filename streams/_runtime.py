@@ -93,6 +93,11 @@ class WorkerStats:
     """Records that could not be dead-lettered at all (logged with their coordinates)."""
     answered_ids_forgotten: int = 0
     """Answered ids dropped from memory early by ``answered_max_per_partition``."""
+    in_place: int = 0
+    """Step inputs run in place: records this worker sent and ran, not read back
+    (``weir.streams._in_place``)."""
+    ran_ahead: int = 0
+    """Of ``in_place``, the ones run before the broker acknowledged their record."""
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
     def failed(self, error_type: str) -> None:
@@ -182,7 +187,11 @@ class Runtime:
             return []
         if event.error_message:
             event.error_message = self.redact_error(event.error_message, TRACE_ERROR_MAX_BYTES)
-        return [OutMessage(self.settings.trace_topic, event.request_id.encode(), event.encode())]
+        # An event whose record is still on its way rides along: the batch that ran it
+        # ahead places it once the record lands (``weir.streams._record_tasks``).
+        ahead = event if isinstance(event, AttemptTrace) and event.offset < 0 else None
+        topic = self.settings.trace_topic
+        return [OutMessage(topic, event.request_id.encode(), event.encode(), decoded=ahead)]
 
     async def redacted(self, value: Any) -> str:
         """A step's input or output as redacted text (large ones off the event loop)."""

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from weir.core.errors import (
@@ -107,11 +108,19 @@ class StepRunner:
         outcome = await self.prepare(record)
         await outcome.deliver(self._rt.outbox, owned)
 
-    async def prepare(self, record: Record, decoded: Envelope | None = None) -> Outcome:
+    async def prepare(
+        self,
+        record: Record,
+        decoded: Envelope | None = None,
+        *,
+        landed: Callable[[], Awaitable[None]] | None = None,
+    ) -> Outcome:
         """Run the record's attempt (if it completes one); return what it must write.
 
         ``decoded``: the record's envelope, when the caller has it as an object already
-        (the ingress, for a root step run on the request's record).
+        (the ingress, for a root step run on the request's record).  ``landed``: awaited
+        before a failure names the record's offset, when the record may be on its way
+        still (run in place ahead of its acknowledgement, ``weir.streams._in_place``).
         """
         rt = self._rt
         try:
@@ -129,7 +138,7 @@ class StepRunner:
         out: list[OutMessage] = []
         event: AttemptTrace | None = None
         if attempt is not None:
-            out, event = await self._run(record, attempt)
+            out, event = await self._run(record, attempt, landed)
         if self.join is not None and env.kind != "JOINED":
             # A waiting join's inputs or a completed one's done marker (``joined``: not for a
             # duplicate); and the requests of joins this one pushed over the cap end here.
@@ -197,7 +206,7 @@ class StepRunner:
     # -- the attempt ----------------------------------------------------------------
 
     async def _run(
-        self, record: Record, a: Attempt
+        self, record: Record, a: Attempt, landed: Callable[[], Awaitable[None]] | None = None
     ) -> tuple[list[OutMessage], AttemptTrace | None]:
         """Run one attempt; return its messages and its trace event (none for a skip)."""
         rt = self._rt
@@ -294,6 +303,8 @@ class StepRunner:
         elif error is None:
             out = self._out.emit(a, output=encoded, targets=targets, traceparent=traceparent)
         else:
+            if landed is not None:
+                await landed()  # a dead letter names where its record is
             out = await self._failures.failed(record, a, error, event, ctx, scope, traceparent)
         if said and error is None:
             out += said

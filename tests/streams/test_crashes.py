@@ -193,7 +193,12 @@ async def test_sigkills_in_an_inline_chain_run_in_place_lose_and_duplicate_nothi
     target = "tests._pipelines:inline_chain_pipeline"
     async with TopicAdmin(kafka) as admin:
         await admin.ensure(topic_specs(inline_chain(pipeline_name), kafka))
-    env = worker_env(kafka, WEIR_TEST_PIPELINE=pipeline_name, WEIR_IN_PLACE_STEPS="true")
+    env = worker_env(
+        kafka,
+        WEIR_TEST_PIPELINE=pipeline_name,
+        WEIR_IN_PLACE_STEPS="true",
+        WEIR_IN_PLACE_MAX_BATCH="100000",
+    )
     log = tmp_path / "worker.log"
     topics = PipelineTopics(pipeline_name)
     proc = _spawn(repo_root, env, log, target)
