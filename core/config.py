@@ -126,12 +126,12 @@ class WeirSettings(KafkaSettings):
     """A small batch of inline steps runs the next inline step (no join, no conversation) on
     its outputs in the same task when this worker holds that output's partition: the record
     is still written (marked ``weir.in_place``) but not read back and decoded here, and the
-    step runs while it is on its way (BENCHMARKS.md, "Running ahead")."""
+    step runs while it is on its way (BENCHMARKS.md, "inline steps in place by default")."""
     in_place_max_batch: int = Field(default=16, ge=1)
     """Only batches of at most this many records run steps in place.  A small batch is a
-    worker waiting on round trips: running in place takes two of them off each request
-    (unloaded p50 -27%); a large one is a worker under load, where reading the records back
-    costs less CPU per request than holding a batch through its whole chain."""
+    worker waiting on round trips: running in place takes them off a request's path (a
+    lower unloaded p50 in every run); a large one is a worker under load, where reading the
+    records back costs less CPU per request than holding a batch through its whole chain."""
     max_payload_bytes: int = Field(default=262_144, ge=1024)
     """Larger requests are dead-lettered as ``payload_too_large``.
 
