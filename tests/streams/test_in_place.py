@@ -15,7 +15,8 @@ from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import DeadLetter, Envelope, TraceEvent, now_us
 from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams import RetryPolicy, WeirClient, Worker
-from weir.streams._in_place import IN_PLACE_HEADER
+from weir.streams._in_place import IN_PLACE_HEADER, Landing
+from weir.streams.outbox import OutMessage
 from weir.streams.pipeline import Pipeline
 from weir.topics._aiokafka import stop_consumer
 from weir.topics.names import PipelineTopics
@@ -280,3 +281,45 @@ async def test_a_second_worker_joining_mid_burst_loses_and_duplicates_no_answer(
     await _committed_to_the_end(
         kafka, topics.consumer_group, [topics.requests, topics.step("b"), topics.step("c")]
     )
+
+
+def _landing() -> Landing:
+    env = Envelope(
+        request_id="r1",
+        pipeline="p",
+        step="b",
+        source="a",
+        kind="VALUE",
+        submitted_at=0,
+        created_at=0,
+        request="{}",
+        payload="1",
+        path=["a"],
+    )
+    message = OutMessage("p.step.b", b"r1", env.encode(), [(IN_PLACE_HEADER, b"t")], 2)
+    landing = Landing(message, env, "b")
+    landing.partition = 2
+    return landing
+
+
+async def test_a_record_run_ahead_gets_its_offset_on_the_same_object_when_it_lands():
+    landing = _landing()
+    record = landing.record()
+    assert (record.partition, record.offset) == (2, -1)
+    waiting = asyncio.create_task(landing.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    landing.landed(2, 42)
+    await asyncio.wait_for(waiting, 1)
+    assert landing.record() is record
+    assert (record.partition, record.offset) == (2, 42)
+
+
+async def test_a_wait_on_a_record_that_never_lands_ends_with_its_send():
+    landing = _landing()
+    waiting = asyncio.create_task(landing.wait())
+    await asyncio.sleep(0)
+    landing.settle()  # the send is over (refused, abandoned): no acknowledgement comes
+    await asyncio.wait_for(waiting, 1)
+    assert landing.record().offset == -1
+    await asyncio.wait_for(landing.wait(), 1)  # settled: returns at once
