@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aiokafka import TopicPartition
 
@@ -37,9 +38,18 @@ __all__ = ["IN_PLACE_HEADER", "InPlace", "Landing", "NextStage"]
 IN_PLACE_HEADER = "weir.in_place"
 """On a step-topic record its sender runs in place: the sending worker's token."""
 
-NextStage = Callable[..., Awaitable[Outcome]]
-"""A step's ``prepare``: handed its input record, the envelope it was encoded from and,
-as ``landed``, what to await before naming the record's offset (see ``Landing.wait``)."""
+
+class NextStage(Protocol):
+    """A step's ``prepare``: handed its input record, the envelope it was encoded from and,
+    as ``landed``, what to await before naming the record's offset (``Landing.wait``)."""
+
+    def __call__(
+        self,
+        record: Record,
+        decoded: Envelope | None = None,
+        *,
+        landed: Callable[[], Awaitable[None]] | None = None,
+    ) -> Awaitable[Outcome]: ...
 
 
 class Landing:
