@@ -73,11 +73,12 @@ class Landing:
         "timestamp",
     )
 
-    def __init__(self, message: OutMessage, envelope: Envelope, stage: str) -> None:
+    def __init__(self, message: OutMessage, envelope: Envelope, stage: str, partition: int) -> None:
         self.message = message
         self.envelope = envelope
         self.stage = stage
-        self.partition = -1 if message.partition is None else message.partition
+        self.partition = partition
+        """Where the message is sent: known before it lands."""
         self.offset = -1
         self.timestamp = now_ms()
         self.settled = False
@@ -175,7 +176,7 @@ class InPlace:
                 p = self._placement.partition_of(m.topic, m.key)
                 # Only a partition held here: its owner elsewhere would run it too.
                 if p is not None and self._partitions.takes(TopicPartition(m.topic, p)):
-                    landing = Landing(m, env, stage[0])
+                    landing = Landing(m, env, stage[0], p)
                     m = OutMessage(
                         m.topic,
                         m.key,
@@ -185,7 +186,7 @@ class InPlace:
                         decoded=env,
                         landed=landing.landed,
                     )
-                    landing.message, landing.partition = m, p
+                    landing.message = m
                     landings.append(landing)
             out.append(m)
         return out, landings

@@ -254,13 +254,13 @@ class RecordTasks:
             in_place = None  # a worker under load: reading back costs less (see the setting)
         try:
             work: list[_Work] = [(route.stage, r, partial(prepare, r), None) for r in records]
+            stats = self._runtime.stats
             while work:
                 done = await self._prepare(tp, work, owned)
                 messages = self._messages(done, held)
                 landings: list[Landing] = []
                 if in_place is not None:
                     messages, landings = in_place.mark(messages)
-                stats = self._runtime.stats
                 if landings and self._runs_ahead(messages):
                     send = self._send(tp, done, messages, landings, owned)
                     sending.append(asyncio.create_task(send))
@@ -357,13 +357,12 @@ class RecordTasks:
         and this one is read instead).
         """
         outbox = self._runtime.outbox
+        marked = landings
         try:
             await outbox.send_all(self._pack(messages), owned=owned)
         except (asyncio.CancelledError, Abandoned):
             raise
         except Exception:
-            for landing in landings:
-                landing.settle()
             landings = []
             for stage, record, outcome, landed in done:
                 try:
@@ -376,7 +375,7 @@ class RecordTasks:
                     await self._failed(tp, stage, record, exc, owned, landed)
         finally:
             # Landed ones are settled already; the rest never will be (refused, abandoned).
-            for landing in landings:
+            for landing in marked:
                 landing.settle()
         self._runtime.stats.completed += len(done)
         return landings

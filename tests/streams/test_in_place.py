@@ -297,9 +297,7 @@ def _landing() -> Landing:
         path=["a"],
     )
     message = OutMessage("p.step.b", b"r1", env.encode(), [(IN_PLACE_HEADER, b"t")], 2)
-    landing = Landing(message, env, "b")
-    landing.partition = 2
-    return landing
+    return Landing(message, env, "b", 2)
 
 
 async def test_a_record_run_ahead_gets_its_offset_on_the_same_object_when_it_lands():
