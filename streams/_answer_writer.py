@@ -20,11 +20,23 @@ from weir.core.kafka import KafkaConnection, send_batches
 from weir.streams._runtime import Runtime
 from weir.streams.outbox import Abandoned, OutMessage
 from weir.streams.table import ChangelogTable
-from weir.topics._aiokafka import read_until, retrying, started_consumer, stop_consumer
+from weir.topics._aiokafka import (
+    add_to_transaction,
+    left_transaction,
+    read_until,
+    retrying,
+    started_consumer,
+    stop_consumer,
+)
 
 __all__ = ["AnswerWriter"]
 
 log = logging.getLogger("weir.answer")
+
+TRANSACTION_TIMEOUT_MS = 60_000
+"""The coordinator aborts (and fences) a transaction left open this long."""
+AHEAD_IDLE_S = 20.0
+"""A transaction opened ahead and unused this long is aborted, well before that timeout."""
 
 
 @dataclass
@@ -43,6 +55,10 @@ class AnswerWriter:
     answered changelog written since the last commit it saw: answers found
     there are done, not written twice.  Fenced by a new owner, it gives the
     batch back unless its consumer still owns the partition.
+
+    Idle after a commit, it opens the next transaction ahead with its two partitions
+    registered (``answer_open_ahead_ms``), so an answer that comes then only produces and
+    commits; one left unused is aborted after ``AHEAD_IDLE_S``.
     """
 
     def __init__(
@@ -62,6 +78,8 @@ class AnswerWriter:
         self._task: asyncio.Task[None] | None = None
         self._tombstones: list[OutMessage] = []
         self._closing = False
+        self._ahead = False
+        """A transaction is open, its partitions registered, and nothing sent in it yet."""
         self.known_until = 0
         """Changelog offset up to which every committed marker is in ``answered``."""
 
@@ -78,6 +96,7 @@ class AnswerWriter:
             # Its batches are made whole (``send_batches``): lingering would only delay them.
             linger_ms=0,
             request_timeout_ms=15000,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
         )
         # Starting registers the transactional id: an earlier holder is fenced, and the
         # transaction it left open is completed or aborted before this returns.
@@ -90,6 +109,7 @@ class AnswerWriter:
         self._producer = producer
 
     async def _disconnect(self) -> None:
+        self._ahead = False
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
@@ -105,6 +125,10 @@ class AnswerWriter:
             pending = self._queue.get_nowait()
             if not pending.done.done():
                 pending.done.set_exception(Abandoned("answer writer stopped"))
+        if self._ahead:
+            # Not left to the coordinator's timeout: whoever takes this partition over
+            # would otherwise wait for it when registering the transactional id.
+            await self._abort_ahead(timeout=2.0)
         await self._disconnect()
 
     def forget(self, request_ids: list[str], table: ChangelogTable[Any]) -> None:
@@ -127,7 +151,7 @@ class AnswerWriter:
 
     async def _loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = [await self._next()]
             # One turn of the loop for the answers of the same batch to join this
             # transaction; under load, the answers that come while it commits make the next.
             # (A fixed 2 ms wait here was a third of the last hop's unloaded latency.)
@@ -144,6 +168,58 @@ class AnswerWriter:
                     if not pending.done.done():
                         pending.done.set_exception(exc)
 
+    async def _next(self) -> _Pending:
+        """The next answer; while none comes, open the next transaction ahead (and abort
+        it if none comes for long)."""
+        delay = self._rt.settings.answer_open_ahead_ms
+        if not delay or self._producer is None:
+            return await self._queue.get()
+        if not self._ahead:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay / 1000):
+                    return await self._queue.get()
+            await self._open_ahead()
+            if not self._ahead:
+                return await self._queue.get()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(AHEAD_IDLE_S):
+                return await self._queue.get()
+        await self._abort_ahead(timeout=30.0)
+        return await self._queue.get()
+
+    async def _open_ahead(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        topics = self._rt.topics
+        try:
+            await producer.begin_transaction()
+            add_to_transaction(
+                producer,
+                [
+                    TopicPartition(topics.results, self.partition),
+                    TopicPartition(topics.answered_changelog, self.partition),
+                ],
+            )
+        except Exception as exc:  # the producer is broken: the next answer reconnects
+            log.info("could not open answers transaction %s ahead: %s", self._tid, exc)
+            await self._disconnect()
+            return
+        self._ahead = True
+
+    async def _abort_ahead(self, *, timeout: float) -> None:
+        producer = self._producer
+        self._ahead = False
+        if producer is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await producer.abort_transaction()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("could not abort answers transaction %s opened ahead: %s", self._tid, exc)
+            await self._disconnect()
+
     async def _commit(self, batch: list[_Pending]) -> None:
         backoff = 0.2
         uncertain = False
@@ -158,6 +234,11 @@ class AnswerWriter:
                         return
                 await self._transaction(batch)
             except (ProducerFenced, InvalidProducerEpoch) as exc:
+                log.warning(
+                    "answers writer of partition %d fenced (%s); checking it still owns it",
+                    self.partition,
+                    type(exc).__name__,
+                )
                 await self._disconnect()
                 # Expelled while busy (a long drain, a blocked loop): another worker may
                 # own this partition now.  Ask the group, after a heartbeat, before taking
@@ -195,7 +276,15 @@ class AnswerWriter:
         tombstones, self._tombstones = self._tombstones, []
         try:
             async with asyncio.timeout(30):
-                await producer.begin_transaction()
+                if self._ahead:
+                    self._ahead = False
+                    self._rt.stats.answers_ahead += 1
+                    # Fenced or failed while it waited: the usual handling below.
+                    error = left_transaction(producer)
+                    if error is not None:
+                        raise error
+                else:
+                    await producer.begin_transaction()
                 # Every message names its partition (this writer's).
                 messages = [m for pending in batch for m in pending.messages] + tombstones
                 batches = await send_batches(producer, messages)

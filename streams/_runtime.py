@@ -98,6 +98,8 @@ class WorkerStats:
     (``weir.streams._in_place``)."""
     ran_ahead: int = 0
     """Of ``in_place``, the ones run before the broker acknowledged their record."""
+    answers_ahead: int = 0
+    """Answer transactions that found their transaction opened ahead (``answer_open_ahead_ms``)."""
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
     def failed(self, error_type: str) -> None:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
@@ -23,6 +23,8 @@ from weir.core.kafka import KafkaConnection
 
 __all__ = [
     "KeyPartitioner",
+    "add_to_transaction",
+    "left_transaction",
     "place",
     "read_until",
     "retrying",
@@ -146,6 +148,34 @@ async def place(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> No
             consumer.seek(tp, committed)
     if fresh:
         await rewind(consumer, fresh)
+
+
+def add_to_transaction(producer: AIOKafkaProducer, partitions: Iterable[TopicPartition]) -> None:
+    """Have ``producer``'s open transaction register ``partitions`` now, before anything
+    is sent to them.
+
+    Sending to a partition a transaction has not registered costs that send a round trip
+    to the coordinator first (``AddPartitionsToTxn``); registered ahead, the send goes
+    straight to the partition.  aiokafka has no public call for it, so this uses its
+    transaction manager (``tests/topics/test_transactions.py`` pins what this relies on).
+    """
+    manager = producer._txn_manager
+    for tp in partitions:
+        manager.maybe_add_partition_to_txn(tp)
+
+
+def left_transaction(producer: AIOKafkaProducer) -> BaseException | None:
+    """Why ``producer`` is no longer in the transaction it began (fenced, its sender
+    failed), or ``None`` while it still is."""
+    manager = producer._txn_manager
+    if manager.is_in_transaction():
+        return None
+    ended: asyncio.Future[None] = manager.wait_for_transaction_end()
+    error = ended.exception() if ended.done() and not ended.cancelled() else None
+    if error is not None:
+        return error
+    left: BaseException = KafkaError(f"the transaction is no longer open ({manager.state.name})")
+    return left
 
 
 class KeyPartitioner:

@@ -77,3 +77,57 @@ async def test_answered_ids_stay_under_the_cap_and_every_request_is_answered_onc
                 await asyncio.sleep(0.1)
         assert again.answers is not None
         assert max(again.answers.remembered().values(), default=0) <= cap
+
+
+async def _assigned(worker: Worker) -> None:
+    async with asyncio.timeout(60):
+        while not worker.assigned:
+            await asyncio.sleep(0.1)
+
+
+async def test_answers_that_come_while_the_writer_is_idle_use_the_transaction_it_opened_ahead(
+    kafka, pipeline_name
+):
+    from tests._kafka import read_results
+    from weir.streams import WeirClient
+
+    settings = kafka.model_copy(update={"partitions": 1})
+    pipeline = linear(pipeline_name)
+    ids = []
+    async with Worker(pipeline, settings) as worker, WeirClient(settings) as client:
+        await _assigned(worker)
+        for i in range(6):
+            rid = await client.submit(pipeline.name, {"text": f"one at a time {i}", "n": i})
+            assert (await client.result(rid, timeout=60)).status == "SUCCESS"
+            ids.append(rid)
+            await asyncio.sleep(0.05)  # longer than answer_open_ahead_ms: idle
+        assert worker.stats.answers_ahead == 6
+    results, counts = await read_results(settings, PipelineTopics(pipeline.name).results, 6)
+    assert set(results) == set(ids) and set(counts.values()) == {1}
+
+
+async def test_a_transaction_opened_ahead_and_left_unused_is_aborted_and_opened_again_later(
+    kafka, pipeline_name, monkeypatch
+):
+    from tests._kafka import read_results
+    from weir.streams import WeirClient, _answer_writer
+
+    monkeypatch.setattr(_answer_writer, "AHEAD_IDLE_S", 0.5)
+    settings = kafka.model_copy(update={"partitions": 1})
+    pipeline = linear(pipeline_name)
+    async with Worker(pipeline, settings) as worker, WeirClient(settings) as client:
+        await _assigned(worker)
+        assert worker.answers is not None
+        writer = worker.answers._writers[0]
+        await asyncio.sleep(1.5)  # opened after start, then aborted unused
+        assert not writer._ahead
+        first = await client.submit(pipeline.name, {"text": "after the abort", "n": 1})
+        assert (await client.result(first, timeout=60)).status == "SUCCESS"
+        assert worker.stats.answers_ahead == 0  # nothing open: it began its own
+        await asyncio.sleep(0.1)
+        assert writer._ahead  # opened again after that commit
+        second = await client.submit(pipeline.name, {"text": "within the idle time", "n": 2})
+        assert (await client.result(second, timeout=60)).status == "SUCCESS"
+        assert worker.stats.answers_ahead == 1
+    results, counts = await read_results(settings, PipelineTopics(pipeline.name).results, 2)
+    assert set(results) == {first, second} and set(counts.values()) == {1}
