@@ -148,11 +148,12 @@ class WeirSettings(KafkaSettings):
 
     answer_dedup_window_s: float = Field(default=900.0, ge=1.0)
     """How long an answered request id is remembered, so a redelivered duplicate is dropped."""
-    answer_open_ahead_ms: float = Field(default=2.0, ge=0)
+    answer_open_ahead_ms: float = Field(default=1.0, ge=0)
     """An answers writer idle this long after a commit opens its next transaction, with the
     result and marker partitions registered, so the next answer saves a round trip to the
-    coordinator (0: off).  Sooner than ~2 ms, the coordinator is still finishing the last
-    transaction and the registration waits out aiokafka's 20 ms retry (BENCHMARKS.md)."""
+    coordinator (0: off).  At once, the coordinator is still finishing the last transaction
+    and the registration waits out aiokafka's 20 ms retry; after 1 ms it mostly has
+    (BENCHMARKS.md, "The answer's transaction opened ahead")."""
     join_ttl_s: float = Field(default=7 * 24 * 3600.0, ge=1.0)
     """A fan-in still missing an input after this long ends its request with a FAILURE."""
     max_waiting_joins: int = Field(default=100_000, ge=1)

@@ -224,6 +224,11 @@ class AnswerWriter:
         backoff = 0.2
         uncertain = False
         while True:
+            # Handled after the ``try``, not inside its ``except``: compiled, a loop that awaited
+            # inside the ``except`` and went round again raised the handled exception anew at
+            # a later await (the same instance, with no request sent), so a fenced writer that
+            # still owned its partition never answered again (test_answer.py, the fence test).
+            failure: Exception | None = None
             try:
                 if self._producer is None:
                     await self._connect()
@@ -233,42 +238,41 @@ class AnswerWriter:
                     if not batch:
                         return
                 await self._transaction(batch)
-            except (ProducerFenced, InvalidProducerEpoch) as exc:
-                log.warning(
-                    "answers writer of partition %d fenced (%s); checking it still owns it",
-                    self.partition,
-                    type(exc).__name__,
-                )
-                await self._disconnect()
+            except Exception as exc:
+                failure = exc
+            if failure is None:
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_result(None)
+                return
+            await self._disconnect()
+            uncertain = True
+            if isinstance(failure, (ProducerFenced, InvalidProducerEpoch)):
                 # Expelled while busy (a long drain, a blocked loop): another worker may
                 # own this partition now.  Ask the group, after a heartbeat, before taking
                 # the transactional id back.
+                log.warning(
+                    "answers writer of partition %d fenced (%s); checking it still owns it",
+                    self.partition,
+                    type(failure).__name__,
+                )
                 await asyncio.sleep(3.0)
                 if self._closing or not self._owned():
-                    self._fail(batch, Abandoned(f"answers partition {self.partition}: {exc}"))
+                    self._fail(batch, Abandoned(f"answers partition {self.partition}: {failure}"))
                     return
-                uncertain = True
                 continue
-            except Exception as exc:
-                log.warning(
-                    "answers transaction on partition %d failed (%s: %s); retrying in %.1fs",
-                    self.partition,
-                    type(exc).__name__,
-                    exc,
-                    backoff,
-                )
-                await self._disconnect()
-                if self._closing:
-                    self._fail(batch, Abandoned("answer writer stopped"))
-                    return
-                await asyncio.sleep(backoff)
-                backoff = min(5.0, backoff * 2)
-                uncertain = True
-                continue
-            for pending in batch:
-                if not pending.done.done():
-                    pending.done.set_result(None)
-            return
+            log.warning(
+                "answers transaction on partition %d failed (%s: %s); retrying in %.1fs",
+                self.partition,
+                type(failure).__name__,
+                failure,
+                backoff,
+            )
+            if self._closing:
+                self._fail(batch, Abandoned("answer writer stopped"))
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(5.0, backoff * 2)
 
     async def _transaction(self, batch: list[_Pending]) -> None:
         producer = self._producer

@@ -131,3 +131,31 @@ async def test_a_transaction_opened_ahead_and_left_unused_is_aborted_and_opened_
         assert worker.stats.answers_ahead == 1
     results, counts = await read_results(settings, PipelineTopics(pipeline.name).results, 2)
     assert set(results) == {first, second} and set(counts.values()) == {1}
+
+
+async def test_a_writer_fenced_while_its_transaction_waits_ahead_answers_once(kafka, pipeline_name):
+    from tests._kafka import read_results
+    from weir.streams import WeirClient
+
+    settings = kafka.model_copy(update={"partitions": 1})
+    pipeline = linear(pipeline_name)
+    topics = PipelineTopics(pipeline.name)
+    async with Worker(pipeline, settings) as worker, WeirClient(settings) as client:
+        await _assigned(worker)
+        assert worker.answers is not None
+        async with asyncio.timeout(10):
+            while not worker.answers._writers[0]._ahead:
+                await asyncio.sleep(0.01)
+        # Another producer registers the same transactional id and goes away: the open
+        # transaction is aborted and the writer's epoch is stale, which it learns only
+        # when it answers; it still owns the partition, so it takes the id back.
+        intruder = KafkaConnection.of(settings).producer(
+            transactional_id=topics.answers_transactional_id(0), enable_idempotence=True
+        )
+        await intruder.start()
+        await intruder.stop()
+        rid = await client.submit(pipeline.name, {"text": "after the fence", "n": 1})
+        assert (await client.result(rid, timeout=30)).status == "SUCCESS"
+        assert worker.stats.answers_ahead == 1
+    results, counts = await read_results(settings, topics.results, 1)
+    assert set(results) == {rid} and counts[rid] == 1
