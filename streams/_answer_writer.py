@@ -126,8 +126,8 @@ class AnswerWriter:
             if not pending.done.done():
                 pending.done.set_exception(Abandoned("answer writer stopped"))
         if self._ahead:
-            # Not left to the coordinator's timeout: whoever takes this partition over
-            # would otherwise wait for it when registering the transactional id.
+            # Left clean for whoever takes this partition over (registering the id would
+            # otherwise have the coordinator abort it first).
             await self._abort_ahead(timeout=2.0)
         await self._disconnect()
 
@@ -202,9 +202,10 @@ class AnswerWriter:
             )
         except Exception as exc:  # the producer is broken: the next answer reconnects
             log.info("could not open answers transaction %s ahead: %s", self._tid, exc)
-            await self._disconnect()
+        else:
+            self._ahead = True
             return
-        self._ahead = True
+        await self._disconnect()  # outside the ``except``: see ``_commit``
 
     async def _abort_ahead(self, *, timeout: float) -> None:
         producer = self._producer
@@ -214,11 +215,11 @@ class AnswerWriter:
         try:
             async with asyncio.timeout(timeout):
                 await producer.abort_transaction()
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             log.info("could not abort answers transaction %s opened ahead: %s", self._tid, exc)
-            await self._disconnect()
+        else:
+            return
+        await self._disconnect()  # outside the ``except``: see ``_commit``
 
     async def _commit(self, batch: list[_Pending]) -> None:
         backoff = 0.2
