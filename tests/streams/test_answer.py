@@ -16,15 +16,20 @@ from weir.topics.names import PipelineTopics
 pytestmark = pytest.mark.kafka
 
 
+async def _assigned(worker: Worker) -> None:
+    """Wait until ``worker``'s answer writers are registered and its tables restored."""
+    async with asyncio.timeout(60):
+        while not worker.assigned:
+            await asyncio.sleep(0.1)
+
+
 async def test_after_an_unclear_commit_answers_already_committed_are_not_written_again(
     kafka, pipeline_name
 ):
     pipeline = linear(pipeline_name)
     topics = PipelineTopics(pipeline.name)
     async with Worker(pipeline, kafka) as worker:
-        async with asyncio.timeout(60):
-            while not worker.assigned:  # assigned: writers registered and tables restored
-                await asyncio.sleep(0.1)
+        await _assigned(worker)
         assert worker.answers is not None
         writer = worker.answers._writers[0]
         # A transaction whose commit response was lost: the markers are on the changelog.
@@ -72,17 +77,9 @@ async def test_answered_ids_stay_under_the_cap_and_every_request_is_answered_onc
     assert set(results) == set(ids) and set(counts.values()) == {1}
     # A worker taking the partitions over restores at most the cap per partition too.
     async with Worker(pipeline, settings) as again:
-        async with asyncio.timeout(60):
-            while not again.assigned:
-                await asyncio.sleep(0.1)
+        await _assigned(again)
         assert again.answers is not None
         assert max(again.answers.remembered().values(), default=0) <= cap
-
-
-async def _assigned(worker: Worker) -> None:
-    async with asyncio.timeout(60):
-        while not worker.assigned:
-            await asyncio.sleep(0.1)
 
 
 async def test_answers_that_come_while_the_writer_is_idle_use_the_transaction_it_opened_ahead(

@@ -7,24 +7,21 @@ import uuid
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import ProducerFenced
 
 from tests._kafka import read_topic
 from weir.core.kafka import KafkaConnection
 from weir.topics._aiokafka import add_to_transaction, left_transaction
+from weir.topics.admin import TopicAdmin
+from weir.topics.names import TopicSpec
 
 pytestmark = pytest.mark.kafka
 
 
 async def _topic(kafka) -> str:
     name = f"txn-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(**KafkaConnection.of(kafka).options())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, kafka.partitions, 1)])
-    finally:
-        await admin.close()
+    async with TopicAdmin(kafka) as admin:
+        await admin.ensure([TopicSpec(name, kafka.partitions, 1)])
     return name
 
 
