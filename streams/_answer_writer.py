@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
+from weir.core._producers import MAX_REQUEST_BYTES
 from weir.core.kafka import KafkaConnection, send_batches
 from weir.streams._runtime import Runtime
 from weir.streams.outbox import Abandoned, OutMessage
@@ -95,6 +96,11 @@ class AnswerWriter:
             acks="all",
             # Its batches are made whole (``send_batches``): lingering would only delay them.
             linger_ms=0,
+            # A transaction's answers in one batch per partition: aiokafka keeps one request
+            # in flight per broker, so at its 16 KB default a burst's transaction of ~400
+            # answers went out as a dozen produce round trips in a row.
+            max_batch_size=self._rt.settings.producer_batch_bytes,
+            max_request_size=MAX_REQUEST_BYTES,
             request_timeout_ms=15000,
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
         )
