@@ -99,6 +99,10 @@ class WeirSettings(KafkaSettings):
     """Messages a worker processes concurrently (all steps together)."""
     max_poll_records: int = Field(default=500, ge=1)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    retry_poll_ms: int = Field(default=250, ge=0)
+    """How often a worker fetches its retry partitions that had nothing new (0: in every
+    fetch).  Each idle partition a fetch names delays every record it brings (BENCHMARKS.md,
+    "Retry partitions at rest"); a retry waits its delay (a second or more) plus up to this."""
     producer_batch_bytes: int = Field(default=524_288, ge=16_384, le=1_000_000)
     """The worker producer's batch per partition (aiokafka's ``max_batch_size``).
 

@@ -12,6 +12,7 @@ from weir.core.config import WeirSettings
 from weir.schemas.messages import now_ms
 from weir.streams._failures import NOT_BEFORE_HEADER
 from weir.streams._partitions import Partitions
+from weir.streams._quiet import QuietPartitions
 from weir.streams._record_tasks import RecordTasks, Route
 from weir.streams._runtime import Record
 
@@ -22,7 +23,9 @@ class Fetcher:
     """Reads the worker's topics and starts their records (see ``RecordTasks``).
 
     A record of a partition that is not (or no longer) taken is given back; a retry
-    topic's record that is not yet due pauses its partition until it is.
+    topic's record that is not yet due pauses its partition until it is.  Retry
+    partitions with nothing new are fetched only every ``retry_poll_ms``
+    (``weir.streams._quiet``).
     """
 
     def __init__(
@@ -40,14 +43,23 @@ class Fetcher:
         self._records = records
         self.settings = settings
         self._stopping = stopping
+        self.quiet = QuietPartitions(
+            consumer,
+            [topic for topic, route in routes.items() if route.delayed],
+            lambda: partitions.assigned,
+            interval_s=settings.retry_poll_ms / 1000,
+        )
 
     async def run(self) -> None:
         consumer = self.consumer
         slots = self._partitions.slots
+        quiet = self.quiet if self.quiet.enabled else None
         while not self._stopping.is_set():
             batches = await consumer.getmany(
                 timeout_ms=200, max_records=self.settings.max_poll_records
             )
+            if quiet is not None:
+                quiet.tick(batches)
             for tp, records in batches.items():
                 route = self._routes[tp.topic]
                 if route.prepare is not None:
@@ -112,6 +124,7 @@ class Fetcher:
         """Hold a retry partition until its head record is due; nothing behind it is lost."""
         consumer = self.consumer
         consumer.pause(tp)
+        self.quiet.defer(tp)
         consumer.seek(tp, offset)
         delay = max(0.0, (due - now_ms()) / 1000)
         asyncio.get_running_loop().call_later(delay, self._resume, tp)
@@ -119,6 +132,7 @@ class Fetcher:
     def _resume(self, tp: TopicPartition) -> None:
         if tp in self._partitions.assigned and not self._stopping.is_set():
             self.consumer.resume(tp)
+            self.quiet.due(tp)
 
 
 def _not_before(record: Record) -> int:
