@@ -7,6 +7,7 @@ Optional (``pip install 'weir[confluent]'``); imported only when ``kafka_client`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -68,6 +69,9 @@ class ConfluentProducer:
         self._wanted: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._last_error = ""
         """What librdkafka last reported (authentication, TLS): the why of a failed start."""
+        self._renewing: asyncio.Task[None] | None = None
+        """Replacing a producer a fatal error left unusable (``_renew``)."""
+        self._renewals = 0
 
     def __repr__(self) -> str:
         return f"ConfluentProducer({self._config.get('bootstrap.servers')!r})"
@@ -101,6 +105,11 @@ class ConfluentProducer:
             raise BrokerError(f"cannot connect to Kafka at {bootstrap}: {why}") from None
 
     async def stop(self) -> None:
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
         if self._producer is None:
             return
         try:
@@ -118,7 +127,11 @@ class ConfluentProducer:
         # What librdkafka still holds fails now (a purge reports each message), so no
         # caller waits for an acknowledgement that cannot come.
         self._producer.purge()
-        self._producer.poll(0)
+        # ``flush``, not one ``poll(0)``: the reports of purged in-flight messages come a
+        # little later, and a report never served would leave its sender waiting for good.
+        left = await asyncio.to_thread(self._producer.flush, self._timeout_s)
+        if left:
+            log.error("%d message(s) neither acknowledged nor failed by librdkafka", left)
         reports, self._reports = self._reports, []
         self._settle(reports)
         self._producer = None
@@ -221,9 +234,45 @@ class ConfluentProducer:
         if found is not None and found.error is None and found.partitions:
             self._partitions[topic] = sorted(found.partitions)
 
-    def _on_error(self, err: Any) -> None:
+    def _on_error(self, err: Any) -> None:  # in the delivery thread (or a starting one)
         self._last_error = scrub(err.str() if hasattr(err, "str") else str(err))
-        log.warning("kafka (librdkafka): %s", self._last_error)
+        if not (hasattr(err, "fatal") and err.fatal()):
+            log.warning("kafka (librdkafka): %s", self._last_error)
+            return
+        # The idempotent producer can go no further (a sequence the broker refused, say):
+        # every later send would fail.  A new one (a new producer id) takes over.
+        log.error("kafka (librdkafka), fatal: %s; replacing the producer", self._last_error)
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                self._loop.call_soon_threadsafe(self._fatal)
+
+    def _fatal(self) -> None:
+        if self._renewing is None and self._producer is not None:
+            self._renewing = asyncio.get_running_loop().create_task(
+                self._renew(), name="weir-rdkafka-renew"
+            )
+
+    async def _renew(self) -> None:
+        """Replace the producer a fatal error left unusable.
+
+        What it still held fails (a purge reports each message), so the outbox sends it
+        again on the new one: a message that did land is then written twice, which every
+        consumer downstream tolerates.  Sends before the new one is up fail the same way.
+        """
+        await self._halt()
+        backoff = 0.5
+        while True:
+            try:
+                await self.start()
+            except BrokerError as exc:
+                log.warning("no new producer yet (%s); trying again in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(10.0, backoff * 2)
+                continue
+            self._renewals += 1
+            self._renewing = None
+            log.info("a new librdkafka producer took over after a fatal error")
+            return
 
     def _oauth_token(self, _config: str) -> tuple[str, float]:
         """librdkafka's ``oauth_cb``: a token from the provider, run on the event loop."""

@@ -226,3 +226,42 @@ async def test_send_batches_keeps_order_per_partition_and_says_where_each_messag
         order = [int(dict(r.headers)["n"]) for r in records if r.partition == partition]
         offsets = [r.offset for r in records if r.partition == partition]
         assert order == sorted(order) and offsets == sorted(offsets)
+
+
+async def test_confluent_replaces_a_producer_a_fatal_error_left_unusable(kafka, caplog) -> None:
+    import confluent_kafka
+    from aiokafka.errors import KafkaError
+
+    topic = await _topic(kafka, kafka.partitions)
+    producer = _producer(kafka, "confluent")
+    await producer.start()
+
+    async def send_until_acked(value: bytes) -> None:
+        # What the outbox does: a send that fails goes again after a pause.
+        while True:
+            try:
+                await (await producer.send(topic, value=value, key=value))
+                return
+            except KafkaError:
+                await asyncio.sleep(0.05)
+
+    try:
+        first = producer._producer  # type: ignore[attr-defined]
+        for i in range(50):
+            await send_until_acked(f"before-{i}".encode())
+        # librdkafka reports a fatal error from its own thread (none can be provoked on a
+        # healthy broker): the producer is unusable from then on.
+        fatal = confluent_kafka.KafkaError(
+            confluent_kafka.KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence refused", fatal=True
+        )
+        await asyncio.to_thread(producer._on_error, fatal)  # type: ignore[attr-defined]
+        async with asyncio.timeout(30):
+            for i in range(50):
+                await send_until_acked(f"after-{i}".encode())
+            while producer._producer is first:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    assert "fatal: sequence refused; replacing the producer" in caplog.text
+    values = {r.value for r in await read_topic(kafka, topic, until=100)}
+    assert values == {f"{w}-{i}".encode() for w in ("before", "after") for i in range(50)}
