@@ -46,24 +46,21 @@ rule and the version that chose its endpoint.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from simpleeval import InvalidExpression
-
-from weir.core.errors import BudgetExceededError, NoRouteError, RoutingError
+from weir.core.errors import BudgetExceededError, RoutingError
 from weir.processors._call import CallMeta
+from weir.processors._choice import Decision, choose
 from weir.processors._group import step_lag_now
 from weir.processors.budget import Budget, Reservation
 from weir.processors.chat_stream import ChatStream
-from weir.processors.condition import condition_names, lookup
+from weir.processors.condition import condition_names
 from weir.processors.endpoint import ModelEndpoint
 from weir.processors.features import Features
-from weir.processors.options import OptionTypeError
 from weir.processors.providers._base import Message
 from weir.processors.results import ChatResult, Classification, Embeddings
 from weir.processors.routing_rule import Rule
@@ -79,17 +76,6 @@ log = logging.getLogger("weir.models")
 
 
 # -- the router ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Which endpoint a call goes to, and why."""
-
-    endpoint: ModelEndpoint
-    rule: str | None
-    """``None``: no rule matched and the default took it."""
-    rules_version: int
-    budget_exceeded: bool = False
 
 
 @dataclass
@@ -270,91 +256,19 @@ class Router:
             lag=lag or 0,
             budget=(exceeded, spent, remaining),
         )
-        matched: list[CompiledRule] = []
-        for rule in active.rules:
-            if exceeded and not rule.reads_budget:
-                continue  # over budget, only rules written for that case may route
-            if self._matches(rule, namespace):
-                matched.append(rule)
-        version = active.rule_set.version
-        if not matched:
-            if exceeded:
-                raise BudgetExceededError(
-                    f"router {self.name!r}: budget exceeded and no rule for that case matched"
-                )
-            if active.rule_set.default is None:
-                raise NoRouteError(
-                    f"router {self.name!r} (rules version {version}): no rule matched and there"
-                    " is no default endpoint"
-                )
-            return Decision(self._endpoints[active.rule_set.default], None, version, exceeded)
-        choices = [(rule, self._target(rule, namespace, request_id or "")) for rule in matched]
-        strategy = active.rule_set.strategy
-        if strategy == "first":
-            rule, endpoint = max(choices, key=lambda c: (c[0].spec.priority, -c[0].index))
-        elif strategy == "cheapest":
-            tokens = int(feats.get("token_count"))
-            rule, endpoint = min(
-                choices,
-                key=lambda c: (
-                    c[1].estimate_cost(tokens, output_tokens)
-                    if c[1].price()
-                    else Decimal("Infinity"),
-                    -c[0].spec.priority,
-                    c[0].index,
-                ),
-            )
-        else:
-            rule, endpoint = min(
-                choices,
-                key=lambda c: (c[1].latency.percentile(50) or 0.0, -c[0].spec.priority, c[0].index),
-            )
-        return Decision(endpoint, rule.spec.name, version, exceeded)
-
-    def _matches(self, rule: CompiledRule, namespace: dict[str, Any]) -> bool:
-        name = rule.spec.name
-        try:
-            if rule.hold is not None and name in self._held:
-                if rule.hold.evaluate(namespace):
-                    self._held.discard(name)
-                    return False
-                return True
-            hit = rule.condition.evaluate(namespace)
-        except OptionTypeError as exc:
-            # The caller sent an option the rule cannot read: say so (once per rule and
-            # version), since the request silently takes another route.
-            seen = (name, self.version)
-            if seen not in self._option_warnings:
-                self._option_warnings.add(seen)
-                log.warning("router %s rule %s does not apply: %s", self.name, name, exc)
-            return False
-        except (InvalidExpression, TypeError, ValueError, KeyError, ZeroDivisionError) as exc:
-            # A request without a field the rule reads does not match it.
-            log.debug("router %s rule %s does not apply: %s", self.name, name, exc)
-            return False
-        if hit and rule.hold is not None:
-            self._held.add(name)
-        return hit
-
-    def _target(
-        self, rule: CompiledRule, namespace: dict[str, Any], request_id: str
-    ) -> ModelEndpoint:
-        spec = rule.spec
-        if spec.endpoint is not None:
-            return self._endpoints[spec.endpoint]
-        assert spec.split is not None
-        key = request_id
-        if spec.sticky is not None:
-            value = lookup(namespace, spec.sticky)
-            if value is not None:
-                key = str(value)
-        digest = hashlib.sha256(f"{self.name}\0{spec.name}\0{key}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64 * sum(spec.split.values())
-        for name, weight in spec.split.items():
-            if point < weight:
-                return self._endpoints[name]
-            point -= weight
-        return self._endpoints[list(spec.split)[-1]]
+        return choose(
+            active.rule_set,
+            active.rules,
+            namespace,
+            feats,
+            exceeded=exceeded,
+            request_id=request_id or "",
+            output_tokens=output_tokens,
+            router=self.name,
+            endpoints=self._endpoints,
+            held=self._held,
+            warned=self._option_warnings,
+        )
 
     # -- calls -------------------------------------------------------------------------------
 
