@@ -19,32 +19,34 @@ attempt and opens an OTel GenAI client span (``weir.processors._call``, one
 path for plain and streamed calls).  When the call fails, or the breaker is
 open, the next endpoint of ``fallbacks`` takes it within the same attempt;
 what still fails raises a ``ModelError`` whose ``retriable`` flag the step's
-``RetryPolicy`` honours.  Streamed calls are ``ChatStream``s
+``RetryPolicy`` honours.  Each operation's call along the chain is in
+``weir.processors._operations``; streamed calls are ``ChatStream``s
 (``weir.processors.chat_stream``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from weir.core.config import WeirSettings
-from weir.core.errors import (
-    ConfigError,
-    ModelError,
-    ModelTimeoutError,
-    RateLimitedError,
-    SecretError,
-)
+from weir.core.errors import ConfigError, ModelError, RateLimitedError, SecretError
 from weir.core.secrets import SecretRef
-from weir.processors._call import NO_META, CallMeta, Operation, breaker_refused, one_try, usage_of
+from weir.processors._call import NO_META, CallMeta
+from weir.processors._operations import (
+    check_messages,
+    run_chat,
+    run_classify,
+    run_embed,
+    run_generate_image,
+    run_transcribe,
+)
 from weir.processors.admission import Admission
 from weir.processors.chat_stream import ChatStream
 from weir.processors.circuit_breaker import BreakerPolicy, CircuitBreaker
@@ -55,14 +57,13 @@ from weir.processors.results import (
     ChatResult,
     Classification,
     Embeddings,
-    GeneratedImage,
     Images,
     Transcription,
     Usage,
 )
 from weir.processors.services import ModelServices, services_in_use, services_now
 from weir.processors.substitution import DirectCallProbed, probe, substitute
-from weir.processors.tokens import estimate_messages, estimate_tokens
+from weir.processors.tokens import estimate_tokens
 from weir.streams.journal import journaled_call
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ log = logging.getLogger("weir.models")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 
 DEFAULT_BREAKER = BreakerPolicy()
-Once = Callable[["ModelEndpoint", ProviderCall], Awaitable[tuple[Any, Usage, str]]]
 
 
 class ModelEndpoint:
@@ -199,27 +199,7 @@ class ModelEndpoint:
         self, messages: Sequence[Message], *, meta: CallMeta = NO_META, **params: Any
     ) -> ChatResult:
         """One chat completion (falls back along ``fallbacks``)."""
-        _check_messages(self.name, messages)
-        merged = {**self.params, **params}
-        estimate = estimate_messages(messages)
-
-        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
-            done = await ep.provider.chat(call, messages, merged)
-            usage = usage_of(done.input_tokens, done.output_tokens, estimate, done.text)
-            return done, usage, done.model
-
-        done, usage, cost, ep = await self._with_fallbacks("chat", once, estimate, meta)
-        return ChatResult(
-            endpoint=ep.name,
-            model=done.model,
-            usage=usage,
-            cost_usd=cost,
-            rule=meta.rule,
-            rules_version=meta.rules_version,
-            text=done.text,
-            finish_reason=done.finish_reason,
-            raw=done.raw,
-        )
+        return await run_chat(self, messages, meta, params)
 
     @journaled_call(Embeddings)
     async def embed(
@@ -247,51 +227,14 @@ class ModelEndpoint:
         self, texts: Sequence[str], estimate: int, meta: CallMeta, params: Mapping[str, Any]
     ) -> Embeddings:
         """``embed`` with the input tokens already estimated (the batcher has them)."""
-        merged = {**self.params, **params}
-
-        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
-            done = await ep.provider.embed(call, texts, merged)
-            if done.input_tokens is not None:
-                usage = Usage(done.input_tokens, 0, "provider")
-            else:
-                usage = Usage(estimate, 0, "estimate")
-            return done, usage, done.model
-
-        done, usage, cost, ep = await self._with_fallbacks("embeddings", once, estimate, meta)
-        return Embeddings(
-            endpoint=ep.name,
-            model=done.model,
-            usage=usage,
-            cost_usd=cost,
-            rule=meta.rule,
-            rules_version=meta.rules_version,
-            vectors=done.vectors,
-        )
+        return await run_embed(self, texts, estimate, meta, params)
 
     @journaled_call(Classification)
     async def classify(
         self, text: str, *, meta: CallMeta = NO_META, **params: Any
     ) -> Classification:
         """A label for ``text`` (local classifiers)."""
-        merged = {**self.params, **params}
-        estimate = estimate_tokens(text)
-
-        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
-            done = await ep.provider.classify(call, text, merged)
-            return done, Usage(estimate, 0, "estimate"), done.model
-
-        done, usage, cost, ep = await self._with_fallbacks("classification", once, estimate, meta)
-        return Classification(
-            endpoint=ep.name,
-            model=done.model,
-            usage=usage,
-            cost_usd=cost,
-            rule=meta.rule,
-            rules_version=meta.rules_version,
-            label=done.label,
-            score=done.score,
-            scores=done.scores,
-        )
+        return await run_classify(self, text, meta, params)
 
     async def generate_image(
         self, prompt: str, *, n: int = 1, meta: CallMeta = NO_META, **params: Any
@@ -301,26 +244,7 @@ class ModelEndpoint:
         Keep the bytes out of Kafka: return an image's ``url``, or the path
         ``GeneratedImage.write`` put it at, from the step.
         """
-        if not isinstance(prompt, str) or not prompt:
-            raise ConfigError(f"endpoint {self.name!r}: generate_image() takes a prompt string")
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"endpoint {self.name!r}: n must be a positive integer")
-        merged = {**self.params, **params, "n": n}
-
-        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
-            done = await ep.provider.generate_image(call, prompt, merged)
-            return done, Usage(0, 0, "provider", images=len(done.urls)), done.model
-
-        done, usage, cost, ep = await self._with_fallbacks("image_generation", once, 0, meta)
-        return Images(
-            endpoint=ep.name,
-            model=done.model,
-            usage=usage,
-            cost_usd=cost,
-            rule=meta.rule,
-            rules_version=meta.rules_version,
-            images=[GeneratedImage(u, d) for u, d in zip(done.urls, done.data, strict=True)],
-        )
+        return await run_generate_image(self, prompt, n, meta, params)
 
     async def transcribe(
         self,
@@ -336,68 +260,14 @@ class ModelEndpoint:
         Seconds are the provider's measure; ``duration_s`` is used when it gives none
         (without either, the call is priced at 0 and its usage marked an estimate).
         """
-        if not isinstance(audio, bytes | bytearray) or not audio:
-            raise ConfigError(f"endpoint {self.name!r}: transcribe() takes the audio's bytes")
-        merged = {**self.params, **params}
-
-        async def once(ep: ModelEndpoint, call: ProviderCall) -> tuple[Any, Usage, str]:
-            done = await ep.provider.transcribe(call, bytes(audio), filename, merged)
-            seconds = done.duration_s if done.duration_s is not None else duration_s
-            source: Literal["provider", "estimate"] = (
-                "provider" if done.duration_s is not None else "estimate"
-            )
-            # Milliseconds: enough for per-second prices, and exact in Decimal.
-            exact = Decimal(str(round(seconds, 3))) if seconds is not None else Decimal(0)
-            return done, Usage(0, 0, source, audio_seconds=exact), done.model
-
-        done, usage, cost, ep = await self._with_fallbacks("transcription", once, 0, meta)
-        return Transcription(
-            endpoint=ep.name,
-            model=done.model,
-            usage=usage,
-            cost_usd=cost,
-            rule=meta.rule,
-            rules_version=meta.rules_version,
-            text=done.text,
-            duration_s=float(usage.audio_seconds) if usage.audio_seconds else None,
-            language=done.language,
-        )
+        return await run_transcribe(self, audio, filename, duration_s, meta, params)
 
     def stream_chat(
         self, messages: Sequence[Message], *, meta: CallMeta = NO_META, **params: Any
     ) -> ChatStream:
         """A streamed chat answer: iterate its ``StreamEvent``s, or ``await .collect()``."""
-        _check_messages(self.name, messages)
+        check_messages(self.name, messages)
         return ChatStream(self, list(messages), {**self.params, **params}, meta)
-
-    async def _with_fallbacks(
-        self, operation: Operation, once: Once, estimate: int, meta: CallMeta
-    ) -> tuple[Any, Usage, Decimal, ModelEndpoint]:
-        last: ModelError | None = None
-        chain = self.chain()
-        for ep in chain:
-            fallback_from = None if ep is chain[0] else chain[0].name
-            refused = breaker_refused(ep, operation, meta, fallback_from, streamed=False)
-            if refused is not None:
-                last = refused
-                continue
-            try:
-                async with one_try(ep, operation, meta, fallback_from, estimate) as attempt:
-                    try:
-                        async with asyncio.timeout(ep.timeout_s):
-                            done, attempt.usage, attempt.model = await once(ep, attempt.call)
-                    except TimeoutError:
-                        raise ModelTimeoutError(
-                            f"endpoint {ep.name!r} did not answer within {ep.timeout_s:g}s"
-                        ) from None
-            except ModelError as exc:
-                last = exc
-                if not exc.retriable:
-                    raise
-                continue
-            return done, attempt.usage, attempt.cost, ep
-        assert last is not None
-        raise last
 
     # -- what one try needs of the endpoint (``weir.processors._call.Callee``) -------------
 
@@ -471,14 +341,3 @@ class ModelEndpoint:
             else {"input": str(price.input_per_1m), "output": str(price.output_per_1m)},
             "fallbacks": [fb.name for fb in self.fallbacks],
         }
-
-
-def _check_messages(endpoint: str, messages: Sequence[Message]) -> None:
-    if isinstance(messages, str | bytes) or not messages:
-        raise ConfigError(
-            f"endpoint {endpoint!r}: messages must be a non-empty list of"
-            " {'role': ..., 'content': ...} mappings"
-        )
-    for m in messages:
-        if not isinstance(m, Mapping) or "role" not in m:
-            raise ConfigError(f"endpoint {endpoint!r}: every message needs a 'role', got {m!r}")
