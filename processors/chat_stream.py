@@ -21,10 +21,10 @@ from weir.processors._call import Callee, CallMeta, CallTry, breaker_refused, on
 from weir.processors.providers._base import Message, Piece
 from weir.processors.results import ChatResult, StreamEvent
 from weir.processors.tokens import estimate_messages
+from weir.streams._stream_publisher import StreamPublisher
 from weir.streams.context import current_scope
 from weir.streams.dead_letter import error_type_of
 from weir.streams.journal import journaled
-from weir.streams.tokens import StreamPublisher
 
 __all__ = ["ChatStream"]
 

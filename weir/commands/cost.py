@@ -27,7 +27,7 @@ async def request_calls(
 
     from weir.schemas.messages import TraceEvent, now_ms
     from weir.schemas.trace_batch import is_trace_batch, unpack_trace_events
-    from weir.streams.tokens import partition_of
+    from weir.streams._stream_publisher import partition_of
     from weir.topics._aiokafka import stop_consumer
     from weir.topics.admin import TopicAdmin
 
