@@ -10,15 +10,13 @@ call opens a consumer of its own except ``results()`` (a scan) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from weir.core.config import WeirSettings
 from weir.core.errors import (
@@ -31,9 +29,9 @@ from weir.core.kafka import KafkaConnection
 from weir.schemas.messages import REQUEST_SCHEMA, Request, Result, now_ms
 from weir.schemas.registry import SchemaRegistry
 from weir.streams._result_listener import ResultListener
+from weir.streams._result_reader import ResultReader
 from weir.streams.conversation import conversation_id_of
 from weir.streams.tokens import TokenStream
-from weir.topics._aiokafka import retrying, rewind, stop_consumer
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import PipelineTopics
 
@@ -63,6 +61,7 @@ class WeirClient:
         self._schema_ids: dict[str, int] = {}
         """The request schema's registry id per requests topic (with a schema registry)."""
         self._listener = ResultListener(settings, keep=keep_results, client_id=self.client_id)
+        self._reader = ResultReader(settings, self._listener)
         self._submitted: OrderedDict[str, tuple[str, int]] = OrderedDict()
         """Recent request ids -> (pipeline, epoch ms at submission), for ``stream()``."""
         self._keep = keep_results
@@ -305,7 +304,7 @@ class WeirClient:
         topic = await self._requests_topic(pipeline)
         await self._producer.send_and_wait(topic, value=value, key=key)
 
-    async def results(
+    def results(
         self,
         pipeline: str,
         *,
@@ -321,49 +320,14 @@ class WeirClient:
         the end of the topic as it was when called; with it, waits for new
         results (until ``idle_timeout`` seconds pass with none).
         """
-        topic = PipelineTopics(pipeline).results
-        consumer = KafkaConnection.of(self.settings).consumer(
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
+        # The reader's generator itself, not one wrapping it: closing it stops its consumer.
+        return self._reader.scan(
+            pipeline,
+            from_beginning=from_beginning,
+            follow=follow,
+            idle_timeout=idle_timeout,
+            start=start,
         )
-        await consumer.start()
-        try:
-            async with TopicAdmin(self.settings) as admin:
-                count = (await admin.partitions([topic])).get(topic)
-            if not count:
-                raise UnknownPipelineError(f"pipeline {pipeline!r} has no results topic ({topic})")
-            tps = [TopicPartition(topic, p) for p in range(count)]
-            consumer.assign(tps)
-            if start is not None:
-                await rewind(consumer, tps)
-                for tp in tps:
-                    if tp.partition in start:
-                        consumer.seek(tp, start[tp.partition])
-            elif from_beginning:
-                await rewind(consumer, tps)
-            else:
-                ends = await retrying(lambda: consumer.end_offsets(tps), what="reading ends")
-                for tp in tps:
-                    consumer.seek(tp, ends[tp])
-            end = await consumer.end_offsets(tps) if not follow else None
-            last = time.monotonic()
-            while True:
-                if end is not None and all([await consumer.position(tp) >= end[tp] for tp in tps]):
-                    return
-                batch = await consumer.getmany(timeout_ms=200)
-                if not batch:
-                    if idle_timeout is not None and time.monotonic() - last > idle_timeout:
-                        return
-                    continue
-                last = time.monotonic()
-                for records in batch.values():
-                    for record in records:
-                        if record.value is not None:
-                            yield Result.from_wire(record.value)
-        finally:
-            with contextlib.suppress(KafkaError):
-                await stop_consumer(consumer)
 
     def stream(
         self,
@@ -413,30 +377,7 @@ class WeirClient:
         from its beginning.  Raises ``ResultTimeoutError`` (a ``TimeoutError``)
         naming how many are missing.
         """
-        wanted = list(dict.fromkeys(request_ids))
-        found: dict[str, Result] = {}
-        try:
-            async with asyncio.timeout(timeout):
-                if pipeline in self._listener.watched:
-
-                    async def one(rid: str) -> None:
-                        found[rid] = await self._listener.result(rid, timeout=timeout + 1)
-
-                    await asyncio.gather(*(one(rid) for rid in wanted))
-                else:
-                    remaining = set(wanted)
-                    async for result in self.results(pipeline, follow=True):
-                        if result.request_id in remaining:
-                            remaining.discard(result.request_id)
-                            found[result.request_id] = result
-                            if not remaining:
-                                break
-        except TimeoutError:
-            raise ResultTimeoutError(
-                f"{len(wanted) - len(found)} of {len(wanted)} results of {pipeline!r} did not"
-                f" arrive within {timeout:g}s; is a worker for it running ('weir worker')?"
-            ) from None
-        return found
+        return await self._reader.wait_for(pipeline, request_ids, timeout=timeout)
 
 
 class _ProgressBar:
