@@ -117,7 +117,8 @@ async def test_a_worker_rests_its_idle_retry_partitions_and_still_retries(kafka,
 
     topics = PipelineTopics(p.name)
     retry = {TopicPartition(t, n) for t in topics_of(p, topics) for n in range(kafka.partitions)}
-    async with Worker(p, kafka) as worker, WeirClient(kafka) as client:
+    settings = kafka.model_copy(update={"retry_poll_ms": 250})
+    async with Worker(p, settings) as worker, WeirClient(kafka) as client:
         async with asyncio.timeout(60):
             while not retry <= worker.assigned or not retry <= worker._consumer.paused():
                 await asyncio.sleep(0.1)
