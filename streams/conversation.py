@@ -52,6 +52,8 @@ __all__ = [
 
 MAX_CONVERSATION_ID_BYTES = 256
 """Longest ``conversation_id`` (UTF-8 bytes), as for a request id."""
+PAST_SUMMARIES_KEPT = 4
+"""Earlier summaries a stored conversation keeps, for step replays of older requests."""
 
 Role = Literal["system", "user", "assistant", "tool"]
 _ROLES = ("system", "user", "assistant", "tool")
@@ -174,6 +176,11 @@ class ConversationState:
     """Turns ever added: the newer of two copies has the higher one."""
     dropped: int = 0
     """Turns trimmed away so far."""
+    summary_until: int = 0
+    """``at`` of the newest turn ``summary`` folds in (0: not known, stored before 2026-12)."""
+    past_summaries: list[tuple[int, str]] = field(default_factory=list)
+    """The summaries ``summary`` replaced, as ``(summary_until, summary)``, oldest first; the
+    last ``PAST_SUMMARIES_KEPT``.  A step replay picks the one its request saw."""
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":"), default=str).encode()
@@ -188,7 +195,20 @@ class ConversationState:
             int(body["updated_at"]),
             int(body["seq"]),
             int(body.get("dropped", 0)),
+            int(body.get("summary_until", 0)),
+            [(int(until), str(text)) for until, text in body.get("past_summaries", ())],
         )
+
+    def summary_before(self, at: int) -> str | None:
+        """The newest summary that folds in only turns added before ``at`` (epoch ms): what
+        a request submitted then saw, when the table still holds it; ``None`` when every
+        summary kept folds in later turns (a replay must not see what came after it)."""
+        if self.summary is not None and self.summary_until < at:
+            return self.summary  # also a summary stored before its time was (0)
+        for until, text in reversed(self.past_summaries):
+            if until < at:
+                return text
+        return None
 
     def expired(self, ttl: float | None, now_ms: int) -> bool:
         return ttl is not None and now_ms - self.updated_at > ttl * 1000
@@ -304,7 +324,21 @@ async def trimmed(
                 break
             pending.append(turn)
         dropped.extend(pending)
+    past, until = state.past_summaries, state.summary_until
+    if summary != state.summary and dropped:
+        if state.summary is not None:
+            past = [*past, (state.summary_until, state.summary)][-PAST_SUMMARIES_KEPT:]
+        until = max(t.at for t in dropped)
     out = ConversationState(
-        turns, summary, state.updated_at, state.seq, state.dropped + len(dropped)
+        turns,
+        summary,
+        state.updated_at,
+        state.seq,
+        state.dropped + len(dropped),
+        until,
+        list(past),
     )
+    # Past summaries serve replays only: the first to go when the value outgrows its cap.
+    while out.past_summaries and len(out.encode()) > config.max_bytes:
+        del out.past_summaries[0]
     return out, dropped

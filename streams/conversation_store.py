@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -198,14 +199,18 @@ class ConversationStore:
     async def history_seen(self, request: str, request_id: str, submitted_at: int) -> History:
         """The history a request's attempt saw, as far as the table still holds it (a step
         replay's): the turns before the request's own, or, when its turns are not stored
-        (it failed, or they were trimmed), the turns added before it was submitted.  The
-        summary is the current one.  Turns the replay adds are kept nowhere."""
+        (it failed, or they were trimmed), the turns added before it was submitted, with
+        the newest summary of turns before that (``ConversationState.summary_before``).
+        Turns the replay adds are kept nowhere."""
         payload = json.loads(request)
         cid = conversation_id_of(payload) if isinstance(payload, dict) else None
         state = ConversationState() if cid is None else await self.state(cid)
         if not any(t.request_id == request_id for t in state.turns):
+            # Its turns gone or never written: the current summary may fold in turns that
+            # came after it, which the replay must not see.
             earlier = [t for t in state.turns if t.at < submitted_at]
-            state = ConversationState(earlier, state.summary, state.updated_at, state.seq)
+            summary = state.summary_before(submitted_at)
+            state = ConversationState(earlier, summary, state.updated_at, state.seq)
         history = History(cid, state, self.config, request_id=request_id, step=self._step)
         history.recorded = True  # so nothing the replay adds would be written
         return history
@@ -216,12 +221,11 @@ class ConversationStore:
         added = history.added
         if not added or history.recorded:
             return []  # nothing to add, or added by an earlier attempt that was answered
-        new = ConversationState(
-            [*state.turns, *added],
-            state.summary,
-            int(time.time() * 1000),
-            state.seq + len(added),
-            state.dropped,
+        new = dataclasses.replace(
+            state,
+            turns=[*state.turns, *added],
+            updated_at=int(time.time() * 1000),
+            seq=state.seq + len(added),
         )
         new, dropped = await trimmed(self.config, new, keep=len(added))
         if dropped:

@@ -49,3 +49,13 @@ def replayed_answer(text: str, history: History, ctx: StepContext) -> list[str]:
     """A replay candidate for ``answer``: what history it was given (and a turn it adds)."""
     history.add("user", f"replayed {text}")  # a replay's turns must be stored nowhere
     return [t.content for t in history.turns]
+
+
+def summarized_turns(summary: str | None, dropped: list[Any]) -> str:
+    """A summariser that names every turn it folds in (``Conversation.summarize``)."""
+    return "|".join([*([summary] if summary else []), *(t.content for t in dropped)])
+
+
+def replayed_summary(text: str, history: History, ctx: StepContext) -> str | None:
+    """A replay candidate for ``answer``: the summary it was given."""
+    return history.summary

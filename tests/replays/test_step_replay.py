@@ -14,7 +14,7 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
-from tests._conversations import chat
+from tests._conversations import chat, summarized_turns
 from tests._kafka import read_results
 from tests._model_servers import ModelServer, input_tokens
 from tests._sink import SinkProcess, sink_settings
@@ -27,7 +27,7 @@ from weir.processors import ModelEndpoint, OpenAICompatible, Price
 from weir.processors.services import ModelServices
 from weir.replays import StepReplay, in_sample, read_outcomes
 from weir.schemas.messages import now_ms
-from weir.streams import Pipeline, WeirClient, Worker
+from weir.streams import Conversation, Pipeline, WeirClient, Worker
 from weir.streams.conversation_store import read_conversation
 from weir.streams.side_effects import side_effect
 from weir.topics.names import PipelineTopics
@@ -426,3 +426,32 @@ async def test_a_replayed_conversation_step_sees_the_history_its_live_attempt_sa
     assert json.loads(outcomes[alone].output or "null") == []
     [(_, _, state)] = await read_conversation(kafka, "c-r", pipeline=pipeline_name)
     assert len(state.turns) == 8  # the replay stored none of the turns it added
+
+
+async def test_a_replayed_request_whose_turns_were_trimmed_sees_no_summary_of_later_turns(
+    kafka, pipeline_name
+):
+    # Two turns a request, two kept: every request's write folds the one before it into
+    # the summary, so by the end the turns of all but the last are summarized away.
+    p = chat(pipeline_name, conversation=Conversation(max_turns=2, summarize=summarized_turns))
+    since = now_ms() - 1000
+    async with Worker(p, kafka), WeirClient(kafka) as client:
+        rids = []
+        for n in range(6):
+            rid = await client.submit(pipeline_name, {"text": f"turn {n}"}, conversation_id="c-s")
+            assert (await client.result(rid, timeout=60)).status == "SUCCESS"
+            rids.append(rid)
+    [(_, _, state)] = await read_conversation(kafka, "c-s", pipeline=pipeline_name)
+    assert state.summary is not None and "turn 4" in state.summary  # the current one
+    job = await StepReplay.create(
+        kafka, p, step="answer", since_ms=since, variant="tests._conversations:replayed_summary"
+    )
+    await job.run()
+    outcomes = {o.request_id: o for o in await read_outcomes(kafka, job.topic)}
+    for n, rid in enumerate(rids):
+        seen = json.loads(outcomes[rid].output or "null")
+        if n == 0:
+            assert seen is None  # nothing came before it
+            continue
+        assert f"turn {n - 1}" in seen  # everything before it, summarized
+        assert all(f"turn {later}" not in seen for later in range(n, 6)), (n, seen)

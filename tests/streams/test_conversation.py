@@ -73,6 +73,42 @@ async def test_turns_dropped_for_a_longer_summary_are_summarised_too() -> None:
     assert weigh(config, state.summary, state.turns) <= 100
 
 
+async def test_each_new_summary_says_until_when_and_keeps_the_ones_it_replaced() -> None:
+    def summarize(summary: str | None, dropped: list[Turn]) -> str:
+        return f"upto{dropped[-1].at}"
+
+    config = Conversation(max_turns=3, summarize=summarize)
+    state = ConversationState()
+    for n in range(10):  # one turn a request; from the 4th on, each trims one
+        state.turns.append(_turn(n))
+        state, _ = await trimmed(config, state, keep=1)
+        state = ConversationState.decode(state.encode())  # as stored
+    assert (state.summary, state.summary_until) == ("upto6", 6)
+    assert state.past_summaries == [(2, "upto2"), (3, "upto3"), (4, "upto4"), (5, "upto5")]
+    # A replay of a request submitted at 5 gets the newest summary of turns before it
+    # (0-4); at 9, the current one; at 2, none: those were replaced and not kept, and the
+    # ones kept fold in later turns, which a replay must never see.
+    assert state.summary_before(5) == "upto4"
+    assert state.summary_before(9) == "upto6"
+    assert state.summary_before(3) == "upto2"
+    assert state.summary_before(2) is None
+
+
+async def test_past_summaries_go_first_when_the_conversation_outgrows_its_bytes() -> None:
+    def summarize(summary: str | None, dropped: list[Turn]) -> str:
+        return "s" * 300 + str(dropped[-1].at)
+
+    config = Conversation(max_turns=2, max_bytes=1200, summarize=summarize)
+    state = ConversationState()
+    for n in range(8):
+        state.turns.append(_turn(n))
+        state, _ = await trimmed(config, state, keep=1)
+    assert len(state.encode()) <= 1200
+    assert state.summary is not None and state.summary.endswith("5")
+    assert len(state.past_summaries) < 4  # some went to stay under the cap
+    assert [t.content[:3] for t in state.turns] == ["006", "007"]
+
+
 async def test_the_turns_just_added_stay_even_over_the_budget() -> None:
     config = Conversation(budget_tokens=10)
     state, dropped = await trimmed(config, ConversationState([_turn(0), _turn(1)]), keep=1)
