@@ -36,7 +36,6 @@ class QuietPartitions:
         "_quiet",
         "_resting",
         "_watched",
-        "clock",
     )
 
     def __init__(
@@ -59,7 +58,6 @@ class QuietPartitions:
         self._deferred: set[TopicPartition] = set()
         """Paused by the fetch loop until their head record is due."""
         self._next_s = 0.0
-        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def enabled(self) -> bool:
@@ -74,7 +72,7 @@ class QuietPartitions:
         interval, wake what rests (and watch retry partitions newly taken)."""
         if self._watched:
             self._settle(fetched)
-        now = self.clock()
+        now = time.monotonic()
         if now >= self._next_s:
             self._next_s = now + self._interval_s
             self._wake()
