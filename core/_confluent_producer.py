@@ -71,7 +71,6 @@ class ConfluentProducer:
         """What librdkafka last reported (authentication, TLS): the why of a failed start."""
         self._renewing: asyncio.Task[None] | None = None
         """Replacing a producer a fatal error left unusable (``_renew``)."""
-        self._renewals = 0
 
     def __repr__(self) -> str:
         return f"ConfluentProducer({self._config.get('bootstrap.servers')!r})"
@@ -269,7 +268,6 @@ class ConfluentProducer:
                 await asyncio.sleep(backoff)
                 backoff = min(10.0, backoff * 2)
                 continue
-            self._renewals += 1
             self._renewing = None
             log.info("a new librdkafka producer took over after a fatal error")
             return

@@ -325,7 +325,8 @@ async def trimmed(
             pending.append(turn)
         dropped.extend(pending)
     past, until = state.past_summaries, state.summary_until
-    if summary != state.summary and dropped:
+    if dropped and config.summarize is not None:
+        # Folded in, whether or not the text changed: the summary now covers these turns.
         if state.summary is not None:
             past = [*past, (state.summary_until, state.summary)][-PAST_SUMMARIES_KEPT:]
         until = max(t.at for t in dropped)
