@@ -6,6 +6,7 @@ process per data directory) and a ClickHouse server (``http(s)://``).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import re
 import threading
@@ -81,6 +82,8 @@ class TraceStore(StoreQueries):
         except TraceStoreError:
             store.close()
             raise
+        if dsn.startswith("chdb://"):
+            _rearm_faulthandler()
         return store
 
     def check_schema(self) -> None:
@@ -290,3 +293,16 @@ def _unreachable(dsn: str, exc: BaseException) -> str:
             " other weir command to finish"
         )
     return f"trace store {dsn} is unavailable: {text[:500]}"
+
+
+def _rearm_faulthandler() -> None:
+    """Give fatal signals back to Python's ``faulthandler`` if it was on.
+
+    The embedded engine's session installs ClickHouse's handlers for SIGSEGV, SIGBUS,
+    SIGILL, SIGFPE and SIGABRT; they report to a server log the embedded engine does not
+    have, so a native crash anywhere in the process (a C extension, the Kafka client) ended
+    it without a word.  Queries on the open session do not install them again.
+    """
+    if faulthandler.is_enabled():
+        faulthandler.disable()
+        faulthandler.enable()

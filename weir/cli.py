@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -95,6 +96,9 @@ errors); every other weir error is a failure (exit 1)."""
 
 def main() -> None:
     """Entry point: every weir error becomes one readable line; exit 0 ok, 1 failure, 2 usage."""
+    # A native crash (a C extension, the Kafka client, the embedded engine) prints every
+    # thread's Python stack instead of ending the worker without a word.
+    faulthandler.enable()
     try:
         app()
     except WeirError as exc:

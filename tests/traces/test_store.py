@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -361,3 +364,23 @@ def test_arrow_and_native_inserts_store_the_same_values(tmp_path: Path) -> None:
     finally:
         arrow.close()
         native.close()
+
+
+def test_a_native_crash_after_the_embedded_engine_opened_still_prints_python_stacks(tmp_path):
+    # ClickHouse's signal handlers, installed by the embedded session, used to swallow
+    # SIGSEGV without a word (how an intermittent crash of the suite hid its cause).
+    script = (
+        "import faulthandler\n"
+        "faulthandler.enable()\n"
+        "from weir.core.config import load_settings\n"
+        "from weir.traces import TraceStore\n"
+        f"store = TraceStore.connect(load_settings(), dsn='chdb://{tmp_path / 'db'}')\n"
+        "assert store.query('SELECT 1') == [(1,)]\n"
+        "faulthandler._sigsegv()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == -signal.SIGSEGV, done.stderr[-2000:]
+    assert "Fatal Python error: Segmentation fault" in done.stderr, done.stderr[-2000:]
+    assert 'File "<string>", line 7' in done.stderr
