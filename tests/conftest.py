@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,25 @@ import pytest
 
 from weir.core.config import BrokerSettings, WeirSettings, load_settings
 from weir.topics.broker import free_port_pair
+
+_CRASH_FILE = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # The real stderr (output capture is suspended here), for crash reports: a test that
+    # segfaults kills the process, and its captured output with it.
+    config.stash[_CRASH_FILE] = os.dup(2)
+
+
+@pytest.fixture(autouse=True)
+def _crash_reports(pytestconfig: pytest.Config) -> None:
+    """Before each test, fatal signals go to faulthandler on the real stderr: an earlier
+    test's embedded ClickHouse session installs handlers that die without a word, and the
+    store re-arms faulthandler onto the captured stderr, which a crash loses."""
+    if faulthandler.is_enabled():
+        faulthandler.disable()
+        faulthandler.enable(file=pytestconfig.stash[_CRASH_FILE], all_threads=True)
 
 
 @pytest.fixture(scope="session")
