@@ -53,7 +53,15 @@ from weir.bench_systems import (
 )
 from weir.core.kafka import KafkaConnection
 
-__all__ = ["BenchConfig", "Round", "RunFigures", "linear_pipeline", "run_bench", "summary"]
+__all__ = [
+    "BenchConfig",
+    "Round",
+    "RunFigures",
+    "linear_pipeline",
+    "round_order",
+    "run_bench",
+    "summary",
+]
 
 
 @dataclass
@@ -289,6 +297,15 @@ def systems(cfg: BenchConfig) -> list[str]:
     return out + list(cfg.variants)
 
 
+def round_order(cfg: BenchConfig, r: int) -> list[str]:
+    """Round ``r``'s order (from 1): the systems rotated by one each round, so each takes
+    each place equally often (the first run of a run was measured the slowest, however
+    long the broker's warm-up)."""
+    order = systems(cfg)
+    shift = (r - 1) % len(order)
+    return order[shift:] + order[:shift]
+
+
 def run_bench(
     cfg: BenchConfig,
     *,
@@ -307,7 +324,7 @@ def run_bench(
             rounds = []
             for r in range(1, cfg.rounds + 1):
                 this = Round()
-                for system in systems(cfg):
+                for system in round_order(cfg, r):
                     status(f"round {r}/{cfg.rounds}: {system}")
                     this.runs.append(await _run_one(system, r, cfg, server, progress))
                 rounds.append(this)
