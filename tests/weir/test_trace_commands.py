@@ -90,7 +90,9 @@ async def test_weir_trace_names_the_step_that_made_a_request_slow(
     assert "slow step: enrich" in timeline["verdict"]
 
     normal = weir(repo_root, settings, "trace", ids[0], "--json")
-    assert json.loads(normal.stdout)["total_ms"] < 1000
+    # Sent in the same burst, so a cold broker delays both alike: the slow one is slower by
+    # about its 1.5 s in ``enrich`` (an absolute bound failed when this test ran first).
+    assert timeline["total_ms"] - json.loads(normal.stdout)["total_ms"] > 1000
 
     missing = weir(repo_root, settings, "trace", "no-such-request")
     assert missing.returncode == 1  # a failure, not a usage error (README: exit codes)
