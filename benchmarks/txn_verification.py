@@ -7,9 +7,10 @@ transaction version 2, which aiokafka does not.  weir's answer writer opens its
 transaction ahead and registers its two partitions before the answer comes, so the
 check is the one round trip left in front of the answer's produce.
 
-Default mode: two single-node brokers, one with verification off.  Each transaction is
-opened ahead the way the writer opens it (``begin_transaction`` and both partitions
-registered, then 10 ms idle); then one record goes to each partition, the acks are
+Default mode: two single-node brokers, the check turned off on one (as ``--set off``).
+Each transaction is opened ahead the way the writer opens it (``begin_transaction`` and
+both partitions registered, then 10 ms idle); then one record goes to each partition, the
+acks are
 awaited (``produce``), and the transaction commits (``commit``).  ``plain`` is an
 idempotent ``acks=all`` send without a transaction, for scale.  Blocks of 50
 transactions alternate between the brokers, after 100 on each to warm up.
@@ -31,46 +32,35 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-import weir.topics.broker as broker_module
+from weir.bench_measures import percentile
 from weir.core.config import BrokerSettings, load_settings
 from weir.topics._aiokafka import add_to_transaction
+from weir.topics.admin import TopicAdmin
+from weir.topics.broker import LocalBroker, free_port_pair
+from weir.topics.names import TopicSpec
 
 FLAG = "transaction.partition.verification.enable"
 MEASURES = ("produce", "commit", "plain")
 
 
-def start_broker(*, verify: bool) -> broker_module.LocalBroker:
-    """A throw-away single-node broker, with the flag set in its ``server.properties``."""
-    properties = broker_module.server_properties
-
-    def with_flag(**kw: Any) -> dict[str, str]:
-        return properties(**kw) | {FLAG: str(verify).lower()}
-
-    broker_module.server_properties = with_flag  # type: ignore[assignment]
-    try:
-        broker = broker_module.LocalBroker(
-            load_settings(broker=BrokerSettings(port=broker_module.free_port_pair())),
-            state_dir=Path(tempfile.mkdtemp(prefix="weir-txnv-")),
-        )
-        broker.start()
-    finally:
-        broker_module.server_properties = properties
+def start_broker() -> LocalBroker:
+    """A throw-away single-node broker."""
+    broker = LocalBroker(
+        load_settings(broker=BrokerSettings(port=free_port_pair())),
+        state_dir=Path(tempfile.mkdtemp(prefix="weir-txnv-")),
+    )
+    broker.start()
     return broker
 
 
 async def clients(bootstrap: str) -> tuple[AIOKafkaProducer, AIOKafkaProducer]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic("r", 4, 1), NewTopic("c", 4, 1)])
-    finally:
-        await admin.close()
+    async with TopicAdmin(load_settings(kafka_bootstrap=bootstrap)) as admin:
+        await admin.ensure([TopicSpec("r", 4, 1), TopicSpec("c", 4, 1)])
     tx = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         transactional_id=f"txnv-{bootstrap}",
@@ -113,14 +103,11 @@ async def block(
         await asyncio.sleep(0.005)
 
 
-def p90(values: list[float]) -> float:
-    return sorted(values)[int(0.9 * len(values))]
-
-
 async def compare(rounds: int) -> dict[str, dict[str, dict[str, float]]]:
-    brokers = {"verification on": start_broker(verify=True)}
-    brokers["verification off"] = start_broker(verify=False)
+    brokers = {"verification on": start_broker()}
+    brokers["verification off"] = start_broker()
     try:
+        await set_flag(brokers["verification off"].bootstrap, on=False)
         pairs = {name: await clients(b.bootstrap) for name, b in brokers.items()}
         samples: dict[str, dict[str, list[float]]] = {
             name: {m: [] for m in MEASURES} for name in brokers
@@ -139,7 +126,7 @@ async def compare(rounds: int) -> dict[str, dict[str, dict[str, float]]]:
             b.stop()
     return {
         name: {
-            m: {"p50_ms": statistics.median(v), "p90_ms": p90(v), "n": len(v)}
+            m: {"p50_ms": statistics.median(v), "p90_ms": percentile(v, 90), "n": len(v)}
             for m, v in measured.items()
         }
         for name, measured in samples.items()
