@@ -38,6 +38,7 @@ COMPILED = [
     "weir/streams/offsets.py",
     "weir/streams/table.py",
     "weir/streams/tracing.py",
+    "weir/topics/_murmur2.py",
 ]
 
 

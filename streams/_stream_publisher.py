@@ -17,11 +17,10 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from weir.core.errors import StepError
 from weir.schemas.messages import now_ms
 from weir.streams.context import AttemptScope
+from weir.topics._murmur2 import murmur2
 from weir.topics.names import PipelineTopics
 
 __all__ = ["StreamPublisher", "partition_of"]

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+import pydantic_core
+
 from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 from weir.core.kafka import KafkaConnection
 from weir.schemas._result_codec import ResultFields
@@ -56,7 +58,7 @@ class _Answered(NamedTuple):
 
 
 def _encode(a: _Answered) -> bytes:
-    return json.dumps({"s": a.status, "r": a.replay, "t": a.at}).encode()
+    return pydantic_core.to_json({"s": a.status, "r": a.replay, "t": a.at})
 
 
 def _decode(raw: bytes) -> _Answered:

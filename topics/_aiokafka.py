@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 from tenacity import (
     AsyncRetrying,
@@ -20,6 +20,7 @@ from tenacity import (
 )
 
 from weir.core.kafka import KafkaConnection
+from weir.topics._murmur2 import murmur2
 
 __all__ = [
     "KeyPartitioner",
@@ -183,7 +184,8 @@ class KeyPartitioner:
 
     Every message of a request carries the same key (its id) and a worker sends
     several of them (outputs, trace events, answers); aiokafka hashes each one in
-    pure Python.  Same partitions as the default, a fraction of the work.
+    pure Python.  Same partitions as the default, hashed once per key, compiled
+    (``weir.topics._murmur2``).
     """
 
     def __init__(self, size: int = 65536) -> None:

@@ -124,6 +124,9 @@ class Sampler:
             lines.append(
                 f"  produced to {topic}: {batches} batches, {records} records, {size / 1e6:.2f} MB"
             )
+        lines.append("-- own, by module --")
+        for module, c in sorted(_by_module(self.own).items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"{c / n:6.1%}  {module}")
         lines.append("-- own (leaf) --")
         for where, c in sorted(self.own.items(), key=lambda kv: -kv[1])[:top]:
             lines.append(f"{c / n:6.1%}  {where}")
@@ -131,6 +134,19 @@ class Sampler:
         for where, c in sorted(self.inclusive.items(), key=lambda kv: -kv[1])[:top]:
             lines.append(f"{c / n:6.1%}  {where}")
         return "\n".join(lines)
+
+
+def _by_module(own: dict[str, int]) -> dict[str, int]:
+    """Leaf samples summed per source file (``weir`` files by their path in the package)."""
+    modules: dict[str, int] = {}
+    for where, c in own.items():
+        path = where.split(":", 1)[0]
+        if "/weir/" in path:
+            path = "weir/" + path.rsplit("/weir/", 1)[1]
+        elif "/lib/python3" in path:
+            path = "stdlib/" + path.rsplit("/", 1)[1]
+        modules[path] = modules.get(path, 0) + c
+    return modules
 
 
 def _records(batch: bytes) -> int:

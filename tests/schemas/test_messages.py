@@ -143,6 +143,21 @@ def test_broken_json_object_is_undecodable(raw: bytes) -> None:
         _from_wire(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"payload": {"x": "\\ud800", "y": "\\u00e9\xc3\xa9"}}',  # a lone surrogate, escaped
+        b'{"payload": {"deep": ' + b"[" * 400 + b"]" * 400 + b"}}",  # past pydantic-core's limit
+        b'{"payload": {"a": 1, "a": 2, "big": 123456789012345678901234567890, "f": 1e400}}',
+        b'{"payload": {"f": [0.1, -0.0, 4.9e-324, 1.7976931348623157e308, NaN, -Infinity]}}',
+    ],
+)
+def test_a_request_decodes_to_what_the_standard_json_parser_reads(raw: bytes) -> None:
+    # The fast parser's values, or the standard parser where the fast one refuses.
+    expected = json.loads(raw)["payload"]
+    assert repr(_from_wire(raw).payload) == repr(expected)
+
+
 @pytest.mark.parametrize("payload", [[1, 2], "[1, 2]", 42, "42", None, "null"])
 def test_payload_that_is_not_an_object_is_schema_invalid(payload: Any) -> None:
     with pytest.raises(SchemaInvalidError):

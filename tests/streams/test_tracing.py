@@ -39,9 +39,11 @@ def test_no_parent_a_zero_trace_or_a_malformed_one_starts_a_new_trace() -> None:
         f"00-{'0' * 32}-{'cd' * 8}-01",
         "garbage",
         f"00x{'ab' * 16}-{'cd' * 8}-01",
+        f"00-{'ab' * 20}-{'cd' * 8}-01",  # longer than a trace id
+        f"00--{'ab' * 15}-{'cd' * 8}-01",  # a sign, not a trace id
     ):
         trace_id, _, traceparent = tracing.ids(parent)
         assert traceparent is not None and _TRACEPARENT.fullmatch(traceparent), parent
         assert trace_id != "0" * 32 and trace_id != "ab" * 16
         seen.add(trace_id)
-    assert len(seen) == 5
+    assert len(seen) == 7
