@@ -118,38 +118,80 @@ class StepTraceCodec:
 
         ``ev`` has no model calls and is not a replay's (the caller checks).
         """
+        return self.encode_fields(
+            event_id=ev.event_id,
+            request_id=ev.request_id,
+            attempt=ev.attempt,
+            status=ev.status,
+            disposition=ev.disposition,
+            error_type=ev.error_type,
+            error_message=ev.error_message,
+            created_at=ev.created_at,
+            started_at=ev.started_at,
+            submitted_at=ev.submitted_at,
+            duration_ms=ev.duration_ms,
+            queue_wait_ms=ev.queue_wait_ms,
+            partition=ev.partition,
+            offset=ev.offset,
+            trace_id=ev.trace_id,
+            span_id=ev.span_id,
+            given=ev.input,
+            made=ev.output,
+        )
+
+    def encode_fields(
+        self,
+        *,
+        event_id: str,
+        request_id: str,
+        attempt: int,
+        status: str,
+        disposition: str,
+        error_type: str | None,
+        error_message: str | None,
+        created_at: int,
+        started_at: int,
+        submitted_at: int,
+        duration_ms: float,
+        queue_wait_ms: float,
+        partition: int,
+        offset: int,
+        trace_id: str | None,
+        span_id: str | None,
+        given: str | None,
+        made: str | None,
+    ) -> bytes:
+        """``encode`` of an attempt given as its fields: typed, so compiled callers pass
+        them unboxed, where ``encode`` reads each through a generic attribute lookup."""
         texts = self._texts
-        status = texts.get(ev.status)
-        if status is None:
-            status = texts[ev.status] = _string(ev.status)
-        disposition = texts.get(ev.disposition)
-        if disposition is None:
-            disposition = texts[ev.disposition] = _string(ev.disposition)
-        error_type, error_message = ev.error_type, ev.error_message
+        status_bytes = texts.get(status)
+        if status_bytes is None:
+            status_bytes = texts[status] = _string(status)
+        disposition_bytes = texts.get(disposition)
+        if disposition_bytes is None:
+            disposition_bytes = texts[disposition] = _string(disposition)
         if error_type is None and error_message is None:
             error = _NULL2
         else:
             error = _opt_string(error_type) + _opt_string(error_message)
-        given, made = ev.input, ev.output
         io = _NULL2 if given is None and made is None else _opt_string(given) + _opt_string(made)
-        trace_id, span_id = ev.trace_id, ev.span_id
         return b"".join(
             (
                 self._head,
-                _string(ev.event_id),
+                _string(event_id),
                 self._names,
-                _string(ev.request_id),
-                _long(ev.attempt),
-                status,
-                disposition,
+                _string(request_id),
+                _long(attempt),
+                status_bytes,
+                disposition_bytes,
                 error,
-                _long(ev.created_at),
-                _long(ev.started_at),
-                _long(ev.submitted_at),
-                _TWO_DOUBLES.pack(ev.duration_ms, ev.queue_wait_ms),
+                _long(created_at),
+                _long(started_at),
+                _long(submitted_at),
+                _TWO_DOUBLES.pack(duration_ms, queue_wait_ms),
                 self._middle,
-                _long(ev.partition),
-                _long(ev.offset),
+                _long(partition),
+                _long(offset),
                 self._no_call,
                 _NULL if trace_id is None else b"\x02" + _string(trace_id),
                 _NULL if span_id is None else b"\x02" + _string(span_id),

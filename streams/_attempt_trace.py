@@ -127,6 +127,25 @@ class AttemptTrace:
         if self.calls:  # model calls: summed and listed by the general writer
             return self.to_event().encode()
         try:
-            return self.codec.encode(self)
+            return self.codec.encode_fields(
+                event_id=self.event_id,
+                request_id=self.request_id,
+                attempt=self.attempt,
+                status=self.status,
+                disposition=self.disposition,
+                error_type=self.error_type,
+                error_message=self.error_message,
+                created_at=self.created_at,
+                started_at=self.started_at,
+                submitted_at=self.submitted_at,
+                duration_ms=self.duration_ms,
+                queue_wait_ms=self.queue_wait_ms,
+                partition=self.partition,
+                offset=self.offset,
+                trace_id=self.trace_id,
+                span_id=self.span_id,
+                given=self.input,
+                made=self.output,
+            )
         except (TypeError, AttributeError, UnicodeEncodeError, OverflowError, struct.error):
             return self.to_event().encode()  # fastavro says what does not fit the schema

@@ -149,19 +149,9 @@ class StepExecutor:
         """
         fn = self.step.fn if fn is None else fn
         is_async = self.step.is_async if fn is self.step.fn else _is_async(fn)
-        token = enter_scope(scope)
         if not is_async and self.step.inline:
-            # On the event loop nothing can interrupt it, so a deadline would only cost.
-            try:
-                return fn(**kwargs)
-            except WeirError:
-                raise
-            except Exception as exc:
-                raise caused_by(
-                    StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
-                ) from exc
-            finally:
-                leave_scope(token)
+            return self.call_inline(kwargs, scope, fn)
+        token = enter_scope(scope)
         deadline = asyncio.timeout(self.timeout_s)
         abandoned = False
         try:
@@ -211,6 +201,30 @@ class StepExecutor:
         finally:
             leave_scope(token)
 
+    def call_inline(
+        self, kwargs: dict[str, Any], scope: AttemptScope | None, fn: Callable[..., Any]
+    ) -> Any:
+        """Call a synchronous ``inline=True`` function on the event loop (see ``call``).
+
+        Nothing can interrupt it there, so a deadline would only cost.
+        """
+        token = enter_scope(scope)
+        try:
+            return fn(**kwargs)
+        except WeirError:
+            raise
+        except Exception as exc:
+            raise caused_by(
+                StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
+            ) from exc
+        finally:
+            leave_scope(token)
+
+    @property
+    def runs_inline(self) -> bool:
+        """The step is a synchronous ``inline=True`` function: ``run_inline`` runs it."""
+        return self.step.inline and not self.step.is_async
+
     async def run(
         self,
         inputs: Mapping[str, str | None],
@@ -221,6 +235,13 @@ class StepExecutor:
         ctx = scope.context if scope is not None else None
         history = scope.history if scope is not None else None
         return await self.call(self.arguments(inputs, first, ctx, history), scope)
+
+    def run_inline(
+        self, inputs: Mapping[str, str | None], first: Envelope, scope: AttemptScope
+    ) -> Any:
+        """``run`` for a step that ``runs_inline``, without a coroutine per layer."""
+        kwargs = self.arguments(inputs, first, scope.context, scope.history)
+        return self.call_inline(kwargs, scope, self.step.fn)
 
 
 def detached_history(step: Step, first: Envelope) -> History:

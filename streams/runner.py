@@ -315,20 +315,21 @@ class StepRunner:
     ) -> tuple[str, tuple[str, ...] | None, Escalate | None, bool]:
         """Run the step (or find its output cached): ``(output JSON, targets, escalate, hit)``."""
         base = a.base
+        cache = self.cache
+        if cache is None:
+            executor = self._executor
+            if executor.runs_inline:  # no coroutine to await: the common cheap step
+                value = executor.run_inline(a.inputs, base, scope)
+            else:
+                value = await executor.run(a.inputs, base, scope)
+            return (*self._checked(value), False)
         computed: list[tuple[str, tuple[str, ...] | None, Escalate | None]] = []
 
         async def compute() -> str | None:
-            value = await self._executor.run(a.inputs, base, scope)
-            escalate = self._out.check_escalate(value)
-            output, targets = self._out.check_branch(split_branch(value))
-            encoded = encode_output(None if escalate else output, step=self.name)
-            computed.append((encoded, targets, escalate))
+            computed.append(self._checked(await self._executor.run(a.inputs, base, scope)))
+            encoded, targets, escalate = computed[0]
             return encoded if targets is None and escalate is None else None
 
-        cache = self.cache
-        if cache is None:
-            await compute()
-            return (*computed[0], False)
         arguments: Any = None
         if cache.cache.key is not None:
             arguments = self._executor.arguments(a.inputs, base, scope.context)
@@ -337,6 +338,12 @@ class StepRunner:
         if hit and found is not None:
             return found, None, None, True
         return (*computed[0], False)
+
+    def _checked(self, value: Any) -> tuple[str, tuple[str, ...] | None, Escalate | None]:
+        """A step's return value as ``(output JSON, targets, escalate)``, once it is valid."""
+        escalate = self._out.check_escalate(value)
+        output, targets = self._out.check_branch(split_branch(value))
+        return encode_output(None if escalate else output, step=self.name), targets, escalate
 
     async def _publish(
         self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
