@@ -16,7 +16,33 @@ import struct
 from weir.schemas._trace_codec import StepTraceCodec
 from weir.schemas.messages import ModelCall, TraceEvent
 
-__all__ = ["AttemptTrace"]
+__all__ = ["AttemptTrace", "EventIds"]
+
+_IDS_PER_DRAW = 64
+
+
+class EventIds:
+    """Random 128-bit event ids as 32 hex digits, drawn from the OS 64 at a time.
+
+    The same bits ``TraceEvent``'s ``os.urandom(16).hex()`` gives, without a ``getrandom``
+    call per event.  A forked child draws afresh: it must not repeat its parent's ids.
+    """
+
+    __slots__ = ("_hex", "_pid", "_pos")
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+        self._pid = 0
+
+    def next(self) -> str:
+        pos = self._pos
+        if pos >= len(self._hex) or self._pid != os.getpid():
+            self._hex = os.urandom(16 * _IDS_PER_DRAW).hex()
+            self._pid = os.getpid()
+            pos = 0
+        self._pos = pos + 32
+        return self._hex[pos : pos + 32]
 
 
 class AttemptTrace:
@@ -63,6 +89,7 @@ class AttemptTrace:
         calls: list[ModelCall],
         trace_id: str | None,
         span_id: str | None,
+        event_id: str | None = None,
     ) -> None:
         self.codec = codec
         self.request_id = request_id
@@ -83,7 +110,8 @@ class AttemptTrace:
         self.error_message: str | None = None
         self.input: str | None = None
         self.output: str | None = None
-        self.event_id = os.urandom(16).hex()  # as TraceEvent's: 128 random bits
+        # As TraceEvent's: 128 random bits (a worker's ``EventIds`` draws them in bulk).
+        self.event_id = event_id if event_id is not None else os.urandom(16).hex()
 
     @property
     def pipeline_id(self) -> str:

@@ -21,7 +21,7 @@ from weir.schemas.messages import (
     total_usage,
 )
 from weir.schemas.registry import SchemaRegistry
-from weir.streams._attempt_trace import AttemptTrace
+from weir.streams._attempt_trace import AttemptTrace, EventIds
 from weir.streams.dead_letter import DeadLetters
 from weir.streams.journal import CallJournal
 from weir.streams.outbox import Outbox, OutMessage
@@ -130,6 +130,7 @@ class Runtime:
     """The model-call journal (``weir.streams.journal``), when ``journal_calls`` is on."""
     _codecs: dict[tuple[str, str], StepTraceCodec] = field(default_factory=dict)
     """Per (step, input topic): the constant part of its attempts' trace events."""
+    _event_ids: EventIds = field(default_factory=EventIds)
 
     def __post_init__(self) -> None:
         self.rank = {name: i for i, name in enumerate(self.pipeline.order)}
@@ -177,6 +178,7 @@ class Runtime:
             calls,
             trace_id,
             span_id,
+            self._event_ids.next(),
         )
 
     def trace(self, event: TraceEvent | AttemptTrace) -> list[OutMessage]:
