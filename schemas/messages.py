@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,6 +17,7 @@ from weir.core.errors import (
     SchemaInvalidError,
     UndecodableError,
 )
+from weir.schemas._clock import now_ms, now_us
 from weir.schemas._codec import MAGIC_BYTE, load_schema
 from weir.schemas._envelope import ENVELOPE_SCHEMA, Envelope, ModelCall, total_usage
 from weir.schemas._envelope_codec import decode_trace_fast, encode_trace_fast
@@ -68,14 +68,6 @@ def _json_loads(text: str | bytes, what: str) -> Any:
         raise UndecodableError(f"{what} is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise UndecodableError(f"{what} is nested too deeply to decode") from exc
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def now_us() -> int:
-    return time.time_ns() // 1_000
 
 
 class Request(BaseModel):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from weir.core.errors import BranchError, StepError
-from weir.schemas.messages import Envelope, now_us
+from weir.schemas._clock import now_us
+from weir.schemas.messages import Envelope
 from weir.streams._attempt import Attempt
 from weir.streams._runtime import Runtime
 from weir.streams.conversation import routing_key

@@ -7,7 +7,8 @@ import logging
 import random
 
 from weir.core.errors import MessageError, WeirError
-from weir.schemas.messages import Envelope, now_ms, now_us
+from weir.schemas._clock import now_ms, now_us
+from weir.schemas.messages import Envelope
 from weir.streams._attempt import Attempt
 from weir.streams._attempt_trace import AttemptTrace
 from weir.streams._emitter import Emitter

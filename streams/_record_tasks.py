@@ -16,7 +16,7 @@ from functools import partial
 from aiokafka import TopicPartition
 
 from weir.core.errors import WeirError
-from weir.schemas.messages import now_us
+from weir.schemas._clock import now_us
 from weir.streams._attempt_trace import AttemptTrace
 from weir.streams._in_place import InPlace, Landing
 from weir.streams._partitions import Partitions

@@ -11,13 +11,13 @@ from typing import Any, TypeAlias
 from aiokafka.structs import ConsumerRecord
 
 from weir.core.config import WeirSettings
+from weir.schemas._clock import now_ms
 from weir.schemas._trace_codec import StepTraceCodec
 from weir.schemas.messages import (
     TRACE_EVENT_SCHEMA,
     Envelope,
     ModelCall,
     TraceEvent,
-    now_ms,
     total_usage,
 )
 from weir.schemas.registry import SchemaRegistry

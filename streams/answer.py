@@ -32,8 +32,9 @@ import pydantic_core
 
 from weir.core.errors import MessageError, OutputTooLargeError, SchemaInvalidError
 from weir.core.kafka import KafkaConnection
+from weir.schemas._clock import now_ms, now_us
 from weir.schemas._result_codec import ResultFields
-from weir.schemas.messages import Envelope, ModelCall, now_ms, now_us, total_usage
+from weir.schemas.messages import Envelope, ModelCall, total_usage
 from weir.streams._answer_writer import AnswerWriter
 from weir.streams._runtime import Record, Runtime, make_record, merge_calls
 from weir.streams.join import JoinTable, eviction_messages

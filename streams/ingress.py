@@ -23,7 +23,8 @@ from weir.core.errors import (
     PayloadTooLargeError,
     SchemaInvalidError,
 )
-from weir.schemas.messages import Envelope, Request, TraceEvent, now_ms, now_us
+from weir.schemas._clock import now_ms, now_us
+from weir.schemas.messages import Envelope, Request, TraceEvent
 from weir.streams._runtime import Runtime, guess_request_id, make_record
 from weir.streams.conversation import conversation_id_of, routing_key
 from weir.streams.dead_letter import error_type_of

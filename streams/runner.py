@@ -28,7 +28,8 @@ from weir.core.errors import (
     SchemaInvalidError,
     WeirError,
 )
-from weir.schemas.messages import Envelope, now_ms
+from weir.schemas._clock import now_ms
+from weir.schemas.messages import Envelope
 from weir.streams._attempt import Attempt, TooLarge
 from weir.streams._attempt_trace import AttemptTrace
 from weir.streams._emitter import Emitter
