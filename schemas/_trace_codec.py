@@ -11,7 +11,6 @@ an event with model calls is not written here (the caller uses ``TraceEvent``).
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 __all__ = ["StepTraceCodec"]
 
@@ -113,33 +112,7 @@ class StepTraceCodec:
         self._texts: dict[str, bytes] = {}
         """Encoded statuses and dispositions (a handful of constants)."""
 
-    def encode(self, ev: Any) -> bytes:
-        """The framed Avro bytes of attempt ``ev`` (``TraceEvent``'s fields), made on this step.
-
-        ``ev`` has no model calls and is not a replay's (the caller checks).
-        """
-        return self.encode_fields(
-            event_id=ev.event_id,
-            request_id=ev.request_id,
-            attempt=ev.attempt,
-            status=ev.status,
-            disposition=ev.disposition,
-            error_type=ev.error_type,
-            error_message=ev.error_message,
-            created_at=ev.created_at,
-            started_at=ev.started_at,
-            submitted_at=ev.submitted_at,
-            duration_ms=ev.duration_ms,
-            queue_wait_ms=ev.queue_wait_ms,
-            partition=ev.partition,
-            offset=ev.offset,
-            trace_id=ev.trace_id,
-            span_id=ev.span_id,
-            given=ev.input,
-            made=ev.output,
-        )
-
-    def encode_fields(
+    def encode(
         self,
         *,
         event_id: str,
@@ -161,8 +134,12 @@ class StepTraceCodec:
         given: str | None,
         made: str | None,
     ) -> bytes:
-        """``encode`` of an attempt given as its fields: typed, so compiled callers pass
-        them unboxed, where ``encode`` reads each through a generic attribute lookup."""
+        """The framed Avro bytes of an attempt made on this step (``TraceEvent``'s fields).
+
+        The attempt has no model calls and is not a replay's (the caller checks).  Its
+        fields come as typed arguments, not as an object: a compiled caller passes them
+        unboxed, where reading an untyped object's is a generic lookup per field.
+        """
         texts = self._texts
         status_bytes = texts.get(status)
         if status_bytes is None:

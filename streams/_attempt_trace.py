@@ -155,7 +155,7 @@ class AttemptTrace:
         if self.calls:  # model calls: summed and listed by the general writer
             return self.to_event().encode()
         try:
-            return self.codec.encode_fields(
+            return self.codec.encode(
                 event_id=self.event_id,
                 request_id=self.request_id,
                 attempt=self.attempt,

@@ -195,9 +195,7 @@ class StepExecutor:
         except WeirError:
             raise
         except Exception as exc:
-            raise caused_by(
-                StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
-            ) from exc
+            raise self._raised(exc) from exc
         finally:
             leave_scope(token)
 
@@ -214,11 +212,15 @@ class StepExecutor:
         except WeirError:
             raise
         except Exception as exc:
-            raise caused_by(
-                StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
-            ) from exc
+            raise self._raised(exc) from exc
         finally:
             leave_scope(token)
+
+    def _raised(self, exc: Exception) -> StepError:
+        """What the step raised, as the ``StepError`` an attempt fails with."""
+        return caused_by(
+            StepError(f"step {self.step.name!r} raised {type(exc).__name__}: {exc}"), exc
+        )
 
     @property
     def runs_inline(self) -> bool:
