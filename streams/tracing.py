@@ -48,6 +48,7 @@ _LOWER_HEX = re.compile("[0-9a-f]{32}")
 _NO_TRACE = "0" * 32
 
 TRACEPARENT_HEADER = "traceparent"
+"""The Kafka header carrying W3C trace context, as OpenTelemetry's Kafka instrumentations use it."""
 
 
 def _hex(value: int, size: int) -> str:
@@ -57,9 +58,6 @@ def _hex(value: int, size: int) -> str:
     are formatted for every attempt.
     """
     return value.to_bytes(size, "big").hex()
-
-
-"""The Kafka header carrying W3C trace context, as OpenTelemetry's Kafka instrumentations use it."""
 
 
 class Tracing:
@@ -116,7 +114,7 @@ class Tracing:
         """
         if not self._ids_only:
             return (*span_ids(None, parent), parent)
-        sid = _hex((_RANDOM.getrandbits(64) or 1), 8)
+        sid = _hex(_RANDOM.getrandbits(64) or 1, 8)
         if (
             parent
             and len(parent) == 55
