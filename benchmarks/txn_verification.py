@@ -10,10 +10,9 @@ check is the one round trip left in front of the answer's produce.
 Default mode: two single-node brokers, the check turned off on one (as ``--set off``).
 Each transaction is opened ahead the way the writer opens it (``begin_transaction`` and
 both partitions registered, then 10 ms idle); then one record goes to each partition, the
-acks are
-awaited (``produce``), and the transaction commits (``commit``).  ``plain`` is an
-idempotent ``acks=all`` send without a transaction, for scale.  Blocks of 50
-transactions alternate between the brokers, after 100 on each to warm up.
+acks are awaited (``produce``), and the transaction commits (``commit``).  ``plain`` is an
+idempotent ``acks=all`` send without a transaction, for scale.  Blocks of 50 transactions
+alternate between the brokers, after 100 on each to warm up.
 
 ``--set on|off --bootstrap host:port`` instead sets the flag on every broker of a running
 cluster (a dynamic config: no restart), to run ``weir bench --bootstrap`` against it.  It
