@@ -23,6 +23,7 @@ COMPILED = [
     "weir/schemas/_envelope_codec.py",
     "weir/schemas/_trace_codec.py",
     "weir/traces/_row_decoder.py",
+    "weir/traces/_event_block.py",
     "weir/schemas/_result_codec.py",
     "weir/streams/_attempt.py",
     "weir/streams/_attempt_trace.py",

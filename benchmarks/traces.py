@@ -5,8 +5,10 @@
    and one event per record, as the per-record path writes them), then a
    ``ClickHouseSink`` (in this process) drains them into a fresh embedded store
    (chDB); events/s = N / (partitions assigned and placed -> all N inserted).  Beside it, in the
-   same run: the same N events only read and decoded from Kafka (no store), and
-   the same rows inserted straight into a second store (no Kafka), batch for batch.
+   same run: the same N events only read from Kafka and buffered as the sink does
+   (each scanned whole, no store), and the same events inserted straight into a
+   second store (no Kafka), batch for batch: as Avro blocks ClickHouse decodes (the
+   sink's way), and as rows decoded in Python (its way before, and its fallback).
 2. **Tracing on vs off**: the linear 3-step pipeline of ``benchmarks/linear.py``
    (``inline=True``), burst phase, with trace events + OpenTelemetry spans (the
    defaults; spans are created, not exported) and with both off, alternating
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -43,12 +46,15 @@ from weir.schemas.trace_batch import (
     TRACE_BATCH_HEADER,
     TRACE_BATCH_VERSION,
     pack_trace_events,
-    unpack_trace_events,
 )
+from weir.streams._bounded import RecentSet
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
 from weir.traces import TraceStore, event_row
+from weir.traces._event_block import container
+from weir.traces._event_insert import BLOCK_SCHEMA
 from weir.traces._row_decoder import RowDecoder
+from weir.traces._sink_batch import SinkBatch, SinkStats
 from weir.traces.clickhouse_sink import ClickHouseSink
 
 
@@ -133,33 +139,44 @@ async def _read_only(settings: WeirSettings, n: int) -> float:
     for tp in tps:
         consumer.seek(tp, 0)
     got = 0
-    decoder = RowDecoder(TRACE_EVENT_SCHEMA.header)
+    stats, recent = SinkStats(), RecentSet[str](settings.sink_seen_max)
     start = time.perf_counter()
     try:
         while got < n:
+            batch = SinkBatch()  # as the sink buffers: whole events kept, others read here
             for tp, records in (await consumer.getmany(timeout_ms=500, max_records=5000)).items():
                 for r in records:
-                    for raw in unpack_trace_events(r.value, r.headers):
-                        # As the sink does: straight into a row, else the general reader.
-                        if decoder.row(raw, tp.partition, r.offset) is None:
-                            event_row(TraceEvent.decode(raw), tp.partition, r.offset)
-                        got += 1
+                    got += batch.take(tp, r.offset, r.value, r.headers, stats=stats, recent=recent)
     finally:
         await consumer.stop()
     return time.perf_counter() - start
 
 
 def _insert_only(
-    settings: WeirSettings, values: list[bytes], batch: int, *, arrow: bool | None = None
-) -> float:
-    """Seconds to insert the events' rows into a fresh store in batches (no Kafka)."""
-    rows = [event_row(TraceEvent.decode(v), 0, i) for i, v in enumerate(values)]
+    settings: WeirSettings, values: list[bytes], batch: int, *, python_rows: bool = False
+) -> tuple[float, float]:
+    """Seconds and CPU seconds to insert the encoded events into a fresh store (no Kafka).
+
+    As the sink does (an Avro block per batch, decoded by ClickHouse), or with
+    ``python_rows`` as it did before (each event decoded into a row in Python).
+    """
     store = TraceStore.connect(settings)
+    decoder = RowDecoder(TRACE_EVENT_SCHEMA.header)
     try:
-        start = time.perf_counter()
-        for i in range(0, len(rows), batch):
-            store.insert(rows[i : i + batch], token=f"bench-{i}", arrow=arrow)
-        return time.perf_counter() - start
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(values), batch):
+            chunk = values[i : i + batch]
+            if python_rows:
+                rows = [
+                    decoder.row(v, 0, i + n) or event_row(TraceEvent.decode(v), 0, i + n)
+                    for n, v in enumerate(chunk)
+                ]
+                store.insert(rows, token=f"bench-{i}")
+            else:
+                events = [(v, 0, i + n) for n, v in enumerate(chunk)]
+                block = container(BLOCK_SCHEMA, os.urandom(16), events)
+                store.insert_events(block, token=f"bench-{i}")
+        return time.perf_counter() - start, time.process_time() - cpu
     finally:
         store.close()
 
@@ -202,14 +219,12 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         store_settings = cfg.model_copy(
             update={"clickhouse_dsn": SecretUrl(f"chdb://{tmp}/direct")}
         )
-        insert_s = await asyncio.to_thread(
+        insert_s, insert_cpu = await asyncio.to_thread(
             _insert_only, store_settings, values, cfg.sink_batch_size
         )
-        native_settings = cfg.model_copy(
-            update={"clickhouse_dsn": SecretUrl(f"chdb://{tmp}/native")}
-        )
-        native_s = await asyncio.to_thread(
-            _insert_only, native_settings, values, cfg.sink_batch_size, arrow=False
+        rows_settings = cfg.model_copy(update={"clickhouse_dsn": SecretUrl(f"chdb://{tmp}/rows")})
+        rows_s, rows_cpu = await asyncio.to_thread(
+            _insert_only, rows_settings, values, cfg.sink_batch_size, python_rows=True
         )
     return {
         "events": n,
@@ -218,10 +233,12 @@ async def sink_benchmark(settings: WeirSettings, n: int, packed: int) -> dict[st
         "sink_events_per_s": round(n / sink_s, 1),
         "sink_batches": sink.stats.batches,
         "sink_cpu_us_per_event": round(sink_cpu / n * 1e6, 2),
-        "read_decode_cpu_us_per_event": round(read_cpu / n * 1e6, 2),
-        "read_decode_only_events_per_s": round(n / read_s, 1),
+        "read_scan_cpu_us_per_event": round(read_cpu / n * 1e6, 2),
+        "read_scan_only_events_per_s": round(n / read_s, 1),
         "insert_only_events_per_s": round(n / insert_s, 1),
-        "insert_only_native_events_per_s": round(n / native_s, 1),
+        "insert_only_cpu_us_per_event": round(insert_cpu / n * 1e6, 2),
+        "insert_python_rows_events_per_s": round(n / rows_s, 1),
+        "insert_python_rows_cpu_us_per_event": round(rows_cpu / n * 1e6, 2),
     }
 
 
@@ -278,11 +295,14 @@ def main() -> None:
             f"sink into chDB, {s['events_per_record']} event(s) per record:"
             f" {s['sink_events_per_s']:,.0f} events/s ({s['events']} events,"
             f" {s['sink_batches']} inserts of <= {s['batch_size']})\n"
-            f"  same run, Kafka read + decode only: {s['read_decode_only_events_per_s']:,.0f}"
-            f" events/s; inserts only (no Kafka): {s['insert_only_events_per_s']:,.0f} events/s"
-            f" (Native writer: {s['insert_only_native_events_per_s']:,.0f})\n"
+            f"  same run, Kafka read + scan only: {s['read_scan_only_events_per_s']:,.0f}"
+            f" events/s; inserts only (no Kafka), ClickHouse decoding:"
+            f" {s['insert_only_events_per_s']:,.0f} events/s; rows decoded in Python:"
+            f" {s['insert_python_rows_events_per_s']:,.0f}\n"
             f"  CPU per event: sink {s['sink_cpu_us_per_event']} us (all its threads),"
-            f" read + decode {s['read_decode_cpu_us_per_event']} us"
+            f" read + scan {s['read_scan_cpu_us_per_event']} us, inserts"
+            f" {s['insert_only_cpu_us_per_event']} us (rows in Python:"
+            f" {s['insert_python_rows_cpu_us_per_event']} us)"
         )
     if t is None:
         return

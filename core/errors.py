@@ -42,6 +42,7 @@ says whether trying the same input again can succeed.
     │   └── SecretStoreError        secret_store_unreachable (Vault/AWS down or throttling)
     ├── TraceStoreError             trace_store_unavailable (ClickHouse down, store locked)
     │   └── TraceSchemaMissingError trace_schema_missing (nobody created the tables yet)
+    ├── TraceRowsRejectedError      trace_rows_rejected  (the store refused a block's values)
     ├── UnauthorizedError           unauthorized         (HTTP: missing or wrong bearer token)
     ├── ParameterInvalidError       parameter_invalid    (HTTP: a query parameter out of range)
     ├── TooManyStreamsError         too_many_streams     (HTTP: the SSE cap is reached)
@@ -99,6 +100,7 @@ __all__ = [
     "StreamInterruptedError",
     "TooManyStreamsError",
     "TraceQueryError",
+    "TraceRowsRejectedError",
     "TraceSchemaMissingError",
     "TraceStoreError",
     "UnauthorizedError",
@@ -370,6 +372,16 @@ class TraceSchemaMissingError(TraceStoreError):
 
     error_type = "trace_schema_missing"
     retriable = True
+
+
+class TraceRowsRejectedError(WeirError):
+    """The trace store answered but refused a block of events (a value it cannot read).
+
+    Not the store being down: the same block is refused again, so the sink reads
+    those events in Python instead, which stores the good ones and names the bad.
+    """
+
+    error_type = "trace_rows_rejected"
 
 
 class UnauthorizedError(WeirError):

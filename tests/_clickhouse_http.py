@@ -27,6 +27,10 @@ _INSERT = re.compile(
     rb"(?:SETTINGS\s+.*?)?FORMAT\s+(?P<fmt>\w+)[ \t]*\r?\n?",
     re.I | re.S,
 )
+_INPUT = re.compile(
+    r"\binput\((?P<structure>'(?:[^'\\]|\\.)*')\)\s*FORMAT\s+(?P<fmt>\w+)\s*$", re.S
+)
+"""``INSERT ... SELECT ... FROM input('<structure>') FORMAT <fmt>``: the body is the input."""
 _INSERT_SETTINGS = {
     "insert_deduplication_token",
     "insert_deduplicate",
@@ -36,6 +40,14 @@ _INSERT_SETTINGS = {
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _settings(params: dict[str, str]) -> str:
+    """The request's insert settings as a trailing ``SETTINGS`` clause."""
+    settings = {k: v for k, v in params.items() if k in _INSERT_SETTINGS}
+    if not settings:
+        return ""
+    return " SETTINGS " + ", ".join(f"{k} = {_quote(v)}" for k, v in settings.items())
 
 
 class ClickHouseHttp:
@@ -98,22 +110,33 @@ class ClickHouseHttp:
         with self._lock:
             if database := params.get("database"):
                 self._conn.query(f"USE `{database}`", "TabSeparated")
-            insert = _INSERT.match(full)
-            if insert:
+            select = _INPUT.search(params.get("query", ""))
+            insert = None if select else _INSERT.match(full)
+            if select:
+                out = self._insert_select(params["query"], select, full, params)
+            elif insert:
                 out = self._insert(insert, full[insert.end() :], params)
             else:
                 out = bytes(self._conn.query(full.decode(), "TabSeparated", params=binds).bytes())
-        if insert and self.after_insert is not None:
+        if (insert or select) and self.after_insert is not None:
             self.after_insert()
         return out
 
+    def _insert_select(
+        self, query: str, match: re.Match[str], full: bytes, params: dict[str, str]
+    ) -> bytes:
+        """The request's body read through ``input()``: chDB reads it from a file instead."""
+        data = full[len(query.encode()) + 1 :]
+        with tempfile.NamedTemporaryFile(suffix=".input") as fh:
+            fh.write(data)
+            fh.flush()
+            source = f"file({_quote(fh.name)}, '{match['fmt']}', {match['structure']})"
+            self._conn.query(f"{query[: match.start()]}{source}{_settings(params)}", "TabSeparated")
+        self.inserts += 1
+        return b""
+
     def _insert(self, match: re.Match[bytes], data: bytes, params: dict[str, str]) -> bytes:
-        settings = {k: v for k, v in params.items() if k in _INSERT_SETTINGS}
-        clause = (
-            " SETTINGS " + ", ".join(f"{k} = {_quote(v)}" for k, v in settings.items())
-            if settings
-            else ""
-        )
+        clause = _settings(params)
         cols = f" ({match['cols'].decode()})" if match["cols"] else ""
         with tempfile.NamedTemporaryFile(suffix=".native") as fh:
             fh.write(data)

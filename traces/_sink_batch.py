@@ -1,7 +1,9 @@
-"""What the sink buffers: one batch of trace rows with the topic offsets they came from.
+"""What the sink buffers: one batch of trace events with the topic offsets they came from.
 
 A batch knows its first and last offset per partition, which gives a retried
-insert the same deduplication token and tells the sink what to commit.
+insert the same deduplication token and tells the sink what to commit.  Events
+of the current schema are kept as they arrived (ClickHouse decodes them:
+``weir.traces._event_block``); others are read into rows here.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from weir.schemas.messages import TraceEvent
+from weir.schemas.messages import TRACE_EVENT_SCHEMA, TraceEvent
 from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams._bounded import RecentSet
-from weir.traces._row_decoder import RowDecoder
-from weir.traces.rows import event_row
+from weir.traces._event_block import DAY_MS, scan
+from weir.traces.rows import epoch_ms, event_row
 
-__all__ = ["SinkBatch", "SinkStats", "batch_token", "rows_by_day"]
+__all__ = ["SinkBatch", "SinkRun", "SinkStats", "batch_token"]
 
 log = logging.getLogger("weir.sink")
+
+_HEADER = TRACE_EVENT_SCHEMA.header
+_CREATED = 9
+"""``created_at``'s place in a row (``event_columns()``)."""
 
 
 @dataclasses.dataclass
@@ -47,17 +53,37 @@ class SinkStats:
 
 
 @dataclasses.dataclass
-class SinkBatch:
-    """Rows buffered for one insert, and the offsets of the records they came from."""
+class SinkRun:
+    """Consecutive events of one UTC day, all in one form (inserted as one block)."""
 
+    day: int
+    """``created_at // DAY_MS``: the table partition of every event in the run."""
+    events: list[tuple[bytes, int, int]] = dataclasses.field(default_factory=list)
+    """``(event, trace partition, trace offset)``: whole events of the current schema,
+    as they arrived, for ClickHouse to decode."""
     rows: list[list[Any]] = dataclasses.field(default_factory=list)
+    """Rows read here: events of another schema (an older worker's)."""
+
+
+@dataclasses.dataclass
+class SinkBatch:
+    """Events buffered for one insert, and the offsets of the records they came from.
+
+    The events are kept in runs, in the order they were read; a run holds one
+    day's events of one form, so each insert is one table partition, and a crash
+    between two inserts leaves each topic partition's stored offsets a prefix.
+    """
+
+    runs: list[SinkRun] = dataclasses.field(default_factory=list)
+    ids: list[str] = dataclasses.field(default_factory=list)
+    """The event ids buffered (each also remembered in the sink's recent set)."""
     first: dict[TopicPartition, int] = dataclasses.field(default_factory=dict)
     last: dict[TopicPartition, int] = dataclasses.field(default_factory=dict)
     since: float = 0.0
     """``time.monotonic()`` of the first buffered record."""
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.ids)
 
     def take(
         self,
@@ -68,9 +94,8 @@ class SinkBatch:
         *,
         stats: SinkStats,
         recent: RecentSet[str],
-        decoder: RowDecoder,
     ) -> int:
-        """Buffer the rows of one record (one event, or a worker's batch of them).
+        """Buffer the events of one record (one event, or a worker's batch of them).
 
         Returns how many events the record held.  Undecodable records and events
         are counted and skipped, events whose id is in ``recent`` dropped as resends.
@@ -89,11 +114,19 @@ class SinkBatch:
             log.warning("skipping undecodable trace record %s@%d: %s", tp, offset, exc)
             return 1
         stats.consumed += len(events)
+        partition = tp.partition
         for raw in events:
-            try:
-                row = decoder.row(raw, tp.partition, offset)
-                if row is None:  # model calls, or an older schema: the general reader
-                    row = event_row(TraceEvent.decode(raw), tp.partition, offset)
+            scanned = scan(raw, _HEADER)
+            if scanned is not None:
+                event_id, created_at = scanned
+                if not recent.add(event_id):
+                    stats.duplicates += 1
+                    continue
+                self._run(created_at // DAY_MS, rows=False).events.append((raw, partition, offset))
+                self.ids.append(event_id)
+                continue
+            try:  # another schema's framing, or bytes the scan refused: the general reader
+                row = event_row(TraceEvent.decode(raw), partition, offset)
             except Exception as exc:  # any malformed event: count it, never stop the sink
                 stats.undecodable += 1
                 log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
@@ -101,9 +134,20 @@ class SinkBatch:
             if not recent.add(row[0]):
                 stats.duplicates += 1
                 continue
-            self.rows.append(row)
+            self._run(epoch_ms(row[_CREATED]) // DAY_MS, rows=True).rows.append(row)
+            self.ids.append(row[0])
         stats.ids_forgotten = recent.evicted
         return len(events)
+
+    def _run(self, day: int, *, rows: bool) -> SinkRun:
+        """The last run if it holds ``day``'s events of this form, else a new one."""
+        if self.runs:
+            run = self.runs[-1]
+            if run.day == day and bool(run.rows) == rows:  # a run is never empty
+                return run
+        run = SinkRun(day)
+        self.runs.append(run)
+        return run
 
 
 def batch_token(topic: str, batch: SinkBatch) -> str:
@@ -113,17 +157,3 @@ def batch_token(topic: str, batch: SinkBatch) -> str:
         for tp in sorted(batch.last, key=lambda tp: tp.partition)
     )
     return hashlib.sha256(f"{topic}|{ranges}".encode()).hexdigest()[:32]
-
-
-def rows_by_day(rows: list[list[Any]]) -> list[list[list[Any]]]:
-    """Split rows into runs of one day each (one table partition per insert), in order."""
-    created = 9  # index of created_at in event_columns()
-    runs: list[list[list[Any]]] = []
-    day = None
-    for row in rows:
-        this = row[created].date()
-        if this != day or not runs:
-            runs.append([])
-            day = this
-        runs[-1].append(row)
-    return runs

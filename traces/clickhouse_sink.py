@@ -1,9 +1,11 @@
 """The ClickHouse sink: the trace topic into ``pipeline_events``, each event once.
 
-A consumer group on ``weir.traces`` (``sink_group``) buffers decoded events and
-inserts them as one block when ``sink_batch_size`` events are buffered or the
-oldest has waited ``sink_flush_interval_s``.  Offsets are committed only after
-the insert succeeded.
+A consumer group on ``weir.traces`` (``sink_group``) buffers events and inserts
+them as one block when ``sink_batch_size`` events are buffered or the oldest has
+waited ``sink_flush_interval_s``; ClickHouse decodes them (an Avro block of the
+events as they arrived: ``weir.traces._event_block``), Python reads only what it
+refuses and older schemas' events.  Offsets are committed only after the insert
+succeeded.
 
 While the store is unavailable the sink stops fetching (its partitions are
 paused, the consumer stays in its group), keeps the batch it could not insert,
@@ -46,7 +48,8 @@ from weir.streams._bounded import RecentSet
 from weir.topics.admin import TopicAdmin
 from weir.topics.names import global_topic_specs
 from weir.traces._row_decoder import RowDecoder
-from weir.traces._sink_batch import SinkBatch, SinkStats, batch_token, rows_by_day
+from weir.traces._sink_batch import SinkBatch, SinkStats, batch_token
+from weir.traces._sink_insert import Inserted, insert_batch
 from weir.traces._sink_placement import start_offsets
 from weir.traces._sink_store import StoreFactory, StoreLink
 from weir.traces.store import TraceStore
@@ -86,14 +89,15 @@ class ClickHouseSink:
         """Event ids remembered to drop resent duplicates (a few minutes of heavy traffic);
         the oldest are forgotten first (``SinkStats.ids_forgotten``)."""
         self._decoder = RowDecoder(TRACE_EVENT_SCHEMA.header)
-        """Events into rows, with the texts and times that repeat decoded once."""
+        """Events into rows when the store refuses a block of them (used by one insert at
+        a time, in its thread)."""
         self._assigned: set[TopicPartition] = set()
         self._unplaced: set[TopicPartition] = set()
         """Assigned partitions whose start offset still needs the store's progress."""
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._inserting: asyncio.Task[None] | None = None
+        self._inserting: asyncio.Task[Inserted] | None = None
         """The insert of ``_sealed`` (at most one), while the next batch is fetched."""
         self._sealed: SinkBatch | None = None
         self._per_record = 1.0
@@ -233,9 +237,9 @@ class ClickHouseSink:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Buffer the rows of one record: one event, or a worker's batch of them."""
+        """Buffer the events of one record: one event, or a worker's batch of them."""
         events = self._pending.take(
-            tp, offset, value, headers, stats=self.stats, recent=self._recent, decoder=self._decoder
+            tp, offset, value, headers, stats=self.stats, recent=self._recent
         )
         self._per_record = 0.9 * self._per_record + 0.1 * events
 
@@ -252,12 +256,13 @@ class ClickHouseSink:
         self._sealed = batch
         self._inserting = asyncio.create_task(self._insert(batch), name="weir-sink-insert")
 
-    async def _insert(self, batch: SinkBatch) -> None:
+    async def _insert(self, batch: SinkBatch) -> Inserted:
         store = await self._link.ensure()
         token = batch_token(self.topic, batch)
         try:
-            for part, rows in enumerate(rows_by_day(batch.rows)):
-                await asyncio.to_thread(store.insert, rows, token=f"{token}-{part}")
+            return await asyncio.to_thread(
+                insert_batch, store, batch, token=token, decoder=self._decoder
+            )
         except TraceStoreError as exc:
             self._link.unavailable(exc)
             raise
@@ -273,7 +278,7 @@ class ClickHouseSink:
             return
         try:
             # Shielded: a stop that cancels the loop settles the same insert afterwards.
-            await asyncio.shield(task)
+            inserted = await asyncio.shield(task)
         except TraceStoreError:
             self._inserting = self._sealed = None
             later, self._pending = self._pending, batch
@@ -281,24 +286,25 @@ class ClickHouseSink:
             await self._flush(retry=retry)
             return
         self._inserting = self._sealed = None
-        await self._inserted(batch)
+        await self._inserted(batch, inserted)
 
     def _rewind(self, batch: SinkBatch) -> None:
         """Forget ``batch`` unread: its partitions are read again from its first offsets."""
         consumer = self._consumer
         assert consumer is not None
-        for row in batch.rows:
-            self._recent.discard(row[0])
+        for event_id in batch.ids:
+            self._recent.discard(event_id)
         for tp, first in batch.first.items():
             if tp in self._assigned:
                 consumer.seek(tp, first)
 
-    async def _inserted(self, batch: SinkBatch) -> None:
+    async def _inserted(self, batch: SinkBatch, inserted: Inserted) -> None:
         """Count and commit a batch the store holds now."""
         consumer = self._consumer
         assert consumer is not None
         self._link.available()
-        self.stats.inserted += len(batch.rows)
+        self.stats.inserted += inserted.events
+        self.stats.undecodable += inserted.undecodable
         self.stats.batches += 1
         offsets = {tp: last + 1 for tp, last in batch.last.items() if tp in self._assigned}
         if offsets:
@@ -319,8 +325,9 @@ class ClickHouseSink:
         while True:
             try:
                 store = await self._link.ensure()
-                for part, rows in enumerate(rows_by_day(pending.rows)):
-                    await asyncio.to_thread(store.insert, rows, token=f"{token}-{part}")
+                inserted = await asyncio.to_thread(
+                    insert_batch, store, pending, token=token, decoder=self._decoder
+                )
             except TraceStoreError as exc:
                 self._link.unavailable(exc)
                 if not retry:
@@ -336,13 +343,13 @@ class ClickHouseSink:
                 continue
             break
         self._pending = SinkBatch()
-        await self._inserted(pending)
+        await self._inserted(pending, inserted)
         consumer.resume(*(self._assigned - self._unplaced))
 
     def _drop_pending(self) -> None:
         """Forget the buffered batch (uncommitted: it is read again, so its ids are no dupes)."""
-        for row in self._pending.rows:
-            self._recent.discard(row[0])
+        for event_id in self._pending.ids:
+            self._recent.discard(event_id)
         self._pending = SinkBatch()
 
     async def _wait_backoff(self) -> None:

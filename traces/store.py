@@ -9,15 +9,22 @@ from __future__ import annotations
 import faulthandler
 import logging
 import re
+import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from weir.core.config import WeirSettings
-from weir.core.errors import TraceQueryError, TraceSchemaMissingError, TraceStoreError
+from weir.core.errors import (
+    TraceQueryError,
+    TraceRowsRejectedError,
+    TraceSchemaMissingError,
+    TraceStoreError,
+)
 from weir.core.urls import mask_url
 from weir.traces._arrow_block import arrow_block, has_arrow
+from weir.traces._event_insert import STRUCTURE, insert_select
 from weir.traces.queries import StoreQueries
 from weir.traces.schema import (
     EVENTS_TABLE,
@@ -225,11 +232,7 @@ class TraceStore(StoreQueries):
         if not rows:
             return
         arrow = arrow and has_arrow()
-        settings = {
-            "insert_deduplication_token": token,
-            "insert_deduplicate": 1,
-            "deduplicate_blocks_in_dependent_materialized_views": 1,
-        }
+        settings = _deduplicated(token)
         table = f"`{self.database}`.{EVENTS_TABLE}"
         # Built outside the lock: the sink's next block is converted while one is inserted.
         block: Any = None
@@ -257,6 +260,46 @@ class TraceStore(StoreQueries):
             except (ClickHouseError, OSError) as exc:
                 raise TraceStoreError(_unreachable(self.dsn, exc)) from exc
 
+    def insert_events(self, block: bytes, *, token: str) -> None:
+        """Insert an Avro container block of trace events, decoded by ClickHouse itself.
+
+        ``block`` comes from ``weir.traces._event_block.container``; each of its
+        records becomes the row ``weir.traces.rows.event_row`` would make.  ``token``
+        deduplicates as in ``insert``.  Over HTTP the block is the request's body
+        (``input()``); the embedded engine reads it from a file (``file()``).
+        Raises ``TraceRowsRejectedError`` when the store refuses a value in it (a
+        cost that is not a number: the caller reads those events in Python), and
+        ``TraceStoreError`` when the store cannot be reached.
+        """
+        from clickhouse_connect.driver.exceptions import (
+            ClickHouseError,
+            DatabaseError,
+            OperationalError,
+        )
+
+        structure = _quoted(STRUCTURE)
+        try:
+            if self.dsn.startswith("chdb://"):
+                with tempfile.NamedTemporaryFile(prefix="weir-events-", suffix=".avro") as fh:
+                    fh.write(block)
+                    fh.flush()
+                    source = f"file({_quoted(fh.name)}, 'Avro', {structure})"
+                    sql = insert_select(self.database, source)
+                    with self._lock:
+                        self._client.command(sql, settings=_deduplicated(token))
+            else:
+                sql = insert_select(self.database, f"input({structure})") + " FORMAT Avro"
+                with self._lock:
+                    self._client.command(sql, data=block, settings=_deduplicated(token))
+        except OperationalError as exc:  # not reached, or the connection broke
+            raise TraceStoreError(_unreachable(self.dsn, exc)) from exc
+        except DatabaseError as exc:  # it answered: an error about this block
+            raise TraceRowsRejectedError(
+                f"trace store {self.dsn} refused a block of events: {_first_line(exc)}"
+            ) from exc
+        except (ClickHouseError, OSError) as exc:
+            raise TraceStoreError(_unreachable(self.dsn, exc)) from exc
+
     def progress(self, topic: Iterable[int] | None = None) -> dict[int, int]:
         """Per trace-topic partition, the next offset not yet stored (highest stored + 1)."""
         rows = self._query(
@@ -265,6 +308,25 @@ class TraceStore(StoreQueries):
         )
         wanted = None if topic is None else set(topic)
         return {int(p): int(o) + 1 for p, o in rows if wanted is None or p in wanted}
+
+
+def _deduplicated(token: str) -> dict[str, Any]:
+    """The settings that make a retried insert with ``token`` store its rows once."""
+    return {
+        "insert_deduplication_token": token,
+        "insert_deduplicate": 1,
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a ClickHouse string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return mask_url(text.splitlines()[0][:500] if text else type(exc).__name__)
 
 
 def _refused(exc: BaseException) -> str:
