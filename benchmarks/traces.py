@@ -32,14 +32,13 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from weir.core.kafka import KafkaConnection
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from linear import broker_settings, run_weir
 
 from weir.core.config import WeirSettings
+from weir.core.kafka import KafkaConnection
 from weir.core.urls import SecretUrl
 from weir.schemas.messages import TRACE_EVENT_SCHEMA, ModelCall, TraceEvent
 from weir.schemas.trace_batch import (
