@@ -79,6 +79,9 @@ class BenchConfig:
     """Also run weir with two worker processes in one group (the scaling ratio)."""
     confluent: bool = False
     """Also run the chain on confluent-kafka (librdkafka) instead of aiokafka."""
+    chain_txn: bool = False
+    """Also run the chain with exactly-once results (``chain-txn``: its last hop writes in
+    a transaction with its input offsets, as weir's answers are written)."""
     bootstrap: str | None = None
     variants: dict[str, dict[str, str]] = field(default_factory=dict)
     """More weir runs, by name: environment overrides (``WEIR_GC_GEN0_THRESHOLD=0``...);
@@ -145,7 +148,7 @@ async def _run_one(
     profiled = [f"--profile={cfg.profile}-{system}-r{round_no}.txt"] if cfg.profile else []
     tag = uuid.uuid4().hex[:8]
     procs: list[asyncio.subprocess.Process] = []
-    if system in ("chain", "chain-ck"):
+    if system in ("chain", "chain-txn", "chain-ck"):
         prefix = f"bench-{system}-{tag}"
         topics = chain_topics(prefix)
         settings = load_settings(kafka_bootstrap=bootstrap)
@@ -290,6 +293,8 @@ def systems(cfg: BenchConfig) -> list[str]:
         out.append("weir-notrace")
     if cfg.two_workers:
         out.append("weir-2w")
+    if cfg.chain_txn:
+        out.append("chain-txn")
     if cfg.confluent:
         out.append("chain-ck")
     if cfg.slow_model_s:

@@ -1,7 +1,7 @@
 """The systems ``weir bench`` runs, each as its own process: weir's worker and the chains.
 
-Run as ``python -m weir.bench weir|chain|chain-ck <name> <bootstrap> [options]`` (the
-entry stays in ``weir.bench`` so a baseline checkout's children start the same way).
+Run as ``python -m weir.bench weir|chain|chain-txn|chain-ck <name> <bootstrap> [options]``
+(the entry stays in ``weir.bench`` so a baseline checkout's children start the same way).
 """
 
 from __future__ import annotations
@@ -99,20 +99,34 @@ async def _weir_child(
             Path(profile).write_text(sampler.report())  # noqa: ASYNC240 (exiting)
 
 
-async def _chain_child(prefix: str, bootstrap: str, profile: str | None = None) -> None:
+async def _chain_child(
+    prefix: str, bootstrap: str, profile: str | None = None, *, exactly_once: bool = False
+) -> None:
+    """The hand-written chain: each record becomes ``n + 1`` on the next topic.
 
+    ``exactly_once``: the last hop writes its results the way weir writes answers, in a
+    Kafka transaction with its input offsets (one per fetched batch), so a result is
+    read once by a ``read_committed`` reader whatever crashes; the other hops stay
+    at-least-once, as weir's steps are.
+    """
     topics = chain_topics(prefix)
     following = dict(itertools.pairwise(topics))
+    last = topics[-2]
     from weir.core.config import load_settings
 
     # The same linger as weir's worker producer, so only the work differs.
     linger_ms = load_settings().producer_linger_ms
-    producer = KafkaConnection(bootstrap=bootstrap).producer(
-        acks="all", enable_idempotence=True, linger_ms=linger_ms
+    kafka = KafkaConnection(bootstrap=bootstrap)
+    producer = kafka.producer(acks="all", enable_idempotence=True, linger_ms=linger_ms)
+    answers = (
+        kafka.producer(transactional_id=f"{prefix}.chain-txn", acks="all", linger_ms=linger_ms)
+        if exactly_once
+        else None
     )
-    consumer = KafkaConnection(bootstrap=bootstrap).consumer(
+    group = f"{prefix}.chain"
+    consumer = kafka.consumer(
         *topics[:-1],
-        group_id=f"{prefix}.chain",
+        group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
@@ -121,6 +135,8 @@ async def _chain_child(prefix: str, bootstrap: str, profile: str | None = None) 
     stopping = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     await producer.start()
+    if answers is not None:
+        await answers.start()
     await consumer.start()
     sampler = None
     if profile:
@@ -132,13 +148,27 @@ async def _chain_child(prefix: str, bootstrap: str, profile: str | None = None) 
         while not stopping.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
             futures = []
+            results: list[tuple[str, bytes, bytes | None]] = []
             for tp, records in batches.items():
                 to = following[tp.topic]
                 for record in records:
                     message = json.loads(record.value)
                     message["n"] += 1
                     value = json.dumps(message).encode()
-                    futures.append(await producer.send(to, value=value, key=record.key))
+                    if answers is not None and tp.topic == last:
+                        results.append((to, value, record.key))
+                    else:
+                        futures.append(await producer.send(to, value=value, key=record.key))
+            if answers is not None and results:
+                offsets = {
+                    tp: records[-1].offset + 1
+                    for tp, records in batches.items()
+                    if tp.topic == last and records
+                }
+                async with answers.transaction():
+                    for to, value, key in results:
+                        await answers.send(to, value=value, key=key)
+                    await answers.send_offsets_to_transaction(offsets, group)
             if futures:
                 await asyncio.gather(*futures)
             if time.monotonic() - last_commit >= 1.0:
@@ -147,6 +177,8 @@ async def _chain_child(prefix: str, bootstrap: str, profile: str | None = None) 
     finally:
         await consumer.stop()
         await producer.stop()
+        if answers is not None:
+            await answers.stop()
         if sampler is not None and profile:
             sampler.stop()
             Path(profile).write_text(sampler.report())  # noqa: ASYNC240 (exiting)
@@ -223,7 +255,7 @@ def chain_topics(prefix: str) -> list[str]:
 
 def child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m weir.bench")
-    parser.add_argument("kind", choices=["weir", "chain", "chain-ck"])
+    parser.add_argument("kind", choices=["weir", "chain", "chain-txn", "chain-ck"])
     parser.add_argument("name")
     parser.add_argument("bootstrap")
     parser.add_argument("--no-tracing", action="store_true")
@@ -237,4 +269,8 @@ def child_main(argv: list[str]) -> None:
     elif args.kind == "chain-ck":
         _confluent_child(args.name, args.bootstrap)
     else:
-        asyncio.run(_chain_child(args.name, args.bootstrap, args.profile))
+        asyncio.run(
+            _chain_child(
+                args.name, args.bootstrap, args.profile, exactly_once=args.kind == "chain-txn"
+            )
+        )

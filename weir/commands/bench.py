@@ -40,6 +40,13 @@ def bench(
             "--confluent", help="Also run the chain on confluent-kafka (must be installed)."
         ),
     ] = False,
+    chain_txn: Annotated[
+        bool,
+        typer.Option(
+            "--chain-txn",
+            help="Also run the chain with exactly-once results (its last hop transactional).",
+        ),
+    ] = False,
     slow_model: Annotated[
         float,
         typer.Option(
@@ -103,6 +110,7 @@ def bench(
         tracing_off=tracing_off,
         two_workers=two_workers,
         confluent=confluent,
+        chain_txn=chain_txn,
         slow_model_s=slow_model,
         slow_burst=slow_burst,
         bootstrap=bootstrap,
