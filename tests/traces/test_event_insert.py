@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -14,11 +15,13 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
+from tests._clickhouse_http import ClickHouseHttp
 from tests._rows import assert_rows_close
+from tests._sink import free_port
 from tests.traces.test_row_decoder import _variants
 from tests.traces.test_store import SEED_QUERY, synthetic_events
 from weir.core.config import load_settings
-from weir.core.errors import TraceRowsRejectedError
+from weir.core.errors import TraceRowsRejectedError, TraceStoreError
 from weir.schemas._codec import load_schema
 from weir.schemas.messages import TRACE_EVENT_SCHEMA, TraceEvent
 from weir.schemas.trace_batch import TRACE_BATCH_HEADER, TRACE_BATCH_VERSION, pack_trace_events
@@ -182,3 +185,40 @@ def test_older_events_and_a_new_day_are_inserted_in_order_as_runs(stores) -> Non
             sum(e.created_at >= midnight for e in everything),
         ]
     )
+
+
+async def test_over_http_the_block_is_the_requests_body_and_a_refusal_is_not_an_outage(tmp_path):
+    """Through ClickHouse's HTTP interface (``input()``): the same rows; a refused value
+    is ``TraceRowsRejectedError`` (read in Python), a store that does not answer is not."""
+    server = ClickHouseHttp(tmp_path / "clickhouse", free_port())
+    await server.start()
+    settings = load_settings(clickhouse_dsn=server.dsn)
+    avro = await asyncio.to_thread(TraceStore.connect, settings)
+    python = await asyncio.to_thread(
+        TraceStore.connect, settings.model_copy(update={"clickhouse_database": "python"})
+    )
+    try:
+        events = _events()
+        framed = [(e.encode(), 1, n) for n, e in enumerate(events)]
+        block = container(BLOCK_SCHEMA, os.urandom(16), framed)
+        await asyncio.to_thread(avro.insert_events, block, token="h1")
+        await asyncio.to_thread(avro.insert_events, block, token="h1")  # a retry: stored once
+        rows = [event_row(TraceEvent.decode(r), p, o) for r, p, o in framed]
+        await asyncio.to_thread(python.insert, rows, token="h1")
+        got = await asyncio.to_thread(avro.query, EVERYTHING)
+        assert len(got) == len(events)
+        assert got == await asyncio.to_thread(python.query, EVERYTHING)
+
+        bad = TraceEvent.decode(framed[0][0])
+        bad["cost_usd"], bad["event_id"] = "n/a", "f" * 32
+        refused = container(BLOCK_SCHEMA, os.urandom(16), [(TRACE_EVENT_SCHEMA.encode(bad), 1, 0)])
+        with pytest.raises(TraceRowsRejectedError):
+            await asyncio.to_thread(avro.insert_events, refused, token="h2")
+        await server.stop()
+        with pytest.raises(TraceStoreError, match="unavailable"):  # backed off, not read here
+            await asyncio.to_thread(avro.insert_events, block, token="h3")
+    finally:
+        avro.close()
+        python.close()
+        await server.stop()
+        server.close()
