@@ -21,9 +21,10 @@ from weir.schemas.messages import TRACE_EVENT_SCHEMA, TraceEvent
 from weir.schemas.trace_batch import unpack_trace_events
 from weir.streams._bounded import RecentSet
 from weir.traces._event_block import DAY_MS, scan
+from weir.traces._row_decoder import RowDecoder
 from weir.traces.rows import epoch_ms, event_row
 
-__all__ = ["SinkBatch", "SinkRun", "SinkStats", "batch_token"]
+__all__ = ["SinkBatch", "SinkRun", "SinkStats", "batch_token", "read_row"]
 
 log = logging.getLogger("weir.sink")
 
@@ -125,11 +126,10 @@ class SinkBatch:
                 self._run(created_at // DAY_MS, rows=False).events.append((raw, partition, offset))
                 self.ids.append(event_id)
                 continue
-            try:  # another schema's framing, or bytes the scan refused: the general reader
-                row = event_row(TraceEvent.decode(raw), partition, offset)
-            except Exception as exc:  # any malformed event: count it, never stop the sink
+            # Another schema's framing, or bytes the scan refused: the general reader.
+            row = read_row(raw, partition, offset)
+            if row is None:
                 stats.undecodable += 1
-                log.warning("skipping undecodable trace event %s@%d: %s", tp, offset, exc)
                 continue
             if not recent.add(row[0]):
                 stats.duplicates += 1
@@ -148,6 +148,22 @@ class SinkBatch:
         run = SinkRun(day)
         self.runs.append(run)
         return run
+
+
+def read_row(
+    raw: bytes, partition: int, offset: int, decoder: RowDecoder | None = None
+) -> list[Any] | None:
+    """The event's row read in Python (``decoder`` first, when given), or ``None``.
+
+    An event that does not decode is logged by its trace partition and offset; the
+    caller counts it and goes on (one bad event never stops the sink).
+    """
+    try:
+        row = decoder.row(raw, partition, offset) if decoder is not None else None
+        return row if row is not None else event_row(TraceEvent.decode(raw), partition, offset)
+    except Exception as exc:  # any malformed event
+        log.warning("skipping undecodable trace event %d@%d: %s", partition, offset, exc)
+        return None
 
 
 def batch_token(topic: str, batch: SinkBatch) -> str:

@@ -8,12 +8,10 @@ import os
 from typing import Any
 
 from weir.core.errors import TraceRowsRejectedError
-from weir.schemas.messages import TraceEvent
 from weir.traces._event_block import container
 from weir.traces._event_insert import BLOCK_SCHEMA
 from weir.traces._row_decoder import RowDecoder
-from weir.traces._sink_batch import SinkBatch
-from weir.traces.rows import event_row
+from weir.traces._sink_batch import SinkBatch, read_row
 from weir.traces.store import TraceStore
 
 __all__ = ["Inserted", "insert_batch"]
@@ -62,16 +60,6 @@ def insert_batch(
 
 def _rows(events: list[tuple[bytes, int, int]], decoder: RowDecoder) -> tuple[list[Any], int]:
     """The rows of the events Python can read, and how many it could not."""
-    rows: list[Any] = []
-    bad = 0
-    for raw, partition, offset in events:
-        try:
-            row = decoder.row(raw, partition, offset)
-            if row is None:  # model calls: the general reader
-                row = event_row(TraceEvent.decode(raw), partition, offset)
-        except Exception as exc:  # any malformed event: count it, never stop the sink
-            bad += 1
-            log.warning("skipping undecodable trace event %d@%d: %s", partition, offset, exc)
-            continue
-        rows.append(row)
-    return rows, bad
+    rows = [read_row(raw, partition, offset, decoder) for raw, partition, offset in events]
+    good = [row for row in rows if row is not None]
+    return good, len(rows) - len(good)

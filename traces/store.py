@@ -325,8 +325,9 @@ def _quoted(text: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's first line (at most 500 characters), any URL's password masked first."""
     text = str(exc).strip()
-    return mask_url(text.splitlines()[0][:500] if text else type(exc).__name__)
+    return mask_url(text.splitlines()[0] if text else type(exc).__name__)[:500]
 
 
 def _refused(exc: BaseException) -> str:
@@ -343,8 +344,7 @@ def _unreachable(dsn: str, exc: BaseException) -> str:
     # These messages reach logs and HTTP responses (the dashboard): the DSN, and any
     # URL the client library quotes in its error, are shown without their passwords.
     dsn = mask_url(dsn)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = mask_url(text)
+    text = _first_line(exc)
     if dsn.startswith("chdb://") and (
         "EmbeddedServer" in text or "Unable to open the chdb engine" in text
     ):
@@ -354,7 +354,7 @@ def _unreachable(dsn: str, exc: BaseException) -> str:
             " started before this one announced itself, restart it; otherwise wait for the"
             " other weir command to finish"
         )
-    return f"trace store {dsn} is unavailable: {text[:500]}"
+    return f"trace store {dsn} is unavailable: {text}"
 
 
 def _rearm_faulthandler() -> None:
