@@ -193,9 +193,13 @@ class Runtime:
             event.error_message = self.redact_error(event.error_message, TRACE_ERROR_MAX_BYTES)
         # An event whose record is still on its way rides along: the batch that ran it
         # ahead places it once the record lands (``weir.streams._record_tasks``).
-        ahead = event if isinstance(event, AttemptTrace) and event.offset < 0 else None
+        # It is encoded once it is placed (``_record_tasks._placed``), not twice.
+        if isinstance(event, AttemptTrace) and event.offset < 0:
+            value, ahead = None, event
+        else:
+            value, ahead = event.encode(), None
         topic = self.settings.trace_topic
-        return [OutMessage(topic, event.request_id.encode(), event.encode(), decoded=ahead)]
+        return [OutMessage(topic, event.request_id.encode(), value, decoded=ahead)]
 
     async def redacted(self, value: Any) -> str:
         """A step's input or output as redacted text (large ones off the event loop)."""
