@@ -226,7 +226,7 @@ class WeirSettings(KafkaSettings):
     """Consumer group of the ClickHouse sink on the trace topic."""
     sink_start: Literal["earliest", "latest"] = "earliest"
     """Where a sink group with no committed offsets starts reading the trace topic."""
-    sink_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    sink_batch_size: int = Field(default=50_000, ge=1, le=1_000_000)
     """Trace events per insert; a batch is also flushed after ``sink_flush_interval_s``."""
     sink_flush_interval_s: float = Field(default=1.0, gt=0)
     sink_max_backoff_s: float = Field(default=30.0, gt=0)
