@@ -29,6 +29,7 @@ COMPILED = [
     "weir/streams/_attempt_trace.py",
     "weir/streams/_emitter.py",
     "weir/streams/_failures.py",
+    "weir/streams/_out_message.py",
     "weir/streams/_record_tasks.py",
     "weir/streams/_trace_batch.py",
     "weir/streams/answer.py",

@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from weir.core.errors import OutputTooLargeError
 from weir.core.kafka import DataProducer
+from weir.streams._out_message import OutMessage
 
 __all__ = ["MAX_MESSAGE_BYTES", "Abandoned", "OutMessage", "Outbox", "Outcome", "Owned"]
 
@@ -25,33 +26,6 @@ Owned = Callable[[], bool]
 
 Shortcut = Callable[["OutMessage"], Awaitable[bool]]
 """Hands a message to its consumer in this very process; ``False``: send it to Kafka."""
-
-
-class OutMessage(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] | None = None
-    partition: int | None = None
-    """Explicit partition (changelogs); ``None``: by key."""
-    fallback: OutMessage | None = None
-    """Sent instead when the broker refuses this message as too large (a dead letter's
-    bounded form)."""
-    decoded: object = None
-    """The object ``value`` was encoded from (an envelope), for a stage of this process
-    that takes the message (``Outbox.shortcut``) without decoding it again.  With
-    ``value`` ``None`` it is encoded (its ``encode()``) only when the message is sent:
-    a message a shortcut takes is never encoded."""
-    ahead: bool = False
-    """Acknowledged before the rest of the same send goes out: a dead letter before its
-    request's FAILURE answer, so whoever reads the answer can list the letter."""
-    after: bool = False
-    """Sent once the rest of the same send is acknowledged: a join's done marker after the
-    join's outputs, so a crash between them cannot keep the marker and lose the outputs
-    (their partitions may have other leaders than the marker's)."""
-    landed: Callable[[int, int], None] | None = None
-    """Told ``(partition, offset)`` when the broker acknowledges the message (before its
-    ``send_all`` returns): where a record run in place really is (``weir.streams._in_place``)."""
 
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
@@ -75,7 +49,7 @@ def _acked(
 
 def _encoded(message: OutMessage) -> OutMessage:
     """``message`` with its ``decoded`` object encoded as its value (see ``OutMessage``)."""
-    return message._replace(value=message.decoded.encode())  # type: ignore[attr-defined]
+    return message.with_value(message.decoded.encode())  # type: ignore[attr-defined]
 
 
 class Outcome:

@@ -77,7 +77,7 @@ async def _weir_child(
 
     # Tracing on: both parts by default, so a variant may turn one off
     # (``events-only:WEIR_OTEL_ENABLED=false``, ``ids-only:WEIR_TRACE_EVENTS=false``).
-    off = {} if tracing else {"trace_events": False, "otel_enabled": False}
+    off: dict[str, Any] = {} if tracing else {"trace_events": False, "otel_enabled": False}
     settings = load_settings(kafka_bootstrap=bootstrap, partitions=PARTITIONS, **off)
     pipeline = slow_pipeline(name, slow_s) if slow_s else linear_pipeline(name)
     worker = Worker(pipeline, settings)
