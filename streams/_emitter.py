@@ -20,12 +20,14 @@ __all__ = ["Emitter"]
 class Emitter:
     """Routes a step's outputs: to its dependents' topics, the answer stage or review."""
 
-    __slots__ = ("_keyed", "_rt", "dependents", "name")
+    __slots__ = ("_keyed", "_rt", "_to", "dependents", "name")
 
     def __init__(self, runtime: Runtime, name: str) -> None:
         self._rt = runtime
         self.name = name
         self.dependents = runtime.pipeline.dependents(name)
+        self._to = [(dep, runtime.topics.step(dep)) for dep in self.dependents]
+        """Each dependent and its input topic (named once, not per output)."""
         self._keyed = runtime.pipeline.has_conversations
 
     def check_escalate(self, value: Any) -> Escalate | None:
@@ -84,11 +86,11 @@ class Emitter:
             return [OutMessage(rt.topics.answers, rid, None, None, decoded=answer)]
         key = self.key(base)
         out, keep = [], rt.settings.in_place_steps  # the object, for a batch running dep
-        for dep in self.dependents:
+        for dep, topic in self._to:
             take = not skipped and (targets is None or dep in targets)
             env = self._envelope(a, dep, output, take, created, traceparent, path)
             kept = env if keep else None
-            out.append(OutMessage(rt.topics.step(dep), key, env.encode(), None, decoded=kept))
+            out.append(OutMessage(topic, key, env.encode(), None, None, None, kept))
         return out
 
     def _envelope(
