@@ -11,6 +11,7 @@ and propagate — at a fraction of the cost of building SDK spans.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,9 @@ __all__ = [
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _RANDOM = random.Random()
+# A forked child (a worker started by ``multiprocessing``'s default on Linux) reseeds, as the
+# ``random`` module's own generator does: else it would draw its parent's trace and span ids.
+os.register_at_fork(after_in_child=_RANDOM.seed)
 _LOWER_HEX = re.compile("[0-9a-f]{32}")
 _NO_TRACE = "0" * 32
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from weir.core.config import load_settings
@@ -47,3 +48,27 @@ def test_no_parent_a_zero_trace_or_a_malformed_one_starts_a_new_trace() -> None:
         assert trace_id != "0" * 32 and trace_id != "ab" * 16
         seen.add(trace_id)
     assert len(seen) == 7
+
+
+def test_a_forked_child_draws_other_trace_and_span_ids_than_its_parent() -> None:
+    # A worker started by multiprocessing's fork (the default on Linux) after weir was
+    # imported: two processes drawing the same ids would merge unrelated requests' traces.
+    tracing = _tracing()
+    parent_of = f"00-{'ab' * 16}-{'cd' * 8}-01"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new trace's id and a span id, to the parent
+        try:
+            new_trace, _, _ = tracing.ids(None)
+            _, span, _ = tracing.ids(parent_of)
+            os.write(write, f"{new_trace} {span}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    new_trace, _, _ = tracing.ids(None)
+    _, span, _ = tracing.ids(parent_of)
+    assert len(child) == 2
+    assert child[0] != new_trace and child[1] != span
