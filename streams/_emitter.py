@@ -90,7 +90,7 @@ class Emitter:
             take = not skipped and (targets is None or dep in targets)
             env = self._envelope(a, dep, output, take, created, traceparent, path)
             kept = env if keep else None
-            out.append(OutMessage(topic, key, env.encode(), None, None, None, kept))
+            out.append(OutMessage(topic, key, env.encode(), decoded=kept))
         return out
 
     def _envelope(

@@ -60,7 +60,7 @@ async def _all_sent(sending: list[asyncio.Task[list[Landing]]]) -> None:
 def _placed(message: OutMessage, event: AttemptTrace, landing: Landing) -> OutMessage:
     """A trace event's message naming where its record landed."""
     event.partition, event.offset = landing.partition, landing.offset
-    return OutMessage(message.topic, message.key, event.encode())
+    return message.with_value(event.encode())
 
 
 @dataclass(frozen=True)
