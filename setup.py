@@ -20,6 +20,7 @@ from setuptools import setup
 
 COMPILED = [
     "weir/schemas/_clock.py",
+    "weir/schemas/_envelope.py",
     "weir/schemas/_envelope_codec.py",
     "weir/schemas/_trace_codec.py",
     "weir/traces/_row_decoder.py",

@@ -13,7 +13,10 @@ Trace events without model calls are written the same way.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from weir.schemas._envelope import Envelope
 
 __all__ = [
     "ENVELOPE_FIELDS",
@@ -54,7 +57,7 @@ def _opt_string(out: bytearray, s: str | None) -> None:
         _string(out, s)
 
 
-def encode_fast(header: bytes, e: Any) -> bytes | None:
+def encode_fast(header: bytes, e: Envelope) -> bytes | None:
     """The framed Avro bytes of envelope ``e``; ``None``: let fastavro encode it."""
     if e.calls:
         return None
@@ -64,7 +67,7 @@ def encode_fast(header: bytes, e: Any) -> bytes | None:
         return None  # fastavro says what does not fit the schema
 
 
-def _encode(header: bytes, e: Any) -> bytes:
+def _encode(header: bytes, e: Envelope) -> bytes:
     out = bytearray(header)
     _string(out, e.request_id)
     _string(out, e.pipeline)
@@ -85,9 +88,9 @@ def _encode(header: bytes, e: Any) -> bytes:
     options = e.options
     if options:
         _long(out, len(options))
-        for k, v in options.items():
-            _string(out, k)
-            _string(out, v)
+        for name, text in options.items():
+            _string(out, name)
+            _string(out, text)
     out.append(0)
     path = e.path
     if path:

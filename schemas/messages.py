@@ -19,8 +19,9 @@ from weir.core.errors import (
 )
 from weir.schemas._clock import now_ms, now_us
 from weir.schemas._codec import MAGIC_BYTE, load_schema
-from weir.schemas._envelope import ENVELOPE_SCHEMA, Envelope, ModelCall, total_usage
+from weir.schemas._envelope import ENVELOPE_SCHEMA, Envelope
 from weir.schemas._envelope_codec import decode_trace_fast, encode_trace_fast
+from weir.schemas._model_call import ModelCall, total_usage
 
 __all__ = [
     "DEAD_LETTER_SCHEMA",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 
@@ -60,8 +59,7 @@ class Failures:
         if self._policy.should_retry(error, base.attempt):
             delay = self._policy.delay(base.attempt, self._rng)
             due = now_ms() + int(delay * 1000)
-            retry = dataclasses.replace(
-                self.as_replayable(a, traceparent),
+            retry = self.as_replayable(a, traceparent).replace(
                 attempt=base.attempt + 1,
                 not_before=due,
                 first_failed_at=first_failed,
@@ -141,7 +139,7 @@ class Failures:
             step=self.name,
             error_type=error.error_type,
             error_message=str(error),
-            base=dataclasses.replace(base, path=a.path),
+            base=base.replace(path=a.path),
             calls=a.calls,
             traceparent=traceparent,
             created_at=now_us(),
@@ -152,8 +150,7 @@ class Failures:
         """The attempt's inputs as one envelope this step can consume again (retry, replay)."""
         base = a.base
         if a.completed_join or base.kind == "JOINED":
-            return dataclasses.replace(
-                base,
+            return base.replace(
                 source="",
                 kind="JOINED",
                 payload=None,
@@ -163,9 +160,7 @@ class Failures:
                 traceparent=traceparent,
                 created_at=now_us(),
             )
-        return dataclasses.replace(
-            base, calls=a.calls, traceparent=traceparent, created_at=now_us()
-        )
+        return base.replace(calls=a.calls, traceparent=traceparent, created_at=now_us())
 
     def undecodable(self, record: Record, error: MessageError) -> list[OutMessage]:
         rt = self._rt

@@ -407,8 +407,7 @@ class DeadLetterQueue:
         if entry.step == ANSWER:
             raise _NotReplayable("an undecodable answers-topic message cannot be replayed")
         env = Envelope.decode(value)
-        env = dataclasses.replace(
-            env,
+        env = env.replace(
             attempt=1,
             not_before=0,
             first_failed_at=None,

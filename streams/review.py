@@ -34,7 +34,6 @@ the person who answers reads them.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -277,8 +276,7 @@ def review_answer(review: Review) -> bytes:
     }
     if not human:
         output["timed_out"] = True
-    return dataclasses.replace(
-        template,
+    return template.replace(
         kind="VALUE",
         payload=encode_output(output, step=review.step),
         created_at=now_us(),

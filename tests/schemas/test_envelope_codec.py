@@ -8,6 +8,7 @@ import random
 from decimal import Decimal
 
 import fastavro
+import pytest
 
 from weir.schemas._envelope_codec import (
     ENVELOPE_FIELDS,
@@ -223,7 +224,27 @@ def test_trace_events_with_calls_or_cut_short_are_left_to_fastavro() -> None:
 
 
 def test_the_fast_reader_gives_the_fields_in_the_envelopes_constructor_order() -> None:
-    init = [f.name for f in dataclasses.fields(Envelope) if f.init]
-    assert list(ENVELOPE_FIELDS) == init
     env = _envelope(random.Random(3))
-    assert Envelope(*envelope_fields(env.encode()) or ()) == env
+    values = envelope_fields(env.encode())
+    assert values is not None
+    assert values == env.fields()
+    assert dict(zip(ENVELOPE_FIELDS, values, strict=True)) == {
+        name: getattr(env, name) for name in ENVELOPE_FIELDS
+    }
+    assert Envelope(*values) == env
+    assert Envelope(**dict(zip(ENVELOPE_FIELDS, values, strict=True))) == env
+
+
+def test_an_envelope_is_copied_compared_and_shown_by_its_fields_not_its_texts() -> None:
+    env = _envelope(random.Random(4)).with_request_object({"secret": "s3cr3t"})
+    copy = env.replace(attempt=env.attempt + 1, replay="r-1")
+    assert (copy.attempt, copy.replay) == (env.attempt + 1, "r-1")
+    assert copy.payload == env.payload and copy != env
+    assert copy.replace(attempt=env.attempt, replay=env.replay) == env
+    with pytest.raises(TypeError, match="no field 'attempts'"):
+        env.replace(attempts=2)
+    with pytest.raises(TypeError):
+        hash(env)
+    shown = repr(env.replace(request='{"card": "4111111111111111"}', payload='"hunter2"'))
+    assert "4111" not in shown and "hunter2" not in shown and "9 chars" in shown
+    assert repr(env.request_id) in shown
